@@ -1,0 +1,57 @@
+/* catalog.h -- everything known about a mounted source directory.
+ * Files, tensors (name, dtype, shape, file, byte range), config.json and the detected architecture.
+ *
+ * A catalog is built once by catalog_open and read-only afterwards, so any
+ * number of threads may read it without locks.
+ */
+#ifndef CKPTFS_CATALOG_H
+#define CKPTFS_CATALOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptfs/arch.h"
+#include "ckptfs/dtype.h"
+#include "ckptfs/error.h"
+#include "ckptfs/safetensors.h"
+#include "ckptfs/srcfile.h"
+
+struct cJSON;
+
+struct cat_tensor {
+	char *name;
+	enum ckpt_dtype dtype;
+	uint32_t ndim;
+	uint64_t shape[ST_MAX_DIMS];
+	const struct src_file *file;
+	uint64_t offset; /* absolute offset of the first byte in file */
+	uint64_t nbytes;
+};
+
+struct catalog {
+	char *dir;                 /* the source path as given, without trailing '/' */
+	int dirfd;
+	size_t nfiles;             /* every regular file at the top of the source, by name */
+	struct src_file *files;
+	size_t nshards;            /* the safetensors files holding tensors, in name order */
+	struct src_file **shards;
+	const struct src_file *index; /* model.safetensors.index.json, or NULL */
+	size_t ntensors;           /* sorted by name */
+	struct cat_tensor *tensors;
+	uint64_t tensor_bytes;
+	struct cJSON *config;      /* parsed config.json, or NULL */
+	enum ckpt_arch arch;
+	struct model_dims dims;
+};
+
+/* Open and validate the checkpoint in directory `dir`. */
+int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err);
+
+void catalog_close(struct catalog *cat);
+
+const struct cat_tensor *catalog_find(const struct catalog *cat, const char *name);
+
+const struct src_file *catalog_file(const struct catalog *cat, const char *name);
+
+#endif

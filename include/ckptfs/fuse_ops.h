@@ -1,0 +1,27 @@
+/* fuse_ops.h -- the FUSE low-level front-end over the engine.
+ * The only module that knows libfuse's request API; everything it serves comes from a sealed vtree. */
+#ifndef CKPTFS_FUSE_OPS_H
+#define CKPTFS_FUSE_OPS_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "ckptfs/catalog.h"
+#include "ckptfs/vtree.h"
+
+struct fuse_lowlevel_ops;
+
+/* What the FUSE session owns: read-only after the mount starts. */
+struct ckptfs_fs {
+	const struct catalog *cat;
+	const struct vtree *tree;
+	uid_t uid;
+	gid_t gid;
+	bool splice;           /* hand source ranges to the kernel as fds */
+	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
+	bool debug;
+};
+
+extern const struct fuse_lowlevel_ops ckptfs_ll_ops;
+
+#endif

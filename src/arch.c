@@ -1,0 +1,96 @@
+/* arch.c -- architecture detection from config.json.
+ * Tables, not branches, so a new family is one row. */
+#include "ckptfs/arch.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <string.h>
+
+static const struct {
+	const char *model_type; /* config.json "model_type" */
+	const char *cls_prefix; /* "architectures"[0] prefix, e.g. LlamaForCausalLM */
+	enum ckpt_arch arch;
+	const char *name;
+} arch_rows[] = {
+	{ "gpt2", "GPT2", ARCH_GPT2, "gpt2" },
+	{ "llama", "Llama", ARCH_LLAMA, "llama" },
+	{ "mistral", "Mistral", ARCH_MISTRAL, "mistral" },
+	{ "mixtral", "Mixtral", ARCH_MIXTRAL, "mixtral" },
+	{ "qwen2", "Qwen2", ARCH_QWEN2, "qwen2" },
+	{ "gemma", "Gemma", ARCH_GEMMA, "gemma" },
+	{ "phi3", "Phi3", ARCH_PHI3, "phi3" },
+};
+#define ARCH_ROWS (sizeof(arch_rows) / sizeof(arch_rows[0]))
+
+enum ckpt_arch arch_detect(const cJSON *config)
+{
+	if (!cJSON_IsObject(config))
+		return ARCH_UNKNOWN;
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(config, "model_type");
+	if (cJSON_IsString(mt)) {
+		for (size_t i = 0; i < ARCH_ROWS; i++)
+			if (strcmp(mt->valuestring, arch_rows[i].model_type) == 0)
+				return arch_rows[i].arch;
+		return ARCH_UNKNOWN; /* a model_type we do not know wins over a guess from the class */
+	}
+	const cJSON *archs = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+	const cJSON *first = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+	if (cJSON_IsString(first)) {
+		for (size_t i = 0; i < ARCH_ROWS; i++) {
+			size_t n = strlen(arch_rows[i].cls_prefix);
+			const char *s = first->valuestring;
+			/* "Qwen2ForCausalLM" but not "Qwen2MoeForCausalLM": the prefix must end at "For". */
+			if (strncmp(s, arch_rows[i].cls_prefix, n) == 0 && strncmp(s + n, "For", 3) == 0)
+				return arch_rows[i].arch;
+		}
+	}
+	return ARCH_UNKNOWN;
+}
+
+const char *arch_name(enum ckpt_arch a)
+{
+	for (size_t i = 0; i < ARCH_ROWS; i++)
+		if (arch_rows[i].arch == a)
+			return arch_rows[i].name;
+	return "unknown";
+}
+
+static uint64_t cfg_u64(const cJSON *c, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 9007199254740992.0 ||
+	    floor(v->valuedouble) != v->valuedouble)
+		return 0;
+	return (uint64_t)v->valuedouble;
+}
+
+void arch_dims(const cJSON *config, enum ckpt_arch a, struct model_dims *d)
+{
+	memset(d, 0, sizeof(*d));
+	if (!cJSON_IsObject(config))
+		return;
+	if (a == ARCH_GPT2) {
+		d->hidden = cfg_u64(config, "n_embd");
+		d->layers = cfg_u64(config, "n_layer");
+		d->heads = cfg_u64(config, "n_head");
+		d->kv_heads = d->heads;
+		d->intermediate = cfg_u64(config, "n_inner");
+		if (d->intermediate == 0)
+			d->intermediate = 4 * d->hidden;
+		d->vocab = cfg_u64(config, "vocab_size");
+		d->tied_embeddings = true; /* GPT-2's head is always the embedding */
+		return;
+	}
+	d->hidden = cfg_u64(config, "hidden_size");
+	d->layers = cfg_u64(config, "num_hidden_layers");
+	d->heads = cfg_u64(config, "num_attention_heads");
+	d->kv_heads = cfg_u64(config, "num_key_value_heads");
+	if (d->kv_heads == 0)
+		d->kv_heads = d->heads;
+	d->intermediate = cfg_u64(config, "intermediate_size");
+	d->vocab = cfg_u64(config, "vocab_size");
+	d->experts = cfg_u64(config, "num_local_experts");
+	const cJSON *tie = cJSON_GetObjectItemCaseSensitive(config, "tie_word_embeddings");
+	/* HF's PretrainedConfig defaults tie_word_embeddings to true; gemma ties too. */
+	d->tied_embeddings = tie ? cJSON_IsTrue(tie) : true;
+}

@@ -1,0 +1,373 @@
+/* catalog.c -- scanning a source directory into a catalog.
+ * Reads the index, maps and validates every shard, cross-checks names, parses config.json. */
+#include "ckptfs/catalog.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define INDEX_NAME "model.safetensors.index.json"
+#define SINGLE_NAME "model.safetensors"
+#define CONFIG_NAME "config.json"
+/* JSON side files are small; a bound keeps a hostile one from eating memory. */
+#define SIDE_JSON_MAX (64u << 20)
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int cmp_tensor(const void *a, const void *b)
+{
+	return strcmp(((const struct cat_tensor *)a)->name, ((const struct cat_tensor *)b)->name);
+}
+
+static int cmp_file(const void *a, const void *b)
+{
+	return strcmp(((const struct src_file *)a)->name, ((const struct src_file *)b)->name);
+}
+
+const struct src_file *catalog_file(const struct catalog *cat, const char *name)
+{
+	struct src_file key = { .name = (char *)name };
+	return bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
+}
+
+const struct cat_tensor *catalog_find(const struct catalog *cat, const char *name)
+{
+	struct cat_tensor key = { .name = (char *)name };
+	return bsearch(&key, cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
+}
+
+static int cmp_file_ptr(const void *a, const void *b)
+{
+	return cmp_file(*(const struct src_file *const *)a, *(const struct src_file *const *)b);
+}
+
+static bool has_suffix(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Open every regular file at the top of the directory. Subdirectories and
+ * symlinks that lead outside are not part of the checkpoint and are skipped. */
+static int scan_files(struct catalog *cat, struct ckpt_err *err)
+{
+	DIR *d = fdopendir(dup(cat->dirfd));
+	if (!d)
+		return ckpt_err_errno(err, errno, cat->dir, NULL);
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	int r = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 32;
+			char **nn = realloc(names, cap * sizeof(*names));
+			if (!nn) {
+				r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+				goto out;
+			}
+			names = nn;
+		}
+		if (!(names[n] = strdup(de->d_name))) {
+			r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+			goto out;
+		}
+		n++;
+	}
+	qsort(names, n, sizeof(*names), cmp_str);
+	cat->files = calloc(n ? n : 1, sizeof(*cat->files));
+	if (!cat->files) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct ckpt_err e;
+		struct src_file *f = &cat->files[cat->nfiles];
+		int fr = src_file_open(cat->dirfd, cat->dir, names[i], 1, f, &e);
+		if (fr == -EXDEV)
+			fprintf(stderr, "ckptfs: warning: %s (not shown)\n", e.msg);
+		if (fr < 0)
+			continue; /* not a regular file: not passed through */
+		cat->nfiles++;
+	}
+out:
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	closedir(d);
+	return r;
+}
+
+/* Read a small JSON file of the catalog into a cJSON tree. */
+static int read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
+{
+	if (f->size > SIDE_JSON_MAX)
+		return ckpt_err_set(err, EFBIG, "%s: %llu bytes, larger than the %u-byte limit for JSON", f->path,
+				    (unsigned long long)f->size, SIDE_JSON_MAX);
+	char *buf = malloc((size_t)f->size + 1);
+	if (!buf)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
+	size_t got = 0;
+	while (got < f->size) {
+		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			int r = k < 0 ? ckpt_err_errno(err, errno, f->path, "read")
+				      : ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path);
+			free(buf);
+			return r;
+		}
+		got += (size_t)k;
+	}
+	buf[got] = '\0';
+	const char *end = NULL;
+	cJSON *j = cJSON_ParseWithLengthOpts(buf, got, &end, 0);
+	int r = 0;
+	if (!j) {
+		const char *at = cJSON_GetErrorPtr();
+		size_t where = (at && at >= buf && at <= buf + got) ? (size_t)(at - buf) : 0;
+		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", f->path, where);
+	} else {
+		for (const char *p = end; p < buf + got; p++) {
+			if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+				r = ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", f->path,
+						 (size_t)(p - buf));
+				cJSON_Delete(j);
+				j = NULL;
+				break;
+			}
+		}
+	}
+	free(buf);
+	*out = j;
+	return r;
+}
+
+/* Look a shard up among the scanned files; when it is not there, opening it
+ * again yields the precise reason (missing, outside the directory, a dir). */
+static int find_shard(struct catalog *cat, const char *name, const char *referrer, struct src_file **out,
+		      struct ckpt_err *err)
+{
+	struct src_file key = { .name = (char *)name };
+	struct src_file *f = bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
+	if (f) {
+		*out = f;
+		return 0;
+	}
+	struct src_file tmp;
+	struct ckpt_err e;
+	int r = src_file_open(cat->dirfd, cat->dir, name, 0, &tmp, &e);
+	if (r == 0) {
+		src_file_close(&tmp);
+		r = -ENOENT;
+		snprintf(e.msg, sizeof(e.msg), "%s/%s: not a file of the source directory", cat->dir, name);
+	}
+	return ckpt_err_set(err, -r, "%s (named by %s)", e.msg, referrer);
+}
+
+static int add_shard(struct catalog *cat, struct src_file *f)
+{
+	for (size_t i = 0; i < cat->nshards; i++)
+		if (cat->shards[i] == f)
+			return 0;
+	cat->shards[cat->nshards++] = f;
+	return 1;
+}
+
+/* Decide which files hold tensors: the index's shards, else
+ * model.safetensors, else every *.safetensors file. */
+static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err *err)
+{
+	cat->shards = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shards));
+	if (!cat->shards)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+	const struct src_file *index = catalog_file(cat, INDEX_NAME);
+	if (index) {
+		cat->index = index;
+		int r = read_json(index, index_json, err);
+		if (r < 0)
+			return r;
+		const cJSON *wm = cJSON_GetObjectItemCaseSensitive(*index_json, "weight_map");
+		if (!cJSON_IsObject(wm))
+			return ckpt_err_set(err, EINVAL, "%s: no \"weight_map\" object", index->path);
+		const cJSON *it;
+		cJSON_ArrayForEach(it, wm)
+		{
+			if (!cJSON_IsString(it))
+				return ckpt_err_set(err, EINVAL, "%s: weight_map entry '%s' is not a file name",
+						    index->path, it->string);
+			struct src_file *f;
+			if ((r = find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
+				return r;
+			add_shard(cat, f);
+		}
+		if (cat->nshards == 0)
+			return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
+		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
+	} else if (catalog_file(cat, SINGLE_NAME)) {
+		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
+	} else {
+		for (size_t i = 0; i < cat->nfiles; i++)
+			if (has_suffix(cat->files[i].name, ".safetensors"))
+				add_shard(cat, &cat->files[i]);
+		if (cat->nshards == 0)
+			return ckpt_err_set(err, ENOENT,
+					    "%s: no model.safetensors or model.safetensors.index.json (not a safetensors checkpoint)",
+					    cat->dir);
+	}
+	return 0;
+}
+
+static int load_shards(struct catalog *cat, struct ckpt_err *err)
+{
+	struct st_header *hdrs = calloc(cat->nshards, sizeof(*hdrs));
+	if (!hdrs)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+	int r = 0;
+	size_t total = 0;
+	for (size_t i = 0; i < cat->nshards; i++) {
+		struct src_file *f = cat->shards[i];
+		if ((r = st_parse_header(f->map, f->size, f->path, &hdrs[i], err)) < 0)
+			goto out;
+		total += hdrs[i].ntensors;
+	}
+	cat->tensors = calloc(total ? total : 1, sizeof(*cat->tensors));
+	if (!cat->tensors) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+		goto out;
+	}
+	for (size_t i = 0; i < cat->nshards; i++) {
+		for (size_t k = 0; k < hdrs[i].ntensors; k++) {
+			struct st_tensor *s = &hdrs[i].tensors[k];
+			struct cat_tensor *t = &cat->tensors[cat->ntensors++];
+			t->name = s->name;
+			s->name = NULL; /* moved */
+			t->dtype = s->dtype;
+			t->ndim = s->ndim;
+			memcpy(t->shape, s->shape, sizeof(t->shape));
+			t->file = cat->shards[i];
+			/* data_start + end <= size was checked by the parser, so no overflow here. */
+			t->offset = hdrs[i].data_start + s->begin;
+			t->nbytes = s->end - s->begin;
+			cat->tensor_bytes += t->nbytes;
+		}
+	}
+	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
+	for (size_t i = 1; i < cat->ntensors; i++) {
+		if (strcmp(cat->tensors[i - 1].name, cat->tensors[i].name) == 0) {
+			r = ckpt_err_set(err, EINVAL, "%s: duplicate tensor name '%s' (also in %s)",
+					 cat->tensors[i].file->path, cat->tensors[i].name,
+					 cat->tensors[i - 1].file->path);
+			goto out;
+		}
+	}
+out:
+	for (size_t i = 0; i < cat->nshards; i++)
+		st_header_free(&hdrs[i]);
+	free(hdrs);
+	return r;
+}
+
+/* The index must name exactly the tensors the shards hold, each in its shard. */
+static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt_err *err)
+{
+	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(index_json, "weight_map");
+	const cJSON *it;
+	size_t listed = 0;
+	cJSON_ArrayForEach(it, wm)
+	{
+		const struct cat_tensor *t = catalog_find(cat, it->string);
+		if (!t || strcmp(t->file->name, it->valuestring) != 0)
+			return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not in %s", cat->index->path, it->string,
+					    it->valuestring);
+		listed++;
+	}
+	if (listed != cat->ntensors) {
+		for (size_t i = 0; i < cat->ntensors; i++) {
+			if (!cJSON_GetObjectItemCaseSensitive(wm, cat->tensors[i].name))
+				return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s",
+						    cat->tensors[i].file->path, cat->tensors[i].name, INDEX_NAME);
+		}
+		/* Same counts differ only through duplicate keys in weight_map. */
+		return ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
+	}
+	return 0;
+}
+
+int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err)
+{
+	*out = NULL;
+	struct catalog *cat = calloc(1, sizeof(*cat));
+	if (!cat)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
+	cat->dirfd = -1;
+	size_t dl = strlen(dir);
+	while (dl > 1 && dir[dl - 1] == '/')
+		dl--;
+	cat->dir = strndup(dir, dl);
+	int r;
+	if (!cat->dir) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
+		goto out_close;
+	}
+	cat->dirfd = open(cat->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cat->dirfd < 0) {
+		r = ckpt_err_errno(err, errno, cat->dir, NULL);
+		goto out_close;
+	}
+	if ((r = scan_files(cat, err)) < 0)
+		goto out_close;
+
+	cJSON *index_json = NULL;
+	r = pick_shards(cat, &index_json, err);
+	if (r == 0)
+		r = load_shards(cat, err);
+	if (r == 0 && index_json)
+		r = check_index(cat, index_json, err);
+	cJSON_Delete(index_json);
+	if (r < 0)
+		goto out_close;
+
+	const struct src_file *cfg = catalog_file(cat, CONFIG_NAME);
+	if (cfg && (r = read_json(cfg, &cat->config, err)) < 0)
+		goto out_close;
+	cat->arch = arch_detect(cat->config);
+	arch_dims(cat->config, cat->arch, &cat->dims);
+	*out = cat;
+	return 0;
+
+out_close:
+	catalog_close(cat);
+	return r;
+}
+
+void catalog_close(struct catalog *cat)
+{
+	if (!cat)
+		return;
+	for (size_t i = 0; i < cat->ntensors; i++)
+		free(cat->tensors[i].name);
+	free(cat->tensors);
+	for (size_t i = 0; i < cat->nfiles; i++)
+		src_file_close(&cat->files[i]);
+	free(cat->files);
+	free(cat->shards);
+	cJSON_Delete(cat->config);
+	if (cat->dirfd >= 0)
+		close(cat->dirfd);
+	free(cat->dir);
+	free(cat);
+}

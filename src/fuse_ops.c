@@ -1,0 +1,402 @@
+/* fuse_ops.c -- FUSE low-level operations: lookup, getattr, readdir, read, xattrs, statfs.
+ * Reads become a fuse_bufvec whose source ranges are fds, so libfuse can splice them to the kernel. */
+#define FUSE_USE_VERSION 312
+#include "config.h"
+#include "ckptfs/fuse_ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+/* Contents never change while mounted, so the kernel may cache names and
+ * attributes for as long as it likes. */
+#define CKPTFS_TIMEOUT 86400.0
+
+/* Requests larger than this are refused rather than allocated; the kernel
+ * never sends more than max_pages (1 MiB) anyway. */
+#define CKPTFS_READ_MAX (16u << 20)
+
+static struct ckptfs_fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void fill_stat(const struct ckptfs_fs *fs, const struct vnode *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	if (n->is_dir) {
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		for (size_t i = 0; i < n->nkids; i++)
+			st->st_nlink += n->kids[i]->is_dir;
+		st->st_size = 4096;
+	} else {
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)n->file.size;
+		st->st_blocks = (blkcnt_t)((n->file.size + 511) / 512);
+	}
+	st->st_blksize = 1 << 20; /* tells readers to use large buffers */
+	/* Report the source's time so tools that compare mtimes behave. */
+	const struct catalog *cat = fs->cat;
+	if (cat->nshards) {
+		st->st_mtim = cat->shards[0]->mtime;
+		st->st_atim = st->st_ctim = st->st_mtim;
+	}
+}
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct ckptfs_fs *fs = userdata;
+	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	else
+		conn->want &= ~FUSE_CAP_SPLICE_WRITE;
+	if (fs->readahead_kb)
+		conn->max_readahead = fs->readahead_kb * 1024u;
+	/* The kernel may read ahead asynchronously and in parallel. */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *dir = vtree_get(fs->tree, parent);
+	if (!dir || !dir->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	const struct vnode *n = vtree_lookup(dir, name);
+	if (!n) {
+		/* A negative entry with a timeout spares the kernel asking again. */
+		struct fuse_entry_param e = { .ino = 0, .entry_timeout = CKPTFS_TIMEOUT };
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	struct fuse_entry_param e = {
+		.ino = n->ino,
+		.generation = 1,
+		.attr_timeout = CKPTFS_TIMEOUT,
+		.entry_timeout = CKPTFS_TIMEOUT,
+	};
+	fill_stat(fs, n, &e.attr);
+	fuse_reply_entry(req, &e);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct stat st;
+	fill_stat(fs, n, &st);
+	fuse_reply_attr(req, &st, CKPTFS_TIMEOUT);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (n->is_dir) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!n->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *dir = vtree_get(fs->tree, ino);
+	if (!dir || !dir->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	/* Entry k of the listing: 0 ".", 1 "..", then the children in name order. */
+	size_t used = 0;
+	for (size_t k = off < 0 ? 0 : (size_t)off; k < dir->nkids + 2; k++) {
+		const struct vnode *n = k == 0 ? dir : k == 1 ? dir->parent : dir->kids[k - 2];
+		const char *name = k == 0 ? "." : k == 1 ? ".." : n->name;
+		struct stat st = { .st_ino = n->ino, .st_mode = n->is_dir ? S_IFDIR : S_IFREG };
+		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(k + 1));
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n || n->is_dir) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if (off < 0 || (uint64_t)off >= n->file.size || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > CKPTFS_READ_MAX)
+		size = CKPTFS_READ_MAX;
+	uint64_t left = n->file.size - (uint64_t)off;
+	if (size > left)
+		size = (size_t)left;
+
+	struct vplan plan;
+	vplan_init(&plan);
+	uint8_t *scratch = NULL;
+	struct fuse_bufvec *bv = NULL;
+	int err = 0;
+	/* Scratch is needed only when something is computed or copied; a plain
+	 * passthrough file never allocates it. */
+	if (n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
+		scratch = malloc(size);
+		if (!scratch) {
+			err = ENOMEM;
+			goto out;
+		}
+	}
+	int64_t got = vfile_plan(&n->file, (uint64_t)off, size, scratch, &plan);
+	if (got < 0) {
+		err = (int)-got;
+		goto out;
+	}
+	bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
+	if (!bv) {
+		err = ENOMEM;
+		goto out;
+	}
+	memset(bv, 0, sizeof(*bv));
+	bv->count = plan.n;
+	for (size_t i = 0; i < plan.n; i++) {
+		const struct vpiece *p = &plan.p[i];
+		struct fuse_buf *b = &bv->buf[i];
+		memset(b, 0, sizeof(*b));
+		b->size = p->len;
+		if (p->file && fs->splice) {
+			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+			b->fd = p->file->fd;
+			b->pos = (off_t)p->file_off;
+		} else if (p->file) {
+			b->mem = (void *)(p->file->map + p->file_off);
+		} else {
+			b->mem = (void *)p->mem;
+		}
+	}
+	if (plan.n == 0)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+out:
+	if (err)
+		fuse_reply_err(req, err);
+	free(bv);
+	free(scratch);
+	vplan_destroy(&plan);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	const char *v = vnode_get_xattr(n, name);
+	if (!v) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	size_t len = strlen(v);
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, v, len);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	size_t len = 0;
+	for (size_t i = 0; i < n->nxattr; i++)
+		len += strlen(n->xattr[i].name) + 1;
+	if (size == 0) {
+		fuse_reply_xattr(req, len);
+		return;
+	}
+	if (size < len) {
+		fuse_reply_err(req, ERANGE);
+		return;
+	}
+	char *buf = malloc(len ? len : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t pos = 0;
+	for (size_t i = 0; i < n->nxattr; i++) {
+		size_t k = strlen(n->xattr[i].name) + 1;
+		memcpy(buf + pos, n->xattr[i].name, k);
+		pos += k;
+	}
+	fuse_reply_buf(req, buf, len);
+	free(buf);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct ckptfs_fs *fs = fs_of(req);
+	struct statvfs sv = {
+		.f_bsize = 4096,
+		.f_frsize = 4096,
+		.f_blocks = (fsblkcnt_t)((fs->tree->bytes + 4095) / 4096),
+		.f_files = (fsfilcnt_t)fs->tree->n,
+		.f_namemax = 255,
+		.f_flag = ST_RDONLY | ST_NOSUID | ST_NODEV,
+	};
+	fuse_reply_statfs(req, &sv);
+}
+
+/* Everything that would change the tree answers EROFS. */
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+			int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+			 struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops ckptfs_ll_ops = {
+	.init = ll_init,
+	.lookup = ll_lookup,
+	.getattr = ll_getattr,
+	.open = ll_open,
+	.opendir = ll_opendir,
+	.readdir = ll_readdir,
+	.read = ll_read,
+	.getxattr = ll_getxattr,
+	.listxattr = ll_listxattr,
+	.statfs = ll_statfs,
+	.setattr = ll_setattr,
+	.mknod = ll_mknod,
+	.mkdir = ll_mkdir,
+	.unlink = ll_unlink,
+	.rmdir = ll_unlink,
+	.symlink = ll_symlink,
+	.rename = ll_rename,
+	.link = ll_link,
+	.write = ll_write,
+	.setxattr = ll_setxattr,
+	.removexattr = ll_removexattr,
+	.create = ll_create,
+	.fallocate = ll_fallocate,
+};

@@ -1,0 +1,219 @@
+/* main.c -- the ckptfs command: parse options, open the source, mount, serve.
+ * Everything that can fail on bad input fails before the mount exists, so a refused source never leaves a half-mounted directory. */
+#define FUSE_USE_VERSION 312
+#include "config.h"
+
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckptfs/catalog.h"
+#include "ckptfs/fuse_ops.h"
+#include "ckptfs/mountinfo.h"
+#include "ckptfs/views.h"
+#include "ckptfs/vtree.h"
+
+struct ckptfs_opts {
+	char *source;
+	unsigned readahead_kb;
+	int no_splice;
+	int show_help;
+	int show_version;
+};
+
+enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY };
+
+#define CKPTFS_OPT(t, p, v) { t, offsetof(struct ckptfs_opts, p), v }
+
+static const struct fuse_opt ckptfs_opt_spec[] = {
+	CKPTFS_OPT("readahead=%u", readahead_kb, 0),
+	CKPTFS_OPT("no_splice", no_splice, 1),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	/* Options that only mean something to mount(8) and fstab. */
+	FUSE_OPT_KEY("noauto", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("auto", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("user", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("users", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("nouser", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("_netdev", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("nofail", KEY_FSTAB_ONLY),
+	FUSE_OPT_KEY("ro", KEY_FSTAB_ONLY),
+	FUSE_OPT_END
+};
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] SOURCE MOUNTPOINT\n\n"
+	       "Mount the model checkpoint in directory SOURCE (HuggingFace safetensors:\n"
+	       "model.safetensors, or model.safetensors.index.json and its shards) read-only\n"
+	       "at MOUNTPOINT, with these views computed on read:\n"
+	       "    README     what this mount shows\n"
+	       "    hf/        HuggingFace layout (the source files, passed through)\n"
+	       "    tensors/   one NAME.npy per tensor (BF16 and F8 widened to float32)\n\n"
+	       "general options:\n"
+	       "    -h, --help             print this help and exit\n"
+	       "    -V, --version          print the version and exit\n"
+	       "    -f                     stay in the foreground\n"
+	       "    -d, -o debug           print every FUSE request (implies -f)\n"
+	       "    -s                     serve requests on one thread\n"
+	       "    -o OPT[,OPT...]        mount options\n\n"
+	       "ckptfs options:\n"
+	       "    -o readahead=KIB       kernel readahead for the mount in KiB (default 1024;\n"
+	       "                           0 keeps the kernel's default)\n"
+	       "    -o no_splice           copy file bytes through the daemon instead of\n"
+	       "                           splicing them from the source\n\n"
+	       "FUSE options:\n",
+	       prog);
+	fuse_lowlevel_help();
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct ckptfs_opts *o = data;
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		if (!o->source) {
+			o->source = strdup(arg);
+			return 0;
+		}
+		return 1; /* the mount point: left for fuse_parse_cmdline */
+	case FUSE_OPT_KEY_OPT:
+		return strncmp(arg, "x-", 2) == 0 ? 0 : 1; /* x-systemd.* and friends are fstab's */
+	case KEY_HELP:
+		o->show_help = 1;
+		return 0;
+	case KEY_VERSION:
+		o->show_version = 1;
+		return 0;
+	case KEY_FSTAB_ONLY:
+		return 0;
+	}
+	return 1;
+}
+
+/* Refuse a source inside the mount point: the mount would hide it from itself. */
+static int check_paths(const char *source, const char *mountpoint)
+{
+	char s[PATH_MAX], m[PATH_MAX];
+	if (!realpath(source, s) || !realpath(mountpoint, m))
+		return 0; /* the catalog and the mount report these errors with context */
+	size_t ml = strlen(m);
+	if (strncmp(s, m, ml) == 0 && (s[ml] == '\0' || s[ml] == '/' || ml == 1)) {
+		fprintf(stderr, "ckptfs: %s: the source is inside the mount point %s\n", source, mountpoint);
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct ckptfs_opts opts = { .readahead_kb = 1024 };
+	struct fuse_cmdline_opts cl = { 0 };
+	struct catalog *cat = NULL;
+	struct vtree tree = { 0 };
+	struct fuse_session *se = NULL;
+	int ret = 1;
+
+	if (fuse_opt_parse(&args, &opts, ckptfs_opt_spec, opt_proc) != 0)
+		goto out_args;
+	if (opts.show_version) {
+		printf("ckptfs %s\n", PACKAGE_VERSION);
+		printf("FUSE library version %s\n", fuse_pkgversion());
+		ret = 0;
+		goto out_args;
+	}
+	if (opts.show_help) {
+		usage(argv[0]);
+		ret = 0;
+		goto out_args;
+	}
+	if (fuse_parse_cmdline(&args, &cl) != 0)
+		goto out_args;
+	if (!opts.source || !cl.mountpoint) {
+		fprintf(stderr, "ckptfs: usage: %s [options] SOURCE MOUNTPOINT (see --help)\n", argv[0]);
+		goto out_args;
+	}
+	if (check_paths(opts.source, cl.mountpoint) < 0)
+		goto out_args;
+
+	struct ckpt_err err = { 0 };
+	if (catalog_open(opts.source, &cat, &err) < 0) {
+		fprintf(stderr, "ckptfs: %s\n", err.msg);
+		goto out_args;
+	}
+	if (vtree_init(&tree) < 0 || views_build(&tree, cat, &err) < 0) {
+		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
+		goto out_tree;
+	}
+
+	struct ckptfs_fs fs = {
+		.cat = cat,
+		.tree = &tree,
+		.uid = getuid(),
+		.gid = getgid(),
+		.splice = !opts.no_splice,
+		.readahead_kb = opts.readahead_kb,
+		.debug = cl.debug,
+	};
+	/* Tell the kernel what this is and that it is read-only; a comma in the
+	 * path would split the option list, so it is shown as '_'. */
+	char fsname[PATH_MAX + 64], dirname[PATH_MAX];
+	snprintf(dirname, sizeof(dirname), "%s", cat->dir);
+	for (char *p = dirname; *p; p++)
+		if (*p == ',')
+			*p = '_';
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=ckptfs,ro,default_permissions", dirname);
+	if (fuse_opt_insert_arg(&args, 1, fsname) != 0)
+		goto out_tree;
+
+	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
+	if (!se)
+		goto out_tree;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_session;
+	if (fuse_session_mount(se, cl.mountpoint) != 0) {
+		fprintf(stderr, "ckptfs: %s: cannot mount\n", cl.mountpoint);
+		goto out_signals;
+	}
+	if (opts.readahead_kb)
+		mountinfo_set_readahead(cl.mountpoint, opts.readahead_kb);
+	if (fuse_daemonize(cl.foreground) != 0)
+		goto out_unmount;
+
+	if (cl.singlethread) {
+		ret = fuse_session_loop(se);
+	} else {
+		struct fuse_loop_config *lc = fuse_loop_cfg_create();
+		if (!lc)
+			goto out_unmount;
+		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
+		fuse_loop_cfg_set_max_threads(lc, cl.max_threads);
+		fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
+		ret = fuse_session_loop_mt(se, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	ret = ret == 0 ? 0 : 1;
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session:
+	fuse_session_destroy(se);
+out_tree:
+	vtree_destroy(&tree);
+	catalog_close(cat);
+out_args:
+	free(opts.source);
+	free(cl.mountpoint);
+	fuse_opt_free_args(&args);
+	return ret;
+}

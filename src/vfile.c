@@ -1,0 +1,219 @@
+/* vfile.c -- extents of a view file and the planning of reads over them.
+ * Source ranges stay references to the source; only computed bytes touch the scratch buffer. */
+#include "ckptfs/vfile.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void vfile_init(struct vfile *vf)
+{
+	memset(vf, 0, sizeof(*vf));
+}
+
+void vfile_destroy(struct vfile *vf)
+{
+	for (size_t i = 0; i < vf->n; i++) {
+		if (vf->ext[i].kind == EXTENT_BYTES)
+			free((void *)vf->ext[i].bytes);
+		else if (vf->ext[i].kind == EXTENT_EXPR)
+			expr_unref(vf->ext[i].expr);
+	}
+	free(vf->ext);
+	memset(vf, 0, sizeof(*vf));
+}
+
+static struct extent *vfile_push(struct vfile *vf, uint64_t len)
+{
+	if (vf->size + len < vf->size)
+		return NULL;
+	if (vf->n == vf->cap) {
+		size_t cap = vf->cap ? vf->cap * 2 : 4;
+		struct extent *e = realloc(vf->ext, cap * sizeof(*e));
+		if (!e)
+			return NULL;
+		vf->ext = e;
+		vf->cap = cap;
+	}
+	struct extent *x = &vf->ext[vf->n++];
+	memset(x, 0, sizeof(*x));
+	x->off = vf->size;
+	x->len = len;
+	vf->size += len;
+	return x;
+}
+
+int vfile_add_bytes(struct vfile *vf, const void *data, size_t len)
+{
+	if (len == 0)
+		return 0;
+	uint8_t *copy = malloc(len);
+	if (!copy)
+		return -ENOMEM;
+	struct extent *x = vfile_push(vf, len);
+	if (!x) {
+		free(copy);
+		return -ENOMEM;
+	}
+	memcpy(copy, data, len);
+	x->kind = EXTENT_BYTES;
+	x->bytes = copy;
+	return 0;
+}
+
+int vfile_add_file(struct vfile *vf, const struct src_file *f, uint64_t off, uint64_t len)
+{
+	if (off > f->size || len > f->size - off)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	struct extent *x = vfile_push(vf, len);
+	if (!x)
+		return -ENOMEM;
+	x->kind = EXTENT_FILE;
+	x->file = f;
+	x->file_off = off;
+	return 0;
+}
+
+int vfile_add_expr(struct vfile *vf, struct expr *e)
+{
+	if (!e)
+		return -ENOMEM;
+	if (e->nbytes == 0) {
+		expr_unref(e);
+		return 0;
+	}
+	struct extent *x = vfile_push(vf, e->nbytes);
+	if (!x) {
+		expr_unref(e);
+		return -ENOMEM;
+	}
+	x->kind = EXTENT_EXPR;
+	x->expr = e;
+	return 0;
+}
+
+size_t vfile_find(const struct vfile *vf, uint64_t off)
+{
+	size_t lo = 0, hi = vf->n;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (vf->ext[mid].off <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+void vplan_init(struct vplan *p)
+{
+	memset(p, 0, sizeof(*p));
+}
+
+void vplan_destroy(struct vplan *p)
+{
+	free(p->p);
+	memset(p, 0, sizeof(*p));
+}
+
+/* Append a piece, merging it with the previous one when they are adjacent
+ * in the same file or in memory, so splice sees few large ranges. */
+static int vplan_push(struct vplan *p, const void *mem, const struct src_file *f, uint64_t file_off, size_t len)
+{
+	if (p->n > 0) {
+		struct vpiece *last = &p->p[p->n - 1];
+		if (f && last->file == f && last->file_off + last->len == file_off) {
+			last->len += len;
+			return 0;
+		}
+		if (mem && last->mem && (const uint8_t *)last->mem + last->len == mem) {
+			last->len += len;
+			return 0;
+		}
+	}
+	if (p->n == p->cap) {
+		size_t cap = p->cap ? p->cap * 2 : 8;
+		struct vpiece *np = realloc(p->p, cap * sizeof(*np));
+		if (!np)
+			return -ENOMEM;
+		p->p = np;
+		p->cap = cap;
+	}
+	p->p[p->n++] = (struct vpiece){ .mem = mem, .file = f, .file_off = file_off, .len = len };
+	return 0;
+}
+
+int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
+{
+	plan->n = 0;
+	plan->computed = 0;
+	if (off >= vf->size || len == 0)
+		return 0;
+	if (len > vf->size - off)
+		len = (size_t)(vf->size - off);
+	if (len > INT64_MAX)
+		return -EINVAL;
+	size_t done = 0;
+	for (size_t i = vfile_find(vf, off); done < len && i < vf->n; i++) {
+		const struct extent *x = &vf->ext[i];
+		uint64_t in = off + done - x->off; /* offset inside this extent */
+		uint64_t take = x->len - in;
+		if (take > len - done)
+			take = len - done;
+		int r = 0;
+		switch (x->kind) {
+		case EXTENT_BYTES:
+			r = vplan_push(plan, x->bytes + in, NULL, 0, (size_t)take);
+			break;
+		case EXTENT_FILE:
+			r = vplan_push(plan, NULL, x->file, x->file_off + in, (size_t)take);
+			break;
+		case EXTENT_EXPR:
+			for (uint64_t got = 0; got < take && r == 0;) {
+				struct expr_span sp;
+				expr_span(x->expr, in + got, take - got, &sp);
+				if (sp.file) {
+					r = vplan_push(plan, NULL, sp.file, sp.file_off, (size_t)sp.len);
+				} else {
+					uint8_t *dst = scratch + done + got;
+					r = expr_read(x->expr, in + got, sp.len, dst);
+					if (r == 0)
+						r = vplan_push(plan, dst, NULL, 0, (size_t)sp.len);
+					plan->computed += (size_t)sp.len;
+				}
+				got += sp.len;
+			}
+			break;
+		}
+		if (r < 0)
+			return r;
+		done += (size_t)take;
+	}
+	return (int64_t)done;
+}
+
+int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf)
+{
+	struct vplan plan;
+	vplan_init(&plan);
+	int64_t n = vfile_plan(vf, off, len, buf, &plan);
+	/* Pieces are in request order; computed ones already sit at their place in buf. */
+	uint8_t *out = buf;
+	for (size_t i = 0; n > 0 && i < plan.n; i++) {
+		const struct vpiece *p = &plan.p[i];
+		if (p->file) {
+			if (!p->file->map || p->file_off > p->file->size || p->len > p->file->size - p->file_off) {
+				n = -EIO;
+				break;
+			}
+			memcpy(out, p->file->map + p->file_off, p->len);
+		} else if (p->mem != out) {
+			memmove(out, p->mem, p->len);
+		}
+		out += p->len;
+	}
+	vplan_destroy(&plan);
+	return n;
+}

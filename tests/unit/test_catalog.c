@@ -1,0 +1,222 @@
+/* test_catalog.c -- opening source directories: single and sharded checkpoints, and each way an index or directory can be wrong.
+ * Fixtures are written into a fresh temp directory per test. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "ckptfs/catalog.h"
+#include "st_builder.h"
+
+/* Expected messages are templates with the temp dir substituted for each %s. */
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+
+#define SHARD1 "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}"
+#define SHARD2 "{\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[0,6]}}"
+#define INDEX_OK                                                                                       \
+	"{\"metadata\":{\"total_size\":14},\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\"," \
+	"\"b\":\"model-00002-of-00002.safetensors\"}}"
+
+static int setup(void **state)
+{
+	*state = tmpdir_make();
+	return *state ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	tmpdir_remove(*state);
+	return 0;
+}
+
+static void write_sharded(const char *d, const char *index)
+{
+	assert_int_equal(st_write(d, "model-00001-of-00002.safetensors", SHARD1, 8), 0);
+	assert_int_equal(st_write(d, "model-00002-of-00002.safetensors", SHARD2, 6), 0);
+	assert_int_equal(text_write(d, "model.safetensors.index.json", index), 0);
+}
+
+static void expect_open_fails(const char *d, const char *fmt)
+{
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	char want[2048];
+	snprintf(want, sizeof(want), fmt, d, d, d);
+	assert_true(catalog_open(d, &cat, &err) < 0);
+	assert_null(cat);
+	assert_string_equal(err.msg, want);
+}
+
+static void test_sharded_ok(void **state)
+{
+	const char *d = *state;
+	write_sharded(d, INDEX_OK);
+	assert_int_equal(text_write(d, "config.json", "{\"model_type\":\"llama\",\"hidden_size\":8,"
+						      "\"num_attention_heads\":2,\"num_key_value_heads\":1}"), 0);
+	assert_int_equal(text_write(d, "tokenizer.json", "{}"), 0);
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(catalog_open(d, &cat, &err), 0);
+	assert_int_equal(cat->ntensors, 2);
+	assert_int_equal(cat->nshards, 2);
+	assert_int_equal(cat->nfiles, 5);
+	assert_int_equal(cat->arch, ARCH_LLAMA);
+	assert_int_equal(cat->dims.hidden, 8);
+	assert_int_equal(cat->dims.kv_heads, 1);
+	const struct cat_tensor *b = catalog_find(cat, "b");
+	assert_non_null(b);
+	assert_string_equal(b->file->name, "model-00002-of-00002.safetensors");
+	assert_int_equal(b->nbytes, 6);
+	assert_int_equal(b->offset + b->nbytes, b->file->size);
+	assert_null(catalog_find(cat, "c"));
+	assert_int_equal(cat->tensor_bytes, 14);
+	catalog_close(cat);
+}
+
+static void test_single_unknown_arch(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(st_write(d, "model.safetensors", SHARD1, 8), 0);
+	assert_int_equal(text_write(d, "config.json", "{\"model_type\":\"brand-new\"}"), 0);
+	struct catalog *cat;
+	assert_int_equal(catalog_open(d, &cat, NULL), 0);
+	assert_int_equal(cat->arch, ARCH_UNKNOWN);
+	assert_string_equal(arch_name(cat->arch), "unknown");
+	assert_null(cat->index);
+	catalog_close(cat);
+}
+
+static void test_not_a_checkpoint(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(text_write(d, "notes.txt", "hello"), 0);
+	expect_open_fails(d, "%s: no model.safetensors or model.safetensors.index.json (not a safetensors checkpoint)");
+}
+
+static void test_missing_dir(void **state)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/nope", (const char *)*state);
+	struct catalog *cat;
+	struct ckpt_err err;
+	assert_int_equal(catalog_open(path, &cat, &err), -2);
+	char want[4200];
+	snprintf(want, sizeof(want), "%s: No such file or directory", path);
+	assert_string_equal(err.msg, want);
+}
+
+static void test_index_missing_shard(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(st_write(d, "model-00001-of-00002.safetensors", SHARD1, 8), 0);
+	assert_int_equal(text_write(d, "model.safetensors.index.json", INDEX_OK), 0);
+	expect_open_fails(d, "%s/model-00002-of-00002.safetensors: No such file or directory "
+			     "(named by %s/model.safetensors.index.json)");
+}
+
+static void test_index_wrong_shard(void **state)
+{
+	const char *d = *state;
+	write_sharded(d, "{\"weight_map\":{\"a\":\"model-00002-of-00002.safetensors\","
+			 "\"b\":\"model-00002-of-00002.safetensors\"}}");
+	/* Only shard 2 is named, so 'a' is not loaded at all. */
+	expect_open_fails(d, "%s/model.safetensors.index.json: tensor 'a' is not in model-00002-of-00002.safetensors");
+}
+
+static void test_index_unlisted(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(st_write(d, "model-00001-of-00002.safetensors",
+				  "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+				  "\"c\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+				  8),
+			 0);
+	assert_int_equal(st_write(d, "model-00002-of-00002.safetensors", SHARD2, 6), 0);
+	assert_int_equal(text_write(d, "model.safetensors.index.json", INDEX_OK), 0);
+	expect_open_fails(d, "%s/model-00001-of-00002.safetensors: tensor 'c' is not listed in "
+			     "model.safetensors.index.json");
+}
+
+static void test_index_bad(void **state)
+{
+	const char *d = *state;
+	write_sharded(d, "{\"weight_map\":[]}");
+	expect_open_fails(d, "%s/model.safetensors.index.json: no \"weight_map\" object");
+}
+
+static void test_bad_config(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(st_write(d, "model.safetensors", SHARD1, 8), 0);
+	assert_int_equal(text_write(d, "config.json", "{\"model_type\": llama}"), 0);
+	expect_open_fails(d, "%s/config.json: invalid JSON near byte 15");
+}
+
+static void test_duplicate_across_shards(void **state)
+{
+	const char *d = *state;
+	assert_int_equal(st_write(d, "a.safetensors", SHARD1, 8), 0);
+	assert_int_equal(st_write(d, "b.safetensors", SHARD1, 8), 0);
+	expect_open_fails(d, "%s/b.safetensors: duplicate tensor name 'a' (also in %s/a.safetensors)");
+}
+
+static void test_symlink_outside(void **state)
+{
+	const char *d = *state;
+	char outside[4096], link[4096];
+	snprintf(outside, sizeof(outside), "%s.outside.safetensors", d);
+	size_t len;
+	uint8_t *b = st_build(SHARD1, 8, &len);
+	FILE *f = fopen(outside, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(b, 1, len, f), len);
+	fclose(f);
+	free(b);
+	snprintf(link, sizeof(link), "%s/model.safetensors", d);
+	assert_int_equal(symlink(outside, link), 0);
+	/* Not shown as a file, so the source has no checkpoint; an index naming it gets the reason. */
+	assert_int_equal(text_write(d, "model.safetensors.index.json",
+				    "{\"weight_map\":{\"a\":\"model.safetensors\"}}"),
+			 0);
+	expect_open_fails(d, "%s/model.safetensors: symlink leads outside the source directory "
+			     "(named by %s/model.safetensors.index.json)");
+	unlink(outside);
+}
+
+static void test_symlink_inside(void **state)
+{
+	const char *d = *state;
+	char link[4096];
+	assert_int_equal(st_write(d, "real.bin", SHARD1, 8), 0);
+	snprintf(link, sizeof(link), "%s/model.safetensors", d);
+	assert_int_equal(symlink("real.bin", link), 0);
+	struct catalog *cat;
+	assert_int_equal(catalog_open(d, &cat, NULL), 0);
+	assert_int_equal(cat->ntensors, 1);
+	catalog_close(cat);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_sharded_ok, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_single_unknown_arch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_a_checkpoint, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_missing_dir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_missing_shard, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_wrong_shard, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_unlisted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_bad, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_duplicate_across_shards, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_symlink_outside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_symlink_inside, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

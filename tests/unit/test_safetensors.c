@@ -1,0 +1,208 @@
+/* test_safetensors.c -- the safetensors header parser on valid files and on each rule broken on purpose.
+ * Every bad case checks the exact message, so a regression in what users see fails here. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ckptfs/safetensors.h"
+#include "st_builder.h"
+
+static void test_valid_two_tensors(void **state)
+{
+	const char *json = "{\"__metadata__\":{\"format\":\"pt\"},"
+			   "\"b\":{\"dtype\":\"BF16\",\"shape\":[2,3],\"data_offsets\":[16,28]},"
+			   "\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
+	size_t len;
+	uint8_t *buf = st_build(json, 28, &len);
+	struct st_header h;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(st_parse_header(buf, len, "m.safetensors", &h, &err), 0);
+	assert_int_equal(h.ntensors, 2);
+	assert_string_equal(h.tensors[0].name, "a"); /* sorted by offset */
+	assert_int_equal(h.tensors[0].dtype, CKPT_F32);
+	assert_int_equal(h.tensors[1].ndim, 2);
+	assert_int_equal(h.tensors[1].shape[1], 3);
+	assert_int_equal(h.tensors[1].begin, 16);
+	assert_int_equal(h.data_start, len - 28);
+	assert_int_equal(h.nmeta, 1);
+	assert_string_equal(h.meta[0].key, "format");
+	assert_string_equal(h.meta[0].value, "pt");
+	st_header_free(&h);
+	free(buf);
+}
+
+static void test_valid_scalar_and_empty(void **state)
+{
+	const char *json = "{\"s\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]},"
+			   "\"z\":{\"dtype\":\"I32\",\"shape\":[0,5],\"data_offsets\":[8,8]}}";
+	size_t len;
+	uint8_t *buf = st_build(json, 8, &len);
+	struct st_header h;
+	assert_int_equal(st_parse_header(buf, len, "m", &h, NULL), 0);
+	assert_int_equal(h.ntensors, 2);
+	assert_int_equal(h.tensors[0].ndim, 0);
+	st_header_free(&h);
+	free(buf);
+}
+
+static void test_empty_header_object(void **state)
+{
+	size_t len;
+	uint8_t *buf = st_build("{}", 0, &len);
+	struct st_header h;
+	assert_int_equal(st_parse_header(buf, len, "m", &h, NULL), 0);
+	assert_int_equal(h.ntensors, 0);
+	st_header_free(&h);
+	free(buf);
+}
+
+/* Parse `json` followed by `data_len` bytes and expect failure with `msg`. */
+static void expect_bad(const char *json, size_t data_len, const char *msg)
+{
+	size_t len;
+	uint8_t *buf = st_build(json, data_len, &len);
+	struct st_header h;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(st_parse_header(buf, len, "x.safetensors", &h, &err), -22);
+	assert_string_equal(err.msg, msg);
+	assert_int_equal(h.ntensors, 0);
+	free(buf);
+}
+
+static void test_too_short(void **state)
+{
+	uint8_t b[5] = { 0 };
+	struct st_header h;
+	struct ckpt_err err;
+	assert_int_equal(st_parse_header(b, sizeof(b), "x.safetensors", &h, &err), -22);
+	assert_string_equal(err.msg, "x.safetensors: file is 5 bytes, too short for a safetensors header");
+}
+
+static void test_header_length_lies(void **state)
+{
+	uint8_t b[16] = { 200, 0, 0, 0, 0, 0, 0, 0, '{', '}' };
+	struct st_header h;
+	struct ckpt_err err;
+	assert_int_equal(st_parse_header(b, sizeof(b), "x.safetensors", &h, &err), -22);
+	assert_string_equal(err.msg,
+			    "x.safetensors: header length 200 runs past the end of file (file is 16 bytes)");
+}
+
+static void test_header_length_huge(void **state)
+{
+	uint8_t b[16] = { 0, 0, 0, 0, 0, 0, 0, 0x80, '{', '}' };
+	struct st_header h;
+	struct ckpt_err err;
+	assert_int_equal(st_parse_header(b, sizeof(b), "x.safetensors", &h, &err), -22);
+	assert_string_equal(err.msg,
+			    "x.safetensors: header length 9223372036854775808 exceeds the 100000000-byte limit");
+}
+
+static void test_bad_json(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",", 0, "x.safetensors: invalid JSON header near byte 31");
+	expect_bad("[1,2]", 0, "x.safetensors: invalid JSON header: does not start with '{'");
+	expect_bad("{} x", 0, "x.safetensors: invalid JSON header: trailing bytes after the object at byte 11");
+}
+
+static void test_unknown_dtype(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F9\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: tensor 'a': unknown dtype 'F9'");
+}
+
+static void test_shape_mismatch(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
+		   "x.safetensors: tensor 'a': shape and dtype give 12 bytes, which does not match data_offsets span 8");
+}
+
+static void test_shape_overflow(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
+		   "x.safetensors: tensor 'a': shape size overflows");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,8]}}", 8,
+		   "x.safetensors: tensor 'a': shape holds a value that is not a non-negative integer");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8,
+		   "x.safetensors: tensor 'a': shape holds a value that is not a non-negative integer");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: tensor 'a': 9 dimensions, at most 8 supported");
+}
+
+static void test_overlap(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+		   "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+		   12, "x.safetensors: tensor 'b' at [4, 12] overlaps 'a'");
+}
+
+static void test_gap(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+		   "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+		   12, "x.safetensors: gap of 4 bytes in the data area before tensor 'b'");
+}
+
+static void test_past_end_and_trailing(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 12,
+		   "x.safetensors: tensor data runs past the end of file (needs 16 bytes of data, file has 12)");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 12,
+		   "x.safetensors: 8 trailing bytes after the last tensor");
+}
+
+static void test_offsets_reversed(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,0]}}", 4,
+		   "x.safetensors: tensor 'a': data_offsets [4, 0] end before they begin");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4,
+		   "x.safetensors: tensor 'a': data_offsets is not a list of two non-negative integers");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", 4,
+		   "x.safetensors: tensor 'a': data_offsets is not a list of two non-negative integers");
+}
+
+static void test_duplicate_and_names(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+		   "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+		   2, "x.safetensors: duplicate tensor name 'a'");
+	expect_bad("{\"\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+		   "x.safetensors: a tensor has an empty name");
+}
+
+static void test_missing_and_extra_keys(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"U8\",\"data_offsets\":[0,1]}}", 1, "x.safetensors: tensor 'a': missing shape");
+	expect_bad("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":1}}", 1,
+		   "x.safetensors: tensor 'a': unexpected key 'x'");
+	expect_bad("{\"a\":5}", 0, "x.safetensors: tensor 'a' is not a JSON object");
+	expect_bad("{\"__metadata__\":{\"k\":1}}", 0, "x.safetensors: __metadata__ value of 'k' is not a string");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_valid_two_tensors),
+		cmocka_unit_test(test_valid_scalar_and_empty),
+		cmocka_unit_test(test_empty_header_object),
+		cmocka_unit_test(test_too_short),
+		cmocka_unit_test(test_header_length_lies),
+		cmocka_unit_test(test_header_length_huge),
+		cmocka_unit_test(test_bad_json),
+		cmocka_unit_test(test_unknown_dtype),
+		cmocka_unit_test(test_shape_mismatch),
+		cmocka_unit_test(test_shape_overflow),
+		cmocka_unit_test(test_overlap),
+		cmocka_unit_test(test_gap),
+		cmocka_unit_test(test_past_end_and_trailing),
+		cmocka_unit_test(test_offsets_reversed),
+		cmocka_unit_test(test_duplicate_and_names),
+		cmocka_unit_test(test_missing_and_extra_keys),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
