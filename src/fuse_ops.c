@@ -206,6 +206,10 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		err = (int)-got;
 		goto out;
 	}
+	/* libfuse splices a reply only when it fits in its pipe, and copies it
+	 * through a fresh buffer otherwise; for those, memory from the mapping is
+	 * the cheaper path. */
+	bool splice = fs->splice && size <= fs->splice_max;
 	bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
 	if (!bv) {
 		err = ENOMEM;
@@ -218,7 +222,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		struct fuse_buf *b = &bv->buf[i];
 		memset(b, 0, sizeof(*b));
 		b->size = p->len;
-		if (p->file && fs->splice) {
+		if (p->file && splice) {
 			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
 			b->fd = p->file->fd;
 			b->pos = (off_t)p->file_off;

@@ -18,6 +18,7 @@ struct ckptfs_fs {
 	uid_t uid;
 	gid_t gid;
 	bool splice;           /* hand source ranges to the kernel as fds */
+	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	bool debug;
 };
