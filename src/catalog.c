@@ -96,8 +96,12 @@ static int scan_files(struct catalog *cat, struct ckpt_err *err)
 		struct ckpt_err e;
 		struct src_file *f = &cat->files[cat->nfiles];
 		int fr = src_file_open(cat->dirfd, cat->dir, names[i], 1, f, &e);
-		if (fr == -EXDEV)
-			fprintf(stderr, "ckptfs: warning: %s (not shown)\n", e.msg);
+		if (fr == -EXDEV && cat->nwarnings < CATALOG_MAX_WARNINGS) {
+			/* Not fatal unless the checkpoint needs the file; kept for the caller to print. */
+			cat->warnings[cat->nwarnings] = strdup(e.msg);
+			if (cat->warnings[cat->nwarnings])
+				cat->nwarnings++;
+		}
 		if (fr < 0)
 			continue; /* not a regular file: not passed through */
 		cat->nfiles++;
@@ -175,6 +179,8 @@ static int find_shard(struct catalog *cat, const char *name, const char *referre
 		r = -ENOENT;
 		snprintf(e.msg, sizeof(e.msg), "%s/%s: not a file of the source directory", cat->dir, name);
 	}
+	if (strcmp(referrer, cat->dir) == 0)
+		return ckpt_err_set(err, -r, "%s", e.msg);
 	return ckpt_err_set(err, -r, "%s (named by %s)", e.msg, referrer);
 }
 
@@ -219,6 +225,11 @@ static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err 
 		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
 	} else if (catalog_file(cat, SINGLE_NAME)) {
 		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
+	} else if (faccessat(cat->dirfd, SINGLE_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		/* There, but not usable (a symlink out, a directory): say why. */
+		struct src_file *f;
+		int r = find_shard(cat, SINGLE_NAME, cat->dir, &f, err);
+		return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s/%s: not usable", cat->dir, SINGLE_NAME);
 	} else {
 		for (size_t i = 0; i < cat->nfiles; i++)
 			if (has_suffix(cat->files[i].name, ".safetensors"))
@@ -365,6 +376,8 @@ void catalog_close(struct catalog *cat)
 		src_file_close(&cat->files[i]);
 	free(cat->files);
 	free(cat->shards);
+	for (size_t i = 0; i < cat->nwarnings; i++)
+		free(cat->warnings[i]);
 	cJSON_Delete(cat->config);
 	if (cat->dirfd >= 0)
 		close(cat->dirfd);

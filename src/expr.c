@@ -3,6 +3,8 @@
 #include "ckptfs/expr.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,8 @@
 
 /* Elements converted per step of a cast: small enough for the stack. */
 #define CAST_BATCH 4096
+/* Transpose tile edge in elements: a 64x64 tile of 8-byte elements is 32 KiB, L1-sized. */
+#define TILE 64
 
 static struct expr *expr_new(enum expr_op op, enum ckpt_dtype dtype, uint32_t ndim, const uint64_t *shape)
 {
@@ -31,11 +35,37 @@ static struct expr *expr_new(enum expr_op op, enum ckpt_dtype dtype, uint32_t nd
 	return e;
 }
 
+/* Give e its argument list; on failure release e and the arguments. */
+static struct expr *expr_set_args(struct expr *e, struct expr **args, size_t n)
+{
+	if (e)
+		e->args = malloc(n * sizeof(*args));
+	if (!e || !e->args) {
+		for (size_t i = 0; i < n; i++)
+			expr_unref(args[i]);
+		if (e)
+			free(e);
+		return NULL;
+	}
+	memcpy(e->args, args, n * sizeof(*args));
+	e->nargs = n;
+	return e;
+}
+
+/* Product of shape[from..to). */
+static uint64_t dims_product(const uint64_t *shape, uint32_t from, uint32_t to)
+{
+	uint64_t p = 1;
+	for (uint32_t i = from; i < to; i++)
+		p *= shape[i]; /* cannot overflow: a factor of a checked numel */
+	return p;
+}
+
 struct expr *expr_source(const struct cat_tensor *t)
 {
 	struct expr *e = expr_new(EXPR_SOURCE, t->dtype, t->ndim, t->shape);
 	if (e)
-		e->u.src = t;
+		e->src = t;
 	return e;
 }
 
@@ -43,18 +73,126 @@ struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to)
 {
 	if (!arg)
 		return NULL;
+	if (arg->dtype == to)
+		return arg;
 	if (!cast_supported(arg->dtype, to)) {
 		expr_unref(arg);
 		return NULL;
 	}
-	if (arg->dtype == to)
+	return expr_set_args(expr_new(EXPR_CAST, to, arg->ndim, arg->shape), &arg, 1);
+}
+
+struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop)
+{
+	if (!arg)
+		return NULL;
+	if (dim >= arg->ndim || start > stop || stop > arg->shape[dim]) {
+		expr_unref(arg);
+		return NULL;
+	}
+	if (start == 0 && stop == arg->shape[dim])
 		return arg;
-	struct expr *e = expr_new(EXPR_CAST, to, arg->ndim, arg->shape);
+	uint64_t shape[ST_MAX_DIMS];
+	memcpy(shape, arg->shape, sizeof(shape));
+	shape[dim] = stop - start;
+	struct expr *e = expr_set_args(expr_new(EXPR_SLICE, arg->dtype, arg->ndim, shape), &arg, 1);
+	if (!e)
+		return NULL;
+	uint64_t inner = dims_product(arg->shape, dim + 1, arg->ndim) * dtype_size(arg->dtype);
+	e->dim = dim;
+	e->start = start;
+	e->stop = stop;
+	e->outer = dims_product(arg->shape, 0, dim);
+	e->arg_row = arg->shape[dim] * inner;
+	e->row_bytes = (stop - start) * inner;
+	e->skip = start * inner;
+	return e;
+}
+
+struct expr *expr_concat(uint32_t dim, struct expr **args, size_t n)
+{
+	struct expr *e = NULL;
+	uint64_t shape[ST_MAX_DIMS];
+	bool ok = n > 0;
+	for (size_t i = 0; i < n; i++)
+		ok = ok && args[i];
+	if (ok) {
+		const struct expr *a0 = args[0];
+		ok = dim < a0->ndim;
+		memcpy(shape, a0->shape, sizeof(shape));
+		shape[dim] = 0;
+		for (size_t i = 0; ok && i < n; i++) {
+			const struct expr *a = args[i];
+			ok = a->ndim == a0->ndim && a->dtype == a0->dtype;
+			for (uint32_t k = 0; ok && k < a0->ndim; k++)
+				ok = k == dim || a->shape[k] == a0->shape[k];
+			ok = ok && !__builtin_add_overflow(shape[dim], a->shape[dim], &shape[dim]);
+		}
+	}
+	if (!ok) {
+		for (size_t i = 0; i < n; i++)
+			expr_unref(args[i]);
+		return NULL;
+	}
+	if (n == 1)
+		return args[0];
+	e = expr_set_args(expr_new(EXPR_CONCAT, args[0]->dtype, args[0]->ndim, shape), args, n);
+	if (!e)
+		return NULL;
+	e->part_end = malloc(n * sizeof(*e->part_end));
+	if (!e->part_end) {
+		expr_unref(e);
+		return NULL;
+	}
+	uint64_t inner = dims_product(shape, dim + 1, e->ndim) * dtype_size(e->dtype);
+	uint64_t end = 0;
+	for (size_t i = 0; i < n; i++) {
+		end += args[i]->shape[dim] * inner;
+		e->part_end[i] = end;
+	}
+	e->dim = dim;
+	e->outer = dims_product(shape, 0, dim);
+	e->row_bytes = end;
+	return e;
+}
+
+struct expr *expr_transpose(struct expr *arg)
+{
+	if (!arg)
+		return NULL;
+	if (arg->ndim != 2) {
+		expr_unref(arg);
+		return NULL;
+	}
+	uint64_t shape[2] = { arg->shape[1], arg->shape[0] };
+	return expr_set_args(expr_new(EXPR_TRANSPOSE, arg->dtype, 2, shape), &arg, 1);
+}
+
+struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n)
+{
+	if (!arg)
+		return NULL;
+	bool ok = arg->ndim >= 1;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = idx[i] < arg->shape[0];
+	uint64_t shape[ST_MAX_DIMS];
+	memcpy(shape, arg->shape, sizeof(shape));
+	shape[0] = n;
+	struct expr *e = ok ? expr_new(EXPR_GATHER, arg->dtype, arg->ndim, shape) : NULL;
 	if (!e) {
 		expr_unref(arg);
 		return NULL;
 	}
-	e->u.arg = arg;
+	e = expr_set_args(e, &arg, 1);
+	if (!e)
+		return NULL;
+	e->idx = malloc((n ? n : 1) * sizeof(*idx));
+	if (!e->idx) {
+		expr_unref(e);
+		return NULL;
+	}
+	memcpy(e->idx, idx, n * sizeof(*idx));
+	e->row_bytes = dims_product(shape, 1, e->ndim) * dtype_size(e->dtype);
 	return e;
 }
 
@@ -69,9 +207,54 @@ void expr_unref(struct expr *e)
 {
 	if (!e || __atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
-	if (e->op == EXPR_CAST)
-		expr_unref(e->u.arg);
+	for (size_t i = 0; i < e->nargs; i++)
+		expr_unref(e->args[i]);
+	free(e->args);
+	free(e->idx);
+	free(e->part_end);
 	free(e);
+}
+
+/* For the piecewise operators: which argument holds output byte `off`, at
+ * which offset, and how many bytes from there are contiguous in it. */
+static const struct expr *piece_locate(const struct expr *e, uint64_t off, uint64_t *aoff, uint64_t *run)
+{
+	uint64_t row, in;
+	switch (e->op) {
+	case EXPR_SLICE:
+		row = off / e->row_bytes, in = off % e->row_bytes;
+		*aoff = row * e->arg_row + e->skip + in;
+		*run = e->row_bytes - in;
+		return e->args[0];
+	case EXPR_CONCAT: {
+		row = off / e->row_bytes, in = off % e->row_bytes;
+		size_t lo = 0, hi = e->nargs - 1;
+		while (lo < hi) { /* first part whose end is past `in` */
+			size_t mid = (lo + hi) / 2;
+			if (e->part_end[mid] > in)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		uint64_t begin = lo ? e->part_end[lo - 1] : 0;
+		uint64_t part = e->part_end[lo] - begin;
+		*aoff = row * part + (in - begin);
+		*run = e->part_end[lo] - in;
+		/* When this part is the whole row (concat along dim 0, outer 1) the run
+		 * covers it all, which is what makes a dim-0 concat spliceable. */
+		return e->args[lo];
+	}
+	case EXPR_GATHER:
+		row = off / e->row_bytes, in = off % e->row_bytes;
+		*aoff = e->idx[row] * e->row_bytes + in;
+		*run = e->row_bytes - in;
+		/* Consecutive source rows extend the run. */
+		for (uint64_t r = row + 1; r < e->shape[0] && e->idx[r] == e->idx[r - 1] + 1; r++)
+			*run += e->row_bytes;
+		return e->args[0];
+	default:
+		return NULL;
+	}
 }
 
 void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_span *out)
@@ -81,19 +264,44 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 	out->file_off = 0;
 	switch (e->op) {
 	case EXPR_SOURCE:
-		out->file = e->u.src->file;
-		out->file_off = e->u.src->offset + off;
-		break;
+		out->file = e->src->file;
+		out->file_off = e->src->offset + off;
+		return;
 	case EXPR_CAST:
-		break; /* every byte is computed */
+		return; /* every byte is computed */
+	case EXPR_TRANSPOSE:
+		/* A 1xN or Nx1 matrix has the same bytes as its transpose. */
+		if (e->shape[0] == 1 || e->shape[1] == 1)
+			expr_span(e->args[0], off, len, out);
+		return;
+	case EXPR_SLICE:
+	case EXPR_CONCAT:
+	case EXPR_GATHER: {
+		uint64_t aoff, run;
+		const struct expr *a = piece_locate(e, off, &aoff, &run);
+		expr_span(a, aoff, run < len ? run : len, out);
+		return;
 	}
+	}
+}
+
+const uint8_t *expr_direct(const struct expr *e)
+{
+	if (e->nbytes == 0)
+		return NULL;
+	struct expr_span sp;
+	expr_span(e, 0, e->nbytes, &sp);
+	if (!sp.file || !sp.file->map || sp.len != e->nbytes || sp.file_off > sp.file->size ||
+	    e->nbytes > sp.file->size - sp.file_off)
+		return NULL;
+	return sp.file->map + sp.file_off;
 }
 
 static int read_source(const struct cat_tensor *t, uint64_t off, uint64_t len, void *dst)
 {
 	const struct src_file *f = t->file;
-	/* The catalog checked offset + nbytes <= size; the view checks off + len <= nbytes. */
-	if (!f->map || off > t->nbytes || len > t->nbytes - off)
+	/* The catalog checked offset + nbytes <= size; expr_read checked off + len <= nbytes. */
+	if (!f->map)
 		return -EIO;
 	memcpy(dst, f->map + t->offset + off, (size_t)len);
 	return 0;
@@ -101,9 +309,9 @@ static int read_source(const struct cat_tensor *t, uint64_t off, uint64_t len, v
 
 static int read_cast(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 {
-	const struct expr *a = e->u.arg;
+	const struct expr *a = e->args[0];
 	size_t osz = dtype_size(e->dtype), isz = dtype_size(a->dtype);
-	uint8_t in[CAST_BATCH * 8], tmp[CAST_BATCH * 4];
+	uint8_t in[CAST_BATCH * 8], tmp[CAST_BATCH * 8];
 	uint64_t end = off + len;
 	uint64_t first = off / osz;
 	uint64_t last = (end + osz - 1) / osz;
@@ -122,6 +330,151 @@ static int read_cast(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	return 0;
 }
 
+static int read_piecewise(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	while (len > 0) {
+		uint64_t aoff, run;
+		const struct expr *a = piece_locate(e, off, &aoff, &run);
+		uint64_t n = run < len ? run : len;
+		int r = expr_read(a, aoff, n, dst);
+		if (r < 0)
+			return r;
+		off += n, len -= n, dst += n;
+	}
+	return 0;
+}
+
+/* Copy a rows x cols tile of esz-byte elements from src (row stride sstride
+ * bytes) transposed into dst (row stride dstride bytes). */
+static void tile_transpose(uint8_t *dst, size_t dstride, const uint8_t *src, size_t sstride, size_t rows,
+			   size_t cols, size_t esz)
+{
+#define TILE_LOOP(T)                                                             \
+	for (size_t r = 0; r < rows; r++)                                        \
+		for (size_t c = 0; c < cols; c++) {                              \
+			T v;                                                     \
+			memcpy(&v, src + r * sstride + c * sizeof(T), sizeof(T)); \
+			memcpy(dst + c * dstride + r * sizeof(T), &v, sizeof(T)); \
+		}
+	switch (esz) {
+	case 1:
+		TILE_LOOP(uint8_t);
+		break;
+	case 2:
+		TILE_LOOP(uint16_t);
+		break;
+	case 4:
+		TILE_LOOP(uint32_t);
+		break;
+	default:
+		TILE_LOOP(uint64_t);
+		break;
+	}
+#undef TILE_LOOP
+}
+
+/* Input rows [j0, j1), columns [i0, i1) of the transpose's argument (C
+ * columns): a pointer and row stride, straight into the source when the
+ * argument is mapped, else read into buf. */
+static int fetch_block(const struct expr *a, const uint8_t *direct, uint64_t C, uint64_t j0, uint64_t j1,
+		       uint64_t i0, uint64_t i1, uint8_t *buf, const uint8_t **p, size_t *stride)
+{
+	size_t esz = dtype_size(a->dtype);
+	if (direct) {
+		*p = direct + (j0 * C + i0) * esz;
+		*stride = (size_t)(C * esz);
+		return 0;
+	}
+	size_t w = (size_t)((i1 - i0) * esz);
+	for (uint64_t j = j0; j < j1; j++) {
+		int r = expr_read(a, (j * C + i0) * esz, w, buf + (j - j0) * w);
+		if (r < 0)
+			return r;
+	}
+	*p = buf;
+	*stride = w;
+	return 0;
+}
+
+/* Output elements [first, first+count) of a transpose into dst. The output
+ * is C rows of R; its element (i, j) is the argument's (j, i). */
+static int transpose_elems(const struct expr *e, uint64_t first, uint64_t count, uint8_t *dst)
+{
+	const struct expr *a = e->args[0];
+	const uint64_t R = a->shape[0], C = a->shape[1];
+	const size_t esz = dtype_size(e->dtype);
+	const uint8_t *direct = expr_direct(a);
+	uint8_t buf[TILE * TILE * 8];
+	while (count > 0) {
+		uint64_t i = first / R, j = first % R;
+		if (j != 0 || count < R) {
+			/* A partial output row: one input column, TILE rows at a time. */
+			uint64_t jend = j + count < R ? j + count : R;
+			for (uint64_t jb = j; jb < jend; jb += TILE) {
+				uint64_t je = jb + TILE < jend ? jb + TILE : jend;
+				const uint8_t *p;
+				size_t stride;
+				int r = fetch_block(a, direct, C, jb, je, i, i + 1, buf, &p, &stride);
+				if (r < 0)
+					return r;
+				tile_transpose(dst + (jb - j) * esz, 0, p, stride, (size_t)(je - jb), 1, esz);
+			}
+			uint64_t n = jend - j;
+			dst += n * esz, first += n, count -= n;
+			continue;
+		}
+		/* Whole output rows [i, iend): tile by TILE x TILE. */
+		uint64_t iend = i + count / R;
+		for (uint64_t ib = i; ib < iend; ib += TILE) {
+			uint64_t ie = ib + TILE < iend ? ib + TILE : iend;
+			for (uint64_t jb = 0; jb < R; jb += TILE) {
+				uint64_t je = jb + TILE < R ? jb + TILE : R;
+				const uint8_t *p;
+				size_t stride;
+				int r = fetch_block(a, direct, C, jb, je, ib, ie, buf, &p, &stride);
+				if (r < 0)
+					return r;
+				tile_transpose(dst + ((ib - i) * R + jb) * esz, (size_t)(R * esz), p, stride,
+					       (size_t)(je - jb), (size_t)(ie - ib), esz);
+			}
+		}
+		uint64_t n = (iend - i) * R;
+		dst += n * esz, first += n, count -= n;
+	}
+	return 0;
+}
+
+/* Byte range of an element-wise computed op: whole elements go straight to
+ * dst, a partial element at either end goes through a small buffer. */
+static int read_transpose(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	size_t esz = dtype_size(e->dtype);
+	uint8_t one[8];
+	uint64_t head = off % esz;
+	if (head) {
+		int r = transpose_elems(e, off / esz, 1, one);
+		if (r < 0)
+			return r;
+		uint64_t n = esz - head < len ? esz - head : len;
+		memcpy(dst, one + head, (size_t)n);
+		off += n, len -= n, dst += n;
+	}
+	uint64_t whole = len / esz;
+	if (whole) {
+		int r = transpose_elems(e, off / esz, whole, dst);
+		if (r < 0)
+			return r;
+		off += whole * esz, len -= whole * esz, dst += whole * esz;
+	}
+	if (len) {
+		int r = transpose_elems(e, off / esz, 1, one);
+		if (r < 0)
+			return r;
+		memcpy(dst, one, (size_t)len);
+	}
+	return 0;
+}
+
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
@@ -130,38 +483,73 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 		return 0;
 	switch (e->op) {
 	case EXPR_SOURCE:
-		return read_source(e->u.src, off, len, dst);
+		return read_source(e->src, off, len, dst);
 	case EXPR_CAST:
 		return read_cast(e, off, len, dst);
+	case EXPR_TRANSPOSE:
+		return read_transpose(e, off, len, dst);
+	case EXPR_SLICE:
+	case EXPR_CONCAT:
+	case EXPR_GATHER:
+		return read_piecewise(e, off, len, dst);
 	}
 	return -EINVAL;
 }
 
-int expr_format(const struct expr *e, char *buf, size_t cap)
+/* Append formatted text at *n, failing once it does not fit. */
+static int fmt_append(char *buf, size_t cap, int *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fmt_append(char *buf, size_t cap, int *n, const char *fmt, ...)
 {
-	int n;
+	if (*n < 0 || (size_t)*n >= cap)
+		return -ENAMETOOLONG;
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(buf + *n, cap - (size_t)*n, fmt, ap);
+	va_end(ap);
+	if (k < 0 || (size_t)k >= cap - (size_t)*n)
+		return -ENAMETOOLONG;
+	*n += k;
+	return 0;
+}
+
+static int format_into(const struct expr *e, char *buf, size_t cap, int *n)
+{
+	int r = 0;
 	switch (e->op) {
 	case EXPR_SOURCE:
-		n = snprintf(buf, cap, "source(%s)", e->u.src->name);
+		return fmt_append(buf, cap, n, "source(%s)", e->src->name);
+	case EXPR_CAST:
+		r = fmt_append(buf, cap, n, "cast(%s, ", dtype_name(e->dtype));
 		break;
-	case EXPR_CAST: {
-		n = snprintf(buf, cap, "cast(%s, ", dtype_name(e->dtype));
-		if (n < 0 || (size_t)n >= cap)
-			return -ENAMETOOLONG;
-		int m = expr_format(e->u.arg, buf + n, cap - (size_t)n);
-		if (m < 0)
-			return m;
-		n += m;
-		if ((size_t)n + 2 > cap)
-			return -ENAMETOOLONG;
-		buf[n++] = ')';
-		buf[n] = '\0';
+	case EXPR_SLICE:
+		r = fmt_append(buf, cap, n, "slice(%u, %llu, %llu, ", e->dim, (unsigned long long)e->start,
+			       (unsigned long long)e->stop);
+		break;
+	case EXPR_CONCAT:
+		r = fmt_append(buf, cap, n, "concat(%u, ", e->dim);
+		break;
+	case EXPR_TRANSPOSE:
+		r = fmt_append(buf, cap, n, "transpose(");
+		break;
+	case EXPR_GATHER:
+		r = fmt_append(buf, cap, n, "gather_rows(%llu rows, ", (unsigned long long)e->shape[0]);
 		break;
 	}
-	default:
-		return -EINVAL;
+	for (size_t i = 0; r == 0 && i < e->nargs; i++) {
+		if (i)
+			r = fmt_append(buf, cap, n, ", ");
+		if (r == 0)
+			r = format_into(e->args[i], buf, cap, n);
 	}
-	if (n < 0 || (size_t)n >= cap)
-		return -ENAMETOOLONG;
-	return n;
+	return r ? r : fmt_append(buf, cap, n, ")");
+}
+
+int expr_format(const struct expr *e, char *buf, size_t cap)
+{
+	int n = 0;
+	if (cap)
+		buf[0] = '\0';
+	int r = format_into(e, buf, cap, &n);
+	return r < 0 ? r : n;
 }

@@ -187,6 +187,12 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	if (size > left)
 		size = (size_t)left;
 
+	/* A source changed under the mount must not be served as if it were the
+	 * old one (and a truncated mapping would fault). */
+	if (vfile_check_sources(&n->file) < 0) {
+		fuse_reply_err(req, EIO);
+		return;
+	}
 	struct vplan plan;
 	vplan_init(&plan);
 	uint8_t *scratch = NULL;

@@ -164,6 +164,8 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "ckptfs: %s\n", err.msg);
 		goto out_args;
 	}
+	for (size_t i = 0; i < cat->nwarnings; i++)
+		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", cat->warnings[i]);
 	if (vtree_init(&tree) < 0 || views_build(&tree, cat, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		goto out_tree;

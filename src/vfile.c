@@ -20,7 +20,41 @@ void vfile_destroy(struct vfile *vf)
 			expr_unref(vf->ext[i].expr);
 	}
 	free(vf->ext);
+	free(vf->deps);
 	memset(vf, 0, sizeof(*vf));
+}
+
+static int vfile_add_dep(struct vfile *vf, const struct src_file *f)
+{
+	for (size_t i = 0; i < vf->ndeps; i++)
+		if (vf->deps[i] == f)
+			return 0;
+	const struct src_file **d = realloc(vf->deps, (vf->ndeps + 1) * sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	vf->deps = d;
+	d[vf->ndeps++] = f;
+	return 0;
+}
+
+static int vfile_add_expr_deps(struct vfile *vf, const struct expr *e)
+{
+	if (e->op == EXPR_SOURCE)
+		return vfile_add_dep(vf, e->src->file);
+	for (size_t i = 0; i < e->nargs; i++) {
+		int r = vfile_add_expr_deps(vf, e->args[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int vfile_check_sources(const struct vfile *vf)
+{
+	for (size_t i = 0; i < vf->ndeps; i++)
+		if (src_file_check(vf->deps[i]) < 0)
+			return -EIO;
+	return 0;
 }
 
 static struct extent *vfile_push(struct vfile *vf, uint64_t len)
@@ -67,6 +101,8 @@ int vfile_add_file(struct vfile *vf, const struct src_file *f, uint64_t off, uin
 		return -EINVAL;
 	if (len == 0)
 		return 0;
+	if (vfile_add_dep(vf, f) < 0)
+		return -ENOMEM;
 	struct extent *x = vfile_push(vf, len);
 	if (!x)
 		return -ENOMEM;
@@ -84,7 +120,7 @@ int vfile_add_expr(struct vfile *vf, struct expr *e)
 		expr_unref(e);
 		return 0;
 	}
-	struct extent *x = vfile_push(vf, e->nbytes);
+	struct extent *x = vfile_add_expr_deps(vf, e) == 0 ? vfile_push(vf, e->nbytes) : NULL;
 	if (!x) {
 		expr_unref(e);
 		return -ENOMEM;

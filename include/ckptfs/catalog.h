@@ -19,6 +19,8 @@
 
 struct cJSON;
 
+#define CATALOG_MAX_WARNINGS 16
+
 struct cat_tensor {
 	char *name;
 	enum ckpt_dtype dtype;
@@ -43,6 +45,8 @@ struct catalog {
 	struct cJSON *config;      /* parsed config.json, or NULL */
 	enum ckpt_arch arch;
 	struct model_dims dims;
+	size_t nwarnings;          /* files left out, e.g. symlinks leading outside */
+	char *warnings[CATALOG_MAX_WARNINGS];
 };
 
 /* Open and validate the checkpoint in directory `dir`. */

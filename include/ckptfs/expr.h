@@ -8,8 +8,11 @@
  *              source file (servable without computing, e.g. by splice), and
  *              for how long; or with computed bytes, and for how long;
  *   expr_read: the bytes themselves.
- * Operators (source, cast now; slice, concat, transpose, gather next) only
+ * Operators (source, cast, slice, concat, transpose, gather-rows) only
  * implement those two, so views never care which operator they hold.
+ * Slice, concat and gather are piecewise: every output byte run maps to one
+ * contiguous run of one argument, so a row slice or a dim-0 concat of source
+ * tensors stays a source span (served by splice, never computed).
  * Nodes are immutable after construction and safe to read from many threads.
  */
 #ifndef CKPTFS_EXPR_H
@@ -24,6 +27,10 @@
 enum expr_op {
 	EXPR_SOURCE,
 	EXPR_CAST,
+	EXPR_SLICE,
+	EXPR_CONCAT,
+	EXPR_TRANSPOSE,
+	EXPR_GATHER,
 };
 
 struct expr {
@@ -33,10 +40,18 @@ struct expr {
 	uint64_t shape[ST_MAX_DIMS];
 	uint64_t nbytes;
 	unsigned refs;
-	union {
-		const struct cat_tensor *src; /* EXPR_SOURCE */
-		struct expr *arg;             /* EXPR_CAST */
-	} u;
+	const struct cat_tensor *src; /* EXPR_SOURCE */
+	size_t nargs;                 /* every other op: its arguments */
+	struct expr **args;
+	uint32_t dim;                 /* SLICE, CONCAT: the dimension */
+	uint64_t start, stop;         /* SLICE: [start, stop) along dim */
+	uint64_t *idx;                /* GATHER: source row of each output row */
+	/* Piecewise layout, derived at construction: the output is `outer`
+	 * rows of row_bytes; in SLICE each row starts at skip in a row of
+	 * arg_row bytes; in CONCAT row bytes [part_end[i-1], part_end[i]) come
+	 * from argument i. */
+	uint64_t outer, row_bytes, arg_row, skip;
+	uint64_t *part_end;
 };
 
 /* Where the bytes at the start of a range come from. */
@@ -50,6 +65,14 @@ struct expr_span {
  * (and then release their arguments, so calls can be nested). */
 struct expr *expr_source(const struct cat_tensor *t);
 struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to);
+/* arg[..., start:stop, ...] along dim. */
+struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop);
+/* Concatenation along dim; takes the n references in args (the array is copied). */
+struct expr *expr_concat(uint32_t dim, struct expr **args, size_t n);
+/* The transpose of a 2-D tensor. */
+struct expr *expr_transpose(struct expr *arg);
+/* out[r] = arg[idx[r]] along dim 0; idx is copied and checked against arg's rows. */
+struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
 
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);
@@ -60,7 +83,12 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 /* Fill dst with output bytes [off, off+len). Returns 0 or a negative errno. */
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst);
 
-/* A readable one-line form, e.g. "cast(F32, source(model.norm.weight))". */
+/* If all of e's bytes sit contiguously in one mapped source file, a pointer
+ * to them; else NULL. */
+const uint8_t *expr_direct(const struct expr *e);
+
+/* A readable one-line form, e.g. "cast(F32, source(model.norm.weight))";
+ * returns its length or -ENAMETOOLONG. */
 int expr_format(const struct expr *e, char *buf, size_t cap);
 
 #endif

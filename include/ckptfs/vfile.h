@@ -36,6 +36,8 @@ struct vfile {
 	uint64_t size;
 	size_t n, cap;
 	struct extent *ext;
+	size_t ndeps;                 /* the distinct source files its bytes come from */
+	const struct src_file **deps;
 };
 
 /* One piece of a read plan: `len` bytes at `mem`, or at file[file_off]. */
@@ -60,6 +62,11 @@ void vfile_destroy(struct vfile *vf);
 int vfile_add_bytes(struct vfile *vf, const void *data, size_t len);
 int vfile_add_file(struct vfile *vf, const struct src_file *f, uint64_t off, uint64_t len);
 int vfile_add_expr(struct vfile *vf, struct expr *e);
+
+/* 0 if every source file this view file reads is unchanged since the mount,
+ * -EIO if one was truncated, replaced or rewritten: its bytes would no
+ * longer be the ones the view promises. */
+int vfile_check_sources(const struct vfile *vf);
 
 /* Index of the extent holding byte `off` (off < size). */
 size_t vfile_find(const struct vfile *vf, uint64_t off);
