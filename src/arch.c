@@ -79,6 +79,7 @@ void arch_dims(const cJSON *config, enum ckpt_arch a, struct model_dims *d)
 			d->intermediate = 4 * d->hidden;
 		d->vocab = cfg_u64(config, "vocab_size");
 		d->tied_embeddings = true; /* GPT-2's head is always the embedding */
+		d->head_dim = d->heads ? d->hidden / d->heads : 0;
 		return;
 	}
 	d->hidden = cfg_u64(config, "hidden_size");
@@ -90,6 +91,9 @@ void arch_dims(const cJSON *config, enum ckpt_arch a, struct model_dims *d)
 	d->intermediate = cfg_u64(config, "intermediate_size");
 	d->vocab = cfg_u64(config, "vocab_size");
 	d->experts = cfg_u64(config, "num_local_experts");
+	d->head_dim = cfg_u64(config, "head_dim");
+	if (d->head_dim == 0 && d->heads)
+		d->head_dim = d->hidden / d->heads;
 	const cJSON *tie = cJSON_GetObjectItemCaseSensitive(config, "tie_word_embeddings");
 	/* HF's PretrainedConfig defaults tie_word_embeddings to true; gemma ties too. */
 	d->tied_embeddings = tie ? cJSON_IsTrue(tie) : true;

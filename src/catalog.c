@@ -38,6 +38,20 @@ const struct src_file *catalog_file(const struct catalog *cat, const char *name)
 	return bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
 }
 
+const char *catalog_meta(const struct catalog *cat, const char *key)
+{
+	for (size_t i = 0; i < cat->nmeta; i++)
+		if (strcmp(cat->meta[i].key, key) == 0)
+			return cat->meta[i].value;
+	return NULL;
+}
+
+const char *catalog_model_type(const struct catalog *cat)
+{
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cat->config, "model_type");
+	return cJSON_IsString(mt) ? mt->valuestring : NULL;
+}
+
 const struct cat_tensor *catalog_find(const struct catalog *cat, const char *name)
 {
 	struct cat_tensor key = { .name = (char *)name };
@@ -276,6 +290,10 @@ static int load_shards(struct catalog *cat, struct ckpt_err *err)
 			cat->tensor_bytes += t->nbytes;
 		}
 	}
+	cat->meta = hdrs[0].meta; /* moved */
+	cat->nmeta = hdrs[0].nmeta;
+	hdrs[0].meta = NULL;
+	hdrs[0].nmeta = 0;
 	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
 	for (size_t i = 1; i < cat->ntensors; i++) {
 		if (strcmp(cat->tensors[i - 1].name, cat->tensors[i].name) == 0) {
@@ -378,6 +396,11 @@ void catalog_close(struct catalog *cat)
 	free(cat->shards);
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		free(cat->warnings[i]);
+	for (size_t i = 0; i < cat->nmeta; i++) {
+		free(cat->meta[i].key);
+		free(cat->meta[i].value);
+	}
+	free(cat->meta);
 	cJSON_Delete(cat->config);
 	if (cat->dirfd >= 0)
 		close(cat->dirfd);

@@ -158,6 +158,8 @@ static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	size_t used = 0;
 	for (size_t k = off < 0 ? 0 : (size_t)off; k < dir->nkids + 2; k++) {
 		const struct vnode *n = k == 0 ? dir : k == 1 ? dir->parent : dir->kids[k - 2];
+		if (n->hidden && k >= 2)
+			continue;
 		const char *name = k == 0 ? "." : k == 1 ? ".." : n->name;
 		struct stat st = { .st_ino = n->ino, .st_mode = n->is_dir ? S_IFDIR : S_IFREG };
 		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(k + 1));

@@ -7,6 +7,7 @@
 #include <fuse_lowlevel.h>
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,9 @@
 
 struct ckptfs_opts {
 	char *source;
+	char *layout;
+	char *dtype;
+	char *shard_size;
 	unsigned readahead_kb;
 	int no_splice;
 	int show_help;
@@ -33,6 +37,9 @@ enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY };
 static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("readahead=%u", readahead_kb, 0),
 	CKPTFS_OPT("no_splice", no_splice, 1),
+	CKPTFS_OPT("layout=%s", layout, 0),
+	CKPTFS_OPT("dtype=%s", dtype, 0),
+	CKPTFS_OPT("shard_size=%s", shard_size, 0),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -57,7 +64,9 @@ static void usage(const char *prog)
 	       "at MOUNTPOINT, with these views computed on read:\n"
 	       "    README     what this mount shows\n"
 	       "    hf/        HuggingFace layout (the source files, passed through)\n"
-	       "    tensors/   one NAME.npy per tensor (BF16 and F8 widened to float32)\n\n"
+	       "    native/    the native fused layout, computed on read\n"
+	       "    tensors/   one NAME.npy per tensor (BF16 and F8 widened to float32)\n"
+	       "    VIEW@DTYPE/  any view cast to fp32, fp16 or bf16 (e.g. hf@bf16/)\n\n"
 	       "general options:\n"
 	       "    -h, --help             print this help and exit\n"
 	       "    -V, --version          print the version and exit\n"
@@ -69,7 +78,12 @@ static void usage(const char *prog)
 	       "    -o readahead=KIB       kernel readahead for the mount in KiB (default 1024;\n"
 	       "                           0 keeps the kernel's default)\n"
 	       "    -o no_splice           copy file bytes through the daemon instead of\n"
-	       "                           splicing them from the source\n\n"
+	       "                           splicing them from the source\n"
+	       "    -o layout=NAME|FILE    native layout: a built-in name (llama, phi3, gpt2)\n"
+	       "                           or a layout JSON file (default: by architecture)\n"
+	       "    -o dtype=fp32|fp16|bf16  cast every view (VIEW@DTYPE/ casts one view)\n"
+	       "    -o shard_size=SIZE     split generated safetensors files above SIZE bytes\n"
+	       "                           (suffixes K, M, G, KiB, MiB, GiB; default 5G)\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();
@@ -111,6 +125,43 @@ static int check_paths(const char *source, const char *mountpoint)
 		return -1;
 	}
 	return 0;
+}
+
+/* "5G", "512MiB", "1000000": decimal suffixes are powers of 1000 as in HF's
+ * max_shard_size, the binary ones powers of 1024. */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	static const struct {
+		const char *suffix;
+		uint64_t mult;
+	} units[] = { { "", 1 },	  { "K", 1000ULL },	   { "KB", 1000ULL },	   { "M", 1000000ULL },
+		      { "MB", 1000000ULL }, { "G", 1000000000ULL }, { "GB", 1000000000ULL }, { "KiB", 1ULL << 10 },
+		      { "MiB", 1ULL << 20 },  { "GiB", 1ULL << 30 } };
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(end, units[i].suffix) == 0) {
+			if (__builtin_mul_overflow((uint64_t)v, units[i].mult, out) || *out == 0)
+				return -ERANGE;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* Built-in layouts: $CKPTFS_LAYOUT_DIR, the installed ones, else the source
+ * tree's (running from a build directory). */
+static const char *layout_dir(void)
+{
+	const char *env = getenv("CKPTFS_LAYOUT_DIR");
+	if (env && *env)
+		return env;
+	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
+		return CKPTFS_LAYOUT_DIR;
+	return CKPTFS_SRC_LAYOUT_DIR;
 }
 
 /* libfuse grows its splice pipe up to fs.pipe-max-size; a reply needs that
@@ -159,6 +210,25 @@ int main(int argc, char *argv[])
 	if (check_paths(opts.source, cl.mountpoint) < 0)
 		goto out_args;
 
+	struct view_opts vopts = {
+		.layout = opts.layout,
+		.layout_dir = layout_dir(),
+		.dtype = VIEWS_NO_CAST,
+		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
+	};
+	if (opts.dtype) {
+		enum ckpt_dtype d;
+		if (dtype_parse_user(opts.dtype, &d) < 0) {
+			fprintf(stderr, "ckptfs: -o dtype=%s: not one of fp32, fp16, bf16\n", opts.dtype);
+			goto out_args;
+		}
+		vopts.dtype = (int)d;
+	}
+	if (opts.shard_size && parse_size(opts.shard_size, &vopts.shard_size) < 0) {
+		fprintf(stderr, "ckptfs: -o shard_size=%s: not a size such as 5G or 512MiB\n", opts.shard_size);
+		goto out_args;
+	}
+
 	struct ckpt_err err = { 0 };
 	if (catalog_open(opts.source, &cat, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.msg);
@@ -166,7 +236,7 @@ int main(int argc, char *argv[])
 	}
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", cat->warnings[i]);
-	if (vtree_init(&tree) < 0 || views_build(&tree, cat, &err) < 0) {
+	if (vtree_init(&tree) < 0 || views_build(&tree, cat, &vopts, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		goto out_tree;
 	}
@@ -233,6 +303,9 @@ out_tree:
 	catalog_close(cat);
 out_args:
 	free(opts.source);
+	free(opts.layout);
+	free(opts.dtype);
+	free(opts.shard_size);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

@@ -21,7 +21,7 @@ enum ckpt_arch {
 
 /* Dimensions that views need; 0 where config.json does not say. */
 struct model_dims {
-	uint64_t hidden, layers, heads, kv_heads, intermediate, vocab, experts;
+	uint64_t hidden, layers, heads, kv_heads, head_dim, intermediate, vocab, experts;
 	bool tied_embeddings;
 };
 

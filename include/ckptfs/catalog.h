@@ -45,6 +45,8 @@ struct catalog {
 	struct cJSON *config;      /* parsed config.json, or NULL */
 	enum ckpt_arch arch;
 	struct model_dims dims;
+	size_t nmeta;              /* __metadata__ of the first shard */
+	struct st_meta *meta;
 	size_t nwarnings;          /* files left out, e.g. symlinks leading outside */
 	char *warnings[CATALOG_MAX_WARNINGS];
 };
@@ -57,5 +59,11 @@ void catalog_close(struct catalog *cat);
 const struct cat_tensor *catalog_find(const struct catalog *cat, const char *name);
 
 const struct src_file *catalog_file(const struct catalog *cat, const char *name);
+
+/* A __metadata__ value of the first shard, or NULL. */
+const char *catalog_meta(const struct catalog *cat, const char *key);
+
+/* config.json's "model_type", or NULL. */
+const char *catalog_model_type(const struct catalog *cat);
 
 #endif

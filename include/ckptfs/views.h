@@ -1,26 +1,44 @@
 /* views.h -- building the views of a catalog into a mount tree.
- * README, hf/ and tensors/ today; every view is extents over the same expressions.
+ * Every view is a tensor set laid out as files: safetensors (+ index), .npy, config.json, passthrough.
  *
  *   README        generated text: the source, architecture, tensor count, views
- *   hf/           HuggingFace layout; for an HF source, every regular file of
- *                 the source passed through byte for byte
- *   tensors/      NAME.npy per tensor; BF16 and F8 widened exactly to '<f4'
+ *   hf/           HuggingFace layout: for an HF source its files byte for
+ *                 byte; for a native source computed through the inverse layout
+ *   native/       the native fused layout (see the layouts/ JSON files), computed from
+ *                 an HF source, or the files of a native source
+ *   tensors/      NAME.npy per source tensor; BF16 and F8 widened exactly to '<f4'
+ *   VIEW@DTYPE/   hf, native or tensors with every float tensor cast to
+ *                 fp32, fp16 or bf16; found by lookup, not listed
  * Tensor names become file names with '%' as %25 and '/' as %2F.
  */
 #ifndef CKPTFS_VIEWS_H
 #define CKPTFS_VIEWS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/error.h"
 #include "ckptfs/vtree.h"
 
+#define VIEWS_NO_CAST (-1)
+#define VIEWS_SHARD_SIZE_DEFAULT 5000000000ULL /* HF's max_shard_size "5GB" */
+
+struct view_opts {
+	const char *layout;     /* a layout name or a .json path; NULL picks by architecture */
+	const char *layout_dir; /* where built-in layouts live */
+	int dtype;              /* cast of the base views (enum ckpt_dtype), or VIEWS_NO_CAST */
+	uint64_t shard_size;    /* split generated safetensors above this size */
+};
+
 /* Fill an initialised, empty tree with every view of `cat`, and seal it. */
-int views_build(struct vtree *t, const struct catalog *cat, struct ckpt_err *err);
+int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct ckpt_err *err);
 
 /* The file name of a tensor in tensors/ (without ".npy"); returns the
  * length, or -ENAMETOOLONG when it does not fit in cap. */
 int views_tensor_filename(const char *name, char *buf, size_t cap);
+
+/* The layout name picked for an architecture, or NULL. */
+const char *views_default_layout(enum ckpt_arch arch);
 
 #endif

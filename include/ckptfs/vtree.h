@@ -24,6 +24,7 @@ struct vnode {
 	char *name;
 	struct vnode *parent;
 	bool is_dir;
+	bool hidden;          /* found by lookup, not listed by readdir (VIEW@DTYPE) */
 	size_t nkids, capkids;
 	struct vnode **kids;  /* sorted by name once sealed */
 	struct vfile file;    /* files only */

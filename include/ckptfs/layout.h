@@ -1,0 +1,64 @@
+/* layout.h -- layouts as data: rules mapping HF tensor names to another layout's, loaded from JSON.
+ * The forward direction is the rules; the inverse is derived from them (concat <-> slices, transpose <-> itself).
+ *
+ * A layout file:
+ *   {
+ *     "name": "llama",
+ *     "architectures": ["llama", "mistral", ...],   which model_types it serves
+ *     "defaults": {"prefix": ""},                    placeholder values when inverting
+ *     "drop": ["{prefix}h.{layer}.attn.bias"],       HF tensors that are not weights
+ *     "rules": [
+ *       {"out": "layers.{layer}.attn.kv.weight",
+ *        "expr": "concat(0, model.layers.{layer}.self_attn.k_proj.weight, model.layers.{layer}.self_attn.v_proj.weight)"}
+ *     ]
+ *   }
+ * Names are patterns: {layer} and {expert} match decimal numbers, any other
+ * {word} matches any text (possibly empty). Every placeholder of a rule must
+ * appear in its first input name. Expressions:
+ *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E)
+ * START/STOP: an integer, a product of integers and config dimensions
+ * (hidden, heads, kv_heads, head_dim, intermediate, vocab) such as
+ * heads*head_dim, a fraction A/B of the dimension's size, or end.
+ * HF tensors no rule reads and no drop pattern names pass through unchanged.
+ * Inverting needs concat parts of equal size along their dimension.
+ */
+#ifndef CKPTFS_LAYOUT_H
+#define CKPTFS_LAYOUT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "ckptfs/arch.h"
+#include "ckptfs/error.h"
+#include "ckptfs/tset.h"
+
+struct layout;
+
+/* Parse a layout from JSON text; `path` names it in messages. */
+int layout_parse(const char *json, size_t len, const char *path, struct layout **out, struct ckpt_err *err);
+
+/* Load a layout file. */
+int layout_load(const char *path, struct layout **out, struct ckpt_err *err);
+
+void layout_free(struct layout *l);
+
+const char *layout_name(const struct layout *l);
+
+/* Whether the layout declares it serves this config.json model_type. */
+bool layout_serves(const struct layout *l, const char *model_type);
+
+/* HF set -> layout set. `binds` receives the text placeholders' values as
+ * "key=value" metadata pairs (for the inverse to restore them); may be NULL. */
+int layout_forward(const struct layout *l, const struct tset *hf, const struct model_dims *dims,
+		   struct tset *out, struct tset_meta *binds, struct ckpt_err *err);
+
+/* Layout set -> HF set. `binds` gives text placeholder values recorded by
+ * layout_forward (may be NULL: the layout's defaults apply). */
+int layout_inverse(const struct layout *l, const struct tset *native, const struct model_dims *dims,
+		   const struct tset_meta *binds, struct tset *out, struct ckpt_err *err);
+
+/* How many tensors of `s` are named as the layout's outputs (not counting
+ * names that are the same in both layouts), and how many as its inputs. */
+void layout_classify(const struct layout *l, const struct tset *s, size_t *as_output, size_t *as_input);
+
+#endif

@@ -1,0 +1,50 @@
+/* tset.h -- a set of named tensor expressions: what a view shows, before it becomes files.
+ * Layouts map one set to another; casts map each member; file writers lay a set out as bytes. */
+#ifndef CKPTFS_TSET_H
+#define CKPTFS_TSET_H
+
+#include <stddef.h>
+
+#include "ckptfs/catalog.h"
+#include "ckptfs/expr.h"
+
+struct tset_entry {
+	char *name;
+	struct expr *expr; /* one reference owned */
+};
+
+/* String metadata carried with a set into a safetensors __metadata__. */
+struct tset_meta {
+	size_t n;
+	char *key[16], *value[16];
+};
+
+int tset_meta_set(struct tset_meta *m, const char *key, const char *value);
+const char *tset_meta_get(const struct tset_meta *m, const char *key);
+void tset_meta_clear(struct tset_meta *m);
+
+struct tset {
+	size_t n, cap;
+	struct tset_entry *e; /* sorted by name once tset_sort ran */
+};
+
+void tset_init(struct tset *s);
+void tset_destroy(struct tset *s);
+
+/* Add name = expr, taking the expression reference (also on failure).
+ * Returns -EEXIST if the name is already there (checked by tset_sort). */
+int tset_add(struct tset *s, const char *name, struct expr *expr);
+
+/* Sort by name; -EEXIST with *dup set when two entries share a name. */
+int tset_sort(struct tset *s, const char **dup);
+
+/* Look a name up in a sorted set. */
+const struct tset_entry *tset_find(const struct tset *s, const char *name);
+
+/* The identity set of a catalog: every tensor as its source expression. */
+int tset_from_catalog(struct tset *s, const struct catalog *cat);
+
+/* Every floating-point member cast to `to` (others kept as they are). */
+int tset_cast(struct tset *out, const struct tset *in, enum ckpt_dtype to);
+
+#endif
