@@ -209,7 +209,8 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			goto out;
 		}
 	}
-	int64_t got = vfile_plan(&n->file, (uint64_t)off, size, scratch, &plan);
+	/* The sources were checked above, but a truncation can still race us. */
+	int64_t got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	if (got < 0) {
 		err = (int)-got;
 		goto out;

@@ -15,6 +15,7 @@
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/fuse_ops.h"
+#include "ckptfs/guard.h"
 #include "ckptfs/mountinfo.h"
 #include "ckptfs/views.h"
 #include "ckptfs/vtree.h"
@@ -265,7 +266,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
 	if (!se)
 		goto out_tree;
-	if (fuse_set_signal_handlers(se) != 0)
+	if (fuse_set_signal_handlers(se) != 0 || guard_install() < 0)
 		goto out_session;
 	if (fuse_session_mount(se, cl.mountpoint) != 0) {
 		fprintf(stderr, "ckptfs: %s: cannot mount\n", cl.mountpoint);

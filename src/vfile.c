@@ -1,6 +1,7 @@
 /* vfile.c -- extents of a view file and the planning of reads over them.
  * Source ranges stay references to the source; only computed bytes touch the scratch buffer. */
 #include "ckptfs/vfile.h"
+#include "ckptfs/guard.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -230,15 +231,31 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 	return (int64_t)done;
 }
 
+static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n);
+
+int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
+{
+	volatile int64_t n = -EIO;
+	GUARDED(n = vfile_plan(vf, off, len, scratch, plan), n = -EIO);
+	return n;
+}
+
 int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf)
 {
 	struct vplan plan;
 	vplan_init(&plan);
-	int64_t n = vfile_plan(vf, off, len, buf, &plan);
-	/* Pieces are in request order; computed ones already sit at their place in buf. */
+	volatile int64_t n = -EIO;
+	GUARDED(n = vfile_plan(vf, off, len, buf, &plan); n = vfile_copy_plan(&plan, buf, n), n = -EIO);
+	vplan_destroy(&plan);
+	return n;
+}
+
+/* Pieces are in request order; computed ones already sit at their place in buf. */
+static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n)
+{
 	uint8_t *out = buf;
-	for (size_t i = 0; n > 0 && i < plan.n; i++) {
-		const struct vpiece *p = &plan.p[i];
+	for (size_t i = 0; n > 0 && i < plan->n; i++) {
+		const struct vpiece *p = &plan->p[i];
 		if (p->file) {
 			if (!p->file->map || p->file_off > p->file->size || p->len > p->file->size - p->file_off) {
 				n = -EIO;
@@ -250,6 +267,5 @@ int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf)
 		}
 		out += p->len;
 	}
-	vplan_destroy(&plan);
 	return n;
 }

@@ -76,7 +76,11 @@ size_t vfile_find(const struct vfile *vf, uint64_t off);
  * request. Returns the number of bytes planned or a negative errno. */
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
 
-/* Copy bytes [off, off+len) into buf; returns the count (short at EOF) or a negative errno. */
+/* vfile_plan that answers -EIO instead of dying when a source mapping
+ * faults (a file truncated under the mount); needs guard_install(). */
+int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
+
+/* Copy bytes [off, off+len) into buf (guarded like vfile_plan_guarded); returns the count (short at EOF) or a negative errno. */
 int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf);
 
 void vplan_init(struct vplan *p);
