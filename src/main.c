@@ -14,9 +14,11 @@
 #include <unistd.h>
 
 #include "ckptfs/catalog.h"
+#include "ckptfs/cli.h"
 #include "ckptfs/fuse_ops.h"
 #include "ckptfs/guard.h"
 #include "ckptfs/mountinfo.h"
+#include "ckptfs/options.h"
 #include "ckptfs/views.h"
 #include "ckptfs/vtree.h"
 
@@ -88,6 +90,8 @@ static void usage(const char *prog)
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();
+	printf("\n");
+	cli_usage(stdout);
 }
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -128,43 +132,6 @@ static int check_paths(const char *source, const char *mountpoint)
 	return 0;
 }
 
-/* "5G", "512MiB", "1000000": decimal suffixes are powers of 1000 as in HF's
- * max_shard_size, the binary ones powers of 1024. */
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	static const struct {
-		const char *suffix;
-		uint64_t mult;
-	} units[] = { { "", 1 },	  { "K", 1000ULL },	   { "KB", 1000ULL },	   { "M", 1000000ULL },
-		      { "MB", 1000000ULL }, { "G", 1000000000ULL }, { "GB", 1000000000ULL }, { "KiB", 1ULL << 10 },
-		      { "MiB", 1ULL << 20 },  { "GiB", 1ULL << 30 } };
-	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-		if (strcmp(end, units[i].suffix) == 0) {
-			if (__builtin_mul_overflow((uint64_t)v, units[i].mult, out) || *out == 0)
-				return -ERANGE;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
-/* Built-in layouts: $CKPTFS_LAYOUT_DIR, the installed ones, else the source
- * tree's (running from a build directory). */
-static const char *layout_dir(void)
-{
-	const char *env = getenv("CKPTFS_LAYOUT_DIR");
-	if (env && *env)
-		return env;
-	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
-		return CKPTFS_LAYOUT_DIR;
-	return CKPTFS_SRC_LAYOUT_DIR;
-}
-
 /* libfuse grows its splice pipe up to fs.pipe-max-size; a reply needs that
  * minus room for the reply header. */
 static size_t pipe_capacity(void)
@@ -181,6 +148,9 @@ static size_t pipe_capacity(void)
 
 int main(int argc, char *argv[])
 {
+	if (argc > 1 && cli_is_command(argv[1]))
+		return cli_main(argc, argv);
+
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct ckptfs_opts opts = { .readahead_kb = 1024 };
 	struct fuse_cmdline_opts cl = { 0 };
@@ -211,36 +181,15 @@ int main(int argc, char *argv[])
 	if (check_paths(opts.source, cl.mountpoint) < 0)
 		goto out_args;
 
-	struct view_opts vopts = {
-		.layout = opts.layout,
-		.layout_dir = layout_dir(),
-		.dtype = VIEWS_NO_CAST,
-		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
-	};
-	if (opts.dtype) {
-		enum ckpt_dtype d;
-		if (dtype_parse_user(opts.dtype, &d) < 0) {
-			fprintf(stderr, "ckptfs: -o dtype=%s: not one of fp32, fp16, bf16\n", opts.dtype);
-			goto out_args;
-		}
-		vopts.dtype = (int)d;
-	}
-	if (opts.shard_size && parse_size(opts.shard_size, &vopts.shard_size) < 0) {
-		fprintf(stderr, "ckptfs: -o shard_size=%s: not a size such as 5G or 512MiB\n", opts.shard_size);
-		goto out_args;
-	}
-
+	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
-	if (catalog_open(opts.source, &cat, &err) < 0) {
-		fprintf(stderr, "ckptfs: %s\n", err.msg);
+	if (options_to_views(&vopts, opts.layout, opts.dtype, opts.shard_size, &err) < 0 ||
+	    options_open_views(opts.source, &vopts, &cat, &tree, &err) < 0) {
+		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		goto out_args;
 	}
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", cat->warnings[i]);
-	if (vtree_init(&tree) < 0 || views_build(&tree, cat, &vopts, &err) < 0) {
-		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
-		goto out_tree;
-	}
 
 	struct ckptfs_fs fs = {
 		.cat = cat,

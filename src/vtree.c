@@ -153,3 +153,21 @@ struct vnode *vtree_lookup(const struct vnode *dir, const char *name)
 	}
 	return NULL;
 }
+
+struct vnode *vtree_resolve(const struct vtree *t, const char *path)
+{
+	struct vnode *n = vtree_root(t);
+	char part[1024];
+	for (const char *p = path; n && *p;) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+		if (len >= sizeof(part))
+			return NULL;
+		memcpy(part, p, len);
+		part[len] = '\0';
+		if (len && strcmp(part, ".") != 0)
+			n = vtree_lookup(n, part);
+		p += len + (slash ? 1 : 0);
+	}
+	return n;
+}

@@ -57,4 +57,8 @@ int vtree_seal(struct vtree *t);
 
 struct vnode *vtree_lookup(const struct vnode *dir, const char *name);
 
+/* The node at a '/'-separated path from the root ("", "/" and "." are the
+ * root; hidden directories resolve like any other). NULL if absent. */
+struct vnode *vtree_resolve(const struct vtree *t, const char *path);
+
 #endif

@@ -1,0 +1,27 @@
+/* options.h -- turning the user's -o strings into view options, shared by the daemon and the subcommands.
+ * One parser so `ckptfs -o dtype=bf16 SRC MNT` and `ckptfs export -o dtype=bf16 ...` can never disagree. */
+#ifndef CKPTFS_OPTIONS_H
+#define CKPTFS_OPTIONS_H
+
+#include <stdint.h>
+
+#include "ckptfs/error.h"
+#include "ckptfs/views.h"
+
+/* Fill vo from option strings (any may be NULL: the default applies). */
+int options_to_views(struct view_opts *vo, const char *layout, const char *dtype, const char *shard_size,
+		     struct ckpt_err *err);
+
+/* "5G", "512MiB", "1000000": K, M, G are powers of 1000 as in HF's
+ * max_shard_size, KiB, MiB, GiB powers of 1024. */
+int options_parse_size(const char *s, uint64_t *out);
+
+/* Built-in layouts: $CKPTFS_LAYOUT_DIR, the installed ones, else the source
+ * tree's (running from a build directory). */
+const char *options_layout_dir(void);
+
+/* Open a source and build its views, as a mount would. */
+int options_open_views(const char *source, const struct view_opts *vo, struct catalog **cat, struct vtree *tree,
+		       struct ckpt_err *err);
+
+#endif

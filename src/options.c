@@ -1,0 +1,79 @@
+/* options.c -- view options from strings, and opening a source with its views.
+ * The daemon and the no-mount subcommands both start here. */
+#include "ckptfs/options.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int options_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	static const struct {
+		const char *suffix;
+		uint64_t mult;
+	} units[] = { { "", 1 },		{ "K", 1000ULL },	    { "KB", 1000ULL },	       { "M", 1000000ULL },
+		      { "MB", 1000000ULL },	{ "G", 1000000000ULL },	    { "GB", 1000000000ULL },   { "KiB", 1ULL << 10 },
+		      { "MiB", 1ULL << 20 },	{ "GiB", 1ULL << 30 } };
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(end, units[i].suffix) == 0) {
+			if (__builtin_mul_overflow((uint64_t)v, units[i].mult, out) || *out == 0)
+				return -ERANGE;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const char *options_layout_dir(void)
+{
+	const char *env = getenv("CKPTFS_LAYOUT_DIR");
+	if (env && *env)
+		return env;
+	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
+		return CKPTFS_LAYOUT_DIR;
+	return CKPTFS_SRC_LAYOUT_DIR;
+}
+
+int options_to_views(struct view_opts *vo, const char *layout, const char *dtype, const char *shard_size,
+		     struct ckpt_err *err)
+{
+	*vo = (struct view_opts){
+		.layout = layout,
+		.layout_dir = options_layout_dir(),
+		.dtype = VIEWS_NO_CAST,
+		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
+	};
+	if (dtype) {
+		enum ckpt_dtype d;
+		if (dtype_parse_user(dtype, &d) < 0)
+			return ckpt_err_set(err, EINVAL, "-o dtype=%s: not one of fp32, fp16, bf16", dtype);
+		vo->dtype = (int)d;
+	}
+	if (shard_size && options_parse_size(shard_size, &vo->shard_size) < 0)
+		return ckpt_err_set(err, EINVAL, "-o shard_size=%s: not a size such as 5G or 512MiB", shard_size);
+	return 0;
+}
+
+int options_open_views(const char *source, const struct view_opts *vo, struct catalog **cat, struct vtree *tree,
+		       struct ckpt_err *err)
+{
+	int r = catalog_open(source, cat, err);
+	if (r < 0)
+		return r;
+	if ((r = vtree_init(tree)) < 0) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", source);
+	} else if ((r = views_build(tree, *cat, vo, err)) < 0) {
+		vtree_destroy(tree);
+	} else {
+		return 0;
+	}
+	catalog_close(*cat);
+	*cat = NULL;
+	return r;
+}
