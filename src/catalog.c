@@ -100,7 +100,8 @@ static int scan_files(struct catalog *cat, struct ckpt_err *err)
 		}
 		n++;
 	}
-	qsort(names, n, sizeof(*names), cmp_str);
+	if (n > 1)
+		qsort(names, n, sizeof(*names), cmp_str);
 	cat->files = calloc(n ? n : 1, sizeof(*cat->files));
 	if (!cat->files) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);

@@ -849,7 +849,8 @@ static int cmp_piece(const void *x, const void *y)
  * tile its dimension from 0. */
 static int assemble(const struct layout *l, struct pieces *ps, struct tset *out, struct ckpt_err *err)
 {
-	qsort(ps->p, ps->n, sizeof(*ps->p), cmp_piece);
+	if (ps->n > 1)
+		qsort(ps->p, ps->n, sizeof(*ps->p), cmp_piece);
 	for (size_t i = 0; i < ps->n;) {
 		size_t j = i + 1;
 		while (j < ps->n && strcmp(ps->p[j].name, ps->p[i].name) == 0)
