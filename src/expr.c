@@ -191,7 +191,8 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n)
 		expr_unref(e);
 		return NULL;
 	}
-	memcpy(e->idx, idx, n * sizeof(*idx));
+	if (n)
+		memcpy(e->idx, idx, n * sizeof(*idx));
 	e->row_bytes = dims_product(shape, 1, e->ndim) * dtype_size(e->dtype);
 	return e;
 }
