@@ -36,6 +36,7 @@ struct cli {
 	int nargs;
 	struct catalog *cat;
 	struct vtree tree;
+	struct views_info info;
 };
 
 static double now_seconds(void)
@@ -88,7 +89,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 	struct view_opts vo;
 	struct ckpt_err err = { 0 };
 	if (options_to_views(&vo, c->layout, c->dtype, c->shard_size, &err) < 0 ||
-	    options_open_views(c->args[0], &vo, &c->cat, &c->tree, &err) < 0) {
+	    options_open_views(c->args[0], &vo, &c->cat, &c->tree, &c->info, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		return -EINVAL;
 	}
@@ -138,21 +139,8 @@ static int cmd_inspect(struct cli *c)
 	for (size_t i = 0; i < root->nkids; i++)
 		if (root->kids[i]->hidden)
 			cJSON_AddItemToArray(casts, cJSON_CreateString(root->kids[i]->name));
-	/* The layout line of the README is the one place the chosen layout is recorded. */
-	struct vnode *readme = vtree_lookup(root, "README");
-	if (readme && readme->file.n == 1) {
-		const char *text = (const char *)readme->file.ext[0].bytes;
-		const char *l = memmem(text, readme->file.size, "Layout:", 7);
-		if (l) {
-			l += 7;
-			while (*l == ' ')
-				l++;
-			const char *e = memchr(l, '\n', readme->file.size - (size_t)(l - text));
-			char name[128];
-			snprintf(name, sizeof(name), "%.*s", e ? (int)(e - l) : 0, l);
-			cJSON_AddStringToObject(j, "layout", name);
-		}
-	}
+	cJSON_AddStringToObject(j, "layout", c->info.layout[0] ? c->info.layout : "none");
+	cJSON_AddStringToObject(j, "source_layout", c->info.native_source ? "native" : "hf");
 	if (c->json) {
 		char *s = cJSON_Print(j);
 		puts(s ? s : "{}");

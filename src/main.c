@@ -184,7 +184,7 @@ int main(int argc, char *argv[])
 	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
 	if (options_to_views(&vopts, opts.layout, opts.dtype, opts.shard_size, &err) < 0 ||
-	    options_open_views(opts.source, &vopts, &cat, &tree, &err) < 0) {
+	    options_open_views(opts.source, &vopts, &cat, &tree, NULL, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		goto out_args;
 	}

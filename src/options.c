@@ -61,14 +61,14 @@ int options_to_views(struct view_opts *vo, const char *layout, const char *dtype
 }
 
 int options_open_views(const char *source, const struct view_opts *vo, struct catalog **cat, struct vtree *tree,
-		       struct ckpt_err *err)
+		       struct views_info *info, struct ckpt_err *err)
 {
 	int r = catalog_open(source, cat, err);
 	if (r < 0)
 		return r;
 	if ((r = vtree_init(tree)) < 0) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", source);
-	} else if ((r = views_build(tree, *cat, vo, err)) < 0) {
+	} else if ((r = views_build(tree, *cat, vo, info, err)) < 0) {
 		vtree_destroy(tree);
 	} else {
 		return 0;

@@ -412,7 +412,8 @@ static int build_readme(struct views *v)
 	return r < 0 ? oom(v, "README") : 0;
 }
 
-int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct ckpt_err *err)
+int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct views_info *info,
+		struct ckpt_err *err)
 {
 	struct views v = { .t = t, .cat = cat, .o = o, .err = err };
 	tset_init(&v.src);
@@ -439,6 +440,10 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	}
 	if (r == 0 && vtree_seal(t) < 0)
 		r = ckpt_err_set(err, EEXIST, "%s: two tensors map to the same file name in tensors/", cat->dir);
+	if (r == 0 && info) {
+		snprintf(info->layout, sizeof(info->layout), "%s", v.layout ? layout_name(v.layout) : "");
+		info->native_source = v.native_source;
+	}
 	tset_destroy(&v.src);
 	tset_destroy(&v.hf);
 	tset_destroy(&v.native);

@@ -22,6 +22,6 @@ const char *options_layout_dir(void);
 
 /* Open a source and build its views, as a mount would. */
 int options_open_views(const char *source, const struct view_opts *vo, struct catalog **cat, struct vtree *tree,
-		       struct ckpt_err *err);
+		       struct views_info *info, struct ckpt_err *err);
 
 #endif

@@ -14,6 +14,7 @@
 #ifndef CKPTFS_VIEWS_H
 #define CKPTFS_VIEWS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,8 +32,16 @@ struct view_opts {
 	uint64_t shard_size;    /* split generated safetensors above this size */
 };
 
-/* Fill an initialised, empty tree with every view of `cat`, and seal it. */
-int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct ckpt_err *err);
+/* What views_build decided, for inspect and the README. */
+struct views_info {
+	char layout[64];   /* the layout in use, "" for none */
+	bool native_source;
+};
+
+/* Fill an initialised, empty tree with every view of `cat`, and seal it;
+ * info (may be NULL) says what was decided. */
+int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct views_info *info,
+		struct ckpt_err *err);
 
 /* The file name of a tensor in tensors/ (without ".npy"); returns the
  * length, or -ENAMETOOLONG when it does not fit in cap. */
