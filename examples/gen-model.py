@@ -24,6 +24,17 @@ Presets:
   mixed-dtypes   one file with a tensor of every dtype, scalar, empty,
                  3-d, 1xN and Nx1 tensors; unknown model_type
   llama-1b       Llama-3.2-1B shapes, bf16, tied embeddings, ~2.5 GB
+  qwen2          Qwen2, fp16, q/k/v biases, GQA (4 heads, 2 KV heads), tied
+                 embeddings (no lm_head.weight), one file; model.norm.weight
+                 holds fp16 specials and bf16 rounding ties
+  phi3           Phi-3, bf16, fused self_attn.qkv_proj and mlp.gate_up_proj,
+                 GQA (8 heads, 2 KV heads: q has 64 rows of qkv_proj, k+v
+                 32, so a split in halves is wrong), untied lm_head, one file
+  mixtral        Mixtral, bf16, block_sparse_moe with 4 experts (gate, w1,
+                 w2, w3), GQA, untied lm_head, one file
+  cast-edges     one fp32 file of values at the edges of the fp32 -> bf16
+                 and fp32 -> fp16 roundings (ties, overflow, subnormals,
+                 NaN payloads) plus an int32 tensor; unknown model_type
 """
 
 import argparse
@@ -475,12 +486,266 @@ def gen_mixed(outdir, rng):
     write_passthrough(outdir, 16, 1, 2)
 
 
+# ------------------------------------------------- more LLaMA-family models
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _weight_maker(rng, dtype):
+    """w(name, shape, norm=False, std=0.02) -> Tensor of dtype BF16 or F16
+    with normal values (norms around 1.0)."""
+    def w(name, shape, norm=False, std=0.02):
+        mean = 1.0 if norm else 0.0
+        std = 0.1 if norm else std
+        if dtype == "BF16":
+            return Tensor(name, dtype, shape,
+                          bf16_normal(rng, shape, std, mean))
+        return Tensor(name, dtype, shape,
+                      normal(rng, shape, std, mean, dtype=np.float16))
+    return w
+
+
+# fp16 bit patterns: specials, and values whose bf16 rounding is a tie
+# (fp16 has 3 more mantissa bits than bf16: low bits 100 are halfway)
+F16_SPECIALS = np.array([
+    0x0000,  # +0
+    0x8000,  # -0
+    0x7C00,  # +inf
+    0xFC00,  # -inf
+    0x7E00,  # quiet NaN
+    0xFE01,  # negative NaN with payload
+    0x0001,  # smallest subnormal (2^-24)
+    0x83FF,  # largest negative subnormal
+    0x7BFF,  # 65504, largest finite
+    0x3C04,  # 1 + 2^-8: bf16 tie, rounds down to 1.0 (even)
+    0x3C0C,  # 1 + 3*2^-8: bf16 tie, rounds up to 1 + 2^-6
+    0xBC14,  # -(1 + 5*2^-8): tie, rounds to even -(1 + 2^-6)
+    0x3C05,  # just above a tie: rounds up
+    0x3C00,  # 1.0
+], dtype=np.uint16)
+
+
+def _llama_family_layers(w, c, i, qkv_bias=False, fused=False, experts=0):
+    d = c["hidden_size"]
+    heads = c["num_attention_heads"]
+    kv = c["num_key_value_heads"]
+    hd = c["head_dim"] if "head_dim" in c else d // heads
+    inter = c["intermediate_size"]
+    p = "model.layers.%d." % i
+    ts = [w(p + "input_layernorm.weight", [d], norm=True)]
+    if fused:
+        ts.append(w(p + "self_attn.qkv_proj.weight",
+                    [(heads + 2 * kv) * hd, d]))
+    else:
+        ts += [w(p + "self_attn.q_proj.weight", [heads * hd, d]),
+               w(p + "self_attn.k_proj.weight", [kv * hd, d]),
+               w(p + "self_attn.v_proj.weight", [kv * hd, d])]
+        if qkv_bias:
+            ts += [w(p + "self_attn.q_proj.bias", [heads * hd], std=0.1),
+                   w(p + "self_attn.k_proj.bias", [kv * hd], std=0.1),
+                   w(p + "self_attn.v_proj.bias", [kv * hd], std=0.1)]
+    ts += [w(p + "self_attn.o_proj.weight", [d, heads * hd]),
+           w(p + "post_attention_layernorm.weight", [d], norm=True)]
+    if experts:
+        m = p + "block_sparse_moe."
+        ts.append(w(m + "gate.weight", [experts, d]))
+        for e in range(experts):
+            x = "%sexperts.%d." % (m, e)
+            ts += [w(x + "w1.weight", [inter, d]),
+                   w(x + "w2.weight", [d, inter]),
+                   w(x + "w3.weight", [inter, d])]
+    elif fused:
+        ts += [w(p + "mlp.gate_up_proj.weight", [2 * inter, d]),
+               w(p + "mlp.down_proj.weight", [d, inter])]
+    else:
+        ts += [w(p + "mlp.gate_proj.weight", [inter, d]),
+               w(p + "mlp.up_proj.weight", [inter, d]),
+               w(p + "mlp.down_proj.weight", [d, inter])]
+    return ts
+
+
+def _llama_family(outdir, rng, c, dtype, specials, **kw):
+    w = _weight_maker(rng, dtype)
+    ts = [w("model.embed_tokens.weight", [c["vocab_size"], c["hidden_size"]])]
+    for i in range(c["num_hidden_layers"]):
+        ts += _llama_family_layers(w, c, i, **kw)
+    norm = w("model.norm.weight", [c["hidden_size"]], norm=True)
+    norm.data[:len(specials)] = specials
+    ts.append(norm)
+    if not c["tie_word_embeddings"]:
+        ts.append(w("lm_head.weight", [c["vocab_size"], c["hidden_size"]]))
+    write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    write_json(os.path.join(outdir, "config.json"), c)
+    write_passthrough(outdir, c["vocab_size"], c["bos_token_id"],
+                      c["eos_token_id"])
+
+
+def gen_qwen2(outdir, rng):
+    # keys of Qwen/Qwen2-0.5B's config.json
+    c = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 160,
+        "max_position_embeddings": 256,
+        "max_window_layers": 2,
+        "model_type": "qwen2",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 256,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float16",
+        "transformers_version": "4.45.2",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 103,
+    }
+    _llama_family(outdir, rng, c, "F16", F16_SPECIALS, qkv_bias=True)
+
+
+def gen_phi3(outdir, rng):
+    # keys of microsoft/Phi-3-medium-4k-instruct's config.json (GQA)
+    c = {
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "embd_pdrop": 0.0,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 96,
+        "max_position_embeddings": 256,
+        "model_type": "phi3",
+        "num_attention_heads": 8,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "original_max_position_embeddings": 256,
+        "pad_token_id": 2,
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "sliding_window": 255,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.2",
+        "use_cache": True,
+        "vocab_size": 97,
+    }
+    _llama_family(outdir, rng, c, "BF16", BF16_SPECIALS, fused=True)
+
+
+def gen_mixtral(outdir, rng):
+    # keys of mistralai/Mixtral-8x7B-v0.1's config.json
+    c = {
+        "architectures": ["MixtralForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 96,
+        "max_position_embeddings": 256,
+        "model_type": "mixtral",
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "num_local_experts": 4,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.2",
+        "use_cache": True,
+        "vocab_size": 89,
+    }
+    _llama_family(outdir, rng, c, "BF16", BF16_SPECIALS,
+                  experts=c["num_local_experts"])
+
+
+def gen_cast_edges(outdir, rng):
+    u = [
+        0x00000000, 0x80000000,  # +-0
+        0x7F800000, 0xFF800000,  # +-inf
+        0x7FC00000, 0xFFC12345,  # quiet NaNs, one with payload
+        0x7F800001, 0x7FBFFFFF,  # signalling NaNs
+        0x3F808000,  # bf16 tie -> 1.0 (even)
+        0x3F818000,  # bf16 tie -> up (odd below)
+        0xBF808000, 0xBF818000,  # negative ties
+        0x3F808001, 0x3F807FFF,  # just above / below a tie
+        0x7F7F7FFF,  # rounds to bf16 max 0x7F7F
+        0x7F7F8000,  # tie at the top: rounds to inf
+        0x7F7FFFFF,  # FLT_MAX -> bf16 inf
+        0xFF7FFFFF,  # -FLT_MAX -> -inf
+        0x00000001,  # smallest fp32 subnormal -> bf16 +0
+        0x00008000,  # subnormal tie -> 0 (even)
+        0x00018000,  # subnormal tie -> up
+        0x007FFFFF,  # largest subnormal -> bf16 rounds to 0x0080
+        0x477FEFFF,  # 65519.996: fp16 -> 65504
+        0x477FF000,  # 65520: fp16 tie -> inf
+        0x477FE000,  # 65504 exactly
+        0x33800000,  # 2^-24: smallest fp16 subnormal
+        0x33000000,  # 2^-25: fp16 tie -> 0
+        0x33000001,  # just above 2^-25 -> 2^-24
+        0x33C00000,  # 1.5 * 2^-24: fp16 tie -> 2^-23
+        0x38800000,  # 2^-14: smallest fp16 normal
+        0x3F801000,  # 1 + 2^-11: fp16 tie -> 1.0
+        0x3F803000,  # 1 + 3*2^-11: fp16 tie -> up
+        0x3F800000,  # 1.0
+        0xC0A00000,  # -5.0
+    ]
+    edges = np.array(u, dtype=np.uint32).view(np.float32)
+    # random words, with every low-half pattern class represented
+    bits = rng.integers(0, 1 << 32, size=(16, 32), dtype=np.uint64)
+    bits = bits.astype(np.uint32)
+    bits[:, 0] = (bits[:, 0] & 0xFFFF0000) | 0x8000     # exact ties
+    bits[:, 1] = (bits[:, 1] & 0xFFFF0000) | 0x7FFF
+    bits[:, 2] = (bits[:, 2] & 0xFFFF0000) | 0x8001
+    ints = rng.integers(-2**31, 2**31, size=(3, 5), dtype=np.int32)
+    ts = [
+        Tensor("edges.f32", "F32", [len(u)], edges),
+        Tensor("random.f32", "F32", [16, 32], bits.view(np.float32)),
+        Tensor("normal.f32", "F32", [8, 8], normal(rng, [8, 8], 100.0)),
+        Tensor("ids.i32", "I32", [3, 5], ints),
+    ]
+    write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    write_json(os.path.join(outdir, "config.json"), {
+        "architectures": ["CastEdgesModel"],
+        "model_type": "cast-edges",
+        "hidden_size": 8,
+        "torch_dtype": "float32",
+        "transformers_version": "4.45.2",
+    })
+
+
 PRESETS = {
     "tiny-llama": gen_tiny_llama,
     "gpt2": gen_gpt2,
     "gpt2-noprefix": gen_gpt2_noprefix,
     "mixed-dtypes": gen_mixed,
     "llama-1b": gen_llama_1b,
+    "qwen2": gen_qwen2,
+    "phi3": gen_phi3,
+    "mixtral": gen_mixtral,
+    "cast-edges": gen_cast_edges,
 }
 
 

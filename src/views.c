@@ -385,13 +385,18 @@ static int build_readme(struct views *v)
 			   " kv heads, vocab %" PRIu64 "%s)",
 			d->hidden, d->layers, d->heads, d->kv_heads, d->vocab, d->tied_embeddings ? ", tied embeddings" : "");
 	fprintf(m, "\nTensors:       %zu tensors, %" PRIu64 " bytes\n", cat->ntensors, cat->tensor_bytes);
-	fprintf(m, "Layout:        %s\n\n", v->layout ? layout_name(v->layout) : "none");
+	fprintf(m, "Layout:        %s\n", v->layout ? layout_name(v->layout) : "none");
+	if (v->o->dtype != VIEWS_NO_CAST)
+		fprintf(m, "Cast:          every view to %s (-o dtype)\n", dtype_name((enum ckpt_dtype)v->o->dtype));
+	fputc('\n', m);
 	fprintf(m, "Views:\n"
 		   "  hf/       HuggingFace layout%s\n",
-		v->native_source ? ", computed from the native source" : ": the source's files, byte for byte");
+		v->native_source		  ? ", computed from the native source"
+		: v->o->dtype != VIEWS_NO_CAST ? ", cast on read (-o dtype)"
+					       : ": the source's files, byte for byte");
 	if (v->layout)
 		fprintf(m, "  native/   native fused layout '%s'%s\n", layout_name(v->layout),
-			v->native_source ? ": the source's files" : ", computed on read");
+			v->native_source && v->o->dtype == VIEWS_NO_CAST ? ": the source's files" : ", computed on read");
 	else
 		fprintf(m, "  native/   %s\n", v->note);
 	fprintf(m, "  tensors/  one NAME.npy per tensor for numpy.load (mmap_mode works);\n"
