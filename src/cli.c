@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,7 +31,7 @@ static void on_interrupt(int sig)
 }
 
 struct cli {
-	const char *layout, *dtype, *shard_size;
+	struct option_strings os;
 	bool json, force, verify;
 	const char *args[3];
 	int nargs;
@@ -61,18 +62,32 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 			if (!opts)
 				return -ENOMEM;
 			for (char *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-				/* Kept for the life of the process, like argv. */
-				if (strncmp(o, "layout=", 7) == 0)
-					c->layout = o + 7;
-				else if (strncmp(o, "dtype=", 6) == 0)
-					c->dtype = o + 6;
-				else if (strncmp(o, "shard_size=", 11) == 0)
-					c->shard_size = o + 11;
-				else {
+				static const struct {
+					const char *key;
+					size_t off;
+				} keys[] = {
+					{ "layout=", offsetof(struct option_strings, layout) },
+					{ "dtype=", offsetof(struct option_strings, dtype) },
+					{ "shard_size=", offsetof(struct option_strings, shard_size) },
+					{ "per_layer=", offsetof(struct option_strings, per_layer) },
+					{ "tp=", offsetof(struct option_strings, tp) },
+				};
+				size_t k = 0;
+				while (k < sizeof(keys) / sizeof(keys[0]) && strncmp(o, keys[k].key, strlen(keys[k].key)))
+					k++;
+				if (k == sizeof(keys) / sizeof(keys[0])) {
 					fprintf(stderr, "ckptfs: %s: unknown option '-o %s'\n", argv[1], o);
+					free(opts);
 					return -EINVAL;
 				}
+				char **slot = (char **)((char *)&c->os + keys[k].off);
+				free(*slot);
+				if (!(*slot = strdup(o + strlen(keys[k].key)))) {
+					free(opts);
+					return -ENOMEM;
+				}
 			}
+			free(opts);
 		} else if (a[0] == '-' && a[1] != '\0') {
 			fprintf(stderr, "ckptfs: %s: unknown option '%s'\n", argv[1], a);
 			return -EINVAL;
@@ -88,7 +103,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 	}
 	struct view_opts vo;
 	struct ckpt_err err = { 0 };
-	if (options_to_views(&vo, c->layout, c->dtype, c->shard_size, &err) < 0 ||
+	if (options_to_views(&vo, &c->os, &err) < 0 ||
 	    options_open_views(c->args[0], &vo, &c->cat, &c->tree, &c->info, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		return -EINVAL;
@@ -447,11 +462,14 @@ int cli_main(int argc, char **argv)
 		if (strcmp(argv[1], commands[i].name) != 0)
 			continue;
 		struct cli c = { 0 };
-		if (guard_install() < 0 || cli_parse(&c, argc, argv, commands[i].nargs) < 0)
+		if (guard_install() < 0 || cli_parse(&c, argc, argv, commands[i].nargs) < 0) {
+			option_strings_free(&c.os);
 			return 1;
+		}
 		int r = commands[i].run(&c);
 		vtree_destroy(&c.tree);
 		catalog_close(c.cat);
+		option_strings_free(&c.os);
 		return r;
 	}
 	return 1;

@@ -156,6 +156,11 @@ struct expr *expr_concat(uint32_t dim, struct expr **args, size_t n)
 	return e;
 }
 
+struct expr *expr_zeros(enum ckpt_dtype dtype, uint32_t ndim, const uint64_t *shape)
+{
+	return expr_new(EXPR_ZEROS, dtype, ndim, shape);
+}
+
 struct expr *expr_transpose(struct expr *arg)
 {
 	if (!arg)
@@ -269,6 +274,7 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 		out->file_off = e->src->offset + off;
 		return;
 	case EXPR_CAST:
+	case EXPR_ZEROS:
 		return; /* every byte is computed */
 	case EXPR_TRANSPOSE:
 		/* A 1xN or Nx1 matrix has the same bytes as its transpose. */
@@ -305,6 +311,7 @@ static int read_source(const struct cat_tensor *t, uint64_t off, uint64_t len, v
 	if (!f->map)
 		return -EIO;
 	memcpy(dst, f->map + t->offset + off, (size_t)len);
+	src_file_count(f, len);
 	return 0;
 }
 
@@ -384,6 +391,9 @@ static int fetch_block(const struct expr *a, const uint8_t *direct, uint64_t C, 
 	if (direct) {
 		*p = direct + (j0 * C + i0) * esz;
 		*stride = (size_t)(C * esz);
+		struct expr_span sp;
+		expr_span(a, 0, a->nbytes, &sp);
+		src_file_count(sp.file, (j1 - j0) * (i1 - i0) * esz);
 		return 0;
 	}
 	size_t w = (size_t)((i1 - i0) * esz);
@@ -487,6 +497,9 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 		return read_source(e->src, off, len, dst);
 	case EXPR_CAST:
 		return read_cast(e, off, len, dst);
+	case EXPR_ZEROS:
+		memset(dst, 0, (size_t)len);
+		return 0;
 	case EXPR_TRANSPOSE:
 		return read_transpose(e, off, len, dst);
 	case EXPR_SLICE:
@@ -520,6 +533,8 @@ static int format_into(const struct expr *e, char *buf, size_t cap, int *n)
 	switch (e->op) {
 	case EXPR_SOURCE:
 		return fmt_append(buf, cap, n, "source(%s)", e->src->name);
+	case EXPR_ZEROS:
+		return fmt_append(buf, cap, n, "zeros(%s, %llu bytes)", dtype_name(e->dtype), (unsigned long long)e->nbytes);
 	case EXPR_CAST:
 		r = fmt_append(buf, cap, n, "cast(%s, ", dtype_name(e->dtype));
 		break;

@@ -4,7 +4,9 @@
 #include "config.h"
 #include "ckptfs/fuse_ops.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
@@ -40,7 +42,8 @@ static void fill_stat(const struct ckptfs_fs *fs, const struct vnode *n, struct 
 	} else {
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
-		st->st_size = (off_t)n->file.size;
+		/* Like /proc: a file made at open has no size until then. */
+		st->st_size = n->dynamic ? 0 : (off_t)n->file.size;
 		st->st_blocks = (blkcnt_t)((n->file.size + 511) / 512);
 	}
 	st->st_blksize = 1 << 20; /* tells readers to use large buffers */
@@ -50,6 +53,52 @@ static void fill_stat(const struct ckptfs_fs *fs, const struct vnode *n, struct 
 		st->st_mtim = cat->shards[0]->mtime;
 		st->st_atim = st->st_ctim = st->st_mtim;
 	}
+}
+
+/* A snapshot of the statistics, made at open so one read sees one state. */
+struct stats_buf {
+	size_t len;
+	char text[];
+};
+
+static uint64_t load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static struct stats_buf *stats_render(struct ckptfs_fs *fs)
+{
+	cJSON *j = cJSON_CreateObject();
+	cJSON *views = cJSON_AddObjectToObject(j, "views");
+	const struct vnode *root = vtree_root(fs->tree);
+	for (size_t i = 0; i < root->nkids; i++)
+		if (root->kids[i]->is_dir && load(&root->kids[i]->served))
+			cJSON_AddNumberToObject(views, root->kids[i]->name, (double)load(&root->kids[i]->served));
+	cJSON *sources = cJSON_AddObjectToObject(j, "source_bytes_read");
+	for (size_t i = 0; i < fs->cat->nfiles; i++)
+		cJSON_AddNumberToObject(sources, fs->cat->files[i].name, (double)load(&fs->cat->files[i].bytes_read));
+	cJSON_AddNumberToObject(j, "reads", (double)load(&fs->reads));
+	cJSON_AddNumberToObject(j, "bytes_served", (double)load(&fs->bytes_served));
+	uint64_t served = load(&fs->bytes_served), sourced = load(&fs->bytes_from_source);
+	uint64_t computed = load(&fs->bytes_computed);
+	/* The rest of what was served is generated text: headers, config.json. */
+	cJSON_AddNumberToObject(j, "bytes_from_source", (double)sourced);
+	cJSON_AddNumberToObject(j, "bytes_computed", (double)computed);
+	cJSON_AddNumberToObject(j, "bytes_generated", (double)(served - sourced - computed));
+	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
+	cJSON_AddStringToObject(cache, "memory", "none");
+	cJSON_AddStringToObject(cache, "disk", "none");
+	char *text = cJSON_Print(j);
+	cJSON_Delete(j);
+	size_t len = text ? strlen(text) : 0;
+	struct stats_buf *b = text ? malloc(sizeof(*b) + len + 1) : NULL;
+	if (b) {
+		memcpy(b->text, text, len);
+		b->text[len] = '\n';
+		b->len = len + 1;
+	}
+	cJSON_free(text);
+	return b;
 }
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
@@ -120,8 +169,25 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
+	if (n->dynamic) {
+		struct stats_buf *b = stats_render(fs);
+		if (!b) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		fi->fh = (uint64_t)(uintptr_t)b;
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	free((void *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
 }
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -177,6 +243,12 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	const struct vnode *n = vtree_get(fs->tree, ino);
 	if (!n || n->is_dir) {
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if (n->dynamic) {
+		const struct stats_buf *b = (const struct stats_buf *)(uintptr_t)fi->fh;
+		size_t o = off < 0 || !b || (uint64_t)off > b->len ? (b ? b->len : 0) : (size_t)off;
+		fuse_reply_buf(req, b ? b->text + o : NULL, b && size < b->len - o ? size : (b ? b->len - o : 0));
 		return;
 	}
 	if (off < 0 || (uint64_t)off >= n->file.size || size == 0) {
@@ -245,6 +317,13 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_buf(req, NULL, 0);
 	else
 		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+	struct vnode *top = vtree_top(fs->tree, n);
+	if (top)
+		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&fs->reads, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&fs->bytes_served, (uint64_t)got, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&fs->bytes_computed, (uint64_t)plan.computed, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&fs->bytes_from_source, (uint64_t)plan.sourced, __ATOMIC_RELAXED);
 out:
 	if (err)
 		fuse_reply_err(req, err);
@@ -396,6 +475,7 @@ const struct fuse_lowlevel_ops ckptfs_ll_ops = {
 	.opendir = ll_opendir,
 	.readdir = ll_readdir,
 	.read = ll_read,
+	.release = ll_release,
 	.getxattr = ll_getxattr,
 	.listxattr = ll_listxattr,
 	.statfs = ll_statfs,

@@ -116,6 +116,12 @@ static bool match(const char *pat, const char *name, struct binds *b)
 	return false;
 }
 
+bool layout_name_match(const char *pattern, const char *name)
+{
+	struct binds b = { 0 };
+	return match(pattern, name, &b);
+}
+
 /* Fill placeholders from b, then from extra (recorded values), then the layout's defaults. */
 static int subst(const char *pat, const struct binds *b, const struct tset_meta *extra, const struct tset_meta *defaults,
 		 char *out, size_t cap)

@@ -24,9 +24,7 @@
 
 struct ckptfs_opts {
 	char *source;
-	char *layout;
-	char *dtype;
-	char *shard_size;
+	struct option_strings views;
 	unsigned readahead_kb;
 	int no_splice;
 	int show_help;
@@ -40,9 +38,11 @@ enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY };
 static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("readahead=%u", readahead_kb, 0),
 	CKPTFS_OPT("no_splice", no_splice, 1),
-	CKPTFS_OPT("layout=%s", layout, 0),
-	CKPTFS_OPT("dtype=%s", dtype, 0),
-	CKPTFS_OPT("shard_size=%s", shard_size, 0),
+	CKPTFS_OPT("layout=%s", views.layout, 0),
+	CKPTFS_OPT("dtype=%s", views.dtype, 0),
+	CKPTFS_OPT("shard_size=%s", views.shard_size, 0),
+	CKPTFS_OPT("per_layer=%s", views.per_layer, 0),
+	CKPTFS_OPT("tp=%s", views.tp, 0),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -68,6 +68,10 @@ static void usage(const char *prog)
 	       "    README     what this mount shows\n"
 	       "    hf/        HuggingFace layout (the source files, passed through)\n"
 	       "    native/    the native fused layout, computed on read\n"
+	       "    per-layer/ one safetensors file per block, and an index\n"
+	       "    tp-N/rank-K/  tensor-parallel shard K of N (the N the heads allow)\n"
+	       "    pp-N/stage-K/ pipeline stage K of N\n"
+	       "    .ckptfs/stats bytes served and read, as JSON\n"
 	       "    tensors/   one NAME.npy per tensor (BF16 and F8 widened to float32)\n"
 	       "    VIEW@DTYPE/  any view cast to fp32, fp16 or bf16 (e.g. hf@bf16/)\n\n"
 	       "general options:\n"
@@ -86,7 +90,9 @@ static void usage(const char *prog)
 	       "                           or a layout JSON file (default: by architecture)\n"
 	       "    -o dtype=fp32|fp16|bf16  cast every view (VIEW@DTYPE/ casts one view)\n"
 	       "    -o shard_size=SIZE     split generated safetensors files above SIZE bytes\n"
-	       "                           (suffixes K, M, G, KiB, MiB, GiB; default 5G)\n\n"
+	       "                           (suffixes K, M, G, KiB, MiB, GiB; default 5G)\n"
+	       "    -o per_layer=hf|native names in per-layer/ (default hf)\n"
+	       "    -o tp=native|hf        names in tp-N/ and pp-N/ (default native)\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();
@@ -183,7 +189,7 @@ int main(int argc, char *argv[])
 
 	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
-	if (options_to_views(&vopts, opts.layout, opts.dtype, opts.shard_size, &err) < 0 ||
+	if (options_to_views(&vopts, &opts.views, &err) < 0 ||
 	    options_open_views(opts.source, &vopts, &cat, &tree, NULL, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		goto out_args;
@@ -253,9 +259,7 @@ out_tree:
 	catalog_close(cat);
 out_args:
 	free(opts.source);
-	free(opts.layout);
-	free(opts.dtype);
-	free(opts.shard_size);
+	option_strings_free(&opts.views);
 	free(cl.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

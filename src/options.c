@@ -40,11 +40,31 @@ const char *options_layout_dir(void)
 	return CKPTFS_SRC_LAYOUT_DIR;
 }
 
-int options_to_views(struct view_opts *vo, const char *layout, const char *dtype, const char *shard_size,
-		     struct ckpt_err *err)
+void option_strings_free(struct option_strings *os)
 {
+	free(os->layout);
+	free(os->dtype);
+	free(os->shard_size);
+	free(os->per_layer);
+	free(os->tp);
+	memset(os, 0, sizeof(*os));
+}
+
+/* "hf" or "native"; *native tells which. */
+static int parse_naming(const char *opt, const char *s, bool *native, struct ckpt_err *err)
+{
+	if (strcmp(s, "hf") == 0 || strcmp(s, "native") == 0) {
+		*native = s[0] == 'n';
+		return 0;
+	}
+	return ckpt_err_set(err, EINVAL, "-o %s=%s: not hf or native", opt, s);
+}
+
+int options_to_views(struct view_opts *vo, const struct option_strings *os, struct ckpt_err *err)
+{
+	const char *dtype = os->dtype, *shard_size = os->shard_size;
 	*vo = (struct view_opts){
-		.layout = layout,
+		.layout = os->layout,
 		.layout_dir = options_layout_dir(),
 		.dtype = VIEWS_NO_CAST,
 		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
@@ -57,6 +77,12 @@ int options_to_views(struct view_opts *vo, const char *layout, const char *dtype
 	}
 	if (shard_size && options_parse_size(shard_size, &vo->shard_size) < 0)
 		return ckpt_err_set(err, EINVAL, "-o shard_size=%s: not a size such as 5G or 512MiB", shard_size);
+	bool native = false;
+	if (os->per_layer && parse_naming("per_layer", os->per_layer, &vo->per_layer_native, err) < 0)
+		return -EINVAL;
+	if (os->tp && parse_naming("tp", os->tp, &native, err) < 0)
+		return -EINVAL;
+	vo->tp_hf = os->tp && !native;
 	return 0;
 }
 

@@ -71,6 +71,14 @@ const struct tset_entry *tset_find(const struct tset *s, const char *name)
 	return s->n ? bsearch(&key, s->e, s->n, sizeof(*s->e), cmp_entry) : NULL;
 }
 
+uint64_t tset_bytes(const struct tset *s)
+{
+	uint64_t b = 0;
+	for (size_t i = 0; i < s->n; i++)
+		b += s->e[i].expr->nbytes;
+	return b;
+}
+
 int tset_from_catalog(struct tset *s, const struct catalog *cat)
 {
 	tset_init(s);

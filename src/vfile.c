@@ -186,6 +186,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 {
 	plan->n = 0;
 	plan->computed = 0;
+	plan->sourced = 0;
 	if (off >= vf->size || len == 0)
 		return 0;
 	if (len > vf->size - off)
@@ -206,6 +207,8 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 			break;
 		case EXTENT_FILE:
 			r = vplan_push(plan, NULL, x->file, x->file_off + in, (size_t)take);
+			src_file_count(x->file, take);
+			plan->sourced += (size_t)take;
 			break;
 		case EXTENT_EXPR:
 			for (uint64_t got = 0; got < take && r == 0;) {
@@ -213,6 +216,8 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 				expr_span(x->expr, in + got, take - got, &sp);
 				if (sp.file) {
 					r = vplan_push(plan, NULL, sp.file, sp.file_off, (size_t)sp.len);
+					src_file_count(sp.file, sp.len);
+					plan->sourced += (size_t)sp.len;
 				} else {
 					uint8_t *dst = scratch + done + got;
 					r = expr_read(x->expr, in + got, sp.len, dst);

@@ -11,6 +11,7 @@
 
 #include "ckptfs/layout.h"
 #include "ckptfs/npy.h"
+#include "ckptfs/partition.h"
 #include "ckptfs/stwrite.h"
 #include "ckptfs/tset.h"
 
@@ -125,18 +126,28 @@ static bool is_checkpoint_file(const struct catalog *cat, const struct src_file 
 }
 
 /* config.json of a computed view: the source's, saying the new dtype. */
-static int add_config(struct views *v, struct vnode *dir, int dtype)
+/* config.json of a computed view: the source's, saying the new dtype and
+ * the partition's own keys (`extra`, may be NULL). */
+static int add_config(struct views *v, struct vnode *dir, int dtype, const cJSON *extra)
 {
 	const struct src_file *f = catalog_file(v->cat, "config.json");
 	if (!v->cat->config)
 		return 0;
-	if (dtype == VIEWS_NO_CAST)
+	if (dtype == VIEWS_NO_CAST && !extra)
 		return add_passthrough(v, dir, f);
 	cJSON *c = cJSON_Duplicate(v->cat->config, 1);
 	if (!c)
 		return oom(v, "config.json");
-	cJSON_DeleteItemFromObjectCaseSensitive(c, "torch_dtype");
-	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name((enum ckpt_dtype)dtype));
+	if (dtype != VIEWS_NO_CAST) {
+		cJSON_DeleteItemFromObjectCaseSensitive(c, "torch_dtype");
+		cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name((enum ckpt_dtype)dtype));
+	}
+	const cJSON *it;
+	cJSON_ArrayForEach(it, extra)
+	{
+		cJSON_DeleteItemFromObjectCaseSensitive(c, it->string);
+		cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
+	}
 	char *text = cJSON_Print(c);
 	cJSON_Delete(c);
 	struct vnode *n = text ? vtree_add_file(v->t, dir, "config.json") : NULL;
@@ -273,6 +284,24 @@ static int add_npy(struct views *v, struct vnode *dir, const char *name, struct 
 	return r < 0 ? oom(v, fname) : 0;
 }
 
+/* The weights of a view as safetensors, with metadata saying the layout
+ * (and its recorded placeholders) when the names are native. */
+static int add_weights(struct views *v, struct vnode *dir, const struct tset *s, bool native_names)
+{
+	struct tset_meta meta = { 0 };
+	int r = tset_meta_set(&meta, "format", "pt");
+	for (size_t i = 0; native_names && r == 0 && i < v->binds.n; i++) {
+		char key[96];
+		snprintf(key, sizeof(key), "ckptfs.%s", v->binds.key[i]);
+		r = tset_meta_set(&meta, key, v->binds.value[i]);
+	}
+	if (native_names && v->layout && r == 0)
+		r = tset_meta_set(&meta, "ckptfs.layout", layout_name(v->layout));
+	r = r < 0 ? oom(v, dir->name) : add_safetensors_set(v, dir, s, &meta);
+	tset_meta_clear(&meta);
+	return r;
+}
+
 /* ---- views ---- */
 
 enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
@@ -304,21 +333,191 @@ static int build_view(struct views *v, enum view_kind kind, const char *name, in
 			r = add_passthrough(v, dir, f);
 	}
 	if (!identity && r == 0)
-		r = add_config(v, dir, dtype);
-	if (!identity && r == 0) {
-		struct tset_meta meta = { 0 };
-		r = tset_meta_set(&meta, "format", "pt");
-		for (size_t i = 0; kind == VIEW_NATIVE && r == 0 && i < v->binds.n; i++) {
-			char key[96];
-			snprintf(key, sizeof(key), "ckptfs.%s", v->binds.key[i]);
-			r = tset_meta_set(&meta, key, v->binds.value[i]);
-		}
-		if (kind == VIEW_NATIVE && r == 0)
-			r = tset_meta_set(&meta, "ckptfs.layout", layout_name(v->layout));
-		r = r < 0 ? oom(v, name) : add_safetensors_set(v, dir, s, &meta);
-		tset_meta_clear(&meta);
-	}
+		r = add_config(v, dir, dtype, NULL);
+	if (!identity && r == 0)
+		r = add_weights(v, dir, s, kind == VIEW_NATIVE);
 	tset_destroy(&cast);
+	return r;
+}
+
+/* ---- partitions: per-layer/, tp-N/rank-K/, pp-N/stage-K/ ---- */
+
+static int add_dir_with_config(struct views *v, struct vnode *parent, const char *name, const struct tset *s,
+			       int dtype, cJSON *extra, bool native_names)
+{
+	struct vnode *dir = vtree_add_dir(v->t, parent, name);
+	int r = dir ? add_config(v, dir, dtype, extra) : oom(v, name);
+	if (r == 0)
+		r = add_weights(v, dir, s, native_names);
+	cJSON_Delete(extra);
+	return r;
+}
+
+static const struct tset *partition_base(struct views *v, bool native_names)
+{
+	return native_names && v->layout ? &v->native : &v->hf;
+}
+
+static int build_per_layer(struct views *v, struct vnode *dir, const struct tset *s)
+{
+	uint64_t nl = part_nlayers(s);
+	int r = 0;
+	char name[64];
+	char *text = NULL;
+	size_t tl = 0;
+	FILE *idx = open_memstream(&text, &tl);
+	if (!idx)
+		return oom(v, "per-layer/index.json");
+	fprintf(idx, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", tset_bytes(s));
+	bool first = true;
+	/* Groups in file order: embed, layer-000 ..., head. */
+	for (int64_t g = PART_EMBED; g <= (int64_t)nl && r == 0; g++) {
+		int64_t want = g == (int64_t)nl ? PART_HEAD : g;
+		struct tset part;
+		tset_init(&part);
+		for (size_t i = 0; i < s->n && r == 0; i++)
+			if (part_group(s->e[i].name) == want)
+				r = tset_add(&part, s->e[i].name, expr_ref(s->e[i].expr));
+		if (want == PART_EMBED)
+			snprintf(name, sizeof(name), "embed.safetensors");
+		else if (want == PART_HEAD)
+			snprintf(name, sizeof(name), "head.safetensors");
+		else
+			snprintf(name, sizeof(name), "layer-%03" PRId64 ".safetensors", want);
+		if (r == 0 && part.n) {
+			const struct tset_entry **ents = malloc(part.n * sizeof(*ents));
+			struct tset_meta meta = { 0 };
+			r = ents && tset_meta_set(&meta, "format", "pt") == 0 ? 0 : -ENOMEM;
+			for (size_t i = 0; r == 0 && i < part.n; i++) {
+				ents[i] = &part.e[i];
+				fprintf(idx, "%s\n    ", first ? "" : ",");
+				json_put_string(idx, part.e[i].name);
+				fprintf(idx, ": \"%s\"", name);
+				first = false;
+			}
+			if (r == 0) {
+				st_order(ents, part.n);
+				r = add_safetensors_file(v, dir, name, ents, part.n, &meta);
+			}
+			free(ents);
+			tset_meta_clear(&meta);
+		}
+		tset_destroy(&part);
+	}
+	fprintf(idx, "\n  }\n}\n");
+	if (fclose(idx) != 0) {
+		free(text);
+		return oom(v, "per-layer/index.json");
+	}
+	struct vnode *n = r == 0 ? vtree_add_file(v->t, dir, "index.json") : NULL;
+	if (r == 0)
+		r = n ? vfile_add_bytes(&n->file, text, tl) : -ENOMEM;
+	free(text);
+	return r < 0 ? oom(v, "per-layer/") : 0;
+}
+
+static int build_tp(struct views *v, struct vnode *dir, const struct tset *s, uint64_t n, int dtype, bool native_names)
+{
+	const struct model_dims *d = &v->cat->dims;
+	int r = 0;
+	for (uint64_t k = 0; k < n && r == 0; k++) {
+		struct tset rank;
+		uint64_t vocab_padded;
+		char name[64];
+		if ((r = part_tp_rank(s, d, n, k, &rank, &vocab_padded, v->err)) < 0)
+			return r;
+		cJSON *extra = cJSON_CreateObject();
+		cJSON_AddNumberToObject(extra, "tp_size", (double)n);
+		cJSON_AddNumberToObject(extra, "tp_rank", (double)k);
+		cJSON_AddNumberToObject(extra, "tp_num_attention_heads", (double)(d->heads / n));
+		uint64_t kvh = d->kv_heads ? d->kv_heads : d->heads;
+		cJSON_AddNumberToObject(extra, "tp_num_key_value_heads", (double)(kvh >= n ? kvh / n : 1));
+		if (d->intermediate)
+			cJSON_AddNumberToObject(extra, "tp_intermediate_size", (double)(d->intermediate / n));
+		if (vocab_padded)
+			cJSON_AddNumberToObject(extra, "tp_vocab_size_padded", (double)vocab_padded);
+		snprintf(name, sizeof(name), "rank-%" PRIu64, k);
+		r = extra ? add_dir_with_config(v, dir, name, &rank, dtype, extra, native_names) : oom(v, name);
+		tset_destroy(&rank);
+	}
+	return r;
+}
+
+static int build_pp(struct views *v, struct vnode *dir, const struct tset *s, uint64_t n, int dtype, bool native_names)
+{
+	uint64_t nl = part_nlayers(s);
+	int r = 0;
+	for (uint64_t k = 0; k < n && r == 0; k++) {
+		struct tset stage;
+		uint64_t first, last;
+		char name[64];
+		if ((r = part_pp_stage(s, nl, n, k, &stage, &first, &last, v->err)) < 0)
+			return r;
+		cJSON *extra = cJSON_CreateObject();
+		cJSON_AddNumberToObject(extra, "pp_size", (double)n);
+		cJSON_AddNumberToObject(extra, "pp_stage", (double)k);
+		cJSON_AddNumberToObject(extra, "pp_layer_start", (double)first);
+		cJSON_AddNumberToObject(extra, "pp_layer_end", (double)last);
+		snprintf(name, sizeof(name), "stage-%" PRIu64, k);
+		r = extra ? add_dir_with_config(v, dir, name, &stage, dtype, extra, native_names) : oom(v, name);
+		tset_destroy(&stage);
+	}
+	return r;
+}
+
+enum part_kind { PART_PER_LAYER, PART_TP, PART_PP };
+
+/* One partition view, cast or not: NAME[@DTYPE]/... */
+static int build_partition(struct views *v, enum part_kind kind, uint64_t n, const char *name, int dtype, bool hidden)
+{
+	bool native_names = kind == PART_PER_LAYER ? v->o->per_layer_native : !v->o->tp_hf;
+	const struct tset *base = partition_base(v, native_names);
+	struct tset cast;
+	tset_init(&cast);
+	if (dtype != VIEWS_NO_CAST && tset_cast(&cast, base, (enum ckpt_dtype)dtype) < 0)
+		return oom(v, name);
+	const struct tset *s = dtype == VIEWS_NO_CAST ? base : &cast;
+	struct vnode *dir = vtree_add_dir(v->t, vtree_root(v->t), name);
+	int r = dir ? 0 : oom(v, name);
+	if (dir)
+		dir->hidden = hidden;
+	if (r == 0)
+		r = kind == PART_PER_LAYER ? build_per_layer(v, dir, s)
+		  : kind == PART_TP	   ? build_tp(v, dir, s, n, dtype, native_names && v->layout)
+					   : build_pp(v, dir, s, n, dtype, native_names && v->layout);
+	tset_destroy(&cast);
+	return r;
+}
+
+/* A view and its three casts. */
+static int build_partition_all(struct views *v, enum part_kind kind, uint64_t n, const char *name)
+{
+	int r = build_partition(v, kind, n, name, v->o->dtype, false);
+	for (size_t c = 0; c < sizeof(cast_dirs) / sizeof(cast_dirs[0]) && r == 0; c++) {
+		char cname[96];
+		snprintf(cname, sizeof(cname), "%s@%s", name, cast_dirs[c].suffix);
+		r = build_partition(v, kind, n, cname, (int)cast_dirs[c].dtype, true);
+	}
+	return r;
+}
+
+static int build_partitions(struct views *v)
+{
+	if (v->cat->arch == ARCH_UNKNOWN && !v->layout)
+		return 0;
+	int r = build_partition_all(v, PART_PER_LAYER, 0, "per-layer");
+	char name[64];
+	for (uint64_t n = 2; n <= v->cat->dims.heads && n <= VIEWS_TP_MAX && r == 0; n++) {
+		if (!part_tp_valid(&v->cat->dims, n))
+			continue;
+		snprintf(name, sizeof(name), "tp-%" PRIu64, n);
+		r = build_partition_all(v, PART_TP, n, name);
+	}
+	uint64_t nl = part_nlayers(partition_base(v, !v->o->tp_hf));
+	for (uint64_t n = 2; n <= nl && n <= VIEWS_PP_MAX && r == 0; n++) {
+		snprintf(name, sizeof(name), "pp-%" PRIu64, n);
+		r = build_partition_all(v, PART_PP, n, name);
+	}
 	return r;
 }
 
@@ -442,6 +641,16 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 			snprintf(name, sizeof(name), "%s@%s", kinds[k].name, cast_dirs[c].suffix);
 			r = build_view(&v, kinds[k].kind, name, (int)cast_dirs[c].dtype, true);
 		}
+	}
+	if (r == 0)
+		r = build_partitions(&v);
+	if (r == 0) {
+		struct vnode *dir = vtree_add_dir(t, vtree_root(t), ".ckptfs");
+		struct vnode *stats = dir ? vtree_add_file(t, dir, "stats") : NULL;
+		if (!stats)
+			r = oom(&v, ".ckptfs/stats");
+		else
+			stats->dynamic = true;
 	}
 	if (r == 0 && vtree_seal(t) < 0)
 		r = ckpt_err_set(err, EEXIST, "%s: two tensors map to the same file name in tensors/", cat->dir);

@@ -171,3 +171,13 @@ struct vnode *vtree_resolve(const struct vtree *t, const char *path)
 	}
 	return n;
 }
+
+struct vnode *vtree_top(const struct vtree *t, const struct vnode *n)
+{
+	const struct vnode *root = vtree_root(t);
+	if (n == root)
+		return NULL;
+	while (n->parent != root)
+		n = n->parent;
+	return n->is_dir ? (struct vnode *)n : NULL;
+}

@@ -3,8 +3,9 @@
 #
 # For each preset (tiny-llama, gpt2, gpt2-noprefix, mixed-dtypes; override
 # with CKPTFS_PRESETS): generate it with examples/gen-model.py, mount it,
-#   - ls of the root gives exactly README, hf, native, tensors (no native/
-#     for an architecture without a layout; VIEW@DTYPE dirs are not listed);
+#   - ls of the root gives exactly the views the model allows (README, hf,
+#     native, per-layer, pp-2, tensors, tp-2, tp-4; only README, hf, tensors
+#     for an unknown architecture; VIEW@DTYPE dirs are not listed);
 #   - tests/check_mount.py: hf/ identical to the source, tensors/*.npy
 #     values/dtypes/shapes/xattrs, odd preads, README (see that file);
 #   - every kind of write fails with EROFS ("Read-only file system") and
@@ -130,7 +131,8 @@ for preset in ${CKPTFS_PRESETS:-tiny-llama gpt2 gpt2-noprefix mixed-dtypes}; do
     mount_ckptfs "$src" "$mnt"
     case $preset in
     mixed-dtypes) root="README hf tensors " ;; # unknown architecture: no layout
-    *) root="README hf native tensors " ;;
+    # 4 heads (2 kv heads for tiny-llama), 2 layers: tp-2, tp-4 and pp-2 are offered
+    *) root="README hf native per-layer pp-2 tensors tp-2 tp-4 " ;;
     esac
     check_root "$mnt" "$root"
     note "check_mount.py $src $mnt"

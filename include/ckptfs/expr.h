@@ -31,6 +31,7 @@ enum expr_op {
 	EXPR_CONCAT,
 	EXPR_TRANSPOSE,
 	EXPR_GATHER,
+	EXPR_ZEROS,
 };
 
 struct expr {
@@ -69,6 +70,8 @@ struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to);
 struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop);
 /* Concatenation along dim; takes the n references in args (the array is copied). */
 struct expr *expr_concat(uint32_t dim, struct expr **args, size_t n);
+/* A tensor of zero bytes (padding rows, e.g. a vocabulary padded for TP). */
+struct expr *expr_zeros(enum ckpt_dtype dtype, uint32_t ndim, const uint64_t *shape);
 /* The transpose of a 2-D tensor. */
 struct expr *expr_transpose(struct expr *arg);
 /* out[r] = arg[idx[r]] along dim 0; idx is copied and checked against arg's rows. */

@@ -14,13 +14,15 @@ struct fuse_lowlevel_ops;
 /* What the FUSE session owns: read-only after the mount starts. */
 struct ckptfs_fs {
 	const struct catalog *cat;
-	const struct vtree *tree;
+	struct vtree *tree;
 	uid_t uid;
 	gid_t gid;
 	bool splice;           /* hand source ranges to the kernel as fds */
 	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	bool debug;
+	/* Statistics for .ckptfs/stats, updated atomically by readers. */
+	uint64_t reads, bytes_served, bytes_from_source, bytes_computed;
 };
 
 extern const struct fuse_lowlevel_ops ckptfs_ll_ops;

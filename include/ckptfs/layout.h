@@ -57,6 +57,9 @@ int layout_forward(const struct layout *l, const struct tset *hf, const struct m
 int layout_inverse(const struct layout *l, const struct tset *native, const struct model_dims *dims,
 		   const struct tset_meta *binds, struct tset *out, struct ckpt_err *err);
 
+/* Whether `name` matches a pattern with {layer}/{expert}/{word} placeholders. */
+bool layout_name_match(const char *pattern, const char *name);
+
 /* How many tensors of `s` are named as the layout's outputs (not counting
  * names that are the same in both layouts), and how many as its inputs. */
 void layout_classify(const struct layout *l, const struct tset *s, size_t *as_output, size_t *as_input);

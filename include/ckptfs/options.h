@@ -8,9 +8,15 @@
 #include "ckptfs/error.h"
 #include "ckptfs/views.h"
 
-/* Fill vo from option strings (any may be NULL: the default applies). */
-int options_to_views(struct view_opts *vo, const char *layout, const char *dtype, const char *shard_size,
-		     struct ckpt_err *err);
+/* The view options as the user spelled them; NULL means the default. */
+struct option_strings {
+	char *layout, *dtype, *shard_size, *per_layer, *tp;
+};
+
+/* Fill vo from option strings. */
+int options_to_views(struct view_opts *vo, const struct option_strings *os, struct ckpt_err *err);
+
+void option_strings_free(struct option_strings *os);
 
 /* "5G", "512MiB", "1000000": K, M, G are powers of 1000 as in HF's
  * max_shard_size, KiB, MiB, GiB powers of 1024. */

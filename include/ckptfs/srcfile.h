@@ -18,7 +18,14 @@ struct src_file {
 	dev_t dev;           /* identity of the bytes: dev, ino, size, mtime */
 	ino_t ino;
 	struct timespec mtime;
+	uint64_t bytes_read;  /* statistics: bytes read from it, updated atomically by readers */
 };
+
+/* Count n bytes read from f (the only field readers may change). */
+static inline void src_file_count(const struct src_file *f, uint64_t n)
+{
+	__atomic_add_fetch(&((struct src_file *)f)->bytes_read, n, __ATOMIC_RELAXED);
+}
 
 /* Open `name` beneath the directory `dirfd` (whose path is `dirpath`, for
  * messages). Fails with EXDEV when a symlink leads outside the directory and

@@ -41,6 +41,9 @@ int tset_sort(struct tset *s, const char **dup);
 /* Look a name up in a sorted set. */
 const struct tset_entry *tset_find(const struct tset *s, const char *name);
 
+/* Total bytes of every member. */
+uint64_t tset_bytes(const struct tset *s);
+
 /* The identity set of a catalog: every tensor as its source expression. */
 int tset_from_catalog(struct tset *s, const struct catalog *cat);
 

@@ -52,6 +52,7 @@ struct vplan {
 	size_t n, cap;
 	struct vpiece *p;
 	size_t computed; /* bytes that had to be computed */
+	size_t sourced;  /* bytes that are ranges of source files */
 };
 
 void vfile_init(struct vfile *vf);

@@ -30,7 +30,13 @@ struct view_opts {
 	const char *layout_dir; /* where built-in layouts live */
 	int dtype;              /* cast of the base views (enum ckpt_dtype), or VIEWS_NO_CAST */
 	uint64_t shard_size;    /* split generated safetensors above this size */
+	bool per_layer_native;  /* per-layer/ with native names (default HF) */
+	bool tp_hf;             /* tp-N/ and pp-N/ with HF names (default native) */
 };
+
+/* Largest tensor-parallel and pipeline sizes offered. */
+#define VIEWS_TP_MAX 64
+#define VIEWS_PP_MAX 8
 
 /* What views_build decided, for inspect and the README. */
 struct views_info {

@@ -25,6 +25,8 @@ struct vnode {
 	struct vnode *parent;
 	bool is_dir;
 	bool hidden;          /* found by lookup, not listed by readdir (VIEW@DTYPE) */
+	bool dynamic;         /* contents made at open by the front-end (.ckptfs/stats) */
+	uint64_t served;      /* statistics, top-level dirs: bytes read below them */
 	size_t nkids, capkids;
 	struct vnode **kids;  /* sorted by name once sealed */
 	struct vfile file;    /* files only */
@@ -60,5 +62,9 @@ struct vnode *vtree_lookup(const struct vnode *dir, const char *name);
 /* The node at a '/'-separated path from the root ("", "/" and "." are the
  * root; hidden directories resolve like any other). NULL if absent. */
 struct vnode *vtree_resolve(const struct vtree *t, const char *path);
+
+/* The top-level directory holding n (n itself for one), or NULL for the root
+ * and files at the root. */
+struct vnode *vtree_top(const struct vtree *t, const struct vnode *n);
 
 #endif
