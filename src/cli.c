@@ -38,6 +38,7 @@ struct cli {
 	struct catalog *cat;
 	struct vtree tree;
 	struct views_info info;
+	struct cache *cache;
 };
 
 static double now_seconds(void)
@@ -71,6 +72,11 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "shard_size=", offsetof(struct option_strings, shard_size) },
 					{ "per_layer=", offsetof(struct option_strings, per_layer) },
 					{ "tp=", offsetof(struct option_strings, tp) },
+					{ "cache=", offsetof(struct option_strings, cache) },
+					{ "cache_dir=", offsetof(struct option_strings, cache_dir) },
+					{ "cache_size=", offsetof(struct option_strings, cache_size) },
+					{ "mem_cache=", offsetof(struct option_strings, mem_cache) },
+					{ "cache_level=", offsetof(struct option_strings, cache_level) },
 				};
 				size_t k = 0;
 				while (k < sizeof(keys) / sizeof(keys[0]) && strncmp(o, keys[k].key, strlen(keys[k].key)))
@@ -104,7 +110,8 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 	struct view_opts vo;
 	struct ckpt_err err = { 0 };
 	if (options_to_views(&vo, &c->os, &err) < 0 ||
-	    options_open_views(c->args[0], &vo, &c->cat, &c->tree, &c->info, &err) < 0) {
+	    options_open_views(c->args[0], &vo, &c->cat, &c->tree, &c->info, &err) < 0 ||
+	    options_open_cache(&c->os, &c->cache, &err) < 0) {
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		return -EINVAL;
 	}
@@ -248,12 +255,12 @@ static void progress_show(struct progress *p, bool final)
 }
 
 /* Copy a view file to fd; returns 0 or a negative errno. */
-static int copy_file(const struct vnode *n, int fd, uint8_t *buf, struct progress *pg)
+static int copy_file(struct cli *c, const struct vnode *n, int fd, uint8_t *buf, struct progress *pg)
 {
 	for (uint64_t off = 0; off < n->file.size;) {
 		if (cli_interrupted)
 			return -EINTR;
-		int64_t got = vfile_read(&n->file, off, CLI_CHUNK, buf);
+		int64_t got = vfile_read_cached(&n->file, c->cache, off, CLI_CHUNK, buf);
 		if (got <= 0)
 			return got < 0 ? (int)got : -EIO;
 		int r = write_all(fd, buf, (size_t)got);
@@ -278,7 +285,7 @@ static int cmd_cat(struct cli *c)
 		return 1;
 	}
 	uint8_t *buf = malloc(CLI_CHUNK);
-	int r = buf ? copy_file(n, STDOUT_FILENO, buf, NULL) : -ENOMEM;
+	int r = buf ? copy_file(c, n, STDOUT_FILENO, buf, NULL) : -ENOMEM;
 	free(buf);
 	if (r < 0) {
 		fprintf(stderr, "ckptfs: cat: %s: %s\n", c->args[1], strerror(-r));
@@ -365,7 +372,7 @@ static int export_node(struct export *x, const struct vnode *n, const char *out)
 		fprintf(stderr, "ckptfs: export: %s: %s\n", x->tmp, strerror(errno));
 		return -errno;
 	}
-	int r = copy_file(n, fd, x->buf, &x->pg);
+	int r = copy_file(x->c, n, fd, x->buf, &x->pg);
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && x->c->verify)
@@ -467,6 +474,7 @@ int cli_main(int argc, char **argv)
 			return 1;
 		}
 		int r = commands[i].run(&c);
+		cache_close(c.cache);
 		vtree_destroy(&c.tree);
 		catalog_close(c.cat);
 		option_strings_free(&c.os);

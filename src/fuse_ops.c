@@ -3,6 +3,7 @@
 #define FUSE_USE_VERSION 312
 #include "config.h"
 #include "ckptfs/fuse_ops.h"
+#include "ckptfs/cache.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -86,8 +87,32 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)computed);
 	cJSON_AddNumberToObject(j, "bytes_generated", (double)(served - sourced - computed));
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
-	cJSON_AddStringToObject(cache, "memory", "none");
-	cJSON_AddStringToObject(cache, "disk", "none");
+	if (fs->cache) {
+		struct cache_stats cs;
+		cache_get_stats(fs->cache, &cs);
+		const struct cache_tier_stats *tiers[2] = { &cs.mem, &cs.disk };
+		for (int t = 0; t < 2; t++) {
+			cJSON *o = cJSON_AddObjectToObject(cache, t ? "disk" : "memory");
+			cJSON_AddNumberToObject(o, "hits", (double)tiers[t]->hits);
+			cJSON_AddNumberToObject(o, "misses", (double)tiers[t]->misses);
+			cJSON_AddNumberToObject(o, "bytes_in", (double)tiers[t]->bytes_in);
+			cJSON_AddNumberToObject(o, "bytes_out", (double)tiers[t]->bytes_out);
+			cJSON_AddNumberToObject(o, "evictions", (double)tiers[t]->evictions);
+			cJSON_AddNumberToObject(o, "bytes_stored", (double)tiers[t]->bytes_stored);
+		}
+		cJSON *disk = cJSON_GetObjectItem(cache, "disk");
+		cJSON_AddBoolToObject(disk, "enabled", cs.disk_enabled);
+		cJSON_AddNumberToObject(disk, "written", (double)cs.disk_written);
+		cJSON_AddNumberToObject(disk, "skipped_by_policy", (double)cs.disk_skipped_by_policy);
+		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
+		cJSON_AddNumberToObject(disk, "compression_ratio",
+					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
+		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
+		cJSON_AddNumberToObject(cache, "compute_mbps", cs.compute_mbps);
+		cJSON_AddNumberToObject(cache, "decompress_mbps", cs.decompress_mbps);
+	} else {
+		cJSON_AddStringToObject(cache, "state", "off");
+	}
 	char *text = cJSON_Print(j);
 	cJSON_Delete(j);
 	size_t len = text ? strlen(text) : 0;
@@ -269,6 +294,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	}
 	struct vplan plan;
 	vplan_init(&plan);
+	plan.cache = fs->cache;
 	uint8_t *scratch = NULL;
 	struct fuse_bufvec *bv = NULL;
 	int err = 0;

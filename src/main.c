@@ -43,6 +43,11 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("shard_size=%s", views.shard_size, 0),
 	CKPTFS_OPT("per_layer=%s", views.per_layer, 0),
 	CKPTFS_OPT("tp=%s", views.tp, 0),
+	CKPTFS_OPT("cache=%s", views.cache, 0),
+	CKPTFS_OPT("cache_dir=%s", views.cache_dir, 0),
+	CKPTFS_OPT("cache_size=%s", views.cache_size, 0),
+	CKPTFS_OPT("mem_cache=%s", views.mem_cache, 0),
+	CKPTFS_OPT("cache_level=%s", views.cache_level, 0),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -92,7 +97,13 @@ static void usage(const char *prog)
 	       "    -o shard_size=SIZE     split generated safetensors files above SIZE bytes\n"
 	       "                           (suffixes K, M, G, KiB, MiB, GiB; default 5G)\n"
 	       "    -o per_layer=hf|native names in per-layer/ (default hf)\n"
-	       "    -o tp=native|hf        names in tp-N/ and pp-N/ (default native)\n\n"
+	       "    -o tp=native|hf        names in tp-N/ and pp-N/ (default native)\n"
+	       "    -o cache=on|off        keep computed chunks (default on)\n"
+	       "    -o cache_dir=DIR       disk cache directory (default $XDG_CACHE_HOME/ckptfs\n"
+	       "                           or ~/.cache/ckptfs; 'none' for memory only)\n"
+	       "    -o cache_size=SIZE     disk cache bound (default 10GiB)\n"
+	       "    -o mem_cache=SIZE      memory cache bound (default 128MiB, 0 for none)\n"
+	       "    -o cache_level=N       zstd level of disk entries (default 1)\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();
@@ -163,6 +174,7 @@ int main(int argc, char *argv[])
 	struct catalog *cat = NULL;
 	struct vtree tree = { 0 };
 	struct fuse_session *se = NULL;
+	struct cache *cache = NULL;
 	int ret = 1;
 
 	if (fuse_opt_parse(&args, &opts, ckptfs_opt_spec, opt_proc) != 0)
@@ -196,6 +208,10 @@ int main(int argc, char *argv[])
 	}
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", cat->warnings[i]);
+	if (options_open_cache(&opts.views, &cache, &err) < 0) {
+		fprintf(stderr, "ckptfs: %s\n", err.msg);
+		goto out_tree;
+	}
 
 	struct ckptfs_fs fs = {
 		.cat = cat,
@@ -206,6 +222,7 @@ int main(int argc, char *argv[])
 		.splice_max = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
 		.debug = cl.debug,
+		.cache = cache,
 	};
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
@@ -255,6 +272,7 @@ out_signals:
 out_session:
 	fuse_session_destroy(se);
 out_tree:
+	cache_close(cache);
 	vtree_destroy(&tree);
 	catalog_close(cat);
 out_args:

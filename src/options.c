@@ -3,6 +3,7 @@
 #include "ckptfs/options.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -47,6 +48,11 @@ void option_strings_free(struct option_strings *os)
 	free(os->shard_size);
 	free(os->per_layer);
 	free(os->tp);
+	free(os->cache);
+	free(os->cache_dir);
+	free(os->cache_size);
+	free(os->mem_cache);
+	free(os->cache_level);
 	memset(os, 0, sizeof(*os));
 }
 
@@ -102,4 +108,42 @@ int options_open_views(const char *source, const struct view_opts *vo, struct ca
 	catalog_close(*cat);
 	*cat = NULL;
 	return r;
+}
+
+int options_open_cache(const struct option_strings *os, struct cache **cache, struct ckpt_err *err)
+{
+	*cache = NULL;
+	if (os->cache && strcmp(os->cache, "on") != 0 && strcmp(os->cache, "off") != 0)
+		return ckpt_err_set(err, EINVAL, "-o cache=%s: not on or off", os->cache);
+	if (os->cache && strcmp(os->cache, "off") == 0)
+		return 0;
+	struct cache_opts co = {
+		.chunk = CACHE_CHUNK_DEFAULT,
+		.mem_bytes = OPTIONS_MEM_CACHE_DEFAULT,
+		.disk_bytes = OPTIONS_CACHE_SIZE_DEFAULT,
+		.level = OPTIONS_CACHE_LEVEL_DEFAULT,
+	};
+	if (os->mem_cache && strcmp(os->mem_cache, "0") != 0 && options_parse_size(os->mem_cache, &co.mem_bytes) < 0)
+		return ckpt_err_set(err, EINVAL, "-o mem_cache=%s: not a size such as 512M", os->mem_cache);
+	if (os->mem_cache && strcmp(os->mem_cache, "0") == 0)
+		co.mem_bytes = 0;
+	if (os->cache_size && options_parse_size(os->cache_size, &co.disk_bytes) < 0)
+		return ckpt_err_set(err, EINVAL, "-o cache_size=%s: not a size such as 20G", os->cache_size);
+	if (os->cache_level) {
+		char *end;
+		long l = strtol(os->cache_level, &end, 10);
+		if (*end || end == os->cache_level || l < 1 || l > 19)
+			return ckpt_err_set(err, EINVAL, "-o cache_level=%s: not a zstd level 1..19", os->cache_level);
+		co.level = (int)l;
+	}
+	char dir[4096] = "";
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	if (os->cache_dir)
+		snprintf(dir, sizeof(dir), "%s", os->cache_dir);
+	else if (xdg && *xdg)
+		snprintf(dir, sizeof(dir), "%s/ckptfs", xdg);
+	else if (home && *home)
+		snprintf(dir, sizeof(dir), "%s/.cache/ckptfs", home);
+	co.dir = dir[0] && strcmp(os->cache_dir ? os->cache_dir : "x", "none") != 0 ? dir : NULL;
+	return cache_open(cache, &co, err);
 }

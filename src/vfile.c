@@ -2,8 +2,10 @@
  * Source ranges stay references to the source; only computed bytes touch the scratch buffer. */
 #include "ckptfs/vfile.h"
 #include "ckptfs/guard.h"
+#include "ckptfs/cache.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +21,7 @@ void vfile_destroy(struct vfile *vf)
 			free((void *)vf->ext[i].bytes);
 		else if (vf->ext[i].kind == EXTENT_EXPR)
 			expr_unref(vf->ext[i].expr);
+		free(vf->ext[i].key);
 	}
 	free(vf->ext);
 	free(vf->deps);
@@ -182,6 +185,31 @@ static int vplan_push(struct vplan *p, const void *mem, const struct src_file *f
 	return 0;
 }
 
+/* The extent's cache key, made once; racing threads agree on one copy. */
+static const char *extent_key(const struct extent *x)
+{
+	char *k = __atomic_load_n(&x->key, __ATOMIC_ACQUIRE);
+	if (k)
+		return k;
+	char *mine = cache_key(x->expr), *expected = NULL;
+	if (!mine)
+		return NULL;
+	if (__atomic_compare_exchange_n(&((struct extent *)x)->key, &expected, mine, false, __ATOMIC_ACQ_REL,
+					__ATOMIC_ACQUIRE))
+		return mine;
+	free(mine);
+	return expected;
+}
+
+/* Computed bytes of an extent, through the cache when there is one. */
+static int extent_compute(const struct extent *x, struct cache *cache, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	const char *key = cache ? extent_key(x) : NULL;
+	if (key)
+		return cache_read(cache, x->expr, key, off, len, dst);
+	return expr_read(x->expr, off, len, dst);
+}
+
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
 {
 	plan->n = 0;
@@ -220,7 +248,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 					plan->sourced += (size_t)sp.len;
 				} else {
 					uint8_t *dst = scratch + done + got;
-					r = expr_read(x->expr, in + got, sp.len, dst);
+					r = extent_compute(x, plan->cache, in + got, sp.len, dst);
 					if (r == 0)
 						r = vplan_push(plan, dst, NULL, 0, (size_t)sp.len);
 					plan->computed += (size_t)sp.len;
@@ -247,8 +275,14 @@ int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uin
 
 int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf)
 {
+	return vfile_read_cached(vf, NULL, off, len, buf);
+}
+
+int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf)
+{
 	struct vplan plan;
 	vplan_init(&plan);
+	plan.cache = cache;
 	volatile int64_t n = -EIO;
 	GUARDED(n = vfile_plan(vf, off, len, buf, &plan); n = vfile_copy_plan(&plan, buf, n), n = -EIO);
 	vplan_destroy(&plan);

@@ -67,6 +67,9 @@ need_python() {
 # Make $TESTDIR and install the traps that clean it up.
 make_testdir() {
     TESTDIR=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-$TEST_NAME.XXXXXXXX")
+    # The default disk cache ($XDG_CACHE_HOME/ckptfs) stays inside the test.
+    XDG_CACHE_HOME=$TESTDIR/xdg-cache
+    export XDG_CACHE_HOME
     trap _ckptfs_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM

@@ -5,18 +5,28 @@
 
 #include <stdint.h>
 
+#include "ckptfs/cache.h"
 #include "ckptfs/error.h"
 #include "ckptfs/views.h"
 
 /* The view options as the user spelled them; NULL means the default. */
 struct option_strings {
 	char *layout, *dtype, *shard_size, *per_layer, *tp;
+	char *cache, *cache_dir, *cache_size, *mem_cache, *cache_level;
 };
 
 /* Fill vo from option strings. */
 int options_to_views(struct view_opts *vo, const struct option_strings *os, struct ckpt_err *err);
 
 void option_strings_free(struct option_strings *os);
+
+/* The cache settings; *cache is NULL when -o cache=off. The directory
+ * defaults to $XDG_CACHE_HOME/ckptfs, else ~/.cache/ckptfs. */
+int options_open_cache(const struct option_strings *os, struct cache **cache, struct ckpt_err *err);
+
+#define OPTIONS_MEM_CACHE_DEFAULT (128ULL << 20)
+#define OPTIONS_CACHE_SIZE_DEFAULT (10ULL << 30)
+#define OPTIONS_CACHE_LEVEL_DEFAULT 1
 
 /* "5G", "512MiB", "1000000": K, M, G are powers of 1000 as in HF's
  * max_shard_size, KiB, MiB, GiB powers of 1024. */

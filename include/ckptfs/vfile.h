@@ -30,6 +30,7 @@ struct extent {
 	const struct src_file *file; /* EXTENT_FILE */
 	uint64_t file_off;
 	struct expr *expr;           /* EXTENT_EXPR, one reference owned */
+	char *key;                   /* EXTENT_EXPR: cache identity, made on first use */
 };
 
 struct vfile {
@@ -48,7 +49,10 @@ struct vpiece {
 	size_t len;
 };
 
+struct cache;
+
 struct vplan {
+	struct cache *cache; /* computed bytes go through it when set */
 	size_t n, cap;
 	struct vpiece *p;
 	size_t computed; /* bytes that had to be computed */
@@ -81,9 +85,13 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
  * faults (a file truncated under the mount); needs guard_install(). */
 int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
 
+/* vfile_read with computed bytes through a cache (may be NULL). */
+int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf);
+
 /* Copy bytes [off, off+len) into buf (guarded like vfile_plan_guarded); returns the count (short at EOF) or a negative errno. */
 int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf);
 
+/* An empty plan; set p->cache to route computed bytes through a cache. */
 void vplan_init(struct vplan *p);
 void vplan_destroy(struct vplan *p);
 

@@ -1,0 +1,78 @@
+/* cache.h -- the hot-chunk cache: a bounded memory LRU in front of an on-disk zstd cache.
+ * Computed bytes are produced in fixed-size chunks of an expression's output and kept here; source ranges never enter it.
+ *
+ * A chunk is identified by a key string (the expression and the identity
+ * of every source file it reads: device, inode, size, mtime) and its index.
+ * Memory tier: decompressed chunks, LRU, bounded by bytes; concurrent
+ * readers of one missing chunk compute it once (the others wait).
+ * Disk tier (optional): one file per chunk named by a 128-bit hash of the
+ * key and index, holding
+ *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes,
+ *   one zstd frame with its content checksum
+ * written by a worker thread to a temp file and renamed, so a crash never
+ * leaves a half entry under a final name. An entry whose header, key,
+ * size or checksum does not match is deleted and recomputed. The directory
+ * is bounded by bytes with LRU eviction by mtime (hits touch the file), so
+ * mounts sharing it share the bound. A directory that cannot be written
+ * turns the disk tier off with one warning; readers never see its errors.
+ * Policy: a chunk goes to disk only when computing it took longer than
+ * reading it back is expected to take (measured decompression rate).
+ */
+#ifndef CKPTFS_CACHE_H
+#define CKPTFS_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptfs/error.h"
+#include "ckptfs/expr.h"
+
+#define CACHE_CHUNK_DEFAULT (1u << 20)
+
+struct cache_opts {
+	size_t chunk;          /* bytes per chunk */
+	uint64_t mem_bytes;    /* memory tier bound; 0 disables it */
+	const char *dir;       /* disk tier directory, NULL for none */
+	uint64_t disk_bytes;   /* disk tier bound */
+	int level;             /* zstd level */
+	bool disk_always;      /* bypass the policy: every computed chunk goes to disk (tests) */
+};
+
+struct cache_tier_stats {
+	uint64_t hits, misses, bytes_in, bytes_out, evictions, bytes_stored;
+};
+
+struct cache_stats {
+	struct cache_tier_stats mem, disk;
+	uint64_t computed_chunks, computed_bytes;
+	uint64_t disk_written, disk_skipped_by_policy, disk_bad_entries;
+	uint64_t disk_raw_bytes, disk_compressed_bytes;
+	bool disk_enabled;
+	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
+};
+
+struct cache;
+
+int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *err);
+
+/* Flushes pending disk writes, then frees everything. */
+void cache_close(struct cache *c);
+
+/* Wait until every queued disk write is done (tests, unmount). */
+void cache_flush(struct cache *c);
+
+/* Fill dst with bytes [off, off+len) of expression e, whose identity is
+ * `key`, through the cache. Returns 0 or a negative errno. */
+int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst);
+
+void cache_get_stats(struct cache *c, struct cache_stats *out);
+
+/* The identity string of an expression: its form plus each source file's
+ * device, inode, size and mtime. Caller frees. */
+char *cache_key(const struct expr *e);
+
+/* 128-bit hash of key and chunk index as 32 hex digits (the file name). */
+void cache_entry_name(const char *key, uint64_t chunk, char out[33]);
+
+#endif
