@@ -77,6 +77,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "cache_size=", offsetof(struct option_strings, cache_size) },
 					{ "mem_cache=", offsetof(struct option_strings, mem_cache) },
 					{ "cache_level=", offsetof(struct option_strings, cache_level) },
+					{ "cache_policy=", offsetof(struct option_strings, cache_policy) },
 				};
 				size_t k = 0;
 				while (k < sizeof(keys) / sizeof(keys[0]) && strncmp(o, keys[k].key, strlen(keys[k].key)))

@@ -48,6 +48,7 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("cache_size=%s", views.cache_size, 0),
 	CKPTFS_OPT("mem_cache=%s", views.mem_cache, 0),
 	CKPTFS_OPT("cache_level=%s", views.cache_level, 0),
+	CKPTFS_OPT("cache_policy=%s", views.cache_policy, 0),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -103,7 +104,9 @@ static void usage(const char *prog)
 	       "                           or ~/.cache/ckptfs; 'none' for memory only)\n"
 	       "    -o cache_size=SIZE     disk cache bound (default 10GiB)\n"
 	       "    -o mem_cache=SIZE      memory cache bound (default 128MiB, 0 for none)\n"
-	       "    -o cache_level=N       zstd level of disk entries (default 1)\n\n"
+	       "    -o cache_level=N       zstd level of disk entries (default 1)\n"
+	       "    -o cache_policy=auto|always  store a chunk on disk only when recomputing\n"
+	       "                           it is slower than reading it back (auto), or always\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();

@@ -53,6 +53,7 @@ void option_strings_free(struct option_strings *os)
 	free(os->cache_size);
 	free(os->mem_cache);
 	free(os->cache_level);
+	free(os->cache_policy);
 	memset(os, 0, sizeof(*os));
 }
 
@@ -136,6 +137,9 @@ int options_open_cache(const struct option_strings *os, struct cache **cache, st
 			return ckpt_err_set(err, EINVAL, "-o cache_level=%s: not a zstd level 1..19", os->cache_level);
 		co.level = (int)l;
 	}
+	if (os->cache_policy && strcmp(os->cache_policy, "auto") != 0 && strcmp(os->cache_policy, "always") != 0)
+		return ckpt_err_set(err, EINVAL, "-o cache_policy=%s: not auto or always", os->cache_policy);
+	co.disk_always = os->cache_policy && strcmp(os->cache_policy, "always") == 0;
 	char dir[4096] = "";
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
 	if (os->cache_dir)
