@@ -35,6 +35,13 @@ Presets:
   cast-edges     one fp32 file of values at the edges of the fp32 -> bf16
                  and fp32 -> fp16 roundings (ties, overflow, subnormals,
                  NaN payloads) plus an int32 tensor; unknown model_type
+  llama-gqa8     LLaMA, bf16, 8 heads / 2 KV heads (head_dim 8, hidden 64),
+                 intermediate 96, 3 layers, vocab 100, untied lm_head, one
+                 file: tp-2, tp-4 and tp-8 are valid (KV heads replicated
+                 past 2 ranks), tp-3 is not; pp-2 is uneven
+  qwen2-oddvocab Qwen2 as "qwen2" (q/k/v biases, 4 heads / 2 KV heads, tied
+                 embeddings, fp16) with vocab 101, so the vocab-parallel
+                 split pads with zero rows
 """
 
 import argparse
@@ -736,6 +743,45 @@ def gen_cast_edges(outdir, rng):
     })
 
 
+def gen_llama_gqa8(outdir, rng):
+    c = llama_config(hidden_size=64, num_hidden_layers=3,
+                     num_attention_heads=8, num_key_value_heads=2,
+                     intermediate_size=96, vocab_size=100,
+                     torch_dtype="bfloat16", tie_word_embeddings=False,
+                     rms_norm_eps=1e-05, max_position_embeddings=256)
+    _llama_family(outdir, rng, c, "BF16", BF16_SPECIALS)
+
+
+def gen_qwen2_oddvocab(outdir, rng):
+    # gen_qwen2's config with an odd vocabulary that no N divides
+    c = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 160,
+        "max_position_embeddings": 256,
+        "max_window_layers": 2,
+        "model_type": "qwen2",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 256,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float16",
+        "transformers_version": "4.45.2",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 101,
+    }
+    _llama_family(outdir, rng, c, "F16", F16_SPECIALS, qkv_bias=True)
+
+
 PRESETS = {
     "tiny-llama": gen_tiny_llama,
     "gpt2": gen_gpt2,
@@ -746,6 +792,8 @@ PRESETS = {
     "phi3": gen_phi3,
     "mixtral": gen_mixtral,
     "cast-edges": gen_cast_edges,
+    "llama-gqa8": gen_llama_gqa8,
+    "qwen2-oddvocab": gen_qwen2_oddvocab,
 }
 
 

@@ -501,9 +501,14 @@ static int build_partition_all(struct views *v, enum part_kind kind, uint64_t n,
 	return r;
 }
 
+static bool partitions_offered(const struct views *v)
+{
+	return v->cat->arch != ARCH_UNKNOWN || v->layout;
+}
+
 static int build_partitions(struct views *v)
 {
-	if (v->cat->arch == ARCH_UNKNOWN && !v->layout)
+	if (!partitions_offered(v))
 		return 0;
 	int r = build_partition_all(v, PART_PER_LAYER, 0, "per-layer");
 	char name[64];
@@ -565,6 +570,9 @@ static int derive_sets(struct views *v)
 	return layout_forward(v->layout, &v->src, &v->cat->dims, &v->native, &v->binds, v->err);
 }
 
+static const struct tset *partition_base(struct views *v, bool native_names);
+static bool partitions_offered(const struct views *v);
+
 static int build_readme(struct views *v)
 {
 	const struct catalog *cat = v->cat;
@@ -598,10 +606,21 @@ static int build_readme(struct views *v)
 			v->native_source && v->o->dtype == VIEWS_NO_CAST ? ": the source's files" : ", computed on read");
 	else
 		fprintf(m, "  native/   %s\n", v->note);
+	if (partitions_offered(v)) {
+		uint64_t nl = part_nlayers(partition_base(v, !v->o->tp_hf));
+		fprintf(m, "  per-layer/  embed, layer-NNN and head safetensors files, and index.json\n");
+		fprintf(m, "  tp-N/rank-K/  tensor-parallel shards, for the N these heads allow:\n           ");
+		for (uint64_t n = 2; n <= v->cat->dims.heads && n <= VIEWS_TP_MAX; n++)
+			if (part_tp_valid(&v->cat->dims, n))
+				fprintf(m, " tp-%" PRIu64 "/", n);
+		fprintf(m, "\n  pp-N/stage-K/ pipeline stages, N = 2..%" PRIu64 "\n",
+			nl < VIEWS_PP_MAX ? nl : (uint64_t)VIEWS_PP_MAX);
+	}
 	fprintf(m, "  tensors/  one NAME.npy per tensor for numpy.load (mmap_mode works);\n"
 		   "            BF16 and F8 tensors are widened exactly to float32\n"
 		   "  VIEW@DTYPE/  any view above cast to fp32, fp16 or bf16, e.g. hf@bf16/,\n"
-		   "            native@fp32/, tensors@fp16/ (not listed; cd or ls them by name)\n\n"
+		   "            native@fp32/, tp-2@bf16/ (not listed; cd or ls them by name)\n"
+		   "  .ckptfs/stats  bytes served and read, cache figures (JSON)\n\n"
 		   "Every file is computed on read from the source; nothing is copied.\n"
 		   "The mount is read-only. See a tensor's dtype, shape, source bytes and\n"
 		   "expression with: getfattr -d tensors/NAME.npy\n"

@@ -1,0 +1,107 @@
+#!/bin/bash
+# bench-cache.sh: what the hot-chunk cache buys on the 1B LLaMA (issue 5).
+#
+# Usage: bench/bench-cache.sh [--model-dir DIR] [--ckptfs PATH] [--views V1,V2]
+#
+# For each computed view file (default native@fp32/model.safetensors, a
+# widening cast, and hf@fp16/model.safetensors, a narrowing one), one run:
+#   off        -o cache=off: every byte recomputed (the baseline)
+#   cold       -o cache_policy=always, empty cache dir: compute + queue writes
+#   disk       remount, same dir: every chunk read back from the disk tier
+#   memory     same mount, O_DIRECT re-read (bypasses the kernel page
+#              cache) with a memory tier big enough: served from memory
+#   auto       default policy, empty dir, read, remount, read again: how
+#              many chunks the policy stored and what the second pass costs
+# Each line prints GB/s of view bytes and the ratio to "off". The model is
+# generated once into ${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench.
+# Everything mounted is unmounted on exit.
+set -u
+
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench
+MODEL=$BENCH/llama-1b
+CKPTFS=$TOP/src/ckptfs
+VIEWS=native@fp32/model.safetensors,hf@fp16/model.safetensors
+while [ $# -gt 0 ]; do
+	case $1 in
+	--model-dir) MODEL=$2; shift 2 ;;
+	--ckptfs) CKPTFS=$2; shift 2 ;;
+	--views) VIEWS=$2; shift 2 ;;
+	*) sed -n '2,5p' "$0"; exit 2 ;;
+	esac
+done
+[ -f "$MODEL/model.safetensors" ] || /usr/bin/python3 "$TOP/examples/gen-model.py" llama-1b "$MODEL" >/dev/null ||
+	{ echo "bench-cache: cannot generate $MODEL" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-cache.XXXXXX")
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+cleanup() {
+	mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT"; }
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mount_it() {
+	"$CKPTFS" "$@" "$MODEL" "$MNT" || { echo "bench-cache: mount failed" >&2; exit 1; }
+}
+umount_it() {
+	fusermount3 -u "$MNT"
+	# the daemon flushes its disk writes before it exits
+	while pgrep -f "ckptfs.* $MNT\$" >/dev/null; do sleep 0.1; done
+}
+# read FILE [direct]: prints seconds
+read_time() {
+	local flag=
+	[ "${2:-}" = direct ] && flag=iflag=direct
+	local t0 t1
+	t0=$(date +%s.%N)
+	dd if="$1" of=/dev/null bs=4M $flag status=none || { echo "bench-cache: read of $1 failed" >&2; exit 1; }
+	t1=$(date +%s.%N)
+	echo "$t1 - $t0" | bc -l
+}
+stat_field() { # stat_field JSONPATH: from .ckptfs/stats
+	/usr/bin/python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); 
+for k in sys.argv[2].split("."): j=j[k]
+print(j)' "$MNT/.ckptfs/stats" "$1"
+}
+gbps() { echo "scale=2; $1 / $2 / 1000000000" | bc -l; }
+
+cat "$MODEL/model.safetensors" >/dev/null # source page cache warm
+echo "model: $MODEL; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+IFS=, read -r -a views <<<"$VIEWS"
+for view in "${views[@]}"; do
+	size=$("$CKPTFS" ls -o cache=off "$MODEL" "$view" | awk '{print $1}')
+	dir=$WORK/cache
+	rm -rf "$dir"
+	mount_it -o cache=off
+	t_off=$(read_time "$MNT/$view")
+	umount_it
+	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G
+	t_cold=$(read_time "$MNT/$view")
+	umount_it
+	disk_bytes=$(du -sb "$dir" | cut -f1)
+	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G,mem_cache=8G
+	t_disk=$(read_time "$MNT/$view")
+	hits=$(stat_field cache.disk.hits)
+	t_mem=$(read_time "$MNT/$view" direct)
+	memhits=$(stat_field cache.memory.hits)
+	umount_it
+	rm -rf "$dir"
+	mount_it -o cache_dir="$dir"
+	t_auto1=$(read_time "$MNT/$view")
+	stored=$(stat_field cache.disk.written 2>/dev/null)
+	umount_it
+	mount_it -o cache_dir="$dir"
+	t_auto2=$(read_time "$MNT/$view")
+	skipped=$(stat_field cache.disk.skipped_by_policy)
+	cmbps=$(stat_field cache.compute_mbps)
+	dmbps=$(stat_field cache.decompress_mbps)
+	umount_it
+	echo "== $view ($size bytes)"
+	echo "off (recompute):        $(gbps "$size" "$t_off") GB/s"
+	echo "cold, policy=always:    $(gbps "$size" "$t_cold") GB/s  (ratio to off $(echo "scale=2; $t_off / $t_cold" | bc -l)); on disk: $disk_bytes bytes (ratio $(echo "scale=2; $size / $disk_bytes" | bc -l))"
+	echo "warm from disk:         $(gbps "$size" "$t_disk") GB/s  (ratio to off $(echo "scale=2; $t_off / $t_disk" | bc -l)); disk hits $hits"
+	echo "warm from memory:       $(gbps "$size" "$t_mem") GB/s  (ratio to off $(echo "scale=2; $t_off / $t_mem" | bc -l)); memory hits $memhits (O_DIRECT)"
+	echo "policy=auto, 1st pass:  $(gbps "$size" "$t_auto1") GB/s; 2nd pass after remount: $(gbps "$size" "$t_auto2") GB/s (ratio to off $(echo "scale=2; $t_off / $t_auto2" | bc -l)); chunks skipped by policy on the 2nd mount: $skipped; compute ${cmbps%.*} MB/s vs decode ${dmbps%.*} MB/s"
+done
