@@ -204,6 +204,8 @@ static int cmd_ls(struct cli *c)
 		printf("%12" PRIu64 "  %s\n", n->file.size, path);
 		return 0;
 	}
+	if (vtree_ready(n) < 0)
+		return 1;
 	for (size_t i = 0; i < n->nkids; i++) {
 		const struct vnode *k = n->kids[i];
 		if (k->hidden)
@@ -335,17 +337,21 @@ struct export {
 	char tmp[4096]; /* the temp file being written, removed if interrupted */
 };
 
-static uint64_t tree_bytes(const struct vnode *n)
+static uint64_t tree_bytes(struct vnode *n)
 {
+	if (n->is_dir && vtree_ready(n) < 0)
+		return 0;
 	uint64_t s = n->is_dir ? 0 : n->file.size;
 	for (size_t i = 0; i < n->nkids; i++)
 		s += tree_bytes(n->kids[i]);
 	return s;
 }
 
-static int export_node(struct export *x, const struct vnode *n, const char *out)
+static int export_node(struct export *x, struct vnode *n, const char *out)
 {
 	if (n->is_dir) {
+		if (vtree_ready(n) < 0)
+			return -EIO;
 		if (mkdir(out, 0755) < 0 && errno != EEXIST) {
 			fprintf(stderr, "ckptfs: export: %s: %s\n", out, strerror(errno));
 			return -errno;

@@ -144,7 +144,7 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ckptfs_fs *fs = fs_of(req);
-	const struct vnode *dir = vtree_get(fs->tree, parent);
+	struct vnode *dir = vtree_get(fs->tree, parent);
 	if (!dir || !dir->is_dir) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
@@ -236,9 +236,13 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct ckptfs_fs *fs = fs_of(req);
-	const struct vnode *dir = vtree_get(fs->tree, ino);
+	struct vnode *dir = vtree_get(fs->tree, ino);
 	if (!dir || !dir->is_dir) {
 		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (vtree_ready(dir) < 0) {
+		fuse_reply_err(req, EIO);
 		return;
 	}
 	char *buf = malloc(size);

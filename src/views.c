@@ -25,6 +25,7 @@ static const struct {
 struct views {
 	struct vtree *t;
 	const struct catalog *cat;
+	struct view_opts opts; /* a copy: the caller's may not outlive the mount */
 	const struct view_opts *o;
 	struct layout *layout;
 	bool native_source;
@@ -306,12 +307,9 @@ static int add_weights(struct views *v, struct vnode *dir, const struct tset *s,
 
 enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
 
-static int build_view(struct views *v, enum view_kind kind, const char *name, int dtype, bool hidden)
+static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, int dtype)
 {
-	struct vnode *dir = vtree_add_dir(v->t, vtree_root(v->t), name);
-	if (!dir)
-		return oom(v, name);
-	dir->hidden = hidden;
+	const char *name = dir->name;
 	const struct tset *base = kind == VIEW_HF ? &v->hf : kind == VIEW_NATIVE ? &v->native : &v->src;
 	struct tset cast;
 	tset_init(&cast);
@@ -468,8 +466,9 @@ static int build_pp(struct views *v, struct vnode *dir, const struct tset *s, ui
 enum part_kind { PART_PER_LAYER, PART_TP, PART_PP };
 
 /* One partition view, cast or not: NAME[@DTYPE]/... */
-static int build_partition(struct views *v, enum part_kind kind, uint64_t n, const char *name, int dtype, bool hidden)
+static int fill_partition(struct views *v, struct vnode *dir, enum part_kind kind, uint64_t n, int dtype)
 {
+	const char *name = dir->name;
 	bool native_names = kind == PART_PER_LAYER ? v->o->per_layer_native : !v->o->tp_hf;
 	const struct tset *base = partition_base(v, native_names);
 	struct tset cast;
@@ -477,26 +476,33 @@ static int build_partition(struct views *v, enum part_kind kind, uint64_t n, con
 	if (dtype != VIEWS_NO_CAST && tset_cast(&cast, base, (enum ckpt_dtype)dtype) < 0)
 		return oom(v, name);
 	const struct tset *s = dtype == VIEWS_NO_CAST ? base : &cast;
-	struct vnode *dir = vtree_add_dir(v->t, vtree_root(v->t), name);
-	int r = dir ? 0 : oom(v, name);
-	if (dir)
-		dir->hidden = hidden;
-	if (r == 0)
-		r = kind == PART_PER_LAYER ? build_per_layer(v, dir, s)
+	int r = kind == PART_PER_LAYER ? build_per_layer(v, dir, s)
 		  : kind == PART_TP	   ? build_tp(v, dir, s, n, dtype, native_names && v->layout)
 					   : build_pp(v, dir, s, n, dtype, native_names && v->layout);
 	tset_destroy(&cast);
 	return r;
 }
 
-/* A view and its three casts. */
-static int build_partition_all(struct views *v, enum part_kind kind, uint64_t n, const char *name)
+/* A top-level directory whose contents are built on first use, named
+ * NAME or NAME@DTYPE; views_fill_dir reads what to build from the name. */
+static int add_deferred(struct views *v, const char *name, bool hidden)
 {
-	int r = build_partition(v, kind, n, name, v->o->dtype, false);
+	struct vnode *dir = vtree_add_dir(v->t, vtree_root(v->t), name);
+	if (!dir)
+		return oom(v, name);
+	dir->hidden = hidden;
+	dir->pending = true;
+	return 0;
+}
+
+/* A view and its three casts, all deferred. */
+static int add_deferred_all(struct views *v, const char *name, bool base_too)
+{
+	int r = base_too ? add_deferred(v, name, false) : 0;
 	for (size_t c = 0; c < sizeof(cast_dirs) / sizeof(cast_dirs[0]) && r == 0; c++) {
 		char cname[96];
 		snprintf(cname, sizeof(cname), "%s@%s", name, cast_dirs[c].suffix);
-		r = build_partition(v, kind, n, cname, (int)cast_dirs[c].dtype, true);
+		r = add_deferred(v, cname, true);
 	}
 	return r;
 }
@@ -506,24 +512,79 @@ static bool partitions_offered(const struct views *v)
 	return v->cat->arch != ARCH_UNKNOWN || v->layout;
 }
 
-static int build_partitions(struct views *v)
+static int add_partitions(struct views *v)
 {
 	if (!partitions_offered(v))
 		return 0;
-	int r = build_partition_all(v, PART_PER_LAYER, 0, "per-layer");
+	int r = add_deferred_all(v, "per-layer", true);
 	char name[64];
 	for (uint64_t n = 2; n <= v->cat->dims.heads && n <= VIEWS_TP_MAX && r == 0; n++) {
 		if (!part_tp_valid(&v->cat->dims, n))
 			continue;
 		snprintf(name, sizeof(name), "tp-%" PRIu64, n);
-		r = build_partition_all(v, PART_TP, n, name);
+		r = add_deferred_all(v, name, true);
 	}
 	uint64_t nl = part_nlayers(partition_base(v, !v->o->tp_hf));
 	for (uint64_t n = 2; n <= nl && n <= VIEWS_PP_MAX && r == 0; n++) {
 		snprintf(name, sizeof(name), "pp-%" PRIu64, n);
-		r = build_partition_all(v, PART_PP, n, name);
+		r = add_deferred_all(v, name, true);
 	}
 	return r;
+}
+
+static const struct {
+	const char *name;
+	enum view_kind kind;
+} view_kinds[] = { { "hf", VIEW_HF }, { "native", VIEW_NATIVE }, { "tensors", VIEW_TENSORS } };
+
+/* The tree's builder: fill the deferred directory `dir` from its name. */
+static int views_fill_dir(struct vtree *t, struct vnode *dir, void *ctx)
+{
+	struct views *v = ctx;
+	struct ckpt_err err = { 0 };
+	char base[96];
+	int dtype = v->o->dtype;
+	snprintf(base, sizeof(base), "%s", dir->name);
+	char *at = strchr(base, '@');
+	if (at) {
+		*at++ = '\0';
+		dtype = -2;
+		for (size_t c = 0; c < sizeof(cast_dirs) / sizeof(cast_dirs[0]); c++)
+			if (strcmp(at, cast_dirs[c].suffix) == 0)
+				dtype = (int)cast_dirs[c].dtype;
+	}
+	v->err = &err;
+	int r = -ENOENT;
+	if (dtype == -2)
+		goto out;
+	uint64_t n = 0;
+	char tail;
+	for (size_t k = 0; k < sizeof(view_kinds) / sizeof(view_kinds[0]); k++)
+		if (strcmp(base, view_kinds[k].name) == 0)
+			r = fill_view(v, dir, view_kinds[k].kind, dtype);
+	if (strcmp(base, "per-layer") == 0)
+		r = fill_partition(v, dir, PART_PER_LAYER, 0, dtype);
+	else if (sscanf(base, "tp-%" SCNu64 "%c", &n, &tail) == 1)
+		r = fill_partition(v, dir, PART_TP, n, dtype);
+	else if (sscanf(base, "pp-%" SCNu64 "%c", &n, &tail) == 1)
+		r = fill_partition(v, dir, PART_PP, n, dtype);
+out:
+	v->err = NULL;
+	if (r < 0)
+		fprintf(stderr, "ckptfs: %s/: %s\n", dir->name, err.code ? err.msg : strerror(-r));
+	(void)t;
+	return r;
+}
+
+static void views_free(void *ctx)
+{
+	struct views *v = ctx;
+	tset_destroy(&v->src);
+	tset_destroy(&v->hf);
+	tset_destroy(&v->native);
+	tset_meta_clear(&v->binds);
+	layout_free(v->layout);
+	free(v);
 }
 
 static int pick_layout(struct views *v)
@@ -638,49 +699,56 @@ static int build_readme(struct views *v)
 int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct views_info *info,
 		struct ckpt_err *err)
 {
-	struct views v = { .t = t, .cat = cat, .o = o, .err = err };
-	tset_init(&v.src);
-	tset_init(&v.hf);
-	tset_init(&v.native);
-	int r = pick_layout(&v);
+	/* Kept with the tree: deferred directories are built from it later. */
+	struct views *v = calloc(1, sizeof(*v));
+	if (!v)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+	v->t = t;
+	v->cat = cat;
+	v->opts = *o;
+	v->o = &v->opts;
+	v->err = err;
+	tset_init(&v->src);
+	tset_init(&v->hf);
+	tset_init(&v->native);
+	int r = pick_layout(v);
 	if (r == 0)
-		r = derive_sets(&v);
+		r = derive_sets(v);
 	if (r == 0)
-		r = build_readme(&v);
-	static const struct {
-		const char *name;
-		enum view_kind kind;
-	} kinds[] = { { "hf", VIEW_HF }, { "native", VIEW_NATIVE }, { "tensors", VIEW_TENSORS } };
-	for (size_t k = 0; k < 3 && r == 0; k++) {
-		if (kinds[k].kind == VIEW_NATIVE && !v.layout)
+		r = build_readme(v);
+	/* The base views are built now (they are what most mounts read); casts
+	 * and partitions, dozens of directories for a large model, on first use. */
+	for (size_t k = 0; k < sizeof(view_kinds) / sizeof(view_kinds[0]) && r == 0; k++) {
+		if (view_kinds[k].kind == VIEW_NATIVE && !v->layout)
 			continue;
-		r = build_view(&v, kinds[k].kind, kinds[k].name, o->dtype, false);
-		for (size_t c = 0; c < sizeof(cast_dirs) / sizeof(cast_dirs[0]) && r == 0; c++) {
-			char name[64];
-			snprintf(name, sizeof(name), "%s@%s", kinds[k].name, cast_dirs[c].suffix);
-			r = build_view(&v, kinds[k].kind, name, (int)cast_dirs[c].dtype, true);
-		}
+		struct vnode *dir = vtree_add_dir(t, vtree_root(t), view_kinds[k].name);
+		r = dir ? fill_view(v, dir, view_kinds[k].kind, o->dtype) : oom(v, view_kinds[k].name);
+		if (r == 0)
+			r = add_deferred_all(v, view_kinds[k].name, false);
 	}
 	if (r == 0)
-		r = build_partitions(&v);
+		r = add_partitions(v);
 	if (r == 0) {
 		struct vnode *dir = vtree_add_dir(t, vtree_root(t), ".ckptfs");
 		struct vnode *stats = dir ? vtree_add_file(t, dir, "stats") : NULL;
 		if (!stats)
-			r = oom(&v, ".ckptfs/stats");
+			r = oom(v, ".ckptfs/stats");
 		else
 			stats->dynamic = true;
 	}
 	if (r == 0 && vtree_seal(t) < 0)
 		r = ckpt_err_set(err, EEXIST, "%s: two tensors map to the same file name in tensors/", cat->dir);
 	if (r == 0 && info) {
-		snprintf(info->layout, sizeof(info->layout), "%s", v.layout ? layout_name(v.layout) : "");
-		info->native_source = v.native_source;
+		snprintf(info->layout, sizeof(info->layout), "%s", v->layout ? layout_name(v->layout) : "");
+		info->native_source = v->native_source;
 	}
-	tset_destroy(&v.src);
-	tset_destroy(&v.hf);
-	tset_destroy(&v.native);
-	tset_meta_clear(&v.binds);
-	layout_free(v.layout);
-	return r;
+	if (r < 0) {
+		views_free(v);
+		return r;
+	}
+	v->err = NULL;
+	t->builder = views_fill_dir;
+	t->ctx = v;
+	t->ctx_free = views_free;
+	return 0;
 }

@@ -1,14 +1,16 @@
-/* vtree.c -- the mount's directory tree.
- * Inode numbers are positions in one array, so getattr and read find a node in O(1). */
+/* vtree.c -- the mount's directory tree, built eagerly or one directory at a time on first use.
+ * Inode numbers index a table that never moves, so getattr and read find a node in O(1) without a lock. */
 #include "ckptfs/vtree.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 int vtree_init(struct vtree *t)
 {
 	memset(t, 0, sizeof(*t));
+	pthread_mutex_init(&t->build_mu, NULL);
 	return vtree_add_dir(t, NULL, "") ? 0 : -ENOMEM;
 }
 
@@ -27,36 +29,36 @@ static void vnode_free(struct vnode *n)
 
 void vtree_destroy(struct vtree *t)
 {
-	for (size_t i = 0; i < t->n; i++)
-		vnode_free(t->nodes[i]);
-	free(t->nodes);
+	for (uint64_t i = 0; i < t->n; i++)
+		vnode_free(t->pages[i / VTREE_PAGE][i % VTREE_PAGE]);
+	for (size_t p = 0; p < VTREE_PAGES; p++)
+		free(t->pages[p]);
+	if (t->ctx_free)
+		t->ctx_free(t->ctx);
+	pthread_mutex_destroy(&t->build_mu);
 	memset(t, 0, sizeof(*t));
-}
-
-struct vnode *vtree_root(const struct vtree *t)
-{
-	return t->n ? t->nodes[0] : NULL;
 }
 
 struct vnode *vtree_get(const struct vtree *t, uint64_t ino)
 {
-	if (ino < VTREE_ROOT_INO || ino > t->n)
+	uint64_t n = __atomic_load_n(&t->n, __ATOMIC_ACQUIRE);
+	if (ino < VTREE_ROOT_INO || ino > n)
 		return NULL;
-	return t->nodes[ino - 1];
+	return t->pages[(ino - 1) / VTREE_PAGE][(ino - 1) % VTREE_PAGE];
+}
+
+struct vnode *vtree_root(const struct vtree *t)
+{
+	return vtree_get(t, VTREE_ROOT_INO);
 }
 
 static struct vnode *vtree_add(struct vtree *t, struct vnode *dir, const char *name, bool is_dir)
 {
-	if (dir && !dir->is_dir)
+	if ((dir && !dir->is_dir) || t->n >= (uint64_t)VTREE_PAGE * VTREE_PAGES)
 		return NULL;
-	if (t->n == t->cap) {
-		size_t cap = t->cap ? t->cap * 2 : 64;
-		struct vnode **nn = realloc(t->nodes, cap * sizeof(*nn));
-		if (!nn)
-			return NULL;
-		t->nodes = nn;
-		t->cap = cap;
-	}
+	struct vnode ***page = &t->pages[t->n / VTREE_PAGE];
+	if (!*page && !(*page = calloc(VTREE_PAGE, sizeof(**page))))
+		return NULL;
 	if (dir && dir->nkids == dir->capkids) {
 		size_t cap = dir->capkids ? dir->capkids * 2 : 8;
 		struct vnode **nk = realloc(dir->kids, cap * sizeof(*nk));
@@ -72,9 +74,12 @@ static struct vnode *vtree_add(struct vtree *t, struct vnode *dir, const char *n
 	}
 	n->is_dir = is_dir;
 	n->parent = dir ? dir : n;
+	n->tree = t;
 	vfile_init(&n->file);
-	t->nodes[t->n++] = n;
-	n->ino = t->n;
+	n->ino = t->n + 1;
+	(*page)[t->n % VTREE_PAGE] = n;
+	/* Publish: a reader that sees the new count sees the node. */
+	__atomic_store_n(&t->n, t->n + 1, __ATOMIC_RELEASE);
 	if (dir)
 		dir->kids[dir->nkids++] = n;
 	return n;
@@ -120,12 +125,13 @@ static int cmp_node(const void *a, const void *b)
 	return strcmp((*(struct vnode *const *)a)->name, (*(struct vnode *const *)b)->name);
 }
 
-int vtree_seal(struct vtree *t)
+/* Sort the directories among nodes [from, to) and add their file sizes. */
+static int seal_range(struct vtree *t, uint64_t from, uint64_t to)
 {
-	t->bytes = 0;
-	for (size_t i = 0; i < t->n; i++) {
-		struct vnode *n = t->nodes[i];
-		t->bytes += n->file.size;
+	uint64_t bytes = 0;
+	for (uint64_t i = from; i < to; i++) {
+		struct vnode *n = t->pages[i / VTREE_PAGE][i % VTREE_PAGE];
+		bytes += n->file.size;
 		if (!n->is_dir || n->nkids < 2)
 			continue;
 		qsort(n->kids, n->nkids, sizeof(*n->kids), cmp_node);
@@ -133,12 +139,42 @@ int vtree_seal(struct vtree *t)
 			if (strcmp(n->kids[k - 1]->name, n->kids[k]->name) == 0)
 				return -EEXIST;
 	}
+	__atomic_add_fetch(&t->bytes, bytes, __ATOMIC_RELAXED);
 	return 0;
 }
 
-struct vnode *vtree_lookup(const struct vnode *dir, const char *name)
+int vtree_seal(struct vtree *t)
 {
-	if (!dir->is_dir)
+	t->bytes = 0;
+	return seal_range(t, 0, t->n);
+}
+
+int vtree_ready(struct vnode *dir)
+{
+	if (!__atomic_load_n(&dir->pending, __ATOMIC_ACQUIRE))
+		return 0;
+	struct vtree *t = dir->tree;
+	pthread_mutex_lock(&t->build_mu);
+	int r = 0;
+	if (dir->pending) {
+		uint64_t from = t->n;
+		r = t->builder ? t->builder(t, dir, t->ctx) : -ENOSYS;
+		if (r == 0) {
+			if (dir->nkids > 1)
+				qsort(dir->kids, dir->nkids, sizeof(*dir->kids), cmp_node);
+			r = seal_range(t, from, t->n);
+		}
+		if (r < 0) /* keep nothing half-built in view */
+			dir->nkids = 0;
+		__atomic_store_n(&dir->pending, false, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&t->build_mu);
+	return r;
+}
+
+struct vnode *vtree_lookup(struct vnode *dir, const char *name)
+{
+	if (!dir->is_dir || vtree_ready(dir) < 0)
 		return NULL;
 	size_t lo = 0, hi = dir->nkids;
 	while (lo < hi) {
