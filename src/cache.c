@@ -20,6 +20,9 @@
 #define BUCKETS 4096
 /* Opening and reading a small file costs about this much beyond decoding. */
 #define DISK_OVERHEAD_NS 30000.0
+/* Bound on chunk copies waiting to be written, so a slow disk costs cache
+ * entries, never unbounded memory. */
+#define CACHE_QUEUE_MAX (32u << 20)
 
 struct centry {
 	char *key;
@@ -55,6 +58,7 @@ struct cache {
 	pthread_cond_t qcv, qidle;
 	struct job *qhead, *qtail;
 	unsigned qbusy;
+	uint64_t qbytes; /* chunk bytes waiting for the writer */
 	uint64_t disk_used;
 };
 
@@ -352,6 +356,7 @@ static void *writer_main(void *arg)
 		if (!c->qhead)
 			c->qtail = NULL;
 		c->qbusy++;
+		c->qbytes -= j->len;
 		bool on = c->st.disk_enabled && z;
 		pthread_mutex_unlock(&c->mu);
 		if (on)
@@ -389,6 +394,16 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
+	if (c->qbytes + len > CACHE_QUEUE_MAX) {
+		/* The writer is behind: skip this chunk rather than grow memory. */
+		c->st.disk_skipped_by_policy++;
+		pthread_mutex_unlock(&c->mu);
+		free(j->key);
+		free(j->data);
+		free(j);
+		return;
+	}
+	c->qbytes += len;
 	if (c->qtail)
 		c->qtail->next = j;
 	else

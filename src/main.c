@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -267,7 +268,9 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(se, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
-	ret = ret == 0 ? 0 : 1;
+	/* libfuse reports the signal that ended the loop; being asked to stop
+	 * (and unmounting cleanly) is success. */
+	ret = ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP ? 0 : 1;
 out_unmount:
 	fuse_session_unmount(se);
 out_signals:

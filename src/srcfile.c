@@ -28,7 +28,9 @@ static int open_beneath(int dirfd, const char *dirpath, const char *name)
 	long fd = syscall(SYS_openat2, dirfd, name, &how, sizeof(how));
 	if (fd >= 0)
 		return (int)fd;
-	if (errno != ENOSYS && errno != EPERM)
+	/* EXDEV also refuses an absolute symlink that points back inside: the
+	 * prefix check below decides those. */
+	if (errno != ENOSYS && errno != EPERM && errno != EXDEV)
 		return -errno;
 #endif
 	/* No openat2 (or blocked by a seccomp filter): resolve and compare prefixes. */
