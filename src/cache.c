@@ -115,7 +115,9 @@ static int key_put(FILE *f, const struct expr *e)
 		fprintf(f, " dim=%u", e->dim);
 		break;
 	case EXPR_GATHER:
-		fprintf(f, " idx=%016" PRIx64, fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0xcbf29ce484222325ULL));
+		/* Two independent 64-bit hashes of the index list: 128 bits. */
+		fprintf(f, " idx=%016" PRIx64 "%016" PRIx64, fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0xcbf29ce484222325ULL),
+			fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0x84222325cbf29ce4ULL));
 		break;
 	default:
 		break;
@@ -242,6 +244,12 @@ static void disk_enforce(struct cache *c, bool evict)
 	while ((de = readdir(d)) != NULL) {
 		size_t l = strlen(de->d_name);
 		struct stat st;
+		if (strncmp(de->d_name, ".tmp-", 5) == 0 && fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
+		    st.st_mtime < time(NULL) - 600) {
+			/* Left by a writer that died: nobody writes one for ten minutes. */
+			unlinkat(dirfd(d), de->d_name, 0);
+			continue;
+		}
 		if (l != 36 || strcmp(de->d_name + 32, ".zst") != 0 || fstatat(dirfd(d), de->d_name, &st, 0) < 0)
 			continue;
 		if (n == cap) {
@@ -394,8 +402,12 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
-	if (c->qbytes + len > CACHE_QUEUE_MAX) {
-		/* The writer is behind: skip this chunk rather than grow memory. */
+	bool queued = false;
+	for (const struct job *q = c->qhead; q && !queued; q = q->next)
+		queued = q->chunk == chunk && strcmp(q->key, key) == 0;
+	if (queued || c->qbytes + len > CACHE_QUEUE_MAX) {
+		/* Already on its way, or the writer is behind: skip this chunk
+		 * rather than grow memory. */
 		c->st.disk_skipped_by_policy++;
 		pthread_mutex_unlock(&c->mu);
 		free(j->key);

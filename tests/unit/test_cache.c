@@ -1,0 +1,1188 @@
+/* test_cache.c -- the hot-chunk cache: keys, entry names, reads through both tiers, the memory
+ * bound and LRU order, one computation per chunk under concurrent readers, the on-disk format,
+ * corrupt entries, the disk bound with LRU by mtime, and a directory that cannot be written.
+ *
+ * The sources are fake mapped files (static byte arrays) as in test_vfile.c; every byte the
+ * cache returns is compared with expr_read of the same expression, which does not go through
+ * the cache. Chunks are made small (a few KiB) so a small expression has many of them.
+ * The on-disk entry is parsed here from its documented layout (include/ckptfs/cache.h):
+ *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes, one zstd frame
+ *   with a content checksum
+ * (integers little-endian, the byte order of every machine ckptfs is built for).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <zstd.h>
+
+#include "ckptfs/cache.h"
+#include "ckptfs/expr.h"
+
+/* ---- fake sources ---- */
+
+#define SRC_BYTES (4u << 20)
+static uint8_t src_bytes[SRC_BYTES];
+
+#define SRC_FILE(nm, d, i, sz, sec, nsec)                                                         \
+	{ .name = nm, .path = "d/" nm, .fd = -1, .map = src_bytes, .size = sz, .dev = d, .ino = i, \
+	  .mtime = { sec, nsec } }
+
+static struct src_file srcf = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456789);
+
+/* a: bf16 [100,150] -> cast to f32 is 60000 bytes: 14 chunks of 4096 and one of 2656. */
+#define A_OFF 1000
+static struct cat_tensor ta = { .name = "a", .dtype = CKPT_BF16, .ndim = 2, .shape = { 100, 150 },
+				.file = &srcf, .offset = A_OFF, .nbytes = 30000 };
+/* b: bf16 [1024,1024] at 1 MiB, 2 MiB; its transpose is the slow expression of the thread test. */
+static struct cat_tensor tb = { .name = "b", .dtype = CKPT_BF16, .ndim = 2, .shape = { 1024, 1024 },
+				.file = &srcf, .offset = 1u << 20, .nbytes = 2u << 20 };
+/* s: bf16 [6,5], 60 bytes, for every-range checks. */
+static struct cat_tensor ts = { .name = "s", .dtype = CKPT_BF16, .ndim = 2, .shape = { 6, 5 },
+				.file = &srcf, .offset = 40000, .nbytes = 60 };
+
+#define CH 4096u
+#define BIG_BYTES 60000u
+#define BIG_CHUNKS 15u
+
+static void fill_sources(void)
+{
+	uint64_t x = 0x243f6a8885a308d3ULL;
+	for (size_t i = 0; i < SRC_BYTES; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		/* bf16-like: a random low byte, a narrow exponent (compressible, no NaNs) */
+		src_bytes[i] = (uint8_t)(i & 1 ? 0x3c + (x & 3) : x);
+	}
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	static bool done;
+	if (!done)
+		fill_sources();
+	done = true;
+	return 0;
+}
+
+static struct expr *big_expr(const struct cat_tensor *t)
+{
+	struct expr *e = expr_cast(expr_source(t), CKPT_F32);
+	assert_non_null(e);
+	assert_int_equal(e->nbytes, BIG_BYTES);
+	return e;
+}
+
+static uint8_t *expected(const struct expr *e)
+{
+	uint8_t *b = malloc(e->nbytes + 1);
+	assert_non_null(b);
+	assert_int_equal(expr_read(e, 0, e->nbytes, b), 0);
+	return b;
+}
+
+static struct cache *open_cache(size_t chunk, uint64_t mem, const char *dir, uint64_t disk, bool always)
+{
+	struct cache_opts o = { .chunk = chunk, .mem_bytes = mem, .dir = dir, .disk_bytes = disk,
+				.level = 1, .disk_always = always };
+	struct cache *c = NULL;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(cache_open(&c, &o, &err), 0);
+	assert_non_null(c);
+	return c;
+}
+
+static struct cache_stats stats(struct cache *c)
+{
+	struct cache_stats s;
+	cache_get_stats(c, &s);
+	return s;
+}
+
+/* Read all of e through c in pieces of `piece` bytes and compare with want. */
+static void read_all_check(struct cache *c, const struct expr *e, const char *key, const uint8_t *want,
+			   uint64_t piece)
+{
+	uint8_t *got = malloc(e->nbytes + 1);
+	assert_non_null(got);
+	memset(got, 0xa5, e->nbytes + 1);
+	for (uint64_t off = 0; off < e->nbytes; off += piece) {
+		uint64_t n = e->nbytes - off < piece ? e->nbytes - off : piece;
+		assert_int_equal(cache_read(c, e, key, off, n, got + off), 0);
+	}
+	assert_memory_equal(got, want, e->nbytes);
+	assert_int_equal(got[e->nbytes], 0xa5);
+	free(got);
+}
+
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+	return rng;
+}
+
+/* ---- temporary directories and entry files ---- */
+
+static char *make_tmpdir(void)
+{
+	const char *t = getenv("TMPDIR");
+	char *p = NULL;
+	assert_true(asprintf(&p, "%s/ckptfs-test-cache.XXXXXX", t && *t ? t : "/tmp") > 0);
+	assert_non_null(mkdtemp(p));
+	return p;
+}
+
+static void rm_rf(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (d) {
+		struct dirent *de;
+		while ((de = readdir(d)) != NULL) {
+			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+				continue;
+			char p[4200];
+			snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+			struct stat st;
+			if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+				rm_rf(p);
+			else
+				unlink(p);
+		}
+		closedir(d);
+	}
+	rmdir(dir);
+}
+
+static void entry_file(const char *dir, const char *key, uint64_t chunk, char *path, size_t cap)
+{
+	char name[33];
+	cache_entry_name(key, chunk, name);
+	snprintf(path, cap, "%s/%s.zst", dir, name);
+}
+
+static uint8_t *slurp(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long sz = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc((size_t)sz + 1);
+	assert_non_null(b);
+	assert_int_equal(fread(b, 1, (size_t)sz, f), (size_t)sz);
+	fclose(f);
+	*n = (size_t)sz;
+	return b;
+}
+
+static void spit(const char *path, const void *b, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(b, 1, n, f), n);
+	assert_int_equal(fclose(f), 0);
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* Number and total size of the files in dir (every kind: entries and temp files). */
+static uint64_t dir_total(const char *dir, size_t *nfiles, size_t *nzst, size_t *ntmp)
+{
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	uint64_t total = 0;
+	size_t n = 0, z = 0, t = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		struct stat st;
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		assert_int_equal(fstatat(dirfd(d), de->d_name, &st, 0), 0);
+		total += (uint64_t)st.st_size;
+		n++;
+		size_t l = strlen(de->d_name);
+		if (l > 4 && strcmp(de->d_name + l - 4, ".zst") == 0)
+			z++;
+		else
+			t++;
+	}
+	closedir(d);
+	if (nfiles)
+		*nfiles = n;
+	if (nzst)
+		*nzst = z;
+	if (ntmp)
+		*ntmp = t;
+	return total;
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+	return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+#define HDR 28
+
+/* Check one entry file against the documented format; want is the chunk's raw bytes. */
+static void check_entry(const char *path, const char *key, uint64_t chunk, const uint8_t *want, size_t raw)
+{
+	size_t n;
+	uint8_t *b = slurp(path, &n);
+	if (!b)
+		fail_msg("entry %s (chunk %ju) is missing", path, (uintmax_t)chunk);
+	size_t klen = strlen(key);
+	assert_true(n > HDR + klen);
+	assert_memory_equal(b, "CKPTFSC1", 8);
+	assert_int_equal(le32(b + 8), klen);
+	assert_int_equal(le64(b + 12), chunk);
+	assert_int_equal(le64(b + 20), raw);
+	assert_memory_equal(b + HDR, key, klen);
+	const uint8_t *fr = b + HDR + klen;
+	size_t flen = n - HDR - klen;
+	/* zstd frame magic, then the frame header descriptor: bit 2 is Content_Checksum_flag */
+	assert_int_equal(le32(fr), 0xFD2FB528u);
+	assert_true(fr[4] & 0x04);
+	assert_int_equal(fr[4] & 0x08, 0); /* reserved bit */
+	assert_int_equal(ZSTD_getFrameContentSize(fr, flen), raw);
+	/* exactly one frame, nothing after it */
+	assert_int_equal(ZSTD_findFrameCompressedSize(fr, flen), flen);
+	uint8_t *out = malloc(raw + 1);
+	assert_non_null(out);
+	assert_int_equal(ZSTD_decompress(out, raw + 1, fr, flen), raw);
+	assert_memory_equal(out, want, raw);
+	free(out);
+	free(b);
+}
+
+/* ---- stderr capture ---- */
+
+static int saved_stderr = -1;
+
+static void capture_stderr(const char *path)
+{
+	fflush(stderr);
+	saved_stderr = dup(2);
+	assert_true(saved_stderr >= 0);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_true(dup2(fd, 2) == 2);
+	close(fd);
+}
+
+static void restore_stderr(void)
+{
+	fflush(stderr);
+	dup2(saved_stderr, 2);
+	close(saved_stderr);
+	saved_stderr = -1;
+}
+
+/* Lines in a file and how many of them contain needle. */
+static size_t count_lines(const char *path, const char *needle, size_t *matching)
+{
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	char line[8192];
+	size_t n = 0, m = 0;
+	while (fgets(line, sizeof(line), f)) {
+		n++;
+		if (strstr(line, needle))
+			m++;
+	}
+	fclose(f);
+	*matching = m;
+	return n;
+}
+
+/* ---- keys and names ---- */
+
+#define MAX_KEYS 64
+static char *keys[MAX_KEYS];
+static const char *key_what[MAX_KEYS];
+static size_t nkeys;
+
+/* The key of e, which is released. */
+static char *key_of(struct expr *e)
+{
+	assert_non_null(e);
+	char *k = cache_key(e);
+	assert_non_null(k);
+	expr_unref(e);
+	return k;
+}
+
+static void add_key(const char *what, struct expr *e)
+{
+	assert_non_null(e);
+	assert_true(nkeys < MAX_KEYS);
+	char *k = cache_key(e);
+	assert_non_null(k);
+	assert_true(strlen(k) > 0);
+	keys[nkeys] = k;
+	key_what[nkeys] = what;
+	nkeys++;
+	expr_unref(e);
+}
+
+/* Two expressions built separately but equal have equal keys; any change to a source file's
+ * identity or to an operator's parameters changes the key. */
+static void test_key(void **state)
+{
+	(void)state;
+	nkeys = 0;
+	/* the same source identity with one field changed */
+	static struct src_file f_dev = SRC_FILE("m.safetensors", 2050, 777, SRC_BYTES, 1700000000, 123456789);
+	static struct src_file f_ino = SRC_FILE("m.safetensors", 2049, 778, SRC_BYTES, 1700000000, 123456789);
+	static struct src_file f_size = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES - 1, 1700000000, 123456789);
+	static struct src_file f_sec = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000001, 123456789);
+	static struct src_file f_nsec = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456788);
+	static struct src_file f_same = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456789);
+	struct src_file *files[] = { &f_dev, &f_ino, &f_size, &f_sec, &f_nsec };
+	const char *fwhat[] = { "dev", "ino", "size", "mtime sec", "mtime nsec" };
+
+	char *k0 = key_of(expr_cast(expr_source(&ta), CKPT_F32));
+	add_key("cast(a) f32", expr_cast(expr_source(&ta), CKPT_F32));
+	assert_string_equal(k0, keys[0]);
+	/* an equal src_file at another address is the same identity */
+	struct cat_tensor t_same = ta;
+	t_same.file = &f_same;
+	char *k_same = key_of(expr_cast(expr_source(&t_same), CKPT_F32));
+	assert_string_equal(k0, k_same);
+	free(k_same);
+	free(k0);
+
+	struct cat_tensor tv[5];
+	for (int i = 0; i < 5; i++) {
+		tv[i] = ta;
+		tv[i].file = files[i];
+		add_key(fwhat[i], expr_cast(expr_source(&tv[i]), CKPT_F32));
+	}
+	/* the tensor's place in the file */
+	struct cat_tensor t_off = ta;
+	t_off.offset += 2;
+	add_key("offset", expr_cast(expr_source(&t_off), CKPT_F32));
+	/* dtype of a cast */
+	add_key("cast f16", expr_cast(expr_source(&ta), CKPT_F16));
+	add_key("source bf16", expr_source(&ta));
+	add_key("transpose", expr_transpose(expr_source(&ta)));
+	add_key("transpose cast", expr_transpose(expr_cast(expr_source(&ta), CKPT_F32)));
+	/* slice bounds and dims */
+	add_key("slice 0 0:50", expr_slice(expr_source(&ta), 0, 0, 50));
+	add_key("slice 0 0:51", expr_slice(expr_source(&ta), 0, 0, 51));
+	add_key("slice 0 1:51", expr_slice(expr_source(&ta), 0, 1, 51));
+	add_key("slice 1 0:50", expr_slice(expr_source(&ta), 1, 0, 50));
+	add_key("slice 1 1:51", expr_slice(expr_source(&ta), 1, 1, 51));
+	/* concat dims and argument order */
+	struct expr *c0[2] = { expr_slice(expr_source(&ta), 0, 0, 50), expr_slice(expr_source(&ta), 0, 50, 100) };
+	add_key("concat 0", expr_concat(0, c0, 2));
+	struct expr *c1[2] = { expr_slice(expr_source(&ta), 0, 0, 50), expr_slice(expr_source(&ta), 0, 50, 100) };
+	add_key("concat 1", expr_concat(1, c1, 2));
+	struct expr *c2[2] = { expr_slice(expr_source(&ta), 0, 50, 100), expr_slice(expr_source(&ta), 0, 0, 50) };
+	add_key("concat 0 swapped", expr_concat(0, c2, 2));
+	/* gather indices: values, order, count */
+	uint64_t g1[] = { 0, 1, 2 }, g2[] = { 0, 1, 3 }, g3[] = { 0, 2, 1 }, g4[] = { 0, 1, 2, 2 };
+	add_key("gather 012", expr_gather_rows(expr_source(&ta), g1, 3));
+	add_key("gather 013", expr_gather_rows(expr_source(&ta), g2, 3));
+	add_key("gather 021", expr_gather_rows(expr_source(&ta), g3, 3));
+	add_key("gather 0122", expr_gather_rows(expr_source(&ta), g4, 4));
+	uint64_t zs[2] = { 100, 150 }, zs2[2] = { 150, 100 };
+	add_key("zeros", expr_zeros(CKPT_BF16, 2, zs));
+	add_key("zeros T", expr_zeros(CKPT_BF16, 2, zs2));
+	add_key("zeros f32", expr_zeros(CKPT_F32, 2, zs));
+
+	for (size_t i = 0; i < nkeys; i++) {
+		for (size_t j = i + 1; j < nkeys; j++) {
+			if (strcmp(keys[i], keys[j]) == 0)
+				fail_msg("keys of '%s' and '%s' are equal: %s", key_what[i], key_what[j], keys[i]);
+		}
+	}
+	/* and so are their entry names, for a few chunks each */
+	size_t nn = nkeys * 4;
+	char(*names)[33] = calloc(nn, 33);
+	assert_non_null(names);
+	for (size_t i = 0; i < nkeys; i++)
+		for (uint64_t k = 0; k < 4; k++)
+			cache_entry_name(keys[i], k, names[i * 4 + k]);
+	for (size_t i = 0; i < nn; i++)
+		for (size_t j = i + 1; j < nn; j++)
+			if (strcmp(names[i], names[j]) == 0)
+				fail_msg("entry names of %s/%zu and %s/%zu are equal", key_what[i / 4], i % 4,
+					 key_what[j / 4], j % 4);
+	free(names);
+	for (size_t i = 0; i < nkeys; i++)
+		free(keys[i]);
+}
+
+static void test_entry_name(void **state)
+{
+	(void)state;
+	char *key = key_of(expr_cast(expr_source(&ta), CKPT_F32));
+	assert_non_null(key);
+	char a[33], b[33];
+	for (uint64_t k = 0; k < 100; k++) {
+		memset(a, 'x', sizeof(a));
+		memset(b, 'y', sizeof(b));
+		cache_entry_name(key, k, a);
+		cache_entry_name(key, k, b);
+		assert_int_equal(a[32], '\0');
+		assert_int_equal(strlen(a), 32);
+		for (int i = 0; i < 32; i++)
+			assert_non_null(strchr("0123456789abcdef", a[i]));
+		assert_string_equal(a, b); /* stable */
+	}
+	/* a copy of the key gives the same name: only the text matters */
+	char *copy = strdup(key);
+	cache_entry_name(copy, 7, a);
+	cache_entry_name(key, 7, b);
+	assert_string_equal(a, b);
+	/* chunk index is part of the name, including high bits */
+	cache_entry_name(key, 0, a);
+	cache_entry_name(key, 1ULL << 40, b);
+	assert_string_not_equal(a, b);
+	/* one character of the key changes the name */
+	copy[strlen(copy) - 2] ^= 1;
+	cache_entry_name(copy, 0, b);
+	assert_string_not_equal(a, b);
+	free(copy);
+	free(key);
+}
+
+/* ---- reads ---- */
+
+/* Every (off, len) of small expressions, for chunk sizes that do and do not divide the size,
+ * with and without a memory tier. */
+static void test_every_range(void **state)
+{
+	(void)state;
+	struct expr *es[2] = { expr_cast(expr_source(&ts), CKPT_F32),
+			       expr_transpose(expr_cast(expr_source(&ts), CKPT_F32)) };
+	size_t chunks[] = { 1, 7, 16, 40, 120, 1000 };
+	uint64_t mems[] = { 0, 2, 1000 }; /* in chunks */
+	for (int x = 0; x < 2; x++) {
+		struct expr *e = es[x];
+		assert_non_null(e);
+		uint64_t n = e->nbytes;
+		assert_int_equal(n, 120);
+		uint8_t *want = expected(e);
+		char *key = cache_key(e);
+		uint8_t got[130];
+		for (size_t ci = 0; ci < sizeof(chunks) / sizeof(*chunks); ci++) {
+			for (size_t mi = 0; mi < 3; mi++) {
+				struct cache *c = open_cache(chunks[ci], mems[mi] * chunks[ci], NULL, 0, false);
+				for (uint64_t off = 0; off <= n; off++) {
+					for (uint64_t len = 0; off + len <= n; len++) {
+						memset(got, 0xee, sizeof(got));
+						assert_int_equal(cache_read(c, e, key, off, len, got), 0);
+						assert_memory_equal(got, want + off, len);
+						assert_int_equal(got[len], 0xee);
+					}
+				}
+				/* past the end is an error, never bytes */
+				assert_true(cache_read(c, e, key, n - 1, 2, got) < 0);
+				assert_true(cache_read(c, e, key, n + 1, 0, got) < 0);
+				struct cache_stats s = stats(c);
+				uint64_t nch = (n + chunks[ci] - 1) / chunks[ci];
+				assert_true(s.computed_chunks >= nch);
+				if (mems[mi] >= 1000) /* everything fits: each chunk computed once */
+					assert_int_equal(s.computed_chunks, nch);
+				if (mems[mi] == 0)
+					assert_int_equal(s.mem.bytes_stored, 0);
+				cache_close(c);
+			}
+		}
+		free(key);
+		free(want);
+		expr_unref(e);
+	}
+}
+
+/* Random ranges of two expressions in one cache (keys keep them apart), a small memory tier. */
+static void test_random_ranges(void **state)
+{
+	(void)state;
+	struct expr *e1 = big_expr(&ta);
+	struct expr *e2 = expr_transpose(expr_source(&tb));
+	assert_non_null(e2);
+	uint8_t *w1 = expected(e1), *w2 = expected(e2);
+	char *k1 = cache_key(e1), *k2 = cache_key(e2);
+	struct cache *c = open_cache(CH, 8 * CH, NULL, 0, false);
+	uint8_t *got = malloc(4 * CH);
+	assert_non_null(got);
+	for (int i = 0; i < 3000; i++) {
+		bool first = rnd() & 1;
+		struct expr *e = first ? e1 : e2;
+		uint64_t off = rnd() % e->nbytes;
+		uint64_t len = rnd() % (3 * CH + 1);
+		if (len > e->nbytes - off)
+			len = e->nbytes - off;
+		assert_int_equal(cache_read(c, e, first ? k1 : k2, off, len, got), 0);
+		assert_memory_equal(got, (first ? w1 : w2) + off, len);
+	}
+	struct cache_stats s = stats(c);
+	assert_true(s.mem.bytes_stored <= 8 * CH);
+	assert_true(s.mem.hits > 0 && s.mem.misses > 0 && s.mem.evictions > 0);
+	assert_int_equal(s.mem.misses, s.computed_chunks); /* no disk: every miss is computed */
+	cache_close(c);
+	free(got);
+	free(k1);
+	free(k2);
+	free(w1);
+	free(w2);
+	expr_unref(e1);
+	expr_unref(e2);
+}
+
+static void read_chunk(struct cache *c, const struct expr *e, const char *key, const uint8_t *want, uint64_t k)
+{
+	uint8_t buf[CH];
+	uint64_t off = k * CH, n = e->nbytes - off < CH ? e->nbytes - off : CH;
+	assert_int_equal(cache_read(c, e, key, off, n, buf), 0);
+	assert_memory_equal(buf, want + off, n);
+}
+
+/* mem_bytes = 3 chunks: never more is kept; misses, hits, evictions counted; LRU order. */
+static void test_mem_bound(void **state)
+{
+	(void)state;
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	struct cache *c = open_cache(CH, 3 * CH, NULL, 0, false);
+	for (uint64_t k = 0; k < 10; k++) {
+		read_chunk(c, e, key, want, k);
+		struct cache_stats s = stats(c);
+		assert_true(s.mem.bytes_stored <= 3 * CH);
+		assert_int_equal(s.mem.misses, k + 1);
+		assert_int_equal(s.mem.hits, 0);
+	}
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.mem.bytes_stored, 3 * CH);
+	assert_int_equal(s.mem.evictions, 7);
+	assert_int_equal(s.mem.bytes_in, 10 * CH);
+	assert_int_equal(s.computed_chunks, 10);
+	assert_int_equal(s.computed_bytes, 10 * CH);
+	/* the last three are held: hits, nothing computed */
+	read_chunk(c, e, key, want, 9);
+	read_chunk(c, e, key, want, 8);
+	read_chunk(c, e, key, want, 7);
+	s = stats(c);
+	assert_int_equal(s.mem.hits, 3);
+	assert_int_equal(s.mem.bytes_out, 3 * CH);
+	assert_int_equal(s.computed_chunks, 10);
+	/* LRU, not FIFO: 7 was used last, 9 is the oldest; reading 0 evicts 9 */
+	read_chunk(c, e, key, want, 0);
+	read_chunk(c, e, key, want, 7);
+	read_chunk(c, e, key, want, 8);
+	s = stats(c);
+	assert_int_equal(s.mem.hits, 5);
+	assert_int_equal(s.computed_chunks, 11);
+	read_chunk(c, e, key, want, 9);
+	s = stats(c);
+	assert_int_equal(s.mem.hits, 5);
+	assert_int_equal(s.computed_chunks, 12);
+	assert_int_equal(s.mem.evictions, 9);
+	assert_true(s.mem.bytes_stored <= 3 * CH);
+	/* one read larger than the whole tier: right bytes, the bound holds afterwards */
+	uint8_t *buf = malloc(BIG_BYTES);
+	assert_non_null(buf);
+	assert_int_equal(cache_read(c, e, key, 100, BIG_BYTES - 200, buf), 0);
+	assert_memory_equal(buf, want + 100, BIG_BYTES - 200);
+	s = stats(c);
+	assert_true(s.mem.bytes_stored <= 3 * CH);
+	free(buf);
+	cache_close(c);
+
+	/* mem_bytes = 0: no memory tier; nothing is kept, nothing hits */
+	c = open_cache(CH, 0, NULL, 0, false);
+	read_all_check(c, e, key, want, 1000);
+	read_all_check(c, e, key, want, CH);
+	s = stats(c);
+	assert_int_equal(s.mem.bytes_stored, 0);
+	assert_int_equal(s.mem.hits, 0);
+	assert_false(s.disk_enabled);
+	assert_int_equal(s.disk_written, 0);
+	cache_close(c);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
+/* ---- threads ---- */
+
+struct reader {
+	pthread_t t;
+	struct cache *c;
+	const struct expr *e;
+	const char *key;
+	const uint8_t *want;
+	pthread_barrier_t *bar;
+	size_t piece;
+	bool random;
+	uint64_t seed;
+	int bad;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+	uint8_t *buf = malloc(r->piece);
+	if (!buf) {
+		r->bad = -1;
+		return NULL;
+	}
+	pthread_barrier_wait(r->bar);
+	if (!r->random) {
+		for (uint64_t off = 0; off < r->e->nbytes; off += r->piece) {
+			uint64_t n = r->e->nbytes - off < r->piece ? r->e->nbytes - off : r->piece;
+			if (cache_read(r->c, r->e, r->key, off, n, buf) != 0 || memcmp(buf, r->want + off, n) != 0)
+				r->bad++;
+		}
+	} else {
+		uint64_t x = r->seed;
+		for (int i = 0; i < 400; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			uint64_t off = x % r->e->nbytes;
+			uint64_t n = (x >> 32) % r->piece + 1;
+			if (n > r->e->nbytes - off)
+				n = r->e->nbytes - off;
+			if (cache_read(r->c, r->e, r->key, off, n, buf) != 0 || memcmp(buf, r->want + off, n) != 0)
+				r->bad++;
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+static void run_readers(struct cache *c, const struct expr *e, const char *key, const uint8_t *want, size_t piece,
+			bool random)
+{
+	enum { N = 8 };
+	struct reader r[N];
+	pthread_barrier_t bar;
+	pthread_barrier_init(&bar, NULL, N);
+	for (int i = 0; i < N; i++) {
+		r[i] = (struct reader){ .c = c, .e = e, .key = key, .want = want, .bar = &bar, .piece = piece,
+					.random = random, .seed = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1) };
+		assert_int_equal(pthread_create(&r[i].t, NULL, reader_main, &r[i]), 0);
+	}
+	int bad = 0;
+	for (int i = 0; i < N; i++) {
+		pthread_join(r[i].t, NULL);
+		bad += r[i].bad;
+	}
+	pthread_barrier_destroy(&bar);
+	assert_int_equal(bad, 0);
+}
+
+/* 8 threads read the same missing chunks at the same moment: each chunk is computed once. */
+static void test_threads_compute_once(void **state)
+{
+	(void)state;
+	struct expr *e = expr_transpose(expr_source(&tb)); /* 2 MiB, slow enough to overlap */
+	assert_non_null(e);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	const size_t chunk = 256u << 10;
+	const uint64_t nch = e->nbytes / chunk;
+	for (int round = 0; round < 4; round++) {
+		struct cache *c = open_cache(chunk, 64u << 20, NULL, 0, false);
+		run_readers(c, e, key, want, chunk, false);
+		struct cache_stats s = stats(c);
+		assert_int_equal(s.computed_chunks, nch);
+		assert_int_equal(s.mem.misses, nch);
+		assert_int_equal(s.mem.hits, 8 * nch - nch);
+		cache_close(c);
+	}
+	/* random ranges under a tier much smaller than the data: evictions while others read */
+	struct cache *c = open_cache(CH, 6 * CH, NULL, 0, false);
+	run_readers(c, e, key, want, 3 * CH, true);
+	struct cache_stats s = stats(c);
+	assert_true(s.mem.evictions > 0);
+	assert_true(s.mem.bytes_stored <= 6 * CH);
+	cache_close(c);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
+/* ---- disk tier ---- */
+
+static uint64_t chunk_len(uint64_t k)
+{
+	return BIG_BYTES - k * CH < CH ? BIG_BYTES - k * CH : CH;
+}
+
+/* Fill dir with every chunk of e (disk_always), flushed. */
+static void fill_dir(const char *dir, const struct expr *e, const char *key, const uint8_t *want)
+{
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, 5000);
+	cache_flush(c);
+	struct cache_stats s = stats(c);
+	assert_true(s.disk_enabled);
+	cache_close(c);
+	(void)s;
+}
+
+static void test_disk_format_and_second_cache(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	struct cache_stats s = stats(c);
+	assert_true(s.disk_enabled);
+	read_all_check(c, e, key, want, 5000);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
+	assert_int_equal(s.disk.misses, BIG_CHUNKS);
+	assert_int_equal(s.disk.hits, 0);
+	assert_int_equal(s.disk_written, BIG_CHUNKS);
+	assert_int_equal(s.disk.bytes_in, BIG_BYTES);
+	assert_int_equal(s.disk_raw_bytes, BIG_BYTES);
+	assert_int_equal(s.disk_skipped_by_policy, 0);
+	assert_int_equal(s.disk_bad_entries, 0);
+	/* flushed: every entry is there, under its final name, in the documented format */
+	size_t nfiles, nzst, ntmp;
+	uint64_t total = dir_total(dir, &nfiles, &nzst, &ntmp);
+	assert_int_equal(nzst, BIG_CHUNKS);
+	assert_int_equal(ntmp, 0);
+	assert_int_equal(total, s.disk_compressed_bytes);
+	assert_true(s.disk_compressed_bytes < BIG_BYTES); /* it does compress (half the bytes are zero) */
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++) {
+		char path[4200];
+		entry_file(dir, key, k, path, sizeof(path));
+		check_entry(path, key, k, want + k * CH, chunk_len(k));
+	}
+	/* memory hits do not touch the disk */
+	read_all_check(c, e, key, want, CH);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, 0);
+	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
+	cache_close(c);
+
+	/* a second cache on the same directory: every chunk from disk, identical bytes */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, 3000);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, BIG_CHUNKS);
+	assert_int_equal(s.disk.misses, 0);
+	assert_int_equal(s.disk.bytes_out, BIG_BYTES);
+	assert_int_equal(s.mem.misses, BIG_CHUNKS);
+	assert_int_equal(s.computed_chunks, 0);
+	assert_int_equal(s.disk_bad_entries, 0);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.disk_written, 0); /* nothing rewritten */
+	cache_close(c);
+
+	/* with no memory tier every read goes to disk, still right */
+	c = open_cache(CH, 0, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, CH);
+	read_all_check(c, e, key, want, CH);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, 2 * BIG_CHUNKS);
+	assert_int_equal(s.computed_chunks, 0);
+	cache_close(c);
+
+	/* the same tensor in a file with another identity is not served from those entries */
+	static struct src_file f2 = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 999);
+	struct cat_tensor t2 = ta;
+	t2.file = &f2;
+	struct expr *e2 = big_expr(&t2);
+	char *key2 = cache_key(e2);
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	read_all_check(c, e2, key2, want, 4096);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, 0);
+	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
+	cache_close(c);
+	free(key2);
+	expr_unref(e2);
+
+	rm_rf(dir);
+	free(dir);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
+static void flip_byte(const char *path, size_t at)
+{
+	size_t n;
+	uint8_t *b = slurp(path, &n);
+	assert_non_null(b);
+	assert_true(at < n);
+	b[at] ^= 0xff;
+	spit(path, b, n);
+	free(b);
+}
+
+static void truncate_to(const char *path, off_t len)
+{
+	assert_int_equal(truncate(path, len), 0);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+	size_t n;
+	uint8_t *b = slurp(from, &n);
+	assert_non_null(b);
+	spit(to, b, n);
+	free(b);
+}
+
+/* Damaged entries are detected, deleted and recomputed; the reader always gets the right bytes. */
+static void test_disk_corrupt(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir(), *other = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	fill_dir(dir, e, key, want);
+	/* entries of the same bytes under other keys: same key length (mtime ns), another length (ino) */
+	static struct src_file fm = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456780);
+	static struct src_file fi = SRC_FILE("m.safetensors", 2049, 7770, SRC_BYTES, 1700000000, 123456789);
+	struct cat_tensor tm = ta, ti = ta;
+	tm.file = &fm;
+	ti.file = &fi;
+	struct expr *em = big_expr(&tm), *ei = big_expr(&ti);
+	char *km = cache_key(em), *ki = cache_key(ei);
+	assert_int_equal(strlen(km), strlen(key));
+	assert_int_not_equal(strlen(ki), strlen(key));
+	fill_dir(other, em, km, want);
+	fill_dir(other, ei, ki, want);
+
+	char p[BIG_CHUNKS][4200], q[4200];
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		entry_file(dir, key, k, p[k], sizeof(p[k]));
+	size_t klen = strlen(key), n;
+	/* 1: a byte flipped in the middle of the zstd frame (checked: it no longer decodes) */
+	uint8_t *b = slurp(p[1], &n);
+	size_t zoff = HDR + klen, at = zoff + (n - zoff) / 2;
+	b[at] ^= 0xff;
+	uint8_t out[CH];
+	size_t r = ZSTD_decompress(out, sizeof(out), b + zoff, n - zoff);
+	assert_true(ZSTD_isError(r) || memcmp(out, want + CH, CH) != 0);
+	spit(p[1], b, n);
+	free(b);
+	/* 2: truncated in the frame; 3: truncated inside the header; 9: empty */
+	b = slurp(p[2], &n);
+	free(b);
+	truncate_to(p[2], (off_t)(n - 7));
+	truncate_to(p[3], 10);
+	truncate_to(p[9], 0);
+	/* 4: replaced by chunk 5's entry (same key, another chunk index) */
+	copy_file(p[5], p[4]);
+	/* 6: an entry of another key of the same length for the same chunk; 7: of another length */
+	entry_file(other, km, 6, q, sizeof(q));
+	copy_file(q, p[6]);
+	entry_file(other, ki, 7, q, sizeof(q));
+	copy_file(q, p[7]);
+	/* 8: the raw size in the header changed; 10: the key length; 11: the magic;
+	 * 12: a byte of the key; 13: a byte of the frame's checksum (its last byte) */
+	flip_byte(p[8], 20);
+	flip_byte(p[10], 8);
+	flip_byte(p[11], 3);
+	flip_byte(p[12], HDR + klen / 2);
+	b = slurp(p[13], &n);
+	free(b);
+	flip_byte(p[13], n - 1);
+	/* 14 (the short last chunk): replaced by chunk 0's entry (another size) */
+	copy_file(p[0], p[14]);
+	const uint64_t bad[] = { 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14 };
+	const size_t nbad = sizeof(bad) / sizeof(*bad);
+
+	/* policy auto: small cheap chunks are not worth a disk entry, so nothing is rewritten
+	 * and the bad entries must simply be gone */
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	read_all_check(c, e, key, want, 3000);
+	cache_flush(c);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk_bad_entries, nbad);
+	assert_int_equal(s.disk.hits, BIG_CHUNKS - nbad);
+	assert_int_equal(s.computed_chunks, nbad);
+	assert_true(s.disk_enabled);
+	for (size_t i = 0; i < nbad; i++) {
+		if (s.disk_written == 0 && exists(p[bad[i]]))
+			fail_msg("bad entry of chunk %ju was not deleted", (uintmax_t)bad[i]);
+		if (exists(p[bad[i]]))
+			check_entry(p[bad[i]], key, bad[i], want + bad[i] * CH, chunk_len(bad[i]));
+	}
+	cache_close(c);
+
+	/* disk_always: the recomputed chunks are written again, correctly */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, CH);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.disk_bad_entries, 0);
+	assert_int_equal(s.disk.hits + s.computed_chunks, BIG_CHUNKS);
+	assert_int_equal(s.disk_written, s.computed_chunks);
+	cache_close(c);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		check_entry(p[k], key, k, want + k * CH, chunk_len(k));
+
+	/* a hit leaves good entries alone */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, CH);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, BIG_CHUNKS);
+	assert_int_equal(s.disk_bad_entries, 0);
+	cache_close(c);
+
+	rm_rf(dir);
+	rm_rf(other);
+	free(dir);
+	free(other);
+	free(km);
+	free(ki);
+	free(key);
+	free(want);
+	expr_unref(em);
+	expr_unref(ei);
+	expr_unref(e);
+}
+
+static void set_age(const char *path, time_t ago)
+{
+	struct timespec when[2];
+	clock_gettime(CLOCK_REALTIME, &when[0]);
+	when[0].tv_sec -= ago;
+	when[1] = when[0];
+	assert_int_equal(utimensat(AT_FDCWD, path, when, 0), 0);
+}
+
+static time_t mtime_of(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_mtim.tv_sec;
+}
+
+/* A tiny disk_bytes keeps the directory under it; the oldest entries go first; a disk hit
+ * makes an entry young again, for another cache sharing the directory too. */
+static void test_disk_bound(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	char p[BIG_CHUNKS][4200];
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		entry_file(dir, key, k, p[k], sizeof(p[k]));
+
+	const uint64_t bound = 10000;
+	struct cache *c = open_cache(CH, 64u << 20, dir, bound, true);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++) {
+		read_chunk(c, e, key, want, k);
+		cache_flush(c); /* one at a time, so mtimes order the entries */
+		size_t nz;
+		assert_true(dir_total(dir, NULL, &nz, NULL) <= bound);
+	}
+	struct cache_stats s = stats(c);
+	size_t nfiles, nzst, ntmp;
+	uint64_t total = dir_total(dir, &nfiles, &nzst, &ntmp);
+	assert_true(total <= bound);
+	assert_int_equal(ntmp, 0);
+	assert_int_equal(s.disk_written, BIG_CHUNKS);
+	assert_true(s.disk.evictions > 0);
+	assert_true(s.disk.evictions + nzst == BIG_CHUNKS);
+	assert_true(s.disk.bytes_stored <= bound);
+	assert_true(exists(p[BIG_CHUNKS - 1]));
+	assert_false(exists(p[0]));
+	cache_close(c);
+
+	/* refill without bound; then age everything, chunk 0 the oldest of all */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, CH);
+	cache_close(c);
+	total = dir_total(dir, NULL, &nzst, NULL);
+	assert_int_equal(nzst, BIG_CHUNKS);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		set_age(p[k], 1000 + (time_t)(BIG_CHUNKS - k));
+	set_age(p[0], 5000);
+	/* a disk hit on chunk 0 makes it the youngest */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_chunk(c, e, key, want, 0);
+	s = stats(c);
+	assert_int_equal(s.disk.hits, 1);
+	cache_close(c);
+	assert_true(mtime_of(p[0]) > time(NULL) - 100);
+	/* another cache bounded at half the directory writes one entry: eviction by age spares
+	 * chunk 0 and removes chunk 1, the oldest now */
+	struct expr *e3 = expr_transpose(expr_cast(expr_source(&ts), CKPT_F32));
+	uint8_t *want3 = expected(e3);
+	char *k3 = cache_key(e3);
+	c = open_cache(CH, 64u << 20, dir, total / 2, true);
+	read_all_check(c, e3, k3, want3, 64);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.disk_written, 1);
+	cache_close(c);
+	assert_true(dir_total(dir, NULL, NULL, NULL) <= total / 2);
+	assert_true(exists(p[0]));
+	assert_false(exists(p[1]));
+
+	/* still correct from what is left */
+	c = open_cache(CH, 64u << 20, dir, total / 2, false);
+	read_all_check(c, e, key, want, 777);
+	s = stats(c);
+	assert_true(s.disk.hits >= 1);
+	cache_close(c);
+
+	free(k3);
+	free(want3);
+	expr_unref(e3);
+	rm_rf(dir);
+	free(dir);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
+/* A directory below a regular file cannot be made: the disk tier is off, with one warning,
+ * and reads are right. (chmod does not stop root, a path below a file does.) */
+static void test_dir_unusable(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir();
+	char file[4200], dir[4300], errf[4200];
+	snprintf(file, sizeof(file), "%s/a-file", tmp);
+	snprintf(dir, sizeof(dir), "%s/cache", file);
+	snprintf(errf, sizeof(errf), "%s/stderr", tmp);
+	spit(file, "x", 1);
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+
+	capture_stderr(errf);
+	struct cache_opts o = { .chunk = CH, .mem_bytes = 4 * CH, .dir = dir, .disk_bytes = 1u << 30, .level = 1,
+				.disk_always = true };
+	struct cache *c = NULL;
+	struct ckpt_err err = { 0 };
+	int rc = cache_open(&c, &o, &err);
+	uint8_t *got = malloc(BIG_BYTES);
+	int r1 = -1, r2 = -1;
+	if (rc == 0 && c && got) {
+		r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		r2 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		cache_flush(c);
+	}
+	restore_stderr();
+	assert_int_equal(rc, 0);
+	assert_non_null(c);
+	assert_int_equal(r1, 0);
+	assert_int_equal(r2, 0);
+	assert_memory_equal(got, want, BIG_BYTES);
+	struct cache_stats s = stats(c);
+	assert_false(s.disk_enabled);
+	assert_int_equal(s.disk_written, 0);
+	assert_int_equal(s.disk.hits, 0);
+	cache_close(c);
+	size_t warn, lines = count_lines(errf, "warning: cache directory", &warn);
+	assert_int_equal(lines, 1);
+	assert_int_equal(warn, 1);
+
+	/* a directory that goes away while in use (replaced by a file): one warning, right bytes */
+	char dir2[4200];
+	snprintf(dir2, sizeof(dir2), "%s/vanishing", tmp);
+	capture_stderr(errf);
+	c = NULL;
+	o.dir = dir2;
+	o.mem_bytes = 0;
+	rc = cache_open(&c, &o, &err);
+	bool on_before = false;
+	r1 = r2 = -1;
+	if (rc == 0 && c) {
+		on_before = stats(c).disk_enabled;
+		rmdir(dir2);
+		spit(dir2, "y", 1);
+		r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		cache_flush(c);
+		r2 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		cache_flush(c);
+	}
+	restore_stderr();
+	assert_int_equal(rc, 0);
+	assert_true(on_before);
+	assert_int_equal(r1, 0);
+	assert_int_equal(r2, 0);
+	assert_memory_equal(got, want, BIG_BYTES);
+	s = stats(c);
+	assert_false(s.disk_enabled);
+	assert_int_equal(s.disk_written, 0);
+	cache_close(c);
+	lines = count_lines(errf, "warning: cache directory", &warn);
+	assert_int_equal(lines, 1);
+	assert_int_equal(warn, 1);
+
+	/* no directory at all: memory only, silent */
+	capture_stderr(errf);
+	c = open_cache(CH, 4 * CH, NULL, 0, true);
+	r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
+	cache_flush(c);
+	restore_stderr();
+	assert_int_equal(r1, 0);
+	assert_false(stats(c).disk_enabled);
+	cache_close(c);
+	lines = count_lines(errf, "", &warn);
+	assert_int_equal(lines, 0);
+
+	free(got);
+	rm_rf(tmp);
+	free(tmp);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup(test_key, setup),
+		cmocka_unit_test_setup(test_entry_name, setup),
+		cmocka_unit_test_setup(test_every_range, setup),
+		cmocka_unit_test_setup(test_random_ranges, setup),
+		cmocka_unit_test_setup(test_mem_bound, setup),
+		cmocka_unit_test_setup(test_threads_compute_once, setup),
+		cmocka_unit_test_setup(test_disk_format_and_second_cache, setup),
+		cmocka_unit_test_setup(test_disk_corrupt, setup),
+		cmocka_unit_test_setup(test_disk_bound, setup),
+		cmocka_unit_test_setup(test_dir_unusable, setup),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
