@@ -79,6 +79,8 @@ cd "$MNT"
 show ls
 show ls -l hf tensors
 show cat README
+# computed views: the fused layout, a tensor-parallel shard, a cast
+show ls -l native tp-2/rank-0 native@fp32
 
 NPY=$MNT/tensors/$TENSOR.npy
 echo
