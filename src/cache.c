@@ -415,6 +415,21 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 		free(j);
 		return;
 	}
+	/* The writer starts with the first job, not in cache_open: a daemon
+	 * opens its cache before it forks into the background, and threads do
+	 * not survive a fork. */
+	if (!c->writer_running && !c->stop) {
+		if (pthread_create(&c->writer, NULL, writer_main, c) == 0) {
+			c->writer_running = true;
+		} else {
+			pthread_mutex_unlock(&c->mu);
+			free(j->key);
+			free(j->data);
+			free(j);
+			disk_off(c, "no writer thread", EAGAIN);
+			return;
+		}
+	}
 	c->qbytes += len;
 	if (c->qtail)
 		c->qtail->next = j;
@@ -668,10 +683,6 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 			disk_off(c, "cannot use it", -r);
 		} else {
 			disk_enforce(c, true);
-			if (pthread_create(&c->writer, NULL, writer_main, c) == 0)
-				c->writer_running = true;
-			else
-				disk_off(c, "no writer thread", EAGAIN);
 		}
 	}
 	*out = c;

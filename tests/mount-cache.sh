@@ -64,7 +64,7 @@
 #       at all), has disk hits, and bytes are right.  Temp files left behind
 #       are reported, not failed.
 #
-# CKPTFS_CASES selects cases (default: a b c d e f g; b needs a's directory).
+# CKPTFS_CASES selects cases (default: a b c d e f g h; b needs a's directory).
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -606,10 +606,31 @@ case_g() {
     [ "$t" -eq 0 ] || note "  note: $t temp file(s) of the killed daemon are still in $c after the next mount (not counted in cache_size)"
 }
 
-for c in ${CKPTFS_CASES:-a b c d e f g}; do
+# ---- (h) a daemon that forked into the background still writes its cache ----
+# (threads do not survive fork: the disk writer must start after it)
+case_h() {
+    local c=$TESTDIR/ch pid i n
+    note "=== (h) background daemon (no -f): disk entries written, exit after unmount"
+    "$CKPTFS" -o "cache_dir=$c,$ALWAYS" "$TL" "$TESTDIR/m2" || fail "background mount failed"
+    pid=$(pgrep -f "ckptfs .*$TESTDIR/m2\$" | head -n 1)
+    [ -n "$pid" ] || fail "no background daemon for $TESTDIR/m2"
+    cmp "$TESTDIR/m2/native@fp32/model.safetensors" "$EXP/tl/native_fp32_model.safetensors" ||
+        fail "background daemon: native@fp32 differs"
+    fusermount3 -u "$TESTDIR/m2" || fail "cannot unmount the background daemon"
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && { kill -9 "$pid"; fail "background daemon still running 10 s after unmount"; }
+    n=$(count_entries "$c")
+    expect_cmp "disk entries written by the background daemon" -gt "$n" 0
+    note "  background daemon exited; $n entries on disk"
+}
+
+for c in ${CKPTFS_CASES:-a b c d e f g h}; do
     case $c in
-    a | b | c | d | e | f | g) "case_$c" ;;
-    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g)" ;;
+    a | b | c | d | e | f | g | h) "case_$c" ;;
+    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g h)" ;;
     esac
 done
 note "PASS"
