@@ -17,33 +17,27 @@
 # Everything mounted is unmounted on exit.
 set -u
 
-TOP=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench
-MODEL=$BENCH/llama-1b
+BENCH_NAME=bench-cache
+USAGE_LINES=2,5
+. "$(dirname "$0")/lib.sh" || exit 1
+
 CKPTFS=$TOP/src/ckptfs
 VIEWS=native@fp32/model.safetensors,hf@fp16/model.safetensors
+BENCH_OPTS="$BENCH_OPTS --views=VIEWS"
 while [ $# -gt 0 ]; do
-	case $1 in
-	--model-dir) MODEL=$2; shift 2 ;;
-	--ckptfs) CKPTFS=$2; shift 2 ;;
-	--views) VIEWS=$2; shift 2 ;;
-	*) sed -n '2,5p' "$0"; exit 2 ;;
-	esac
+	bench_arg "$@"
+	shift "$NSHIFT"
 done
-[ -f "$MODEL/model.safetensors" ] || /usr/bin/python3 "$TOP/examples/gen-model.py" llama-1b "$MODEL" >/dev/null ||
-	{ echo "bench-cache: cannot generate $MODEL" >&2; exit 1; }
+bench_paths
+ensure_model
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-cache.XXXXXX")
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-cache.XXXXXX") || die "mktemp failed"
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-cleanup() {
-	mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT"; }
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+MOUNTS=$MNT
 
 mount_it() {
-	"$CKPTFS" "$@" "$MODEL" "$MNT" || { echo "bench-cache: mount failed" >&2; exit 1; }
+	"$CKPTFS" "$@" "$MODEL_DIR" "$MNT" || die "mount failed"
 }
 umount_it() {
 	fusermount3 -u "$MNT"
@@ -56,7 +50,7 @@ read_time() {
 	[ "${2:-}" = direct ] && flag=iflag=direct
 	local t0 t1
 	t0=$(date +%s.%N)
-	dd if="$1" of=/dev/null bs=4M $flag status=none || { echo "bench-cache: read of $1 failed" >&2; exit 1; }
+	dd if="$1" of=/dev/null bs=4M $flag status=none || die "read of $1 failed"
 	t1=$(date +%s.%N)
 	echo "$t1 - $t0" | bc -l
 }
@@ -67,11 +61,11 @@ print(j)' "$MNT/.ckptfs/stats" "$1"
 }
 gbps() { echo "scale=2; $1 / $2 / 1000000000" | bc -l; }
 
-cat "$MODEL/model.safetensors" >/dev/null # source page cache warm
-echo "model: $MODEL; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+cat "$MODEL_DIR/model.safetensors" >/dev/null # source page cache warm
+echo "model: $MODEL_DIR; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 IFS=, read -r -a views <<<"$VIEWS"
 for view in "${views[@]}"; do
-	size=$("$CKPTFS" ls -o cache=off "$MODEL" "$view" | awk '{print $1}')
+	size=$("$CKPTFS" ls -o cache=off "$MODEL_DIR" "$view" | awk '{print $1}')
 	dir=$WORK/cache
 	rm -rf "$dir"
 	mount_it -o cache=off

@@ -32,89 +32,39 @@
 
 set -u
 
-usage() {
-	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
+BENCH_NAME=bench-load
+USAGE_LINES=2,8
+. "$(dirname "$0")/lib.sh" || exit 1
 
-die() {
-	echo "bench-load: $*" >&2
-	exit 1
-}
-
-TOP=$(cd "$(dirname "$0")/.." && pwd)
-CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench
-MODEL_DIR=
-CKPTFS=./src/ckptfs
 SECONDS_RUN=60
 THREADS=16
 DIRECT=--direct
 MOUNT_OPTS=
-PYTHON=${PYTHON:-/usr/bin/python3}
-PRESET=llama-1b
 VIEWS=hf,native,tp-4,native@fp32
+BENCH_OPTS="$BENCH_OPTS --seconds=SECONDS_RUN --threads=THREADS"
 
 while [ $# -gt 0 ]; do
 	case $1 in
-	--model-dir) [ $# -ge 2 ] || usage 2; MODEL_DIR=$2; shift 2 ;;
-	--model-dir=*) MODEL_DIR=${1#*=}; shift ;;
-	--ckptfs) [ $# -ge 2 ] || usage 2; CKPTFS=$2; shift 2 ;;
-	--ckptfs=*) CKPTFS=${1#*=}; shift ;;
-	--cache-dir) [ $# -ge 2 ] || usage 2; CACHE_DIR=$2; shift 2 ;;
-	--cache-dir=*) CACHE_DIR=${1#*=}; shift ;;
-	--seconds) [ $# -ge 2 ] || usage 2; SECONDS_RUN=$2; shift 2 ;;
-	--seconds=*) SECONDS_RUN=${1#*=}; shift ;;
-	--threads) [ $# -ge 2 ] || usage 2; THREADS=$2; shift 2 ;;
-	--threads=*) THREADS=${1#*=}; shift ;;
 	--buffered) DIRECT=; shift ;;
 	-o) [ $# -ge 2 ] || usage 2; MOUNT_OPTS=$2; shift 2 ;;
-	-h|--help) usage 0 ;;
-	*) echo "bench-load: unknown argument: $1" >&2; usage 2 ;;
+	*) bench_arg "$@"; shift "$NSHIFT" ;;
 	esac
 done
 
-case $SECONDS_RUN in ''|*[!0-9]*|0) die "--seconds wants a positive integer" ;; esac
-case $THREADS in ''|*[!0-9]*|0) die "--threads wants a positive integer" ;; esac
-[ -n "$MODEL_DIR" ] || MODEL_DIR=$CACHE_DIR/$PRESET
-case $CKPTFS in /*) ;; *) CKPTFS=$PWD/${CKPTFS#./} ;; esac
-case $MODEL_DIR in /*) ;; *) MODEL_DIR=$PWD/$MODEL_DIR ;; esac
-case $CACHE_DIR in /*) ;; *) CACHE_DIR=$PWD/$CACHE_DIR ;; esac
+positive_int "$SECONDS_RUN" --seconds
+positive_int "$THREADS" --threads
+bench_paths
 
-[ -c /dev/fuse ] || die "/dev/fuse is missing"
-command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 is not installed"
-[ -x "$CKPTFS" ] || die "$CKPTFS is not an executable (build first, or --ckptfs PATH)"
-"$PYTHON" -c 'import numpy' 2>/dev/null || die "$PYTHON cannot import numpy (set PYTHON)"
+require_fuse
+require_ckptfs
+require_numpy
 [ -f "$TOP/tests/load.py" ] || die "$TOP/tests/load.py is missing"
 
 mkdir -p "$CACHE_DIR" || die "cannot create $CACHE_DIR"
-if [ ! -f "$MODEL_DIR/config.json" ]; then
-	echo "bench-load: generating $PRESET into $MODEL_DIR (once)"
-	"$PYTHON" "$TOP/examples/gen-model.py" "$PRESET" "$MODEL_DIR.tmp" >/dev/null ||
-		die "generating $PRESET failed"
-	mv "$MODEL_DIR.tmp" "$MODEL_DIR" || die "cannot move $MODEL_DIR.tmp into place"
-fi
+ensure_model
 
 WORK=$(mktemp -d "$CACHE_DIR/load.XXXXXX") || die "mktemp in $CACHE_DIR failed"
-MNT=$WORK/mnt
-PID=
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	if [ -n "$PID" ]; then
-		if awk -v p="$MNT" '$2 == p { f = 1 } END { exit !f }' /proc/self/mounts; then
-			fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT"
-		fi
-		for _ in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-		kill -0 "$PID" 2>/dev/null && kill -KILL "$PID"
-		wait "$PID" 2>/dev/null
-	fi
-	rm -rf "$WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-mkdir "$MNT" "$WORK/expect" "$WORK/disk-cache"
+mkdir "$WORK/expect" "$WORK/disk-cache"
 
 # the expected bytes need about as much room as the files under the views
 need_kb=$(( $("$CKPTFS" ls "$MODEL_DIR" hf | awk '{ s += $1 } END { print int(s / 1024) }') * 6 ))
@@ -125,14 +75,8 @@ free_kb=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
 opts=cache_dir=$WORK/disk-cache
 [ -z "$MOUNT_OPTS" ] || opts=$opts,$MOUNT_OPTS
 echo "bench-load: $MODEL_DIR ($(du -sh "$MODEL_DIR" | cut -f1)), ckptfs -o $opts"
-"$CKPTFS" -f -o "$opts" "$MODEL_DIR" "$MNT" >"$WORK/ckptfs.log" 2>&1 &
-PID=$!
-deadline=$(($(date +%s) + 30))
-until awk -v p="$MNT" '$2 == p { f = 1 } END { exit !f }' /proc/self/mounts; do
-	kill -0 "$PID" 2>/dev/null || { cat "$WORK/ckptfs.log" >&2; die "ckptfs exited before mounting"; }
-	[ "$(date +%s)" -lt "$deadline" ] || die "$MNT not mounted after 30 s"
-	sleep 0.05
-done
+mount_fs mnt "$CKPTFS" -f -o "$opts" "$MODEL_DIR" "$WORK/mnt"
+PID=$MNT_PID
 stat "$MNT" >/dev/null || die "stat $MNT failed"
 
 "$PYTHON" "$TOP/tests/load.py" "$MNT" "$MODEL_DIR" --ckptfs "$CKPTFS" \
@@ -146,7 +90,7 @@ fusermount3 -u "$MNT" || echo "bench-load: fusermount3 -u $MNT failed" >&2
 for _ in $(seq 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
 drc=0
 wait "$PID" || drc=$?
-PID=
+forget_pid "$PID"
 
 "$PYTHON" - "$WORK/load.out" "$load_rc" "$alive" "$drc" <<'EOF'
 import json, sys

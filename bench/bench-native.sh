@@ -54,52 +54,28 @@
 
 set -u
 
-usage() {
-	sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
+BENCH_NAME=bench-native
+USAGE_LINES=2,6
+. "$(dirname "$0")/lib.sh" || exit 1
 
-die() {
-	echo "bench-native: $*" >&2
-	exit 1
-}
-
-TOP=$(cd "$(dirname "$0")/.." && pwd)
-CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench
-MODEL_DIR=
-CKPTFS=./src/ckptfs
 RUNS=3
 FP32_SCRIPT=1
-PYTHON=${PYTHON:-/usr/bin/python3}
-PRESET=llama-1b
+BENCH_OPTS="$BENCH_OPTS --runs=RUNS"
 
 while [ $# -gt 0 ]; do
 	case $1 in
-	--model-dir) [ $# -ge 2 ] || usage 2; MODEL_DIR=$2; shift 2 ;;
-	--model-dir=*) MODEL_DIR=${1#*=}; shift ;;
-	--ckptfs) [ $# -ge 2 ] || usage 2; CKPTFS=$2; shift 2 ;;
-	--ckptfs=*) CKPTFS=${1#*=}; shift ;;
-	--cache-dir) [ $# -ge 2 ] || usage 2; CACHE_DIR=$2; shift 2 ;;
-	--cache-dir=*) CACHE_DIR=${1#*=}; shift ;;
-	--runs) [ $# -ge 2 ] || usage 2; RUNS=$2; shift 2 ;;
-	--runs=*) RUNS=${1#*=}; shift ;;
 	--no-fp32-script) FP32_SCRIPT=0; shift ;;
-	-h|--help) usage 0 ;;
-	*) echo "bench-native: unknown argument: $1" >&2; usage 2 ;;
+	*) bench_arg "$@"; shift "$NSHIFT" ;;
 	esac
 done
 
-case $RUNS in ''|*[!0-9]*|0) die "--runs wants a positive integer" ;; esac
-[ -n "$MODEL_DIR" ] || MODEL_DIR=$CACHE_DIR/$PRESET
-case $CKPTFS in /*) ;; *) CKPTFS=$PWD/$CKPTFS ;; esac
-case $MODEL_DIR in /*) ;; *) MODEL_DIR=$PWD/$MODEL_DIR ;; esac
-case $CACHE_DIR in /*) ;; *) CACHE_DIR=$PWD/$CACHE_DIR ;; esac
+positive_int "$RUNS" --runs
+bench_paths
 
-[ -c /dev/fuse ] || die "/dev/fuse is missing"
-command -v fusermount3 >/dev/null || die "fusermount3 not found"
+require_fuse
 command -v cc >/dev/null || die "cc not found"
-[ -x "$CKPTFS" ] || die "$CKPTFS: not an executable (build it, or pass --ckptfs PATH)"
-"$PYTHON" -c 'import numpy' 2>/dev/null || die "$PYTHON: cannot import numpy (set PYTHON=)"
+require_ckptfs
+require_numpy
 if [ ! -x /usr/bin/time ]; then
 	echo "installing the time package (for /usr/bin/time -v)..." >&2
 	{ apt-get install -y time >/dev/null 2>&1 ||
@@ -109,63 +85,13 @@ fi
 SHM_BASE=/dev/shm
 [ -d "$SHM_BASE" ] && [ -w "$SHM_BASE" ] || die "$SHM_BASE: not a writable directory (tmpfs wanted for export)"
 
-# ---------------------------------------------------------------------
-# Cleanup: unmount everything we mounted, stop every process we started,
-# remove every temp dir.
-
-WORK=
-SHM=
-OUTDIR=
-MOUNTS=
-PIDS=
-
-cleanup() {
-	local m p
-	for p in $PIDS; do
-		case $p in poll:*) kill "${p#poll:}" 2>/dev/null ;; esac
-	done
-	for m in $MOUNTS; do
-		if grep -q " $m fuse" /proc/mounts 2>/dev/null; then
-			fusermount3 -u "$m" 2>/dev/null ||
-				fusermount3 -u -z "$m" 2>/dev/null
-		fi
-	done
-	for p in $PIDS; do
-		case $p in poll:*) ;; *) kill "$p" 2>/dev/null ;; esac
-	done
-	[ -n "$WORK" ] && rm -rf "$WORK"
-	[ -n "$SHM" ] && rm -rf "$SHM"
-	[ -n "$OUTDIR" ] && rm -rf "$OUTDIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-now() { date +%s.%N; }
-
 mkdir -p "$CACHE_DIR/bin" || die "$CACHE_DIR: cannot create"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-native.XXXXXX") || die "mktemp failed"
 SHM=$(mktemp -d "$SHM_BASE/ckptfs-bench-native.XXXXXX") || die "mktemp in $SHM_BASE failed"
+CLEANUP_DIRS+=("$SHM")
 OUTDIR=$(mktemp -d "$CACHE_DIR/convert.XXXXXX") || die "mktemp in $CACHE_DIR failed"
-
-# ---------------------------------------------------------------------
-# The checkpoint, generated once (as bench-read.sh does).
-
-if [ ! -e "$MODEL_DIR/model.safetensors" ] &&
-   [ ! -e "$MODEL_DIR/model.safetensors.index.json" ]; then
-	[ -e "$MODEL_DIR" ] && die "$MODEL_DIR: exists but holds no model.safetensors"
-	GEN=$TOP/examples/gen-model.py
-	[ -f "$GEN" ] || die "$GEN: missing, cannot generate the model"
-	echo "generating $PRESET into $MODEL_DIR (once)..." >&2
-	mkdir -p "$(dirname "$MODEL_DIR")" || die "cannot create $(dirname "$MODEL_DIR")"
-	partial=$MODEL_DIR.partial.$$
-	rm -rf "$partial"
-	if ! "$PYTHON" "$GEN" "$PRESET" "$partial" >&2; then
-		rm -rf "$partial"
-		die "gen-model.py $PRESET failed"
-	fi
-	mv "$partial" "$MODEL_DIR" || die "cannot move $partial to $MODEL_DIR"
-fi
+CLEANUP_DIRS+=("$OUTDIR")
+ensure_model
 
 # The safetensors files of the source (one file, or the shards).
 ST_FILES=()
@@ -179,16 +105,7 @@ done < <(find "$MODEL_DIR"/ -mindepth 1 -maxdepth 1 -type f -name '*.safetensors
 # ---------------------------------------------------------------------
 # Helpers, built once in the cache dir.
 
-# The same reader as bench-read.sh (built here only if it is missing).
-READER=$CACHE_DIR/bin/readall
-if [ ! -x "$READER" ]; then
-	[ -f "$TOP/bench/bench-read.sh" ] || die "$READER missing and bench/bench-read.sh not found"
-	sed -n "/^cat >\"\$WORK\/readall.c\" <<'EOF'\$/,/^EOF\$/p" "$TOP/bench/bench-read.sh" |
-		sed '1d;$d' >"$WORK/readall.c"
-	[ -s "$WORK/readall.c" ] || die "cannot extract readall.c from bench-read.sh"
-	cc -O2 -Wall -o "$READER" "$WORK/readall.c" || die "cannot build the reader"
-	cp "$WORK/readall.c" "$CACHE_DIR/bin/readall.c"
-fi
+build_reader
 
 MEMBOUND=$CACHE_DIR/bin/membound
 cat >"$WORK/membound.c" <<'EOF'
@@ -407,76 +324,11 @@ def main():
 main()
 EOF
 
-# ---------------------------------------------------------------------
-# Mounting (as in bench-read.sh).
-
-# Seconds (float) from $1 to $2.
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-
-# mount_fs NAME CMD...: start CMD (a FUSE daemon in the foreground whose
-# last argument is the mountpoint $WORK/NAME) and wait until it is mounted.
-# Sets MNT and MNT_PID.
-mount_fs() {
-	local name=$1 deadline
-	shift
-	MNT=$WORK/$name
-	mkdir -p "$MNT"
-	case " $MOUNTS " in *" $MNT "*) ;; *) MOUNTS="$MOUNTS $MNT" ;; esac
-	"$@" 2>>"$WORK/$name.stderr" &
-	MNT_PID=$!
-	PIDS="$PIDS $MNT_PID"
-	deadline=$(( $(date +%s) + 30 ))
-	until grep -q " $MNT fuse" /proc/mounts; do
-		if ! kill -0 "$MNT_PID" 2>/dev/null; then
-			cat "$WORK/$name.stderr" >&2
-			die "$1 exited before mounting $MNT"
-		fi
-		[ "$(date +%s)" -le "$deadline" ] || die "$1: $MNT not mounted after 30 s"
-		sleep 0.01
-	done
-}
-
-# umount_fs: unmount $MNT and wait for its daemon; it must exit 0.
-umount_fs() {
-	local rc
-	fusermount3 -u "$MNT" || die "fusermount3 -u $MNT failed"
-	wait "$MNT_PID"
-	rc=$?
-	PIDS=$(echo "$PIDS" | sed "s/ $MNT_PID\\b//")
-	if [ "$rc" != 0 ]; then
-		cat "$WORK/$(basename "$MNT").stderr" >&2
-		die "daemon for $MNT exited with status $rc after unmount"
-	fi
-}
-
-# read_gbs DIR FILE...: read the files (relative to DIR); sets GBS (GB/s),
-# SECS and LAST_BYTES.
-read_gbs() {
-	local dir=$1 t0 t1
-	shift
-	t0=$(now)
-	LAST_BYTES=$(cd "$dir" && "$READER" "$@") || die "reading $dir failed"
-	t1=$(now)
-	SECS=$(elapsed "$t0" "$t1")
-	GBS=$(awk -v n="$LAST_BYTES" -v s="$SECS" 'BEGIN { printf "%.3f", n / s / 1e9 }')
-}
-
-gbs() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", n / s / 1e9 }'; }
-best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 # least A B: the smaller of two figures, A empty meaning none yet.
 least() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-fmt() { awk -v a="$1" 'BEGIN { printf "%.2f GB/s", a }'; }
 fmts() { awk -v a="$1" 'BEGIN { printf "%.2f s", a }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%d MiB", k / 1024 }'; }
-gb() { awk -v n="$1" 'BEGIN { printf "%.2f GB", n / 1e9 }'; }
-verdict() { awk -v a="$1" -v t="$2" 'BEGIN { print (a >= t) ? "met" : "NOT met" }'; }
 verdict_le() { awk -v a="$1" -v t="$2" 'BEGIN { print (a <= t) ? "met" : "NOT met" }'; }
-
-# view_files DIR: the regular files of DIR, one per line, sorted.
-view_files() {
-	find "$1"/ -mindepth 1 -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort
-}
 
 # view_size PATH: the size of a view file, from ckptfs ls.
 view_size() {

@@ -28,7 +28,6 @@ import argparse
 import ast
 import errno
 import json
-import math
 import os
 import random
 import re
@@ -38,108 +37,33 @@ import sys
 
 import numpy as np
 
-MAX_HEADER = 100000000
-
-# dtype -> (size in bytes, numpy dtype of the raw bytes, npy dtype expected)
-DTYPES = {
-    "F64": (8, "<f8", "<f8"),
-    "F32": (4, "<f4", "<f4"),
-    "F16": (2, "<f2", "<f2"),
-    "BF16": (2, "<u2", "<f4"),
-    "I64": (8, "<i8", "<i8"),
-    "I32": (4, "<i4", "<i4"),
-    "I16": (2, "<i2", "<i2"),
-    "I8": (1, "i1", "i1"),
-    "U64": (8, "<u8", "<u8"),
-    "U32": (4, "<u4", "<u4"),
-    "U16": (2, "<u2", "<u2"),
-    "U8": (1, "u1", "u1"),
-    "BOOL": (1, "u1", "?"),
-    "F8_E4M3": (1, "u1", "<f4"),
-    "F8_E5M2": (1, "u1", "<f4"),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stlib import (DTYPES, Mismatch, bit_diff, check_dtype_shape,  # noqa: E402
+                   encode_name, fail, npy_name, read_header, widen)
 
 KNOWN_ARCH = {"llama", "mistral", "qwen2", "gemma", "phi3", "mixtral", "gpt2"}
-
-
-class Mismatch(Exception):
-    pass
-
-
-def fail(msg):
-    raise Mismatch(msg)
 
 
 # ------------------------------------------------------------ source reader
 
 class SrcTensor:
-    def __init__(self, name, dtype, shape, begin, end, file, data_start):
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
-        self.begin = begin            # relative to the data area
-        self.end = end
+    def __init__(self, e, file):
+        self.name = e.name
+        self.dtype = e.dtype
+        self.shape = e.shape
+        self.begin = e.begin          # relative to the data area
+        self.end = e.end
         self.file = file              # path of the shard
-        self.abs_begin = data_start + begin
-        self.abs_end = data_start + end
+        self.abs_begin = e.data_start + e.begin
+        self.abs_end = e.data_start + e.end
 
 
 def read_safetensors(path):
     """Parse and validate one safetensors file.  Returns (tensors in data
     order, header length N, header JSON bytes, metadata)."""
-    size = os.stat(path).st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            fail("%s: shorter than 8 bytes" % path)
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or n > size - 8:
-            fail("%s: header length %d bad for size %d" % (path, n, size))
-        raw = f.read(n)
-    try:
-        pairs = json.loads(raw.decode("utf-8"),
-                           object_pairs_hook=lambda p: p)
-    except (UnicodeDecodeError, ValueError) as e:
-        fail("%s: header is not JSON: %s" % (path, e))
-    names = [k for k, _ in pairs]
-    if len(set(names)) != len(names):
-        fail("%s: duplicate keys in header" % path)
-    data_start = 8 + n
-    meta = None
-    tensors = []
-    for name, info in pairs:
-        if name == "__metadata__":
-            meta = dict(info)
-            for k, v in meta.items():
-                if not isinstance(v, str):
-                    fail("%s: __metadata__[%r] is not a string" % (path, k))
-            continue
-        info = dict(info)
-        dtype = info["dtype"]
-        if dtype not in DTYPES:
-            fail("%s: %s: unknown dtype %s" % (path, name, dtype))
-        shape = list(info["shape"])
-        begin, end = info["data_offsets"]
-        numel = 1
-        for d in shape:
-            if not isinstance(d, int) or d < 0:
-                fail("%s: %s: bad shape %r" % (path, name, shape))
-            numel *= d
-        if end - begin != numel * DTYPES[dtype][0] or begin > end:
-            fail("%s: %s: span %d-%d does not match shape %r %s"
-                 % (path, name, begin, end, shape, dtype))
-        tensors.append(SrcTensor(name, dtype, shape, begin, end, path,
-                                 data_start))
-    tensors.sort(key=lambda t: (t.begin, t.end))
-    pos = 0
-    for t in tensors:
-        if t.begin != pos:
-            fail("%s: %s starts at %d, expected %d (gap or overlap)"
-                 % (path, t.name, t.begin, pos))
-        pos = t.end
-    if data_start + pos != size:
-        fail("%s: data ends at %d but the file has %d bytes"
-             % (path, data_start + pos, size))
+    n, raw, meta, entries = read_header(path)
+    tensors = sorted((SrcTensor(e, path) for e in entries),
+                     key=lambda t: (t.begin, t.end))
     return tensors, n, raw, meta
 
 
@@ -183,89 +107,34 @@ def load_raw(t, cache):
         with open(t.file, "rb") as f:
             cache[t.file] = f.read()
     buf = cache[t.file][t.abs_begin:t.abs_end]
-    return np.frombuffer(buf, dtype=DTYPES[t.dtype][1]).reshape(t.shape)
+    return np.frombuffer(buf, dtype=DTYPES[t.dtype].raw).reshape(t.shape)
 
 
 # ------------------------------------------------------------ widening
 
-def f8_table(ebits, mbits, bias, fn):
-    """float32 value of each of the 256 bytes of an 8-bit float format,
-    derived from the definition.  fn: E4M3FN style (no inf, only
-    S.1111.111 is NaN); otherwise IEEE-like (max exponent = inf/NaN)."""
-    out = np.empty(256, dtype=np.float32)
-    emax = (1 << ebits) - 1
-    for b in range(256):
-        s = b >> 7
-        e = (b >> mbits) & emax
-        m = b & ((1 << mbits) - 1)
-        if fn and e == emax and m == (1 << mbits) - 1:
-            v = math.nan
-        elif not fn and e == emax:
-            v = math.inf if m == 0 else math.nan
-        elif e == 0:
-            v = m / (1 << mbits) * 2.0 ** (1 - bias)
-        else:
-            v = (1 + m / (1 << mbits)) * 2.0 ** (e - bias)
-        out[b] = math.copysign(v, -1.0 if s else 1.0)
-    return out
-
-
-F8_E4M3 = f8_table(4, 3, 7, fn=True)
-F8_E5M2 = f8_table(5, 2, 15, fn=False)
-
-
-def _f8_sanity():
-    assert F8_E4M3[0x7E] == 448.0 and np.isnan(F8_E4M3[0x7F])
-    assert np.isnan(F8_E4M3[0xFF]) and F8_E4M3[0xFE] == -448.0
-    assert F8_E4M3[0x01] == 2.0 ** -9 and F8_E4M3[0x38] == 1.0
-    assert np.isinf(F8_E5M2[0x7C]) and F8_E5M2[0xFC] == -np.inf
-    assert np.isnan(F8_E5M2[0x7D]) and F8_E5M2[0x7B] == 57344.0
-    assert F8_E5M2[0x01] == 2.0 ** -16 and F8_E5M2[0x3C] == 1.0
-    assert np.signbit(F8_E4M3[0x80]) and np.signbit(F8_E5M2[0x80])
-    assert int(np.isnan(F8_E4M3).sum()) == 2
-    assert int(np.isnan(F8_E5M2).sum()) == 6
-
-
-_f8_sanity()
-
-
 def expected_values(t, raw):
-    if t.dtype == "BF16":
-        u = raw.astype(np.uint32).reshape(-1)
-        u <<= 16
-        return u.view(np.float32).reshape(raw.shape)
-    if t.dtype == "F8_E4M3":
-        return F8_E4M3[raw]
-    if t.dtype == "F8_E5M2":
-        return F8_E5M2[raw]
     if t.dtype == "BOOL":
         return raw.astype(bool)
-    return raw
+    return widen(t.dtype, raw)
 
 
 def compare_values(what, got, exp):
-    if got.dtype != exp.dtype:
-        fail("%s: dtype %s, expected %s" % (what, got.dtype, exp.dtype))
-    if got.shape != exp.shape:
-        fail("%s: shape %s, expected %s" % (what, got.shape, exp.shape))
+    check_dtype_shape(what, got, exp)
     if exp.dtype.kind == "f":
-        nan = np.isnan(exp)
-        gnan = np.isnan(got)
-        bad = nan != gnan
-        if bad.any():
-            i = np.argwhere(bad)[0]
-            fail("%s: NaN mismatch at %s: got %r expected %r"
-                 % (what, tuple(i), got[tuple(i)], exp[tuple(i)]))
         ui = "u%d" % exp.dtype.itemsize
-        gb = np.array(got).reshape(-1).view(ui).reshape(exp.shape)
-        eb = np.array(exp).reshape(-1).view(ui).reshape(exp.shape)
-        bad = (gb != eb) & ~nan
+        gb = np.array(got).reshape(-1).view(ui)
+        eb = np.array(exp).reshape(-1).view(ui)
+        badnan, bad = bit_diff(gb, eb, np.isnan(got), np.isnan(exp))
+        if badnan.size:
+            i = np.unravel_index(badnan[0], exp.shape)
+            fail("%s: NaN mismatch at %s: got %r expected %r"
+                 % (what, i, got[i], exp[i]))
     else:
-        bad = got != exp
-    if bad.any():
-        i = tuple(np.argwhere(bad)[0])
+        bad = np.flatnonzero(np.asarray(got != exp).reshape(-1))
+    if bad.size:
+        i = np.unravel_index(bad[0], exp.shape)
         fail("%s: value mismatch at %s: got %r expected %r (%d values differ)"
-             % (what, i, got[i], exp[i], int(bad.sum())))
+             % (what, i, got[i], exp[i], bad.size))
 
 
 # ------------------------------------------------------------ byte reads
@@ -415,10 +284,6 @@ def parse_npy(path, buf):
     return d, off
 
 
-def encode_name(name):
-    return name.replace("%", "%25").replace("/", "%2F")
-
-
 def check_xattrs(path, t):
     def get(key):
         try:
@@ -534,20 +399,20 @@ def main():
     # --- tensors/
     tdir = os.path.join(mnt, "tensors")
     listing = sorted(os.listdir(tdir))
-    expect = sorted(encode_name(n) + ".npy" for n in tensors)
+    expect = sorted(npy_name(n) for n in tensors)
     if listing != expect:
         extra = sorted(set(listing) - set(expect))
         missing = sorted(set(expect) - set(listing))
         fail("tensors/: extra %s, missing %s" % (extra, missing))
     for name in sorted(tensors):
         t = tensors[name]
-        path = os.path.join(tdir, encode_name(name) + ".npy")
+        path = os.path.join(tdir, npy_name(name))
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             fail("%s is not a regular file" % path)
         raw = load_raw(t, cache)
         exp = expected_values(t, raw)
-        npy_dtype = np.dtype(DTYPES[t.dtype][2])
+        npy_dtype = np.dtype(DTYPES[t.dtype].npy)
         if exp.dtype != npy_dtype:
             raise AssertionError("oracle dtype table")
         fd = os.open(path, os.O_RDONLY)

@@ -49,145 +49,25 @@ Exits 0 when everything matches, 1 with a message on the first mismatch.
 """
 
 import argparse
-import errno
 import io
 import json
 import os
 import re
-import struct
 import sys
 
 import numpy as np
 
-MAX_HEADER = 100000000
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stlib import (CASTS, DTYPES, T, Mismatch, cast, compare,  # noqa: E402
+                   compare_set, expect_enoent, fail, is_float, npy_name,
+                   parse_safetensors, read_file, to_float)
 
-# dtype -> (size, numpy dtype of the raw bytes, kind)
-DTYPES = {
-    "F64": (8, "<f8", "float"),
-    "F32": (4, "<f4", "float"),
-    "F16": (2, "<f2", "float"),
-    "BF16": (2, "<u2", "float"),
-    "F8_E4M3": (1, "u1", "float"),
-    "F8_E5M2": (1, "u1", "float"),
-    "I64": (8, "<i8", "int"),
-    "I32": (4, "<i4", "int"),
-    "I16": (2, "<i2", "int"),
-    "I8": (1, "i1", "int"),
-    "U64": (8, "<u8", "int"),
-    "U32": (4, "<u4", "int"),
-    "U16": (2, "<u2", "int"),
-    "U8": (1, "u1", "int"),
-    "BOOL": (1, "u1", "int"),
-}
 # npy dtype of tensors/ for an uncast integer tensor
-NPY_INT = {"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "|i1",
-           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "|u1",
-           "BOOL": "|b1"}
-CASTS = {"fp32": ("F32", "float32"), "fp16": ("F16", "float16"),
-         "bf16": ("BF16", "bfloat16")}
+NPY_INT = {k: np.dtype(d.npy).str for k, d in DTYPES.items()
+           if d.kind == "int"}
 LLAMA_FAMILY = {"llama", "mistral", "mixtral", "qwen2", "gemma"}
 ST_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 INDEX = "model.safetensors.index.json"
-
-
-class Mismatch(Exception):
-    pass
-
-
-def fail(msg):
-    raise Mismatch(msg)
-
-
-class T:
-    """A tensor: dtype name, shape, raw values (numpy array of the storage
-    dtype, C order, in its shape)."""
-
-    def __init__(self, dtype, shape, arr):
-        self.dtype = dtype
-        self.shape = list(shape)
-        self.arr = np.ascontiguousarray(arr).reshape(self.shape)
-
-    def raw(self):
-        return self.arr.tobytes()
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    st = os.stat(path)
-    if st.st_size != len(data):
-        fail("%s: st_size %d but %d bytes read" % (path, st.st_size, len(data)))
-    return data
-
-
-def parse_safetensors(path, data, strict):
-    """Parse one safetensors file from its bytes.  Returns (metadata,
-    [(name, T, begin, end)] in header order).  strict: also check what the
-    reference writer does (padding, order)."""
-    if len(data) < 8:
-        fail("%s: shorter than 8 bytes" % path)
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or n > len(data) - 8:
-        fail("%s: header length %d bad for size %d" % (path, n, len(data)))
-    try:
-        pairs = json.loads(data[8:8 + n].decode("utf-8"),
-                           object_pairs_hook=lambda p: p)
-    except (UnicodeDecodeError, ValueError) as e:
-        fail("%s: header is not JSON: %s" % (path, e))
-    names = [k for k, _ in pairs]
-    if len(set(names)) != len(names):
-        fail("%s: duplicate keys in the header" % path)
-    if strict and n % 8:
-        fail("%s: header length %d is not a multiple of 8" % (path, n))
-    start = 8 + n
-    meta = None
-    out = []
-    for name, info in pairs:
-        if name == "__metadata__":
-            meta = dict(info)
-            for k, v in meta.items():
-                if not isinstance(v, str):
-                    fail("%s: __metadata__[%r] is not a string" % (path, k))
-            continue
-        info = dict(info)
-        dt = info.get("dtype")
-        if dt not in DTYPES:
-            fail("%s: %s: bad dtype %r" % (path, name, dt))
-        shape = info["shape"]
-        b, e = info["data_offsets"]
-        size, npdt, _ = DTYPES[dt]
-        numel = 1
-        for s in shape:
-            numel *= s
-        if e - b != numel * size:
-            fail("%s: %s: data_offsets %d..%d for %s %s" %
-                 (path, name, b, e, dt, shape))
-        if start + e > len(data) or b < 0 or e < b:
-            fail("%s: %s: data_offsets %d..%d past the end" % (path, name, b, e))
-        arr = np.frombuffer(data, dtype=npdt, count=numel, offset=start + b)
-        out.append((name, T(dt, shape, arr), b, e))
-    # data_offsets tile the data area from 0 to EOF
-    pos = 0
-    for name, t, b, e in sorted(out, key=lambda x: (x[2], x[3])):
-        if b != pos:
-            fail("%s: %s starts at %d, expected %d (gap or overlap)" %
-                 (path, name, b, pos))
-        pos = e
-    if start + pos != len(data):
-        fail("%s: data ends at %d, file has %d bytes" %
-             (path, start + pos, len(data)))
-    if strict:
-        want = sorted(out, key=lambda x: (-DTYPES[x[1].dtype][0], x[0]))
-        want = [x[0] for x in want]
-        hdr = [x[0] for x in out]
-        if hdr != want:
-            fail("%s: header order %s, reference writer order %s" %
-                 (path, hdr, want))
-        dorder = [x[0] for x in sorted(out, key=lambda x: (x[2], x[3]))]
-        if dorder != want:
-            fail("%s: data order %s, reference writer order %s" %
-                 (path, dorder, want))
-    return meta, out
 
 
 def load_dir_tensors(d, strict, shard_size=None):
@@ -439,120 +319,6 @@ def compute_native(hf, cfg):
     return name, out, dropped, meta
 
 
-# ------------------------------------------------------------ casts
-
-def f8_table(ebits, mbits, bias, fn):
-    vals = np.zeros(256, dtype=np.float32)
-    for b in range(256):
-        s = -1.0 if b & 0x80 else 1.0
-        e = (b >> mbits) & ((1 << ebits) - 1)
-        m = b & ((1 << mbits) - 1)
-        if fn:  # E4M3FN: no inf, S.1111.111 is NaN
-            if e == (1 << ebits) - 1 and m == (1 << mbits) - 1:
-                vals[b] = np.nan
-                continue
-        elif e == (1 << ebits) - 1:
-            vals[b] = s * np.inf if m == 0 else np.nan
-            continue
-        if e == 0:
-            v = m / float(1 << mbits) * 2.0 ** (1 - bias)
-        else:
-            v = (1 + m / float(1 << mbits)) * 2.0 ** (e - bias)
-        vals[b] = s * v
-    return vals
-
-
-F8 = {"F8_E4M3": f8_table(4, 3, 7, True), "F8_E5M2": f8_table(5, 2, 15, False)}
-
-
-def to_float(t):
-    """Exact values of a float tensor as float32 or float64."""
-    a = t.arr.reshape(-1)
-    if t.dtype == "BF16":
-        a = (a.astype(np.uint32) << 16).view(np.float32)
-    elif t.dtype in F8:
-        a = F8[t.dtype][a]
-    return a.reshape(t.arr.shape)
-
-
-def f64_to_f32_odd(x):
-    """float64 -> float32 rounding to odd: then RNE to bf16 is the correct
-    single rounding of x."""
-    y = x.astype(np.float32)
-    back = y.astype(np.float64)
-    inexact = (back != x) & np.isfinite(x) & np.isfinite(y)
-    toward0 = np.where(np.abs(back) > np.abs(x),
-                       np.nextafter(y, np.float32(0)), y)
-    u = toward0.view(np.uint32) | np.uint32(1)
-    return np.where(inexact, u.view(np.float32), y)
-
-
-def bf16_bits(x):
-    """float32 (or float64) values -> bf16 bits, round to nearest even."""
-    if x.dtype == np.float64:
-        x = f64_to_f32_odd(x)
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    u = x.view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    r[nan] = ((u[nan] >> 16).astype(np.uint16) | 0x0040)
-    return r
-
-
-def cast(t, to):
-    """Expected tensor of t cast to fp32/fp16/bf16 (ints unchanged)."""
-    if DTYPES[t.dtype][2] != "float":
-        return t
-    dt = CASTS[to][0]
-    if t.dtype == dt:
-        return t
-    v = to_float(t)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _cast(t, to, dt, v)
-
-
-def _cast(t, to, dt, v):
-    if to == "fp32":
-        return T(dt, t.shape, v.astype(np.float32))
-    if to == "fp16":
-        return T(dt, t.shape, v.astype(np.float16))
-    return T(dt, t.shape, bf16_bits(v))
-
-
-def is_nan(t):
-    if DTYPES[t.dtype][2] != "float":
-        return np.zeros(t.arr.shape, dtype=bool)
-    return np.isnan(to_float(t))
-
-
-def compare(what, got, exp, nan_any):
-    """Bitwise; with nan_any a NaN only has to stay a NaN."""
-    if got.dtype != exp.dtype:
-        fail("%s: dtype %s, expected %s" % (what, got.dtype, exp.dtype))
-    if got.shape != exp.shape:
-        fail("%s: shape %s, expected %s" % (what, got.shape, exp.shape))
-    g = got.arr.reshape(-1)
-    e = exp.arr.reshape(-1)
-    ub = "u%d" % DTYPES[exp.dtype][0]
-    gb, eb = g.view(ub), e.view(ub)
-    diff = gb != eb
-    if nan_any:
-        en, gn = is_nan(exp).reshape(-1), is_nan(got).reshape(-1)
-        bad = np.flatnonzero(en != gn)
-        if bad.size:
-            i = bad[0]
-            fail("%s: element %d: got bits 0x%x, expected 0x%x (NaN %s)" %
-                 (what, i, int(gb[i]), int(eb[i]),
-                  "lost" if en[i] else "made"))
-        diff &= ~en
-    bad = np.flatnonzero(diff)
-    if bad.size:
-        i = bad[0]
-        fail("%s: %d of %d elements differ; first at %d: got bits 0x%x, "
-             "expected 0x%x" % (what, bad.size, g.size, i, int(gb[i]),
-                                int(eb[i])))
-
-
 # ------------------------------------------------------------ views
 
 def check_config(path, cfg, torch_dtype):
@@ -587,12 +353,7 @@ def check_st_view(vdir, expect, meta_want, cfg, side, src, torch_dtype,
             if meta.get(k) != v:
                 fail("%s/%s: __metadata__[%r] = %r, expected %r" %
                      (vdir, f, k, meta.get(k), v))
-    if set(tensors) != set(expect):
-        fail("%s: tensors differ: missing %s, unexpected %s" %
-             (vdir, sorted(set(expect) - set(tensors)),
-              sorted(set(tensors) - set(expect))))
-    for name in sorted(expect):
-        compare("%s: %s" % (vdir, name), tensors[name], expect[name], nan_any)
+    compare_set(vdir, tensors, expect, nan_any)
     check_config(os.path.join(vdir, "config.json"), cfg, torch_dtype)
     files = set(os.listdir(vdir))
     for f in side:
@@ -607,10 +368,6 @@ def check_st_view(vdir, expect, meta_want, cfg, side, src, torch_dtype,
     return len(tensors)
 
 
-def npy_name(name):
-    return name.replace("%", "%25").replace("/", "%2F") + ".npy"
-
-
 def check_npy_view(vdir, srcts, to):
     files = sorted(os.listdir(vdir))
     want = sorted(npy_name(n) for n in srcts)
@@ -619,8 +376,7 @@ def check_npy_view(vdir, srcts, to):
     for name, t in srcts.items():
         p = os.path.join(vdir, npy_name(name))
         got = np.load(io.BytesIO(read_file(p)), allow_pickle=False)
-        kind = DTYPES[t.dtype][2]
-        if kind != "float":
+        if not is_float(t.dtype):
             wdt = NPY_INT[t.dtype]
             if got.dtype.str != wdt or list(got.shape) != t.shape:
                 fail("%s: %s %s, expected %s %s" %
@@ -638,7 +394,7 @@ def check_npy_view(vdir, srcts, to):
         if got.dtype.str != wdt:
             fail("%s: npy dtype %s, expected %s" % (p, got.dtype.str, wdt))
         compare(p, T(exp.dtype, list(got.shape),
-                     np.ascontiguousarray(got).view(DTYPES[exp.dtype][1])),
+                     np.ascontiguousarray(got).view(DTYPES[exp.dtype].raw)),
                 exp, True)
 
 
@@ -656,14 +412,7 @@ def check_names(mnt, has_native):
     if not has_native:
         bad.append("native@fp32")
     for v in bad:
-        p = os.path.join(mnt, v)
-        try:
-            os.stat(p)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                fail("stat %s: %s, expected ENOENT" % (p, e))
-            continue
-        fail("stat %s succeeded, expected ENOENT" % p)
+        expect_enoent(os.path.join(mnt, v))
 
 
 def main():

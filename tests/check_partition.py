@@ -5,8 +5,9 @@ Usage: check_partition.py [--tp-hf] [--per-layer-native] SRC MNT
        check_partition.py --stats N K SRC MNT
 
 SRC is a HuggingFace checkpoint directory, MNT a ckptfs mount of it.  The
-safetensors reader, the native layout table and the casts are those of
-check_native.py (imported, not copied); what each rank, stage and layer file
+safetensors reader and the casts are those of stlib.py, the native layout
+table that of check_native.py (imported, not copied); what each rank, stage
+and layer file
 must hold is computed here with numpy from the rules of the brief, not from
 ckptfs's partition code:
 
@@ -67,7 +68,6 @@ source file read at least the shard's source bytes and at most
 """
 
 import argparse
-import errno
 import json
 import mmap
 import os
@@ -79,7 +79,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_native as cn  # noqa: E402
-from check_native import T, Mismatch, fail  # noqa: E402
+from stlib import (T, Mismatch, cast, compare, compare_set,  # noqa: E402
+                   expect_enoent, fail, parse_safetensors, read_file)
 
 PP_MAX = 8
 TP_KEYS = ("tp_size", "tp_rank", "tp_num_attention_heads",
@@ -191,8 +192,7 @@ def tp_role(name, native):
 
 # ------------------------------------------------------------ shards
 
-def rows(t, a, b):
-    return T(t.dtype, [b - a] + t.shape[1:], t.arr[a:b])
+rows = cn.split_rows
 
 
 def cat(dim, parts):
@@ -310,7 +310,7 @@ def check_reassembly(name, full, role, shards, n, kvh):
              [rows(s, s.shape[0] // 2, s.shape[0]) for s in shards]]
         step = n // kvh if n > kvh else 1
         got = cat(0, [cat(0, p[::step]) for p in parts])
-    cn.compare(what, got, full, False)
+    compare(what, got, full, False)
 
 
 # ------------------------------------------------------------ views
@@ -322,32 +322,21 @@ def listdir(p):
         fail("listdir %s: %s" % (p, e))
 
 
-def expect_enoent(p):
-    try:
-        os.stat(p)
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            fail("stat %s: %s, expected ENOENT" % (p, e))
-        return
-    fail("stat %s succeeded, expected ENOENT" % p)
+def check_members(d, kind, n):
+    """d lists exactly KIND-0 .. KIND-<n-1>; KIND-<n> is ENOENT."""
+    want = ["%s-%d" % (kind, k) for k in range(n)]
+    if listdir(d) != sorted(want):
+        fail("%s: lists %s, expected %s" % (d, listdir(d), want))
+    expect_enoent(os.path.join(d, "%s-%d" % (kind, n)))
 
 
 def load_st(path):
     """One generated safetensors file: reference writer's format, metadata
     format=pt; -> {name: T}."""
-    meta, ts = cn.parse_safetensors(path, cn.read_file(path), True)
+    meta, ts = parse_safetensors(path, read_file(path), True)
     if meta is None or meta.get("format") != "pt":
         fail("%s: __metadata__ %r, expected format=pt" % (path, meta))
     return {name: t for name, t, _, _ in ts}
-
-
-def compare_set(where, got, exp, nan_any=False):
-    if set(got) != set(exp):
-        fail("%s: tensors differ: missing %s, unexpected %s" %
-             (where, sorted(set(exp) - set(got)),
-              sorted(set(got) - set(exp))))
-    for name in sorted(exp):
-        cn.compare("%s: %s" % (where, name), got[name], exp[name], nan_any)
 
 
 def check_cfg(path, cfg, extra, torch_dtype=None):
@@ -377,7 +366,7 @@ def check_per_layer(mnt, base, dims, native, vdir="per-layer", to=None):
             fail("oracle: %s: group %s outside %d layers" %
                  (name, g, dims.layers))
         exp.setdefault(want_files[g], {})[name] = \
-            cn.cast(t, to) if to else t
+            cast(t, to) if to else t
     files = listdir(d)
     want = sorted(set(exp) | {"index.json"})
     if files != want:
@@ -391,7 +380,7 @@ def check_per_layer(mnt, base, dims, native, vdir="per-layer", to=None):
             where[name] = f
         compare_set("%s/%s" % (d, f), got, exp[f], nan_any=bool(to))
     try:
-        idx = json.loads(cn.read_file(os.path.join(d, "index.json")))
+        idx = json.loads(read_file(os.path.join(d, "index.json")))
     except ValueError as e:
         fail("%s/index.json: not JSON: %s" % (d, e))
     if idx.get("weight_map") != where:
@@ -427,10 +416,7 @@ def tp_extra(dims, n, r):
 
 def check_tp(mnt, base, cfg, dims, native, n):
     d = os.path.join(mnt, "tp-%d" % n)
-    want = ["rank-%d" % r for r in range(n)]
-    if listdir(d) != sorted(want):
-        fail("%s: lists %s, expected %s" % (d, listdir(d), want))
-    expect_enoent(os.path.join(d, "rank-%d" % n))
+    check_members(d, "rank", n)
     exp, roles = tp_expected(base, dims, native, n)
     got = {}
     for r in range(n):
@@ -475,10 +461,7 @@ def pp_expected(base, dims, native, n):
 
 def check_pp(mnt, base, cfg, dims, native, n):
     d = os.path.join(mnt, "pp-%d" % n)
-    want = ["stage-%d" % k for k in range(n)]
-    if listdir(d) != sorted(want):
-        fail("%s: lists %s, expected %s" % (d, listdir(d), want))
-    expect_enoent(os.path.join(d, "stage-%d" % n))
+    check_members(d, "stage", n)
     exp, rng = pp_expected(base, dims, native, n)
     seen = {}
     for k in range(n):
@@ -532,7 +515,7 @@ def check_root(mnt, dims):
 
 
 def check_readme(mnt, valid):
-    text = cn.read_file(os.path.join(mnt, "README")).decode("utf-8", "replace")
+    text = read_file(os.path.join(mnt, "README")).decode("utf-8", "replace")
     named = sorted({int(x) for x in re.findall(r"\btp-(\d+)\b", text)})
     if named != valid:
         fail("%s/README names tp-%s, the valid ones are tp-%s" %
@@ -545,11 +528,11 @@ def check_casts(mnt, base, cfg, dims, native, hf_native_pl, pl_base, tps, pps):
         exp, _ = tp_expected(base, dims, native, 2)
         rd = os.path.join(mnt, "tp-2@fp32", "rank-1")
         got = load_rank_dir(rd)
-        compare_set(rd, got, {k: cn.cast(t, "fp32")
+        compare_set(rd, got, {k: cast(t, "fp32")
                               for k, t in exp[1].items()}, True)
         served = load_rank_dir(os.path.join(mnt, "tp-2", "rank-1"))
         compare_set(rd + " (against the fp32 cast of tp-2/rank-1)", got,
-                    {k: cn.cast(t, "fp32") for k, t in served.items()}, True)
+                    {k: cast(t, "fp32") for k, t in served.items()}, True)
         check_cfg(os.path.join(rd, "config.json"), cfg, tp_extra(dims, 2, 1),
                   "float32")
         n += len(got)
@@ -558,7 +541,7 @@ def check_casts(mnt, base, cfg, dims, native, hf_native_pl, pl_base, tps, pps):
         exp, _ = tp_expected(base, dims, native, m)
         rd = os.path.join(mnt, "tp-%d@bf16" % m, "rank-0")
         got = load_rank_dir(rd)
-        compare_set(rd, got, {k: cn.cast(t, "bf16")
+        compare_set(rd, got, {k: cast(t, "bf16")
                               for k, t in exp[0].items()}, True)
         check_cfg(os.path.join(rd, "config.json"), cfg, tp_extra(dims, m, 0),
                   "bfloat16")
@@ -567,7 +550,7 @@ def check_casts(mnt, base, cfg, dims, native, hf_native_pl, pl_base, tps, pps):
         exp, rng = pp_expected(base, dims, native, 2)
         sd = os.path.join(mnt, "pp-2@fp16", "stage-1")
         got = load_rank_dir(sd)
-        compare_set(sd, got, {k: cn.cast(t, "fp16")
+        compare_set(sd, got, {k: cast(t, "fp16")
                               for k, t in exp[1].items()}, True)
         check_cfg(os.path.join(sd, "config.json"), cfg,
                   {"pp_size": 2, "pp_stage": 1, "pp_layer_start": rng[1][0],
@@ -619,7 +602,7 @@ def stats_case(src, mnt, cfg, dims, base, n, k):
     size = os.stat(path).st_size
     if len(data) != size:
         fail("%s: O_DIRECT read %d bytes, st_size %d" % (path, len(data), size))
-    meta, ts = cn.parse_safetensors(path, data, True)
+    meta, ts = parse_safetensors(path, data, True)
     got = {name: t for name, t, _, _ in ts}
     exp, roles = tp_expected(base, dims, True, n)
     compare_set(path + " (O_DIRECT)", got, exp[k])
@@ -712,7 +695,7 @@ def main():
             return None
 
     try:
-        cfg = json.loads(cn.read_file(os.path.join(src, "config.json")))
+        cfg = json.loads(read_file(os.path.join(src, "config.json")))
         dims = Dims(cfg)
         hf, _, _, _ = cn.load_dir_tensors(src, False)
         layout, native, _, _ = cn.compute_native(hf, cfg)
