@@ -501,7 +501,8 @@ static struct centry *mem_find(struct cache *c, const char *key, uint64_t chunk,
 
 /* A pinned, ready entry for chunk k of e, loaded from disk or computed by
  * this thread if nobody has it; other threads wanting it wait. */
-static int chunk_get(struct cache *c, const struct expr *e, const char *key, uint64_t k, struct centry **out)
+static int chunk_get(struct cache *c, const struct expr *e, const char *key, uint64_t k, struct centry **out,
+		     enum cache_verdict *verdict)
 {
 	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL);
 	size_t len = (size_t)(e->nbytes - k * c->o.chunk < c->o.chunk ? e->nbytes - k * c->o.chunk : c->o.chunk);
@@ -573,7 +574,11 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 		c->st.compute_mbps = c->st.compute_mbps ? 0.8 * c->st.compute_mbps + 0.2 * mbps : mbps;
 		/* Worth a disk entry only if reading it back beats computing it again. */
 		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
-		store = c->st.disk_enabled && (c->o.disk_always || (double)dt > readback_ns);
+		bool dear = (double)dt > readback_ns;
+		/* policy=always keeps every chunk, so nothing is cheap then. */
+		if (verdict)
+			*verdict = dear || c->o.disk_always ? CACHE_DEAR : CACHE_CHEAP;
+		store = c->st.disk_enabled && (c->o.disk_always || dear);
 		if (c->st.disk_enabled && !store)
 			c->st.disk_skipped_by_policy++;
 	}
@@ -594,7 +599,8 @@ static void chunk_put(struct cache *c, struct centry *x)
 	pthread_mutex_unlock(&c->mu);
 }
 
-int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst)
+int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst,
+	       enum cache_verdict *verdict)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
 		return -EIO;
@@ -602,7 +608,7 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 	while (len > 0) {
 		uint64_t k = off / c->o.chunk, in = off % c->o.chunk;
 		struct centry *x;
-		int r = chunk_get(c, e, key, k, &x);
+		int r = chunk_get(c, e, key, k, &x, verdict);
 		if (r < 0)
 			return r;
 		uint64_t n = x->len - in < len ? x->len - in : len;

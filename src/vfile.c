@@ -204,10 +204,18 @@ static const char *extent_key(const struct extent *x)
 /* Computed bytes of an extent, through the cache when there is one. */
 static int extent_compute(const struct extent *x, struct cache *cache, uint64_t off, uint64_t len, uint8_t *dst)
 {
-	const char *key = cache ? extent_key(x) : NULL;
-	if (key)
-		return cache_read(cache, x->expr, key, off, len, dst);
-	return expr_read(x->expr, off, len, dst);
+	/* Cheap expressions (widening casts, ...) compute faster than any
+	 * cache could give them back: once a computed chunk proved it, skip it. */
+	if (!cache || __atomic_load_n(&x->cost, __ATOMIC_RELAXED) == CACHE_CHEAP)
+		return expr_read(x->expr, off, len, dst);
+	const char *key = extent_key(x);
+	if (!key)
+		return expr_read(x->expr, off, len, dst);
+	enum cache_verdict verdict = CACHE_UNKNOWN;
+	int r = cache_read(cache, x->expr, key, off, len, dst, &verdict);
+	if (verdict != CACHE_UNKNOWN)
+		__atomic_store_n(&((struct extent *)x)->cost, (int)verdict, __ATOMIC_RELAXED);
+	return r;
 }
 
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)

@@ -16,7 +16,9 @@
  * mounts sharing it share the bound. A directory that cannot be written
  * turns the disk tier off with one warning; readers never see its errors.
  * Policy: a chunk goes to disk only when computing it took longer than
- * reading it back is expected to take (measured decompression rate).
+ * reading it back is expected to take (measured decompression rate); the
+ * caller is told (cache_verdict) so it can stop routing a cheap expression
+ * through the cache at all: the kernel page cache already keeps its pages.
  */
 #ifndef CKPTFS_CACHE_H
 #define CKPTFS_CACHE_H
@@ -62,9 +64,15 @@ void cache_close(struct cache *c);
 /* Wait until every queued disk write is done (tests, unmount). */
 void cache_flush(struct cache *c);
 
+/* What computing a chunk taught about an expression: cheap ones compute
+ * faster than a cache entry can be read back, so caching them only costs. */
+enum cache_verdict { CACHE_UNKNOWN, CACHE_CHEAP, CACHE_DEAR };
+
 /* Fill dst with bytes [off, off+len) of expression e, whose identity is
- * `key`, through the cache. Returns 0 or a negative errno. */
-int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst);
+ * `key`, through the cache. *verdict (may be NULL) is set when a chunk had
+ * to be computed. Returns 0 or a negative errno. */
+int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst,
+	       enum cache_verdict *verdict);
 
 void cache_get_stats(struct cache *c, struct cache_stats *out);
 

@@ -31,6 +31,7 @@ struct extent {
 	uint64_t file_off;
 	struct expr *expr;           /* EXTENT_EXPR, one reference owned */
 	char *key;                   /* EXTENT_EXPR: cache identity, made on first use */
+	int cost;                    /* EXTENT_EXPR: enum cache_verdict, learnt on first compute */
 };
 
 struct vfile {

@@ -124,7 +124,7 @@ static void read_all_check(struct cache *c, const struct expr *e, const char *ke
 	memset(got, 0xa5, e->nbytes + 1);
 	for (uint64_t off = 0; off < e->nbytes; off += piece) {
 		uint64_t n = e->nbytes - off < piece ? e->nbytes - off : piece;
-		assert_int_equal(cache_read(c, e, key, off, n, got + off), 0);
+		assert_int_equal(cache_read(c, e, key, off, n, got + off, NULL), 0);
 	}
 	assert_memory_equal(got, want, e->nbytes);
 	assert_int_equal(got[e->nbytes], 0xa5);
@@ -499,14 +499,14 @@ static void test_every_range(void **state)
 				for (uint64_t off = 0; off <= n; off++) {
 					for (uint64_t len = 0; off + len <= n; len++) {
 						memset(got, 0xee, sizeof(got));
-						assert_int_equal(cache_read(c, e, key, off, len, got), 0);
+						assert_int_equal(cache_read(c, e, key, off, len, got, NULL), 0);
 						assert_memory_equal(got, want + off, len);
 						assert_int_equal(got[len], 0xee);
 					}
 				}
 				/* past the end is an error, never bytes */
-				assert_true(cache_read(c, e, key, n - 1, 2, got) < 0);
-				assert_true(cache_read(c, e, key, n + 1, 0, got) < 0);
+				assert_true(cache_read(c, e, key, n - 1, 2, got, NULL) < 0);
+				assert_true(cache_read(c, e, key, n + 1, 0, got, NULL) < 0);
 				struct cache_stats s = stats(c);
 				uint64_t nch = (n + chunks[ci] - 1) / chunks[ci];
 				assert_true(s.computed_chunks >= nch);
@@ -542,7 +542,7 @@ static void test_random_ranges(void **state)
 		uint64_t len = rnd() % (3 * CH + 1);
 		if (len > e->nbytes - off)
 			len = e->nbytes - off;
-		assert_int_equal(cache_read(c, e, first ? k1 : k2, off, len, got), 0);
+		assert_int_equal(cache_read(c, e, first ? k1 : k2, off, len, got, NULL), 0);
 		assert_memory_equal(got, (first ? w1 : w2) + off, len);
 	}
 	struct cache_stats s = stats(c);
@@ -563,7 +563,7 @@ static void read_chunk(struct cache *c, const struct expr *e, const char *key, c
 {
 	uint8_t buf[CH];
 	uint64_t off = k * CH, n = e->nbytes - off < CH ? e->nbytes - off : CH;
-	assert_int_equal(cache_read(c, e, key, off, n, buf), 0);
+	assert_int_equal(cache_read(c, e, key, off, n, buf, NULL), 0);
 	assert_memory_equal(buf, want + off, n);
 }
 
@@ -612,7 +612,7 @@ static void test_mem_bound(void **state)
 	/* one read larger than the whole tier: right bytes, the bound holds afterwards */
 	uint8_t *buf = malloc(BIG_BYTES);
 	assert_non_null(buf);
-	assert_int_equal(cache_read(c, e, key, 100, BIG_BYTES - 200, buf), 0);
+	assert_int_equal(cache_read(c, e, key, 100, BIG_BYTES - 200, buf, NULL), 0);
 	assert_memory_equal(buf, want + 100, BIG_BYTES - 200);
 	s = stats(c);
 	assert_true(s.mem.bytes_stored <= 3 * CH);
@@ -661,7 +661,7 @@ static void *reader_main(void *arg)
 	if (!r->random) {
 		for (uint64_t off = 0; off < r->e->nbytes; off += r->piece) {
 			uint64_t n = r->e->nbytes - off < r->piece ? r->e->nbytes - off : r->piece;
-			if (cache_read(r->c, r->e, r->key, off, n, buf) != 0 || memcmp(buf, r->want + off, n) != 0)
+			if (cache_read(r->c, r->e, r->key, off, n, buf, NULL) != 0 || memcmp(buf, r->want + off, n) != 0)
 				r->bad++;
 		}
 	} else {
@@ -672,7 +672,7 @@ static void *reader_main(void *arg)
 			uint64_t n = (x >> 32) % r->piece + 1;
 			if (n > r->e->nbytes - off)
 				n = r->e->nbytes - off;
-			if (cache_read(r->c, r->e, r->key, off, n, buf) != 0 || memcmp(buf, r->want + off, n) != 0)
+			if (cache_read(r->c, r->e, r->key, off, n, buf, NULL) != 0 || memcmp(buf, r->want + off, n) != 0)
 				r->bad++;
 		}
 	}
@@ -1098,8 +1098,8 @@ static void test_dir_unusable(void **state)
 	uint8_t *got = malloc(BIG_BYTES);
 	int r1 = -1, r2 = -1;
 	if (rc == 0 && c && got) {
-		r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
-		r2 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		r1 = cache_read(c, e, key, 0, BIG_BYTES, got, NULL);
+		r2 = cache_read(c, e, key, 0, BIG_BYTES, got, NULL);
 		cache_flush(c);
 	}
 	restore_stderr();
@@ -1131,9 +1131,9 @@ static void test_dir_unusable(void **state)
 		on_before = stats(c).disk_enabled;
 		rmdir(dir2);
 		spit(dir2, "y", 1);
-		r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		r1 = cache_read(c, e, key, 0, BIG_BYTES, got, NULL);
 		cache_flush(c);
-		r2 = cache_read(c, e, key, 0, BIG_BYTES, got);
+		r2 = cache_read(c, e, key, 0, BIG_BYTES, got, NULL);
 		cache_flush(c);
 	}
 	restore_stderr();
@@ -1153,7 +1153,7 @@ static void test_dir_unusable(void **state)
 	/* no directory at all: memory only, silent */
 	capture_stderr(errf);
 	c = open_cache(CH, 4 * CH, NULL, 0, true);
-	r1 = cache_read(c, e, key, 0, BIG_BYTES, got);
+	r1 = cache_read(c, e, key, 0, BIG_BYTES, got, NULL);
 	cache_flush(c);
 	restore_stderr();
 	assert_int_equal(r1, 0);
