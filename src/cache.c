@@ -201,8 +201,10 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	pthread_mutex_lock(&c->mu);
 	c->st.disk.hits++;
 	c->st.disk.bytes_out += len;
-	if (dt)
-		c->st.decompress_mbps = 0.8 * c->st.decompress_mbps + 0.2 * ((double)len * 1e3 / (double)dt);
+	if (dt) {
+		double m = (double)len * 1e3 / (double)dt;
+		c->st.decompress_mbps = c->st.decompress_mbps ? 0.8 * c->st.decompress_mbps + 0.2 * m : m;
+	}
 	pthread_mutex_unlock(&c->mu);
 	goto out;
 bad:
@@ -348,6 +350,7 @@ static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
+	bool sized = false;
 	ZSTD_CCtx *z = ZSTD_createCCtx();
 	if (z) {
 		ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, c->o.level);
@@ -369,6 +372,12 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&c->mu);
 		if (on)
 			disk_store(c, z, j);
+		if (!sized) {
+			/* Size the directory (other processes' entries included) once,
+			 * here rather than at mount, and after the first entry is safe. */
+			disk_enforce(c, true);
+			sized = true;
+		}
 		free(j->key);
 		free(j->data);
 		free(j);
@@ -439,6 +448,8 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 	pthread_cond_signal(&c->qcv);
 	pthread_mutex_unlock(&c->mu);
 }
+
+static double measure_decompress(int level, size_t chunk);
 
 /* ---- memory tier ---- */
 
@@ -573,6 +584,14 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 		double mbps = dt ? (double)len * 1e3 / (double)dt : 1e9;
 		c->st.compute_mbps = c->st.compute_mbps ? 0.8 * c->st.compute_mbps + 0.2 * mbps : mbps;
 		/* Worth a disk entry only if reading it back beats computing it again. */
+		if (c->st.decompress_mbps == 0) {
+			/* Measured once, when the policy first needs it (not at mount). */
+			pthread_mutex_unlock(&c->mu);
+			double m = measure_decompress(c->o.level, c->o.chunk);
+			pthread_mutex_lock(&c->mu);
+			if (c->st.decompress_mbps == 0)
+				c->st.decompress_mbps = m;
+		}
 		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
 		bool dear = (double)dt > readback_ns;
 		/* policy=always keeps every chunk, so nothing is cheap then. */
@@ -678,7 +697,6 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	pthread_cond_init(&c->cv, NULL);
 	pthread_cond_init(&c->qcv, NULL);
 	pthread_cond_init(&c->qidle, NULL);
-	c->st.decompress_mbps = measure_decompress(o->level, c->o.chunk);
 	if (o->dir) {
 		c->dir = strdup(o->dir);
 		int r = c->dir ? mkdir_p(c->dir) : -ENOMEM;
@@ -687,8 +705,6 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 		c->st.disk_enabled = true;
 		if (r < 0) {
 			disk_off(c, "cannot use it", -r);
-		} else {
-			disk_enforce(c, true);
 		}
 	}
 	*out = c;

@@ -600,7 +600,11 @@ case_g() {
     read_check "$TESTDIR/m1" $TL_FILES
     load_stats "$TESTDIR/m1"
     expect_eq "bad entries after the crash" "$S_bad" 0
-    expect_cmp "disk hits after the crash" -gt "$S_disk_hits" 0
+    # entries written before the kill are whole and used (the kill may also
+    # land before the first write: then there is nothing to hit)
+    if [ "$n" -gt 0 ]; then
+        expect_cmp "disk hits after the crash" -gt "$S_disk_hits" 0
+    fi
     umount_ckptfs
     t=$(count_other "$c")
     [ "$t" -eq 0 ] || note "  note: $t temp file(s) of the killed daemon are still in $c after the next mount (not counted in cache_size)"
