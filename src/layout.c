@@ -80,8 +80,19 @@ static size_t read_key(const char *p, char *key, size_t cap)
 	return (size_t)(close - p + 1);
 }
 
+static bool match_budget(const char *pat, const char *name, struct binds *b, unsigned long *budget);
+
 static bool match(const char *pat, const char *name, struct binds *b)
 {
+	unsigned long budget = 100000;
+	return match_budget(pat, name, b, &budget);
+}
+
+static bool match_budget(const char *pat, const char *name, struct binds *b, unsigned long *budget)
+{
+	if (*budget == 0)
+		return false;
+	--*budget;
 	while (*pat && *pat != '{') {
 		if (*pat != *name)
 			return false;
@@ -97,7 +108,7 @@ static bool match(const char *pat, const char *name, struct binds *b)
 	const char *bound = binds_get(b, key);
 	if (bound) {
 		size_t n = strlen(bound);
-		return strncmp(name, bound, n) == 0 && match(rest, name + n, b);
+		return strncmp(name, bound, n) == 0 && match_budget(rest, name + n, b, budget);
 	}
 	if (b->n == MAX_BINDS)
 		return false;
@@ -109,7 +120,7 @@ static bool match(const char *pat, const char *name, struct binds *b)
 			break;
 		memcpy(b->val[slot], name, k);
 		b->val[slot][k] = '\0';
-		if (match(rest, name + k, b))
+		if (match_budget(rest, name + k, b, budget))
 			return true;
 	}
 	b->n = slot;
@@ -622,13 +633,13 @@ static int build(struct apply *a, const struct lnode *n, const struct binds *b, 
 			snprintf(a->problem, sizeof(a->problem), "concat parts differ in dtype or shape off dim %u", n->dim);
 		break;
 	case LN_SLICE:
-		if (n->dim >= kids[0]->ndim || bound_value(&n->start, kids[0]->shape[n->dim], a->dims, &start) < 0 ||
-		    bound_value(&n->stop, kids[0]->shape[n->dim], a->dims, &stop) < 0 ||
-		    !(*out = expr_slice(kids[0], n->dim, start, stop))) {
-			if (n->dim >= kids[0]->ndim)
-				expr_unref(kids[0]);
+		if (n->dim < kids[0]->ndim && bound_value(&n->start, kids[0]->shape[n->dim], a->dims, &start) == 0 &&
+		    bound_value(&n->stop, kids[0]->shape[n->dim], a->dims, &stop) == 0)
+			*out = expr_slice(kids[0], n->dim, start, stop); /* releases kids[0] on failure */
+		else
+			expr_unref(kids[0]);
+		if (!*out)
 			snprintf(a->problem, sizeof(a->problem), "slice bounds do not fit dimension %u", n->dim);
-		}
 		break;
 	default:
 		break;

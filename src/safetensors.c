@@ -65,6 +65,11 @@ static int cmp_name_ptr(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
+static int cmp_meta(const void *a, const void *b)
+{
+	return strcmp(((const struct st_meta *)a)->key, ((const struct st_meta *)b)->key);
+}
+
 static int parse_meta(const cJSON *m, const char *path, struct st_header *h, struct ckpt_err *err)
 {
 	if (!cJSON_IsObject(m))
@@ -85,6 +90,12 @@ static int parse_meta(const cJSON *m, const char *path, struct st_header *h, str
 		if (!e->key || !e->value)
 			return ckpt_err_set(err, ENOMEM, "%s: out of memory for metadata", path);
 	}
+	/* cJSON keeps duplicate keys: sort by key and compare neighbours. */
+	if (h->nmeta > 1)
+		qsort(h->meta, h->nmeta, sizeof(*h->meta), cmp_meta);
+	for (size_t i = 1; i < h->nmeta; i++)
+		if (strcmp(h->meta[i - 1].key, h->meta[i].key) == 0)
+			return ckpt_err_set(err, EINVAL, "%s: duplicate __metadata__ key '%s'", path, h->meta[i].key);
 	return 0;
 }
 

@@ -356,9 +356,14 @@ static const struct tset *partition_base(struct views *v, bool native_names)
 	return native_names && v->layout ? &v->native : &v->hf;
 }
 
+static int cmp_group(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 static int build_per_layer(struct views *v, struct vnode *dir, const struct tset *s)
 {
-	uint64_t nl = part_nlayers(s);
 	int r = 0;
 	char name[64];
 	char *text = NULL;
@@ -368,9 +373,31 @@ static int build_per_layer(struct views *v, struct vnode *dir, const struct tset
 		return oom(v, "per-layer/index.json");
 	fprintf(idx, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", tset_bytes(s));
 	bool first = true;
-	/* Groups in file order: embed, layer-000 ..., head. */
-	for (int64_t g = PART_EMBED; g <= (int64_t)nl && r == 0; g++) {
-		int64_t want = g == (int64_t)nl ? PART_HEAD : g;
+	/* Groups in file order: embed, the layers present in ascending order, head.
+	 * Only groups that occur: a layer number read from a tensor name may be huge. */
+	int64_t *groups = malloc((s->n + 2) * sizeof(*groups));
+	size_t ng = 0;
+	if (!groups) {
+		fclose(idx);
+		free(text);
+		return oom(v, "per-layer/");
+	}
+	for (size_t i = 0; i < s->n; i++) {
+		int64_t g = part_group(s->e[i].name);
+		if (g >= 0)
+			groups[ng++] = g;
+	}
+	qsort(groups, ng, sizeof(*groups), cmp_group);
+	size_t nu = 0;
+	for (size_t i = 0; i < ng; i++)
+		if (nu == 0 || groups[nu - 1] != groups[i])
+			groups[nu++] = groups[i];
+	memmove(groups + 1, groups, nu * sizeof(*groups));
+	groups[0] = PART_EMBED;
+	groups[nu + 1] = PART_HEAD;
+	ng = nu + 2;
+	for (size_t gi = 0; gi < ng && r == 0; gi++) {
+		int64_t want = groups[gi];
 		struct tset part;
 		tset_init(&part);
 		for (size_t i = 0; i < s->n && r == 0; i++)
@@ -402,6 +429,7 @@ static int build_per_layer(struct views *v, struct vnode *dir, const struct tset
 		}
 		tset_destroy(&part);
 	}
+	free(groups);
 	fprintf(idx, "\n  }\n}\n");
 	if (fclose(idx) != 0) {
 		free(text);

@@ -182,6 +182,8 @@ static void test_missing_and_extra_keys(void **state)
 		   "x.safetensors: tensor 'a': unexpected key 'x'");
 	expect_bad("{\"a\":5}", 0, "x.safetensors: tensor 'a' is not a JSON object");
 	expect_bad("{\"__metadata__\":{\"k\":1}}", 0, "x.safetensors: __metadata__ value of 'k' is not a string");
+	/* found by fuzzing: a key given twice must not mean two things */
+	expect_bad("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "x.safetensors: duplicate __metadata__ key 'k'");
 }
 
 int main(void)
