@@ -34,6 +34,13 @@ note() {
 
 fail() {
     printf '%s: FAIL: %s\n' "$TEST_NAME" "$*" >&2
+    # Any daemon that wrote something (a sanitizer report, an abort) says why.
+    local log
+    for log in "${TESTDIR:-/nonexistent}"/ckptfs.*.log; do
+        [ -s "$log" ] || continue
+        printf '%s: --- %s ---\n' "$TEST_NAME" "$log" >&2
+        tail -n 40 "$log" >&2
+    done
     exit 1
 }
 
