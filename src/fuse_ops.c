@@ -307,9 +307,20 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	if (n->dynamic) {
+		/* Reply from this thread's own copy: the kernel wakes the reader as
+		 * soon as it has the bytes, and its close (RELEASE, which frees the
+		 * snapshot on another thread) can overtake this writev's return. */
 		const struct stats_buf *b = (const struct stats_buf *)(uintptr_t)fi->fh;
 		size_t o = off < 0 || !b || (uint64_t)off > b->len ? (b ? b->len : 0) : (size_t)off;
-		fuse_reply_buf(req, b ? b->text + o : NULL, b && size < b->len - o ? size : (b ? b->len - o : 0));
+		size_t len = b && size < b->len - o ? size : (b ? b->len - o : 0);
+		uint8_t *copy = len ? thread_scratch(len) : NULL;
+		if (len && !copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		if (len)
+			memcpy(copy, b->text + o, len);
+		fuse_reply_buf(req, (const char *)copy, len);
 		return;
 	}
 	if (off < 0 || (uint64_t)off >= n->file.size || size == 0) {
