@@ -225,7 +225,6 @@ int main(int argc, char *argv[])
 		.splice = !opts.no_splice,
 		.splice_max = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
-		.debug = cl.debug,
 		.cache = cache,
 	};
 	/* Tell the kernel what this is and that it is read-only; a comma in the

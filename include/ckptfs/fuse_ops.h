@@ -20,7 +20,6 @@ struct ckptfs_fs {
 	bool splice;           /* hand source ranges to the kernel as fds */
 	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
-	bool debug;
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
 	/* Statistics for .ckptfs/stats, updated atomically by readers. */
 	uint64_t reads, bytes_served, bytes_from_source, bytes_computed;
