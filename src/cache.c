@@ -1,6 +1,7 @@
 /* cache.c -- memory LRU and on-disk zstd cache of computed chunks.
  * One mutex guards the memory tier; one worker thread owns every disk write so the read path never waits on compression. */
 #include "ckptfs/cache.h"
+#include "ckptfs/guard.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -543,6 +544,16 @@ static void mem_evict(struct cache *c)
 	c->st.mem.bytes_stored = c->mem_used;
 }
 
+/* A source truncated under its mapping faults inside expr_read. The fault
+ * must end here, not in the caller's guard: jumping past chunk_get would
+ * leave the entry "loading" and every thread waiting for it asleep forever. */
+static int compute_guarded(const struct expr *e, uint64_t off, size_t len, uint8_t *dst)
+{
+	volatile int r = -EIO;
+	GUARDED(r = expr_read(e, off, len, dst), r = -EIO);
+	return r;
+}
+
 static struct centry *mem_find(struct cache *c, const char *key, uint64_t chunk, uint64_t h)
 {
 	for (struct centry *e = c->buckets[h % BUCKETS]; e; e = e->hnext)
@@ -602,7 +613,7 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 	uint64_t dt = 0;
 	if (computed) {
 		uint64_t t0 = now_ns();
-		r = expr_read(e, k * c->o.chunk, len, x->data);
+		r = compute_guarded(e, k * c->o.chunk, len, x->data);
 		dt = now_ns() - t0;
 	}
 

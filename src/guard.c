@@ -27,6 +27,11 @@ int guard_install(void)
 	return sigaction(SIGBUS, &sa, NULL) == 0 ? 0 : -errno;
 }
 
+sigjmp_buf *guard_get(void)
+{
+	return guard_jmp;
+}
+
 void guard_set(sigjmp_buf *jb)
 {
 	guard_jmp = jb;

@@ -4,27 +4,40 @@
  * guard_install() sets a process-wide SIGBUS handler once. The handler
  * jumps back to the innermost GUARDED block of the faulting thread; a
  * SIGBUS outside any block keeps its default action (the process dies, as
- * it would have anyway). */
+ * it would have anyway).
+ *
+ * Blocks nest: code that must undo shared state when a read faults (the
+ * cache marks a chunk "being computed" while other threads wait for it)
+ * guards its own call, and the outer block sees a plain error.
+ *
+ * The handler is installed with SA_NODEFER and an empty sa_mask, so it runs
+ * with the signal mask of the code it interrupted; jumping out therefore
+ * needs no mask restore, and sigsetjmp(.., 0) spares every read the
+ * sigprocmask system call that saving the mask would cost. */
 #ifndef CKPTFS_GUARD_H
 #define CKPTFS_GUARD_H
 
 #include <setjmp.h>
 
 int guard_install(void);
+/* The calling thread's innermost jump target (NULL outside any block). */
+sigjmp_buf *guard_get(void);
 void guard_set(sigjmp_buf *jb);
 
-/* Run `call`; if it faults on a mapping, run `on_fault` instead of dying. */
-#define GUARDED(call, on_fault)                   \
-	do {                                      \
-		sigjmp_buf guard_jb_;             \
-		if (sigsetjmp(guard_jb_, 1) == 0) { \
-			guard_set(&guard_jb_);    \
-			call;                     \
-			guard_set(NULL);          \
-		} else {                          \
-			guard_set(NULL);          \
-			on_fault;                 \
-		}                                 \
+/* Run `call`; if it faults on a mapping, run `on_fault` instead of dying.
+ * Locals that `call` assigns and `on_fault` reads must be volatile. */
+#define GUARDED(call, on_fault)                                 \
+	do {                                                    \
+		sigjmp_buf guard_jb_;                           \
+		sigjmp_buf *const guard_prev_ = guard_get();    \
+		if (sigsetjmp(guard_jb_, 0) == 0) {             \
+			guard_set(&guard_jb_);                  \
+			call;                                   \
+			guard_set(guard_prev_);                 \
+		} else {                                        \
+			guard_set(guard_prev_);                 \
+			on_fault;                               \
+		}                                               \
 	} while (0)
 
 #endif

@@ -1,6 +1,7 @@
 /* test_cache.c -- the hot-chunk cache: keys, entry names, reads through both tiers, the memory
  * bound and LRU order, one computation per chunk under concurrent readers, the on-disk format,
- * corrupt entries, the disk bound with LRU by mtime, and a directory that cannot be written.
+ * corrupt entries, the disk bound with LRU by mtime, a directory that cannot be written, and a
+ * source truncated under its mapping while a chunk is computed.
  *
  * The sources are fake mapped files (static byte arrays) as in test_vfile.c; every byte the
  * cache returns is compared with expr_read of the same expression, which does not go through
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +36,7 @@
 
 #include "ckptfs/cache.h"
 #include "ckptfs/expr.h"
+#include "ckptfs/guard.h"
 
 /* ---- fake sources ---- */
 
@@ -1170,6 +1173,78 @@ static void test_dir_unusable(void **state)
 	expr_unref(e);
 }
 
+/* ---- a source truncated while a chunk is computed ---- */
+
+struct fault_read {
+	struct cache *c;
+	const struct expr *e;
+	const char *key;
+	uint8_t *buf;
+	int r;
+};
+
+static void *fault_read_main(void *arg)
+{
+	struct fault_read *f = arg;
+	f->r = cache_read(f->c, f->e, f->key, 0, CH, f->buf, NULL);
+	return NULL;
+}
+
+/* The mapped file is truncated, so computing the chunk faults (SIGBUS).
+ * The read must answer -EIO from inside the cache: a fault that unwound
+ * past it would leave the chunk "being computed", and the next reader of
+ * that chunk would wait for it forever. Nothing is cached. */
+static void test_source_fault(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir();
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/model.safetensors", tmp);
+	const size_t n = 64u << 10;
+	spit(path, src_bytes, n);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	void *map = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	struct src_file f = { .name = "model.safetensors", .path = path, .fd = fd, .map = map, .size = n };
+	struct cat_tensor t = { .name = "t", .dtype = CKPT_BF16, .ndim = 2, .shape = { 128, 256 },
+				.file = &f, .offset = 0, .nbytes = n };
+	struct expr *e = expr_cast(expr_source(&t), CKPT_F32);
+	assert_non_null(e);
+	char *key = cache_key(e);
+	assert_non_null(key);
+	assert_int_equal(guard_install(), 0);
+	struct cache *c = open_cache(CH, 1u << 20, NULL, 0, false);
+	truncate_to(path, 0);
+
+	uint8_t buf[CH];
+	volatile int r = 1;
+	GUARDED(r = cache_read(c, e, key, 0, CH, buf, NULL), r = 1000);
+	assert_int_not_equal(r, 1000); /* the fault escaped cache_read */
+	assert_int_equal(r, -EIO);
+
+	/* the same chunk again, from a thread given ten seconds */
+	struct fault_read fr = { .c = c, .e = e, .key = key, .buf = buf, .r = 1 };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, fault_read_main, &fr), 0);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	assert_int_equal(pthread_timedjoin_np(th, NULL, &until), 0);
+	assert_int_equal(fr.r, -EIO);
+
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.computed_chunks, 0);
+	assert_int_equal(s.mem.bytes_stored, 0);
+	cache_close(c);
+	free(key);
+	expr_unref(e);
+	munmap(map, n);
+	close(fd);
+	rm_rf(tmp);
+	free(tmp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1183,6 +1258,7 @@ int main(void)
 		cmocka_unit_test_setup(test_disk_corrupt, setup),
 		cmocka_unit_test_setup(test_disk_bound, setup),
 		cmocka_unit_test_setup(test_dir_unusable, setup),
+		cmocka_unit_test_setup(test_source_fault, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
