@@ -23,16 +23,25 @@ void st_order(const struct tset_entry **ents, size_t n)
 		qsort(ents, n, sizeof(*ents), cmp_order);
 }
 
+/* Runs of plain characters go out in one fwrite: headers of large models
+ * hold tens of thousands of names, and a stdio call per byte showed up. */
 void json_put_string(FILE *f, const char *s)
 {
 	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		const unsigned char *run = p;
+		while (*p && *p != '"' && *p != '\\' && *p >= 0x20)
+			p++;
+		if (p > run)
+			fwrite(run, 1, (size_t)(p - run), f);
+		if (!*p)
+			break;
 		if (*p == '"' || *p == '\\')
 			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20)
-			fprintf(f, "\\u%04x", *p);
 		else
-			fputc(*p, f);
+			fprintf(f, "\\u%04x", *p);
+		p++;
 	}
 	fputc('"', f);
 }

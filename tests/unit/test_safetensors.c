@@ -1,4 +1,5 @@
-/* test_safetensors.c -- the safetensors header parser on valid files and on each rule broken on purpose.
+/* test_safetensors.c -- the safetensors header parser on valid files and on each rule broken on purpose,
+ * and the header generator read back by the parser (names that need escaping included).
  * Every bad case checks the exact message, so a regression in what users see fails here. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,8 @@
 #include <cmocka.h>
 
 #include "ckptfs/safetensors.h"
+#include "ckptfs/stwrite.h"
+#include "ckptfs/tset.h"
 #include "st_builder.h"
 
 static void test_valid_two_tensors(void **state)
@@ -186,6 +189,65 @@ static void test_missing_and_extra_keys(void **state)
 	expect_bad("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "x.safetensors: duplicate __metadata__ key 'k'");
 }
 
+/* What st_header_build writes, byte for byte for a small case, and read back
+ * by the parser for names and metadata that need every kind of escape. */
+static void test_header_build(void **state)
+{
+	static const uint64_t two[] = { 2 }, three[] = { 3, 1 };
+	struct tset_entry e1 = { .name = "q\"", .expr = expr_zeros(CKPT_F32, 1, two) };
+	const struct tset_entry *one[] = { &e1 };
+	uint8_t *out = NULL;
+	size_t len = 0;
+	assert_int_equal(st_header_build(one, 1, NULL, &out, &len), 0);
+	const char *want = "{\"q\\\"\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+	size_t wl = strlen(want), padded = (wl + 7) / 8 * 8;
+	assert_int_equal(len, 8 + padded);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(out[i], (uint8_t)(padded >> (8 * i)));
+	assert_memory_equal(out + 8, want, wl);
+	for (size_t i = wl; i < padded; i++)
+		assert_int_equal(out[8 + i], ' ');
+	free(out);
+
+	const char *names[] = { "back\\slash", "ctl\x01\x1f\tend", "caf\xc3\xa9 \"q\" \\", "model.norm.weight" };
+	struct tset_entry e[4];
+	const struct tset_entry *ents[4];
+	for (int i = 0; i < 4; i++) {
+		e[i].name = (char *)names[i];
+		e[i].expr = expr_zeros(i == 3 ? CKPT_BF16 : CKPT_F32, 2, three);
+		assert_non_null(e[i].expr);
+		ents[i] = &e[i];
+	}
+	struct tset_meta meta = { 0 };
+	assert_int_equal(tset_meta_set(&meta, "k\"\\\n", "v\x02\\"), 0);
+	assert_int_equal(st_header_build(ents, 4, &meta, &out, &len), 0);
+	/* the data follows the header: 3 F32 tensors of 12 bytes and a BF16 one of 6 */
+	uint8_t *file = calloc(1, len + 42);
+	assert_non_null(file);
+	memcpy(file, out, len);
+	struct st_header h;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(st_parse_header(file, len + 42, "gen.safetensors", &h, &err), 0);
+	assert_int_equal(h.data_start, len);
+	assert_int_equal(h.ntensors, 4);
+	for (size_t i = 0; i < 4; i++) {
+		assert_string_equal(h.tensors[i].name, names[i]); /* in the order given */
+		assert_int_equal(h.tensors[i].begin, 12 * i);
+		assert_int_equal(h.tensors[i].shape[0], 3);
+	}
+	assert_int_equal(h.tensors[3].dtype, CKPT_BF16);
+	assert_int_equal(h.nmeta, 1);
+	assert_string_equal(h.meta[0].key, "k\"\\\n");
+	assert_string_equal(h.meta[0].value, "v\x02\\");
+	st_header_free(&h);
+	free(file);
+	free(out);
+	tset_meta_clear(&meta);
+	for (int i = 0; i < 4; i++)
+		expr_unref(e[i].expr);
+	expr_unref(e1.expr);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -205,6 +267,7 @@ int main(void)
 		cmocka_unit_test(test_offsets_reversed),
 		cmocka_unit_test(test_duplicate_and_names),
 		cmocka_unit_test(test_missing_and_extra_keys),
+		cmocka_unit_test(test_header_build),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
