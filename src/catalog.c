@@ -4,11 +4,14 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define INDEX_NAME "model.safetensors.index.json"
@@ -110,7 +113,7 @@ static int scan_files(struct catalog *cat, struct ckpt_err *err)
 	for (size_t i = 0; i < n; i++) {
 		struct ckpt_err e;
 		struct src_file *f = &cat->files[cat->nfiles];
-		int fr = src_file_open(cat->dirfd, cat->dir, names[i], 1, f, &e);
+		int fr = src_file_open(cat->rootfd, cat->root, cat->sub, names[i], 1, f, &e);
 		if (fr == -EXDEV && cat->nwarnings < CATALOG_MAX_WARNINGS) {
 			/* Not fatal unless the checkpoint needs the file; kept for the caller to print. */
 			cat->warnings[cat->nwarnings] = strdup(e.msg);
@@ -188,7 +191,7 @@ static int find_shard(struct catalog *cat, const char *name, const char *referre
 	}
 	struct src_file tmp;
 	struct ckpt_err e;
-	int r = src_file_open(cat->dirfd, cat->dir, name, 0, &tmp, &e);
+	int r = src_file_open(cat->rootfd, cat->root, cat->sub, name, 0, &tmp, &e);
 	if (r == 0) {
 		src_file_close(&tmp);
 		r = -ENOENT;
@@ -206,6 +209,21 @@ static int add_shard(struct catalog *cat, struct src_file *f)
 			return 0;
 	cat->shards[cat->nshards++] = f;
 	return 1;
+}
+
+/* A name in the directory, whether or not it could be opened. */
+static bool present(const struct catalog *cat, const char *name)
+{
+	return faccessat(cat->dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* A file the checkpoint needs is there but was not opened (a symlink out,
+ * a directory): say why. */
+static int unusable(struct catalog *cat, const char *name, struct ckpt_err *err)
+{
+	struct src_file *f;
+	int r = find_shard(cat, name, cat->dir, &f, err);
+	return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s/%s: not usable", cat->dir, name);
 }
 
 /* Decide which files hold tensors: the index's shards, else
@@ -238,13 +256,12 @@ static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err 
 		if (cat->nshards == 0)
 			return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
 		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
+	} else if (present(cat, INDEX_NAME)) {
+		return unusable(cat, INDEX_NAME, err);
 	} else if (catalog_file(cat, SINGLE_NAME)) {
 		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
-	} else if (faccessat(cat->dirfd, SINGLE_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
-		/* There, but not usable (a symlink out, a directory): say why. */
-		struct src_file *f;
-		int r = find_shard(cat, SINGLE_NAME, cat->dir, &f, err);
-		return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s/%s: not usable", cat->dir, SINGLE_NAME);
+	} else if (present(cat, SINGLE_NAME)) {
+		return unusable(cat, SINGLE_NAME, err);
 	} else {
 		for (size_t i = 0; i < cat->nfiles; i++)
 			if (has_suffix(cat->files[i].name, ".safetensors"))
@@ -337,25 +354,174 @@ static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt
 	return 0;
 }
 
+/* ---- Hugging Face hub repositories ---- */
+
+static bool real_dir_at(int dirfd, const char *name)
+{
+	struct stat st;
+	return fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* A ref or commit name: one path component of plain characters. */
+static bool plain_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 255 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+			return false;
+	return true;
+}
+
+/* refs/NAME of the repository: the commit it holds, in out. */
+static int read_ref(struct catalog *cat, const char *name, char *out, size_t cap, struct ckpt_err *err)
+{
+	struct src_file f;
+	int r = src_file_open(cat->rootfd, cat->root, "refs", name, 0, &f, err);
+	if (r < 0)
+		return r;
+	ssize_t k = f.size < cap ? pread(f.fd, out, cap - 1, 0) : -1;
+	if (k < 0 || (uint64_t)k != f.size) {
+		r = ckpt_err_set(err, EINVAL, "%s: not a commit name", f.path);
+	} else {
+		out[k] = '\0';
+		while (k > 0 && isspace((unsigned char)out[k - 1]))
+			out[--k] = '\0';
+		if (!plain_name(out))
+			r = ckpt_err_set(err, EINVAL, "%s: not a commit name", f.path);
+	}
+	src_file_close(&f);
+	return r;
+}
+
+/* The only snapshot of the repository, when there is exactly one. */
+static int only_snapshot(struct catalog *cat, char *out, size_t cap, struct ckpt_err *err)
+{
+	int fd = openat(cat->rootfd, "snapshots", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return ckpt_err_errno(err, e, cat->root, "snapshots");
+	}
+	size_t n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' || !real_dir_at(dirfd(d), de->d_name))
+			continue;
+		if (n++ == 0)
+			snprintf(out, cap, "%s", de->d_name);
+	}
+	closedir(d);
+	if (n == 1)
+		return 0;
+	if (n == 0)
+		return ckpt_err_set(err, ENOENT, "%s: a hub repository with no snapshot", cat->root);
+	return ckpt_err_set(err, EINVAL, "%s: %zu snapshots and no refs/main; pick one with -o revision=COMMIT",
+			    cat->root, n);
+}
+
+/* Make the snapshot `want` (or the default one) the directory of the files. */
+static int open_snapshot(struct catalog *cat, const char *want, struct ckpt_err *err)
+{
+	char rev[256];
+	const char *ref = want ? want : "main";
+	if (!plain_name(ref))
+		return ckpt_err_set(err, EINVAL, "%s: -o revision=%s: not a branch, tag or commit name", cat->root, ref);
+	struct ckpt_err e;
+	int r = read_ref(cat, ref, rev, sizeof(rev), &e);
+	if (r == -ENOENT && want) {
+		snprintf(rev, sizeof(rev), "%s", want); /* a commit, not a ref */
+	} else if (r == -ENOENT) {
+		if ((r = only_snapshot(cat, rev, sizeof(rev), err)) < 0)
+			return r;
+	} else if (r < 0) {
+		return ckpt_err_set(err, -r, "%s", e.msg);
+	}
+	if (!plain_name(rev))
+		return ckpt_err_set(err, EINVAL, "%s: snapshot '%s' is not a plain name", cat->root, rev);
+	/* No symlink is followed on the way to the snapshot directory. */
+	int snaps = openat(cat->rootfd, "snapshots", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	cat->dirfd = snaps >= 0 ? openat(snaps, rev, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+	int saved = errno;
+	if (snaps >= 0)
+		close(snaps);
+	if (cat->dirfd < 0)
+		return ckpt_err_set(err, saved, "%s/snapshots/%s: no such snapshot%s",
+				    cat->root, rev, want ? "" : " (named by refs/main)");
+	cat->revision = strdup(rev);
+	free(cat->sub);
+	free(cat->dir);
+	cat->dir = NULL;
+	if (asprintf(&cat->sub, "snapshots/%s", rev) < 0)
+		cat->sub = NULL;
+	if (cat->sub && asprintf(&cat->dir, "%s/%s", cat->root, cat->sub) < 0)
+		cat->dir = NULL;
+	if (!cat->revision || !cat->sub || !cat->dir)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->root);
+	return 0;
+}
+
+/* A snapshot directory given as the source: its files link to ../../blobs,
+ * outside it. Say what to mount instead. */
+static void hint_snapshot(const struct catalog *cat, struct ckpt_err *err)
+{
+	char real[PATH_MAX];
+	if (!err || !realpath(cat->root, real))
+		return;
+	char *slash = strrchr(real, '/');
+	if (!slash || slash == real)
+		return;
+	*slash = '\0';
+	char *parent = strrchr(real, '/');
+	if (!parent || strcmp(parent + 1, "snapshots") != 0 || !real_dir_at(cat->rootfd, "../../blobs"))
+		return;
+	*parent = '\0';
+	char msg[sizeof(err->msg)];
+	snprintf(msg, sizeof(msg), "%s", err->msg);
+	ckpt_err_set(err, EXDEV, "%s (the source is a snapshot of a Hugging Face hub repository: mount the repository %s)",
+		     msg, real);
+}
+
 int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err)
+{
+	return catalog_open_revision(dir, NULL, out, err);
+}
+
+int catalog_open_revision(const char *dir, const char *revision, struct catalog **out, struct ckpt_err *err)
 {
 	*out = NULL;
 	struct catalog *cat = calloc(1, sizeof(*cat));
 	if (!cat)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
-	cat->dirfd = -1;
+	cat->rootfd = cat->dirfd = -1;
 	size_t dl = strlen(dir);
 	while (dl > 1 && dir[dl - 1] == '/')
 		dl--;
+	cat->root = strndup(dir, dl);
 	cat->dir = strndup(dir, dl);
+	cat->sub = strdup("");
 	int r;
-	if (!cat->dir) {
+	if (!cat->root || !cat->dir || !cat->sub) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
 		goto out_close;
 	}
-	cat->dirfd = open(cat->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (cat->dirfd < 0) {
-		r = ckpt_err_errno(err, errno, cat->dir, NULL);
+	cat->rootfd = open(cat->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cat->rootfd < 0) {
+		r = ckpt_err_errno(err, errno, cat->root, NULL);
+		goto out_close;
+	}
+	if (real_dir_at(cat->rootfd, "snapshots") && real_dir_at(cat->rootfd, "blobs")) {
+		if ((r = open_snapshot(cat, revision, err)) < 0)
+			goto out_close;
+	} else if (revision) {
+		r = ckpt_err_set(err, EINVAL, "%s: -o revision=%s: not a Hugging Face hub repository (no snapshots/ and blobs/)",
+				 cat->root, revision);
+		goto out_close;
+	} else if ((cat->dirfd = dup(cat->rootfd)) < 0) {
+		r = ckpt_err_errno(err, errno, cat->root, NULL);
 		goto out_close;
 	}
 	if ((r = scan_files(cat, err)) < 0)
@@ -380,6 +546,8 @@ int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err)
 	return 0;
 
 out_close:
+	if (r == -EXDEV && !cat->revision && cat->rootfd >= 0)
+		hint_snapshot(cat, err);
 	catalog_close(cat);
 	return r;
 }
@@ -405,6 +573,11 @@ void catalog_close(struct catalog *cat)
 	cJSON_Delete(cat->config);
 	if (cat->dirfd >= 0)
 		close(cat->dirfd);
+	if (cat->rootfd >= 0)
+		close(cat->rootfd);
 	free(cat->dir);
+	free(cat->root);
+	free(cat->sub);
+	free(cat->revision);
 	free(cat);
 }

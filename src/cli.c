@@ -72,6 +72,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "shard_size=", offsetof(struct option_strings, shard_size) },
 					{ "per_layer=", offsetof(struct option_strings, per_layer) },
 					{ "tp=", offsetof(struct option_strings, tp) },
+					{ "revision=", offsetof(struct option_strings, revision) },
 					{ "cache=", offsetof(struct option_strings, cache) },
 					{ "cache_dir=", offsetof(struct option_strings, cache_dir) },
 					{ "cache_size=", offsetof(struct option_strings, cache_size) },
@@ -136,6 +137,8 @@ static int cmd_inspect(struct cli *c)
 	struct vnode *root = vtree_root(&c->tree);
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "source", cat->dir);
+	if (cat->revision)
+		cJSON_AddStringToObject(j, "revision", cat->revision);
 	cJSON_AddStringToObject(j, "format", "safetensors");
 	cJSON_AddNumberToObject(j, "files", (double)cat->nshards);
 	cJSON_AddBoolToObject(j, "sharded", cat->index != NULL);
@@ -170,6 +173,8 @@ static int cmd_inspect(struct cli *c)
 		cJSON_free(s);
 	} else {
 		printf("source:        %s\n", cat->dir);
+		if (cat->revision)
+			printf("revision:      %s (Hugging Face hub repository %s)\n", cat->revision, cat->root);
 		printf("format:        safetensors, %zu file%s%s\n", cat->nshards, cat->nshards == 1 ? "" : "s",
 		       cat->index ? " + model.safetensors.index.json" : "");
 		printf("architecture:  %s%s%s%s\n", arch_name(cat->arch), mt ? " (model_type " : "", mt ? mt : "",

@@ -48,6 +48,7 @@ void option_strings_free(struct option_strings *os)
 	free(os->shard_size);
 	free(os->per_layer);
 	free(os->tp);
+	free(os->revision);
 	free(os->cache);
 	free(os->cache_dir);
 	free(os->cache_size);
@@ -72,6 +73,7 @@ int options_to_views(struct view_opts *vo, const struct option_strings *os, stru
 	const char *dtype = os->dtype, *shard_size = os->shard_size;
 	*vo = (struct view_opts){
 		.layout = os->layout,
+		.revision = os->revision,
 		.layout_dir = options_layout_dir(),
 		.dtype = VIEWS_NO_CAST,
 		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
@@ -96,7 +98,7 @@ int options_to_views(struct view_opts *vo, const struct option_strings *os, stru
 int options_open_views(const char *source, const struct view_opts *vo, struct catalog **cat, struct vtree *tree,
 		       struct views_info *info, struct ckpt_err *err)
 {
-	int r = catalog_open(source, cat, err);
+	int r = catalog_open_revision(source, vo->revision, cat, err);
 	if (r < 0)
 		return r;
 	if ((r = vtree_init(tree)) < 0) {

@@ -18,14 +18,16 @@
 #include <linux/openat2.h>
 #endif
 
-static int open_beneath(int dirfd, const char *dirpath, const char *name)
+/* Open `rel` (a path below the directory) for reading, refusing any
+ * resolution, symlinks included, that leaves the directory. */
+static int open_beneath(int dirfd, const char *dirpath, const char *rel)
 {
 #if defined(__linux__) && defined(SYS_openat2)
 	struct open_how how = {
 		.flags = O_RDONLY | O_CLOEXEC,
 		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
 	};
-	long fd = syscall(SYS_openat2, dirfd, name, &how, sizeof(how));
+	long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
 	if (fd >= 0)
 		return (int)fd;
 	/* EXDEV also refuses an absolute symlink that points back inside: the
@@ -37,37 +39,41 @@ static int open_beneath(int dirfd, const char *dirpath, const char *name)
 	char dir_real[PATH_MAX], full[PATH_MAX], file_real[PATH_MAX];
 	if (!realpath(dirpath, dir_real))
 		return -errno;
-	if (snprintf(full, sizeof(full), "%s/%s", dir_real, name) >= (int)sizeof(full))
+	if (snprintf(full, sizeof(full), "%s/%s", dir_real, rel) >= (int)sizeof(full))
 		return -ENAMETOOLONG;
 	if (!realpath(full, file_real))
 		return -errno;
 	size_t dl = strlen(dir_real);
 	if (strncmp(file_real, dir_real, dl) != 0 || (file_real[dl] != '/' && dl > 1))
 		return -EXDEV;
-	int f = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	int f = openat(dirfd, rel, O_RDONLY | O_CLOEXEC);
 	return f < 0 ? -errno : f;
 }
 
-int src_file_open(int dirfd, const char *dirpath, const char *name, int map, struct src_file *out,
+int src_file_open(int rootfd, const char *rootpath, const char *sub, const char *name, int map, struct src_file *out,
 		  struct ckpt_err *err)
 {
 	memset(out, 0, sizeof(*out));
 	out->fd = -1;
-	size_t plen = strlen(dirpath) + strlen(name) + 2;
+	const char *sep = *sub ? "/" : "";
+	char *rel = NULL;
 	out->name = strdup(name);
-	out->path = malloc(plen);
-	if (!out->name || !out->path) {
+	if (asprintf(&out->path, "%s/%s%s%s", rootpath, sub, sep, name) < 0)
+		out->path = NULL;
+	if (asprintf(&rel, "%s%s%s", sub, sep, name) < 0)
+		rel = NULL;
+	if (!out->name || !out->path || !rel) {
+		free(rel);
 		src_file_close(out);
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", name);
 	}
-	snprintf(out->path, plen, "%s/%s", dirpath, name);
 
 	int r;
 	if (strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) {
 		r = ckpt_err_set(err, EINVAL, "%s: not a file name inside the source directory", out->path);
 		goto out_close;
 	}
-	int fd = open_beneath(dirfd, dirpath, name);
+	int fd = open_beneath(rootfd, rootpath, rel);
 	if (fd == -EXDEV) {
 		r = ckpt_err_set(err, EXDEV, "%s: symlink leads outside the source directory", out->path);
 		goto out_close;
@@ -92,9 +98,11 @@ int src_file_open(int dirfd, const char *dirpath, const char *name, int map, str
 	out->mtime = st.st_mtim;
 	if (map && (r = src_file_map(out, err)) < 0)
 		goto out_close;
+	free(rel);
 	return 0;
 
 out_close:
+	free(rel);
 	src_file_close(out);
 	return r;
 }

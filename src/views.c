@@ -673,6 +673,8 @@ static int build_readme(struct views *v)
 	const struct model_dims *d = &cat->dims;
 	fprintf(m, "This is a ckptfs mount: a read-only view of a model checkpoint.\n\n");
 	fprintf(m, "Source:        %s\n", cat->dir);
+	if (cat->revision)
+		fprintf(m, "Revision:      %s of the Hugging Face hub repository %s\n", cat->revision, cat->root);
 	fprintf(m, "Format:        %s safetensors, %zu file%s%s\n", v->native_source ? "native" : "HuggingFace",
 		cat->nshards, cat->nshards == 1 ? "" : "s", cat->index ? " with model.safetensors.index.json" : "");
 	fprintf(m, "Architecture:  %s", arch_name(cat->arch));

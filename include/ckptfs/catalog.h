@@ -32,8 +32,12 @@ struct cat_tensor {
 };
 
 struct catalog {
-	char *dir;                 /* the source path as given, without trailing '/' */
-	int dirfd;
+	char *dir;                 /* the directory of the checkpoint's files, without trailing '/': the
+				      source, or SOURCE/snapshots/REV when the source is a hub repository */
+	char *root;                /* the source as given; no file outside it is ever opened */
+	char *sub;                 /* dir below root: "" or "snapshots/REV" */
+	char *revision;            /* the hub snapshot mounted (a commit), or NULL */
+	int rootfd, dirfd;
 	size_t nfiles;             /* every regular file at the top of the source, by name */
 	struct src_file *files;
 	size_t nshards;            /* the safetensors files holding tensors, in name order */
@@ -53,6 +57,13 @@ struct catalog {
 
 /* Open and validate the checkpoint in directory `dir`. */
 int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err);
+
+/* The same, where `dir` may be a Hugging Face hub cache repository
+ * (models--ORG--NAME with blobs/, refs/ and snapshots/): the checkpoint is
+ * its snapshot `revision` (a ref such as "main" or a commit), by default
+ * refs/main, else its only snapshot. The snapshot's symlinks into blobs/
+ * stay inside the source, so nothing outside it is followed. */
+int catalog_open_revision(const char *dir, const char *revision, struct catalog **out, struct ckpt_err *err);
 
 void catalog_close(struct catalog *cat);
 

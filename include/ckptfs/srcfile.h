@@ -27,11 +27,13 @@ static inline void src_file_count(const struct src_file *f, uint64_t n)
 	__atomic_add_fetch(&((struct src_file *)f)->bytes_read, n, __ATOMIC_RELAXED);
 }
 
-/* Open `name` beneath the directory `dirfd` (whose path is `dirpath`, for
- * messages). Fails with EXDEV when a symlink leads outside the directory and
- * EISDIR/EINVAL for anything but a regular file. `map` asks for an mmap. */
-int src_file_open(int dirfd, const char *dirpath, const char *name, int map, struct src_file *out,
-		  struct ckpt_err *err);
+/* Open the file `name` of the directory `sub` ("" for the top one, else a
+ * relative path such as "snapshots/REV") below the directory `rootfd`, whose
+ * path is `rootpath`. Nothing outside the root is reached: EXDEV when a
+ * symlink leads out of it, EISDIR/EINVAL for anything but a regular file.
+ * `map` asks for an mmap. */
+int src_file_open(int rootfd, const char *rootpath, const char *sub, const char *name, int map,
+		  struct src_file *out, struct ckpt_err *err);
 
 /* Map an opened file if it is not mapped yet. */
 int src_file_map(struct src_file *f, struct ckpt_err *err);

@@ -32,6 +32,7 @@ struct view_opts {
 	uint64_t shard_size;    /* split generated safetensors above this size */
 	bool per_layer_native;  /* per-layer/ with native names (default HF) */
 	bool tp_hf;             /* tp-N/ and pp-N/ with HF names (default native) */
+	const char *revision;   /* the snapshot of a hub repository source (catalog_open_revision) */
 };
 
 /* Largest tensor-parallel and pipeline sizes offered. */
