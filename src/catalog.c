@@ -448,9 +448,14 @@ static int open_snapshot(struct catalog *cat, const char *want, struct ckpt_err 
 	int saved = errno;
 	if (snaps >= 0)
 		close(snaps);
+	if (cat->dirfd < 0 && saved == ENOENT)
+		return ckpt_err_set(err, ENOENT, "%s/snapshots/%s: no such snapshot%s", cat->root, rev,
+				    want ? "" : " (named by refs/main)");
+	if (cat->dirfd < 0 && (saved == ELOOP || saved == ENOTDIR))
+		return ckpt_err_set(err, saved, "%s/snapshots/%s: not a directory (symlinks are not followed)",
+				    cat->root, rev);
 	if (cat->dirfd < 0)
-		return ckpt_err_set(err, saved, "%s/snapshots/%s: no such snapshot%s",
-				    cat->root, rev, want ? "" : " (named by refs/main)");
+		return ckpt_err_errno(err, saved, cat->root, rev);
 	cat->revision = strdup(rev);
 	free(cat->sub);
 	free(cat->dir);

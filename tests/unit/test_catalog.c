@@ -1,5 +1,7 @@
-/* test_catalog.c -- opening source directories: single and sharded checkpoints, and each way an index or directory can be wrong.
+/* test_catalog.c -- opening source directories: single and sharded checkpoints, Hugging Face hub repositories,
+ * and each way an index, a directory or a revision can be wrong.
  * Fixtures are written into a fresh temp directory per test. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -207,6 +210,122 @@ static void test_symlink_inside(void **state)
 	catalog_close(cat);
 }
 
+/* ---- Hugging Face hub repositories ---- */
+
+static void mkdirf(const char *fmt, const char *d, const char *rest)
+{
+	char p[4200];
+	snprintf(p, sizeof(p), fmt, d, rest);
+	assert_int_equal(mkdir(p, 0755), 0);
+}
+
+static void linkf(const char *target, const char *d, const char *where)
+{
+	char p[4200];
+	snprintf(p, sizeof(p), "%s/%s", d, where);
+	assert_int_equal(symlink(target, p), 0);
+}
+
+/* repo/blobs/{s1,cfg}, snapshots/c1 and c2 linking to them (c2 without config.json). */
+static void write_hub(const char *d)
+{
+	mkdirf("%s/%s", d, "blobs");
+	mkdirf("%s/%s", d, "refs");
+	mkdirf("%s/%s", d, "snapshots");
+	mkdirf("%s/%s", d, "snapshots/c1");
+	mkdirf("%s/%s", d, "snapshots/c2");
+	char blobs[4200];
+	snprintf(blobs, sizeof(blobs), "%s/blobs", d);
+	assert_int_equal(st_write(blobs, "s1", SHARD1, 8), 0);
+	assert_int_equal(text_write(blobs, "cfg", "{\"model_type\":\"llama\"}"), 0);
+	linkf("../../blobs/s1", d, "snapshots/c1/model.safetensors");
+	linkf("../../blobs/cfg", d, "snapshots/c1/config.json");
+	linkf("../../blobs/s1", d, "snapshots/c2/model.safetensors");
+}
+
+static void expect_hub(const char *d, const char *rev, const char *want_rev, size_t want_files)
+{
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(catalog_open_revision(d, rev, &cat, &err), 0);
+	assert_string_equal(cat->revision, want_rev);
+	assert_string_equal(cat->root, d);
+	char dir[4200];
+	snprintf(dir, sizeof(dir), "%s/snapshots/%s", d, want_rev);
+	assert_string_equal(cat->dir, dir);
+	assert_int_equal(cat->nfiles, want_files);
+	assert_int_equal(cat->ntensors, 1);
+	const struct cat_tensor *a = catalog_find(cat, "a");
+	assert_non_null(a);
+	assert_string_equal(a->file->name, "model.safetensors");
+	char blob[4200];
+	struct stat st;
+	snprintf(blob, sizeof(blob), "%s/blobs/s1", d);
+	assert_int_equal(stat(blob, &st), 0);
+	assert_int_equal(a->file->size, st.st_size);
+	assert_int_equal(a->file->ino, st.st_ino); /* the blob, through the link */
+	catalog_close(cat);
+}
+
+static void expect_hub_fails(const char *d, const char *rev, int code, const char *fmt)
+{
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	char want[2048];
+	snprintf(want, sizeof(want), fmt, d);
+	assert_int_equal(catalog_open_revision(d, rev, &cat, &err), code);
+	assert_null(cat);
+	assert_string_equal(err.msg, want);
+}
+
+static void test_hub_repository(void **state)
+{
+	const char *d = *state;
+	write_hub(d);
+	expect_hub_fails(d, NULL, -EINVAL, "%s: 2 snapshots and no refs/main; pick one with -o revision=COMMIT");
+	expect_hub(d, "c2", "c2", 1);
+	assert_int_equal(text_write(d, "refs/main", "c1\n"), 0);
+	expect_hub(d, NULL, "c1", 2);
+	expect_hub(d, "main", "c1", 2);
+	assert_int_equal(text_write(d, "refs/v2", "c2"), 0);
+	expect_hub(d, "v2", "c2", 1);
+	expect_hub_fails(d, "../c1", -EINVAL, "%s: -o revision=../c1: not a branch, tag or commit name");
+	expect_hub_fails(d, "c3", -ENOENT, "%s/snapshots/c3: no such snapshot");
+	assert_int_equal(text_write(d, "refs/main", "c1/../c2"), 0);
+	expect_hub_fails(d, NULL, -EINVAL, "%s/refs/main: not a commit name");
+	assert_int_equal(text_write(d, "refs/main", "gone"), 0);
+	expect_hub_fails(d, NULL, -ENOENT, "%s/snapshots/gone: no such snapshot (named by refs/main)");
+	/* the snapshot directory itself: its links leave it */
+	char snap[4200];
+	snprintf(snap, sizeof(snap), "%s/snapshots/c1", d);
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(catalog_open(snap, &cat, &err), -EXDEV);
+	char want[9000];
+	snprintf(want, sizeof(want),
+		 "%s/model.safetensors: symlink leads outside the source directory (the source is a snapshot of a "
+		 "Hugging Face hub repository: mount the repository %s)", snap, d);
+	assert_string_equal(err.msg, want);
+}
+
+/* A snapshot link out of the repository is not followed; a symlinked snapshot directory is not entered. */
+static void test_hub_links_out(void **state)
+{
+	const char *d = *state;
+	write_hub(d);
+	assert_int_equal(text_write(d, "refs/main", "c1"), 0);
+	linkf("/etc/passwd", d, "snapshots/c1/extra.json");
+	struct catalog *cat;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(catalog_open_revision(d, NULL, &cat, &err), 0);
+	assert_int_equal(cat->nfiles, 2);
+	assert_null(catalog_file(cat, "extra.json"));
+	assert_int_equal(cat->nwarnings, 1);
+	catalog_close(cat);
+	linkf("c2", d, "snapshots/c3");
+	expect_hub_fails(d, "c3", -ENOTDIR, "%s/snapshots/c3: not a directory (symlinks are not followed)");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +341,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_duplicate_across_shards, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_outside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_inside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hub_repository, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hub_links_out, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
