@@ -184,6 +184,88 @@ static void test_cast_run(void **state)
 	assert_false(cast_supported(CKPT_I8, CKPT_F32));
 }
 
+/* Scalar reference of one element, through the public scalar functions. */
+static void cast_one(enum ckpt_dtype dst, uint8_t *out, enum ckpt_dtype src, const uint8_t *in)
+{
+	uint16_t h;
+	float f;
+	if (src == dst) { /* no conversion: the bits, NaN payloads included */
+		memcpy(out, in, dtype_size(src));
+		return;
+	}
+	memcpy(&h, in, 2);
+	switch (src) {
+	case CKPT_BF16:
+		f = cast_bf16_to_f32(h);
+		break;
+	case CKPT_F16:
+		f = cast_f16_to_f32(h);
+		break;
+	default:
+		memcpy(&f, in, 4);
+		break;
+	}
+	if (dst == CKPT_F32) {
+		memcpy(out, &f, 4);
+	} else {
+		h = dst == CKPT_F16 ? cast_f32_to_f16(f) : cast_f32_to_bf16(f);
+		memcpy(out, &h, 2);
+	}
+}
+
+/* cast_run of every pair of F32/F16/BF16 equals the scalar functions element
+ * for element: every 16-bit input, a sweep of F32 bit patterns with the
+ * neighbourhoods of each exponent, and runs of every length from 0 to 100
+ * at odd addresses (the block loop's full blocks and tails). */
+static void test_cast_run_matches_scalar(void **state)
+{
+	static const enum ckpt_dtype types[] = { CKPT_F32, CKPT_F16, CKPT_BF16 };
+	enum { N = 65536 + 4096 };
+	uint8_t *in = malloc(4 * N + 8), *got = malloc(4 * N + 8), *want = malloc(4);
+	assert_non_null(in);
+	assert_non_null(got);
+	assert_non_null(want);
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t si = 0; si < 3; si++) {
+			enum ckpt_dtype src = types[si];
+			size_t isz = src == CKPT_F32 ? 4 : 2, n = isz == 2 ? 65536 : N;
+			for (size_t i = 0; i < n; i++) {
+				uint32_t u;
+				if (isz == 2)
+					u = (uint32_t)i;
+				else if (pass == 0) /* every exponent, mantissas near its ends and middle */
+					u = (uint32_t)((i / 16) << 23 | (i & 8 ? 0x7ffff8u : 0x400000u) | (i & 7)) ^
+					    (i & 1 ? 0x80000000u : 0);
+				else
+					u = (uint32_t)(i * 0x9e3779b1u);
+				memcpy(in + 1 + i * isz, &u, isz);
+			}
+			for (size_t di = 0; di < 3; di++) {
+				enum ckpt_dtype dst = types[di];
+				size_t osz = dst == CKPT_F32 ? 4 : 2;
+				assert_int_equal(cast_run(dst, got + 3, src, in + 1, n), 0);
+				for (size_t i = 0; i < n; i++) {
+					cast_one(dst, want, src, in + 1 + i * isz);
+					if (memcmp(got + 3 + i * osz, want, osz) != 0)
+						fail_msg("%s -> %s, element %zu differs", dtype_name(src), dtype_name(dst), i);
+				}
+				for (size_t len = 0; len <= 100; len++) {
+					memset(got, 0xa5, 4 * 101 + 8);
+					assert_int_equal(cast_run(dst, got + 1, src, in + 1 + 7 * isz, len), 0);
+					for (size_t i = 0; i < len; i++) {
+						cast_one(dst, want, src, in + 1 + (7 + i) * isz);
+						assert_memory_equal(got + 1 + i * osz, want, osz);
+					}
+					assert_int_equal(got[1 + len * osz], 0xa5); /* nothing written past the end */
+				}
+			}
+		}
+	}
+	free(in);
+	free(got);
+	free(want);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -197,6 +279,7 @@ int main(void)
 		cmocka_unit_test(test_f8_values),
 		cmocka_unit_test(test_f64_single_rounding),
 		cmocka_unit_test(test_cast_run),
+		cmocka_unit_test(test_cast_run_matches_scalar),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
