@@ -11,10 +11,7 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-need_fuse
-need_python
-need_ckptfs
-make_testdir
+mount_test_init
 
 for preset in tiny-llama gpt2; do
     note "=== $preset"

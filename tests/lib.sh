@@ -71,6 +71,15 @@ need_python() {
         skip "$PYTHON cannot import numpy (set PYTHON)"
 }
 
+# What every mount test needs first: FUSE (else skip), numpy, the built
+# ckptfs, and its $TESTDIR.
+mount_test_init() {
+    need_fuse
+    need_python
+    need_ckptfs
+    make_testdir
+}
+
 # Make $TESTDIR and install the traps that clean it up.
 make_testdir() {
     TESTDIR=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-$TEST_NAME.XXXXXXXX")

@@ -31,10 +31,7 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-need_fuse
-need_python
-need_ckptfs
-make_testdir
+mount_test_init
 
 # dread PATH [LEN]: read PATH (or its first LEN bytes) with O_DIRECT into an
 # aligned buffer; prints "OK <bytes> <sha256>" or "ERR <errno name> <message>".

@@ -39,10 +39,7 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-need_fuse
-need_python
-need_ckptfs
-make_testdir
+mount_test_init
 
 TUSER=
 USER_PIDS=

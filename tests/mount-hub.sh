@@ -22,10 +22,7 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-need_fuse
-need_python
-need_ckptfs
-make_testdir
+mount_test_init
 
 GEN=$TESTDIR/gen
 gen_model tiny-llama "$GEN"

@@ -30,10 +30,7 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-need_fuse
-need_python
-need_ckptfs
-make_testdir
+mount_test_init
 
 LOAD=$srcdir/tests/load.py
 SECONDS_LOAD=${CKPTFS_LOAD_SECONDS:-4}
