@@ -250,12 +250,42 @@ static inline uint16_t bf16_from_f16_bits(uint16_t h)
  * whatever MXCSR says), and NaNs come out as the scalar code makes them;
  * tests/unit/test_cast.c checks the two agree on every half and on a sweep
  * of floats. Chosen at run time, so the binary still runs on any x86-64. */
+#include <cpuid.h>
 #include <immintrin.h>
 #define CAST_X86 1
 
+enum { X86_F16C = 1, X86_AVX2 = 2 };
+
+/* AVX with F16C, and AVX2, each usable only if the OS saves the YMM
+ * registers (OSXSAVE and XCR0). Asked once: CPUID can cost microseconds in
+ * a VM, and the answer is a fact of the machine, the same for the whole
+ * process (compilers disagree on which features __builtin_cpu_supports
+ * knows, so CPUID is read directly). */
+static int x86_features(void)
+{
+	static int known = -1;
+	int f = __atomic_load_n(&known, __ATOMIC_RELAXED);
+	if (f >= 0)
+		return f;
+	f = 0;
+	unsigned a, b, c, d;
+	if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE) && (c & bit_AVX)) {
+		unsigned lo, hi;
+		__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+		if ((lo & 6) == 6) { /* XMM and YMM state */
+			if (c & bit_F16C)
+				f |= X86_F16C;
+			if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
+				f |= X86_AVX2;
+		}
+	}
+	__atomic_store_n(&known, f, __ATOMIC_RELAXED);
+	return f;
+}
+
 static bool cpu_has_f16c(void)
 {
-	return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+	return x86_features() & X86_F16C;
 }
 
 #define F16C_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
@@ -293,7 +323,7 @@ __attribute__((target("avx,f16c"))) static void f16c_to_f16(uint8_t *out, enum c
 
 static bool cpu_has_avx2_f16c(void)
 {
-	return __builtin_cpu_supports("avx2") && cpu_has_f16c();
+	return (x86_features() & (X86_F16C | X86_AVX2)) == (X86_F16C | X86_AVX2);
 }
 
 /* F32 or F16 (widened by F16C) to BF16: the integer rounding of
