@@ -3,8 +3,8 @@
 #include "ckptfs/catalog.h"
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
