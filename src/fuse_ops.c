@@ -386,10 +386,8 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			b->mem = (void *)p->mem;
 		}
 	}
-	if (plan.n == 0)
-		fuse_reply_buf(req, NULL, 0);
-	else
-		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+	/* Counted before the reply: the reader wakes on it and may read
+	 * .ckptfs/stats (on another thread) before this one runs again. */
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
@@ -397,6 +395,10 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	__atomic_add_fetch(&fs->bytes_served, (uint64_t)got, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&fs->bytes_computed, (uint64_t)plan.computed, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&fs->bytes_from_source, (uint64_t)plan.sourced, __ATOMIC_RELAXED);
+	if (plan.n == 0)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
 out:
 	if (err)
 		fuse_reply_err(req, err);
