@@ -82,9 +82,14 @@ static size_t read_key(const char *p, char *key, size_t cap)
 
 static bool match_budget(const char *pat, const char *name, struct binds *b, unsigned long *budget);
 
+/* Matching backtracks over where each text placeholder ends. Patterns are
+ * checked at load (pattern_problem) so that real ones need a few hundred
+ * steps; the budget only stops a pathological name from taking long. */
+#define MATCH_BUDGET 20000
+
 static bool match(const char *pat, const char *name, struct binds *b)
 {
-	unsigned long budget = 100000;
+	unsigned long budget = MATCH_BUDGET;
 	return match_budget(pat, name, b, &budget);
 }
 
@@ -357,6 +362,38 @@ static const struct lnode *first_name(const struct lnode *n)
 	return n;
 }
 
+#define MAX_TEXT_KEYS 4
+
+/* What makes a name pattern ambiguous, or NULL: two placeholders that touch
+ * ("{a}{b}": where does the first end?), or more text placeholders than
+ * MAX_TEXT_KEYS (each multiplies the ways a name can be split). */
+static const char *pattern_problem(const char *pat)
+{
+	size_t text_keys = 0;
+	for (const char *p = strchr(pat, '{'); p; p = strchr(p + 1, '{')) {
+		char key[32];
+		size_t kl = read_key(p, key, sizeof(key));
+		if (!kl)
+			continue; /* not a placeholder: placeholders_covered says so */
+		if (p[kl] == '{')
+			return "two placeholders touch, so where the first ends is ambiguous";
+		text_keys += !key_numeric(key);
+	}
+	return text_keys > MAX_TEXT_KEYS ? "more than 4 text placeholders in one name" : NULL;
+}
+
+static const char *names_problem(const struct lnode *n)
+{
+	if (n->kind == LN_NAME)
+		return pattern_problem(n->name);
+	for (size_t i = 0; i < n->n; i++) {
+		const char *why = names_problem(n->kids[i]);
+		if (why)
+			return why;
+	}
+	return NULL;
+}
+
 /* Every placeholder of `pat` must occur in `in`. */
 static bool placeholders_covered(const char *pat, const char *in)
 {
@@ -456,6 +493,13 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 	    (r = string_list(cJSON_GetObjectItemCaseSensitive(root, "drop"), path, "drop", &l->drop, &l->ndrop,
 			     err)) < 0)
 		goto out;
+	for (size_t i = 0; i < l->ndrop; i++) {
+		const char *why = pattern_problem(l->drop[i]);
+		if (why) {
+			r = ckpt_err_set(err, EINVAL, "%s: drop '%s': %s", path, l->drop[i], why);
+			goto out;
+		}
+	}
 	if (defaults) {
 		const cJSON *it;
 		if (!cJSON_IsObject(defaults)) {
@@ -496,6 +540,13 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 		if (!rule->out || !rule->expr || p.problem[0]) {
 			r = ckpt_err_set(err, EINVAL, "%s: rule %zu (%s): %s", path, idx, o->valuestring,
 					 p.problem[0] ? p.problem : "out of memory");
+			goto out;
+		}
+		const char *why = pattern_problem(rule->out);
+		if (!why)
+			why = names_problem(rule->expr);
+		if (why) {
+			r = ckpt_err_set(err, EINVAL, "%s: rule %zu (%s): %s", path, idx, o->valuestring, why);
 			goto out;
 		}
 		const char *first = first_name(rule->expr)->name;
