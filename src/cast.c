@@ -290,8 +290,9 @@ static bool cpu_has_f16c(void)
 
 #define F16C_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
-/* F32 or BF16 (widened by a shift) to F16. */
-__attribute__((target("avx,f16c"))) static void f16c_to_f16(uint8_t *out, enum ckpt_dtype src, const uint8_t *in,
+/* F32 or BF16 (widened by a shift) to F16; each of these vector loops
+ * converts the elements that fill whole groups and returns how many. */
+__attribute__((target("avx,f16c"))) static size_t f16c_to_f16(uint8_t *out, enum ckpt_dtype src, const uint8_t *in,
 							      size_t n)
 {
 	size_t i = 0;
@@ -307,18 +308,7 @@ __attribute__((target("avx,f16c"))) static void f16c_to_f16(uint8_t *out, enum c
 		}
 		_mm_storeu_si128((__m128i *)(void *)(out + 2 * i), _mm256_cvtps_ph(v, F16C_ROUND));
 	}
-	for (; i < n; i++) {
-		uint32_t u;
-		uint16_t h;
-		if (src == CKPT_F32) {
-			memcpy(&u, in + 4 * i, 4);
-		} else {
-			memcpy(&h, in + 2 * i, 2);
-			u = f32_from_bf16_bits(h);
-		}
-		h = f16_from_f32_bits(u);
-		memcpy(out + 2 * i, &h, 2);
-	}
+	return i;
 }
 
 static bool cpu_has_avx2_f16c(void)
@@ -328,7 +318,7 @@ static bool cpu_has_avx2_f16c(void)
 
 /* F32 or F16 (widened by F16C) to BF16: the integer rounding of
  * bf16_from_f32_bits on eight lanes at once. */
-__attribute__((target("avx2,f16c"))) static void avx2_to_bf16(uint8_t *out, enum ckpt_dtype src, const uint8_t *in,
+__attribute__((target("avx2,f16c"))) static size_t avx2_to_bf16(uint8_t *out, enum ckpt_dtype src, const uint8_t *in,
 							     size_t n)
 {
 	const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
@@ -353,22 +343,11 @@ __attribute__((target("avx2,f16c"))) static void avx2_to_bf16(uint8_t *out, enum
 		__m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(o, o), 0x08);
 		_mm_storeu_si128((__m128i *)(void *)(out + 2 * i), _mm256_castsi256_si128(p));
 	}
-	for (; i < n; i++) {
-		uint32_t u;
-		if (src == CKPT_F32) {
-			memcpy(&u, in + 4 * i, 4);
-		} else {
-			uint16_t h;
-			memcpy(&h, in + 2 * i, 2);
-			u = f32_from_f16_bits(h);
-		}
-		uint16_t b = bf16_from_f32_bits(u);
-		memcpy(out + 2 * i, &b, 2);
-	}
+	return i;
 }
 
 /* BF16 to F32 with SSE2 (every x86-64): each value in the top half of a zero word. */
-static void sse2_from_bf16(uint8_t *out, const uint8_t *in, size_t n)
+static size_t sse2_from_bf16(uint8_t *out, const uint8_t *in, size_t n)
 {
 	size_t i = 0;
 	for (; n - i >= 8; i += 8) {
@@ -376,28 +355,18 @@ static void sse2_from_bf16(uint8_t *out, const uint8_t *in, size_t n)
 		_mm_storeu_si128((__m128i *)(void *)(out + 4 * i), _mm_unpacklo_epi16(_mm_setzero_si128(), h));
 		_mm_storeu_si128((__m128i *)(void *)(out + 4 * i + 16), _mm_unpackhi_epi16(_mm_setzero_si128(), h));
 	}
-	for (; i < n; i++) {
-		uint16_t h;
-		memcpy(&h, in + 2 * i, 2);
-		uint32_t u = f32_from_bf16_bits(h);
-		memcpy(out + 4 * i, &u, 4);
-	}
+	return i;
 }
 
 /* F16 to F32. */
-__attribute__((target("avx,f16c"))) static void f16c_from_f16(uint8_t *out, const uint8_t *in, size_t n)
+__attribute__((target("avx,f16c"))) static size_t f16c_from_f16(uint8_t *out, const uint8_t *in, size_t n)
 {
 	size_t i = 0;
 	for (; n - i >= 8; i += 8) {
 		__m128i h = _mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i));
 		_mm256_storeu_ps((float *)(void *)(out + 4 * i), _mm256_cvtph_ps(h));
 	}
-	for (; i < n; i++) {
-		uint16_t h;
-		memcpy(&h, in + 2 * i, 2);
-		uint32_t u = f32_from_f16_bits(h);
-		memcpy(out + 4 * i, &u, 4);
-	}
+	return i;
 }
 #endif
 
@@ -411,22 +380,20 @@ int cast_run(enum ckpt_dtype dst, void *out, enum ckpt_dtype src, const void *in
 		return 0;
 	}
 #ifdef CAST_X86
-	if (src == CKPT_BF16 && dst == CKPT_F32) {
-		sse2_from_bf16(out, in, n);
-		return 0;
-	}
-	if (dst == CKPT_F16 && (src == CKPT_F32 || src == CKPT_BF16) && cpu_has_f16c()) {
-		f16c_to_f16(out, src, in, n);
-		return 0;
-	}
-	if (src == CKPT_F16 && dst == CKPT_F32 && cpu_has_f16c()) {
-		f16c_from_f16(out, in, n);
-		return 0;
-	}
-	if (dst == CKPT_BF16 && (src == CKPT_F32 || src == CKPT_F16) && cpu_has_avx2_f16c()) {
-		avx2_to_bf16(out, src, in, n);
-		return 0;
-	}
+	/* The vector paths convert whole groups of eight; the rest, and the
+	 * pairs they do not cover, go through the portable loops below. */
+	size_t done = 0;
+	if (src == CKPT_BF16 && dst == CKPT_F32)
+		done = sse2_from_bf16(out, in, n);
+	else if (dst == CKPT_F16 && (src == CKPT_F32 || src == CKPT_BF16) && cpu_has_f16c())
+		done = f16c_to_f16(out, src, in, n);
+	else if (src == CKPT_F16 && dst == CKPT_F32 && cpu_has_f16c())
+		done = f16c_from_f16(out, in, n);
+	else if (dst == CKPT_BF16 && (src == CKPT_F32 || src == CKPT_F16) && cpu_has_avx2_f16c())
+		done = avx2_to_bf16(out, src, in, n);
+	in = (const uint8_t *)in + done * isz;
+	out = (uint8_t *)out + done * dtype_size(dst);
+	n -= done;
 #endif
 	/* The pairs a checkpoint's casts are made of. */
 	if (src == CKPT_BF16 && dst == CKPT_F32) { /* the hot widening, a shift: this plain loop beats blocks */
