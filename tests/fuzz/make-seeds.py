@@ -4,7 +4,7 @@
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
 Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config,
-layout and views: small valid inputs of every kind the parsers accept, plus a
+layout, views, pickle and zip (real torch.save outputs when torch is installed): small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
 Standard library only.
@@ -410,6 +410,72 @@ def seeds_views(out):
                                         '"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', 8))
 
 
+def torch_saves():
+    """[(name, bytes)] of small torch.save outputs (zip and legacy), when torch is installed."""
+    try:
+        import io
+        import collections
+        import torch
+    except ImportError:
+        return []
+    out = []
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    sd = collections.OrderedDict([("wte.weight", w), ("lm_head.weight", w), ("b", torch.zeros(3, dtype=torch.bfloat16)),
+                                  ("t", w.t()), ("off", w.view(-1)[2:5]), ("s", torch.tensor(1.5))])
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in sd.items()}, "iter_num": 5, "model_args": {"n_layer": 1},
+            "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95)}]}}
+    for name, obj in (("sd", sd), ("ckpt", ckpt)):
+        for legacy in (False, True):
+            b = io.BytesIO()
+            torch.save(obj, b, _use_new_zipfile_serialization=not legacy)
+            out.append((f"{name}-{'legacy' if legacy else 'zip'}", b.getvalue()))
+    return out
+
+
+def seeds_pickle(out):
+    import pickle
+    import zipfile
+    import io
+    h = "pickle"
+    write(out, h, "dict-p2", pickle.dumps({"a": 5, "b": ([1.0, True, None],), "neg": -3, "big": 2**70}, protocol=2))
+    write(out, h, "dict-p4", pickle.dumps({"a": 5, "k": "v", "l": list(range(20))}, protocol=4))
+    write(out, h, "tensor", b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00wctorch._utils\n"
+                            b"_rebuild_tensor_v2\nq\x02((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00"
+                            b"0X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89h\x00)Rtq\x03Rs.")
+    write(out, h, "bad-global", b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.")
+    for name, data in torch_saves():
+        if data[:2] == b"PK":
+            z = zipfile.ZipFile(io.BytesIO(data))
+            pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
+            write(out, h, name, z.read(pkl))
+        else:
+            write(out, h, name, data[data.index(b".") + 1:][:4096])
+
+
+def seeds_zip(out):
+    import zipfile
+    import io
+    h = "zip"
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}.")
+        z.writestr("archive/data/0", b"\0" * 24)
+        z.writestr("archive/version", b"3\n")
+    write(out, h, "stored", b.getvalue())
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a/x", b"12345678", compress_type=zipfile.ZIP_DEFLATED)
+    write(out, h, "deflated", b.getvalue())
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            f.write(b"\1" * 16)
+    write(out, h, "zip64", b.getvalue())
+    for name, data in torch_saves():
+        if data[:2] == b"PK":
+            write(out, h, name, data)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -419,6 +485,8 @@ def main():
     seeds_config(out)
     seeds_layout(out)
     seeds_views(out)
+    seeds_pickle(out)
+    seeds_zip(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
