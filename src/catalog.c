@@ -1,6 +1,7 @@
 /* catalog.c -- scanning a source directory into a catalog.
- * Reads the index, maps and validates every shard, cross-checks names, parses config.json. */
+ * Opens the files, lets the first source format that recognises them load the tensors, checks names, parses config.json. */
 #include "ckptfs/catalog.h"
+#include "ckptfs/source.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -14,8 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define INDEX_NAME "model.safetensors.index.json"
-#define SINGLE_NAME "model.safetensors"
 #define CONFIG_NAME "config.json"
 /* JSON side files are small; a bound keeps a hostile one from eating memory. */
 #define SIDE_JSON_MAX (64u << 20)
@@ -66,11 +65,6 @@ static int cmp_file_ptr(const void *a, const void *b)
 	return cmp_file(*(const struct src_file *const *)a, *(const struct src_file *const *)b);
 }
 
-static bool has_suffix(const char *s, const char *suffix)
-{
-	size_t a = strlen(s), b = strlen(suffix);
-	return a >= b && strcmp(s + a - b, suffix) == 0;
-}
 
 /* Open every regular file at the top of the directory. Subdirectories and
  * symlinks that lead outside are not part of the checkpoint and are skipped. */
@@ -133,7 +127,7 @@ out:
 }
 
 /* Read a small JSON file of the catalog into a cJSON tree. */
-static int read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
+int catalog_read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
 {
 	if (f->size > SIDE_JSON_MAX)
 		return ckpt_err_set(err, EFBIG, "%s: %llu bytes, larger than the %u-byte limit for JSON", f->path,
@@ -180,8 +174,8 @@ static int read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err
 
 /* Look a shard up among the scanned files; when it is not there, opening it
  * again yields the precise reason (missing, outside the directory, a dir). */
-static int find_shard(struct catalog *cat, const char *name, const char *referrer, struct src_file **out,
-		      struct ckpt_err *err)
+int catalog_find_shard(struct catalog *cat, const char *name, const char *referrer, struct src_file **out,
+		       struct ckpt_err *err)
 {
 	struct src_file key = { .name = (char *)name };
 	struct src_file *f = bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
@@ -202,7 +196,7 @@ static int find_shard(struct catalog *cat, const char *name, const char *referre
 	return ckpt_err_set(err, -r, "%s (named by %s)", e.msg, referrer);
 }
 
-static int add_shard(struct catalog *cat, struct src_file *f)
+int catalog_add_shard(struct catalog *cat, struct src_file *f)
 {
 	for (size_t i = 0; i < cat->nshards; i++)
 		if (cat->shards[i] == f)
@@ -212,144 +206,70 @@ static int add_shard(struct catalog *cat, struct src_file *f)
 }
 
 /* A name in the directory, whether or not it could be opened. */
-static bool present(const struct catalog *cat, const char *name)
+bool catalog_present(const struct catalog *cat, const char *name)
 {
 	return faccessat(cat->dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
 /* A file the checkpoint needs is there but was not opened (a symlink out,
  * a directory): say why. */
-static int unusable(struct catalog *cat, const char *name, struct ckpt_err *err)
+int catalog_unusable(struct catalog *cat, const char *name, struct ckpt_err *err)
 {
 	struct src_file *f;
-	int r = find_shard(cat, name, cat->dir, &f, err);
+	int r = catalog_find_shard(cat, name, cat->dir, &f, err);
 	return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s/%s: not usable", cat->dir, name);
 }
 
-/* Decide which files hold tensors: the index's shards, else
- * model.safetensors, else every *.safetensors file. */
-static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err *err)
+/* ---- source formats ---- */
+
+static const struct source_format *const formats[] = { &source_safetensors, &source_torch };
+
+struct cat_tensor *catalog_add_tensor(struct catalog *cat)
+{
+	if (cat->ntensors == cat->tensor_cap) {
+		size_t n = cat->tensor_cap ? cat->tensor_cap * 2 : 64;
+		struct cat_tensor *t = realloc(cat->tensors, n * sizeof(*t));
+		if (!t)
+			return NULL;
+		cat->tensors = t;
+		cat->tensor_cap = n;
+	}
+	struct cat_tensor *t = &cat->tensors[cat->ntensors++];
+	memset(t, 0, sizeof(*t));
+	return t;
+}
+
+/* The first format that recognises the directory loads it; then names are
+ * sorted and must be unique. */
+static int load_tensors(struct catalog *cat, struct ckpt_err *err)
 {
 	cat->shards = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shards));
 	if (!cat->shards)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
-	const struct src_file *index = catalog_file(cat, INDEX_NAME);
-	if (index) {
-		cat->index = index;
-		int r = read_json(index, index_json, err);
+	const struct source_format *fmt = NULL;
+	for (size_t i = 0; i < sizeof(formats) / sizeof(*formats) && !fmt; i++) {
+		int r = formats[i]->pick(cat, err);
 		if (r < 0)
 			return r;
-		const cJSON *wm = cJSON_GetObjectItemCaseSensitive(*index_json, "weight_map");
-		if (!cJSON_IsObject(wm))
-			return ckpt_err_set(err, EINVAL, "%s: no \"weight_map\" object", index->path);
-		const cJSON *it;
-		cJSON_ArrayForEach(it, wm)
-		{
-			if (!cJSON_IsString(it))
-				return ckpt_err_set(err, EINVAL, "%s: weight_map entry '%s' is not a file name",
-						    index->path, it->string);
-			struct src_file *f;
-			if ((r = find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
-				return r;
-			add_shard(cat, f);
-		}
-		if (cat->nshards == 0)
-			return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
-		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
-	} else if (present(cat, INDEX_NAME)) {
-		return unusable(cat, INDEX_NAME, err);
-	} else if (catalog_file(cat, SINGLE_NAME)) {
-		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
-	} else if (present(cat, SINGLE_NAME)) {
-		return unusable(cat, SINGLE_NAME, err);
-	} else {
-		for (size_t i = 0; i < cat->nfiles; i++)
-			if (has_suffix(cat->files[i].name, ".safetensors"))
-				add_shard(cat, &cat->files[i]);
-		if (cat->nshards == 0)
-			return ckpt_err_set(err, ENOENT,
-					    "%s: no model.safetensors or model.safetensors.index.json (not a safetensors checkpoint)",
-					    cat->dir);
+		if (r > 0)
+			fmt = formats[i];
 	}
-	return 0;
-}
-
-static int load_shards(struct catalog *cat, struct ckpt_err *err)
-{
-	struct st_header *hdrs = calloc(cat->nshards, sizeof(*hdrs));
-	if (!hdrs)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
-	int r = 0;
-	size_t total = 0;
-	for (size_t i = 0; i < cat->nshards; i++) {
-		struct src_file *f = cat->shards[i];
-		if ((r = st_parse_header(f->map, f->size, f->path, &hdrs[i], err)) < 0)
-			goto out;
-		total += hdrs[i].ntensors;
-	}
-	cat->tensors = calloc(total ? total : 1, sizeof(*cat->tensors));
-	if (!cat->tensors) {
-		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
-		goto out;
-	}
-	for (size_t i = 0; i < cat->nshards; i++) {
-		for (size_t k = 0; k < hdrs[i].ntensors; k++) {
-			struct st_tensor *s = &hdrs[i].tensors[k];
-			struct cat_tensor *t = &cat->tensors[cat->ntensors++];
-			t->name = s->name;
-			s->name = NULL; /* moved */
-			t->dtype = s->dtype;
-			t->ndim = s->ndim;
-			memcpy(t->shape, s->shape, sizeof(t->shape));
-			t->file = cat->shards[i];
-			/* data_start + end <= size was checked by the parser, so no overflow here. */
-			t->offset = hdrs[i].data_start + s->begin;
-			t->nbytes = s->end - s->begin;
-			cat->tensor_bytes += t->nbytes;
-		}
-	}
-	cat->meta = hdrs[0].meta; /* moved */
-	cat->nmeta = hdrs[0].nmeta;
-	hdrs[0].meta = NULL;
-	hdrs[0].nmeta = 0;
+	if (!fmt)
+		return ckpt_err_set(err, ENOENT,
+				    "%s: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)",
+				    cat->dir);
+	qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
+	cat->format_name = fmt->name;
+	int r = fmt->load(cat, err);
+	if (r < 0)
+		return r;
 	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
-	for (size_t i = 1; i < cat->ntensors; i++) {
-		if (strcmp(cat->tensors[i - 1].name, cat->tensors[i].name) == 0) {
-			r = ckpt_err_set(err, EINVAL, "%s: duplicate tensor name '%s' (also in %s)",
-					 cat->tensors[i].file->path, cat->tensors[i].name,
-					 cat->tensors[i - 1].file->path);
-			goto out;
-		}
-	}
-out:
-	for (size_t i = 0; i < cat->nshards; i++)
-		st_header_free(&hdrs[i]);
-	free(hdrs);
-	return r;
-}
-
-/* The index must name exactly the tensors the shards hold, each in its shard. */
-static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt_err *err)
-{
-	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(index_json, "weight_map");
-	const cJSON *it;
-	size_t listed = 0;
-	cJSON_ArrayForEach(it, wm)
-	{
-		const struct cat_tensor *t = catalog_find(cat, it->string);
-		if (!t || strcmp(t->file->name, it->valuestring) != 0)
-			return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not in %s", cat->index->path, it->string,
-					    it->valuestring);
-		listed++;
-	}
-	if (listed != cat->ntensors) {
-		for (size_t i = 0; i < cat->ntensors; i++) {
-			if (!cJSON_GetObjectItemCaseSensitive(wm, cat->tensors[i].name))
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s",
-						    cat->tensors[i].file->path, cat->tensors[i].name, INDEX_NAME);
-		}
-		/* Same counts differ only through duplicate keys in weight_map. */
-		return ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
+	for (size_t i = 0; i < cat->ntensors; i++) {
+		struct cat_tensor *t = &cat->tensors[i];
+		cat->tensor_bytes += t->nbytes;
+		if (i > 0 && strcmp(cat->tensors[i - 1].name, t->name) == 0)
+			return ckpt_err_set(err, EINVAL, "%s: duplicate tensor name '%s' (also in %s)", t->file->path, t->name,
+					    cat->tensors[i - 1].file->path);
 	}
 	return 0;
 }
@@ -532,19 +452,16 @@ int catalog_open_revision(const char *dir, const char *revision, struct catalog 
 	if ((r = scan_files(cat, err)) < 0)
 		goto out_close;
 
-	cJSON *index_json = NULL;
-	r = pick_shards(cat, &index_json, err);
-	if (r == 0)
-		r = load_shards(cat, err);
-	if (r == 0 && index_json)
-		r = check_index(cat, index_json, err);
-	cJSON_Delete(index_json);
-	if (r < 0)
+	if ((r = load_tensors(cat, err)) < 0)
 		goto out_close;
-
 	const struct src_file *cfg = catalog_file(cat, CONFIG_NAME);
-	if (cfg && (r = read_json(cfg, &cat->config, err)) < 0)
-		goto out_close;
+	if (cfg) {
+		cJSON_Delete(cat->config); /* the file wins over one the source generated */
+		cat->config = NULL;
+		cat->config_generated = false;
+		if ((r = catalog_read_json(cfg, &cat->config, err)) < 0)
+			goto out_close;
+	}
 	cat->arch = arch_detect(cat->config);
 	arch_dims(cat->config, cat->arch, &cat->dims);
 	*out = cat;
@@ -568,6 +485,7 @@ void catalog_close(struct catalog *cat)
 		src_file_close(&cat->files[i]);
 	free(cat->files);
 	free(cat->shards);
+	free(cat->contents);
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		free(cat->warnings[i]);
 	for (size_t i = 0; i < cat->nmeta; i++) {

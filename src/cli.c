@@ -139,7 +139,10 @@ static int cmd_inspect(struct cli *c)
 	cJSON_AddStringToObject(j, "source", cat->dir);
 	if (cat->revision)
 		cJSON_AddStringToObject(j, "revision", cat->revision);
-	cJSON_AddStringToObject(j, "format", "safetensors");
+	cJSON_AddStringToObject(j, "format", cat->format_name);
+	cJSON_AddStringToObject(j, "format_detail", cat->format);
+	if (cat->contents)
+		cJSON_AddStringToObject(j, "contents", cat->contents);
 	cJSON_AddNumberToObject(j, "files", (double)cat->nshards);
 	cJSON_AddBoolToObject(j, "sharded", cat->index != NULL);
 	cJSON_AddStringToObject(j, "architecture", arch_name(cat->arch));
@@ -175,8 +178,9 @@ static int cmd_inspect(struct cli *c)
 		printf("source:        %s\n", cat->dir);
 		if (cat->revision)
 			printf("revision:      %s (Hugging Face hub repository %s)\n", cat->revision, cat->root);
-		printf("format:        safetensors, %zu file%s%s\n", cat->nshards, cat->nshards == 1 ? "" : "s",
-		       cat->index ? " + model.safetensors.index.json" : "");
+		printf("format:        %s\n", cat->format);
+		if (cat->contents)
+			printf("contents:      %s\n", cat->contents);
 		printf("architecture:  %s%s%s%s\n", arch_name(cat->arch), mt ? " (model_type " : "", mt ? mt : "",
 		       mt ? ")" : "");
 		printf("dims:          hidden %" PRIu64 ", layers %" PRIu64 ", heads %" PRIu64 ", kv_heads %" PRIu64

@@ -63,6 +63,16 @@ static uint64_t dims_product(const uint64_t *shape, uint32_t from, uint32_t to)
 
 struct expr *expr_source(const struct cat_tensor *t)
 {
+	if (t->transposed) {
+		/* The file holds the transpose (a saved .t(), an nn.Linear read as Conv1D). */
+		if (t->ndim != 2)
+			return NULL;
+		uint64_t stored[2] = { t->shape[1], t->shape[0] };
+		struct expr *e = expr_new(EXPR_SOURCE, t->dtype, 2, stored);
+		if (e)
+			e->src = t;
+		return expr_transpose(e);
+	}
 	struct expr *e = expr_new(EXPR_SOURCE, t->dtype, t->ndim, t->shape);
 	if (e)
 		e->src = t;

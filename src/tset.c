@@ -81,8 +81,15 @@ uint64_t tset_bytes(const struct tset *s)
 
 int tset_from_catalog(struct tset *s, const struct catalog *cat)
 {
+	return tset_from_catalog_hf(s, cat, false);
+}
+
+int tset_from_catalog_hf(struct tset *s, const struct catalog *cat, bool drop_dups)
+{
 	tset_init(s);
 	for (size_t i = 0; i < cat->ntensors; i++) {
+		if (drop_dups && cat->tensors[i].hf_dup)
+			continue;
 		int r = tset_add(s, cat->tensors[i].name, expr_source(&cat->tensors[i]));
 		if (r < 0)
 			return r;

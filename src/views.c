@@ -29,7 +29,7 @@ struct views {
 	const struct view_opts *o;
 	struct layout *layout;
 	bool native_source;
-	struct tset src, hf, native;
+	struct tset all, src, hf, native; /* all: every source tensor (tensors/); src: without tied copies */
 	struct tset_meta binds; /* text placeholders of the layout, kept in native metadata */
 	char note[256];         /* why native/ is not offered, for the README */
 	struct ckpt_err *err;
@@ -134,7 +134,7 @@ static int add_config(struct views *v, struct vnode *dir, int dtype, const cJSON
 	const struct src_file *f = catalog_file(v->cat, "config.json");
 	if (!v->cat->config)
 		return 0;
-	if (dtype == VIEWS_NO_CAST && !extra)
+	if (dtype == VIEWS_NO_CAST && !extra && f)
 		return add_passthrough(v, dir, f);
 	cJSON *c = cJSON_Duplicate(v->cat->config, 1);
 	if (!c)
@@ -310,7 +310,7 @@ enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
 static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, int dtype)
 {
 	const char *name = dir->name;
-	const struct tset *base = kind == VIEW_HF ? &v->hf : kind == VIEW_NATIVE ? &v->native : &v->src;
+	const struct tset *base = kind == VIEW_HF ? &v->hf : kind == VIEW_NATIVE ? &v->native : &v->all;
 	struct tset cast;
 	tset_init(&cast);
 	if (dtype != VIEWS_NO_CAST && tset_cast(&cast, base, (enum ckpt_dtype)dtype) < 0)
@@ -323,8 +323,8 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 		tset_destroy(&cast);
 		return r;
 	}
-	/* The source's own layout, uncast: its files as they are. */
-	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source;
+	/* The source's own layout, uncast, in safetensors already: its files as they are. */
+	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && v->cat->hf_files;
 	for (size_t i = 0; i < v->cat->nfiles && r == 0; i++) {
 		const struct src_file *f = &v->cat->files[i];
 		if (identity || !is_checkpoint_file(v->cat, f))
@@ -607,6 +607,7 @@ out:
 static void views_free(void *ctx)
 {
 	struct views *v = ctx;
+	tset_destroy(&v->all);
 	tset_destroy(&v->src);
 	tset_destroy(&v->hf);
 	tset_destroy(&v->native);
@@ -634,12 +635,14 @@ static int pick_layout(struct views *v)
 /* Decide whether the source is HF or native, and compute the other side. */
 static int derive_sets(struct views *v)
 {
-	int r = tset_from_catalog(&v->src, v->cat);
+	int r = tset_from_catalog(&v->all, v->cat);
+	if (r == 0)
+		r = tset_from_catalog_hf(&v->src, v->cat, true);
 	if (r < 0)
 		return oom(v, "the tensor list");
 	if (!v->layout) {
 		tset_init(&v->native);
-		return tset_from_catalog(&v->hf, v->cat) < 0 ? oom(v, "hf/") : 0;
+		return tset_from_catalog_hf(&v->hf, v->cat, true) < 0 ? oom(v, "hf/") : 0;
 	}
 	size_t as_out, as_in;
 	layout_classify(v->layout, &v->src, &as_out, &as_in);
@@ -654,7 +657,7 @@ static int derive_sets(struct views *v)
 			return oom(v, "native/");
 		return layout_inverse(v->layout, &v->src, &v->cat->dims, &v->binds, &v->hf, v->err);
 	}
-	if (tset_from_catalog(&v->hf, v->cat) < 0)
+	if (tset_from_catalog_hf(&v->hf, v->cat, true) < 0)
 		return oom(v, "hf/");
 	return layout_forward(v->layout, &v->src, &v->cat->dims, &v->native, &v->binds, v->err);
 }
@@ -675,8 +678,9 @@ static int build_readme(struct views *v)
 	fprintf(m, "Source:        %s\n", cat->dir);
 	if (cat->revision)
 		fprintf(m, "Revision:      %s of the Hugging Face hub repository %s\n", cat->revision, cat->root);
-	fprintf(m, "Format:        %s safetensors, %zu file%s%s\n", v->native_source ? "native" : "HuggingFace",
-		cat->nshards, cat->nshards == 1 ? "" : "s", cat->index ? " with model.safetensors.index.json" : "");
+	fprintf(m, "Format:        %s layout, %s\n", v->native_source ? "native" : "HuggingFace", cat->format);
+	if (cat->contents)
+		fprintf(m, "Also holds:    %s\n", cat->contents);
 	fprintf(m, "Architecture:  %s", arch_name(cat->arch));
 	if (d->hidden)
 		fprintf(m, " (hidden %" PRIu64 ", %" PRIu64 " layers, %" PRIu64 " heads, %" PRIu64
@@ -691,6 +695,7 @@ static int build_readme(struct views *v)
 		   "  hf/       HuggingFace layout%s\n",
 		v->native_source		  ? ", computed from the native source"
 		: v->o->dtype != VIEWS_NO_CAST ? ", cast on read (-o dtype)"
+		: !cat->hf_files	       ? ", the source converted to safetensors on read"
 					       : ": the source's files, byte for byte");
 	if (v->layout)
 		fprintf(m, "  native/   native fused layout '%s'%s\n", layout_name(v->layout),
@@ -738,6 +743,7 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	v->opts = *o;
 	v->o = &v->opts;
 	v->err = err;
+	tset_init(&v->all);
 	tset_init(&v->src);
 	tset_init(&v->hf);
 	tset_init(&v->native);

@@ -29,6 +29,9 @@ struct cat_tensor {
 	const struct src_file *file;
 	uint64_t offset; /* absolute offset of the first byte in file */
 	uint64_t nbytes;
+	bool transposed; /* 2-D, stored as its transpose: file bytes are [shape[1], shape[0]] row-major */
+	bool hf_dup;     /* the same bytes, dtype and shape as another tensor (tied weights): the HF
+			    safetensors conversion writes that other one only */
 };
 
 struct catalog {
@@ -42,11 +45,18 @@ struct catalog {
 	struct src_file *files;
 	size_t nshards;            /* the safetensors files holding tensors, in name order */
 	struct src_file **shards;
-	const struct src_file *index; /* model.safetensors.index.json, or NULL */
+	const struct src_file *index; /* the index naming the shards (model.safetensors.index.json,
+					 pytorch_model.bin.index.json), or NULL */
+	const char *format_name;   /* the source format's name: "safetensors", "torch" */
+	char format[160];          /* the source format, for README and inspect: "safetensors, 2 files + ..." */
+	char *contents;            /* what else the files hold besides weights (inspect), or NULL */
+	bool hf_files;             /* the tensor files are HF safetensors already: hf/ may pass them through */
 	size_t ntensors;           /* sorted by name */
 	struct cat_tensor *tensors;
+	size_t tensor_cap;
 	uint64_t tensor_bytes;
-	struct cJSON *config;      /* parsed config.json, or NULL */
+	struct cJSON *config;      /* parsed config.json, or one the source generated, or NULL */
+	bool config_generated;     /* config is not a file of the source */
 	enum ckpt_arch arch;
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */

@@ -3,6 +3,7 @@
 #ifndef CKPTFS_TSET_H
 #define CKPTFS_TSET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "ckptfs/catalog.h"
@@ -46,6 +47,10 @@ uint64_t tset_bytes(const struct tset *s);
 
 /* The identity set of a catalog: every tensor as its source expression. */
 int tset_from_catalog(struct tset *s, const struct catalog *cat);
+
+/* The same; with drop_dups, without the tied copies (cat_tensor.hf_dup)
+ * that HF's safetensors conversion leaves out. */
+int tset_from_catalog_hf(struct tset *s, const struct catalog *cat, bool drop_dups);
 
 /* Every floating-point member cast to `to` (others kept as they are). */
 int tset_cast(struct tset *out, const struct tset *in, enum ckpt_dtype to);

@@ -99,7 +99,7 @@ static void test_not_a_checkpoint(void **state)
 {
 	const char *d = *state;
 	assert_int_equal(text_write(d, "notes.txt", "hello"), 0);
-	expect_open_fails(d, "%s: no model.safetensors or model.safetensors.index.json (not a safetensors checkpoint)");
+	expect_open_fails(d, "%s: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)");
 }
 
 static void test_missing_dir(void **state)
