@@ -637,7 +637,8 @@ int pk_parse(const uint8_t *buf, size_t size, const char *path, struct pk_doc *o
 	memset(out, 0, sizeof(*out));
 	struct parser p = { .buf = buf, .size = size, .path = path, .err = err, .d = out };
 	bool done = false;
-	int r = 0;
+	/* Allocated up front so `stack + from` is never arithmetic on NULL. */
+	int r = grow((void **)&p.stack, &p.scap, 16, sizeof(*p.stack)) < 0 ? oom(&p) : 0;
 	while (!done && r == 0) {
 		p.op_at = p.pos;
 		if (p.pos >= p.size) {

@@ -16,8 +16,6 @@
 #define INDEX_NAME "pytorch_model.bin.index.json"
 #define SINGLE_NAME "pytorch_model.bin"
 #define CONTENTS_MAX 2048
-/* Containers nest this deep at most while describing or searching (pickles may be cyclic). */
-#define WALK_DEPTH 32
 
 static const uint8_t legacy_magic[] = { 0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
 					0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.' };
@@ -440,7 +438,17 @@ static const struct pk_obj *find_state_dict(struct tload *t)
 
 /* ---- inspect's note ---- */
 
-static void describe(FILE *m, const struct pk_doc *d, const struct pk_obj *o)
+static bool scalars_only(const struct pk_doc *d, const struct pk_obj *dict)
+{
+	for (uint32_t i = 1; i < dict->n; i += 2) {
+		uint8_t k = d->o[dict->items[i]].kind;
+		if (k != PK_NONE && k != PK_BOOL && k != PK_INT && k != PK_FLOAT && k != PK_STR)
+			return false;
+	}
+	return true;
+}
+
+static void describe(FILE *m, const struct pk_doc *d, const struct pk_obj *o, int depth)
 {
 	char buf[64];
 	switch (o->kind) {
@@ -467,6 +475,19 @@ static void describe(FILE *m, const struct pk_doc *d, const struct pk_obj *o)
 			fprintf(m, "(%s)", o->s);
 		}
 		break;
+	case PK_DICT:
+		if (depth < 1 && o->n <= 48 && scalars_only(d, o)) {
+			/* A small record (model_args, a trainer config): shown inline. */
+			fputc('{', m);
+			for (uint32_t i = 0; i + 1 < o->n; i += 2) {
+				const struct pk_obj *k = &d->o[o->items[i]];
+				fprintf(m, "%s%s: ", i ? ", " : "", k->kind == PK_STR ? kname(k, buf, 40) : "?");
+				describe(m, d, &d->o[o->items[i + 1]], depth + 1);
+			}
+			fputc('}', m);
+			break;
+		}
+		/* fall through */
 	default:
 		fprintf(m, "(skipped, %u entries)", o->kind == PK_DICT ? o->n / 2 : o->n);
 	}
@@ -490,6 +511,7 @@ static char *make_contents(struct tload *t, const struct pk_obj *sd, const char 
 	if (root->kind == PK_DICT && sd != root) {
 		fputs("; other entries:", m);
 		char buf[64];
+		bool first = true;
 		for (uint32_t i = 0; i + 1 < root->n; i += 2) {
 			const struct pk_obj *k = &d->o[root->items[i]], *v = &d->o[root->items[i + 1]];
 			if (v == sd)
@@ -498,12 +520,11 @@ static char *make_contents(struct tload *t, const struct pk_obj *sd, const char 
 				fputs(" ...", m);
 				break;
 			}
-			fprintf(m, "%s %s", i ? "," : "", k->kind == PK_STR ? kname(k, buf, 48) : "?");
-			if (v->kind == PK_DICT || v->kind == PK_LIST || v->kind == PK_TUPLE || v->kind == PK_CALL)
-				fputc(' ', m);
-			else
-				fputc('=', m);
-			describe(m, d, v);
+			fprintf(m, "%s %s", first ? "" : ",", k->kind == PK_STR ? kname(k, buf, 48) : "?");
+			first = false;
+			bool inline_value = v->kind != PK_DICT && v->kind != PK_LIST && v->kind != PK_TUPLE && v->kind != PK_CALL;
+			fputc(inline_value ? '=' : ' ', m);
+			describe(m, d, v, 0);
 		}
 	}
 	fclose(m);

@@ -97,8 +97,10 @@ static int read_end(const uint8_t *buf, uint64_t size, const char *path, uint64_
 	*cd_len = rd32(e + 12);
 	*cd_off = rd32(e + 16);
 	uint64_t dir_end = end;
-	if (*count == 0xFFFF || *cd_len == 0xFFFFFFFF || *cd_off == 0xFFFFFFFF) {
-		if (end < LOC64_LEN || rd32(buf + end - LOC64_LEN) != SIG_LOC64)
+	/* torch's writer (miniz) adds the ZIP64 records even when nothing saturates. */
+	bool has64 = end >= LOC64_LEN && rd32(buf + end - LOC64_LEN) == SIG_LOC64;
+	if (*count == 0xFFFF || *cd_len == 0xFFFFFFFF || *cd_off == 0xFFFFFFFF || has64) {
+		if (!has64)
 			return ckpt_err_set(err, EINVAL, "%s: ZIP64 sizes without a ZIP64 end locator", path);
 		const uint8_t *l = buf + end - LOC64_LEN;
 		uint64_t e64 = rd64(l + 8);

@@ -1,0 +1,172 @@
+#!/bin/bash
+# mount-torch.sh - torch checkpoints as sources, with torch.load as the oracle.
+#
+# Fixtures come from real torch.save (tests/torch_fixtures.py, Debian's
+# python3-torch) over models of examples/gen-model.py:
+#   gpt2-legacy    legacy-format pytorch_model.bin, tied lm_head sharing the
+#                  embedding's storage, attn.bias and 0-dim attn.masked_bias
+#   llama-zip      zip pytorch_model.bin, bf16, GQA, one transposed weight,
+#                  a tensor at a storage offset
+#   llama-sharded  two zip shards + pytorch_model.bin.index.json
+#   nanogpt        ckpt.pt with model_args, optimizer, iter_num and
+#                  '_orig_mod.' prefixes, no config.json
+# Each is mounted and tests/check_torch.py compares hf/, hf@fp32/ and
+# tensors/ with torch.load, and native/, tp-2/ and per-layer/ with a mount
+# of the safetensors model it was saved from, byte for byte. `ckptfs
+# inspect` and `ckptfs export` run on them too. Bad inputs (a pickle calling
+# os.system, a truncated zip, a compressed entry, a lying storage size, a
+# truncated legacy storage) are refused with exit 1 and one exact line, and
+# the hostile command never runs.
+set -eu
+
+. "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+mount_test_init
+"$PYTHON" -c 'import torch' 2>/dev/null || skip "$PYTHON cannot import torch (apt-get install python3-torch)"
+
+fixture() { # fixture KIND HF_DIR OUT
+    "$PYTHON" "$srcdir/tests/torch_fixtures.py" "$@" || fail "torch_fixtures.py $* failed"
+}
+
+# expect_refused WANT SRC: the mount fails with status 1 and exactly WANT on stderr
+expect_refused() {
+    local want=$1 src=$2 rc=0 err mnt=$TESTDIR/mnt-refused
+    mkdir -p "$mnt"
+    err=$("$CKPTFS" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
+    [ "$rc" -eq 1 ] || fail "ckptfs $src: exit $rc, expected 1 (stderr: $err)"
+    [ "$err" = "$want" ] || fail "ckptfs $src: stderr
+  got:  $err
+  want: $want"
+    note "  refused: $want"
+}
+
+GPT2=$TESTDIR/gpt2
+LLAMA=$TESTDIR/llama
+gen_model gpt2 "$GPT2"
+gen_model tiny-llama "$LLAMA"
+
+# The safetensors originals, mounted once, are the reference for the layouts' views.
+mkdir "$TESTDIR/ref-gpt2" "$TESTDIR/ref-llama"
+mount_ckptfs "$GPT2" "$TESTDIR/ref-gpt2"
+REF_GPT2_PID=$CKPTFS_PID
+mount_ckptfs "$LLAMA" "$TESTDIR/ref-llama"
+REF_LLAMA_PID=$CKPTFS_PID
+
+torch_case() { # torch_case KIND HF_DIR REF_MNT [check_torch options]
+    local kind=$1 hf=$2 ref=$3 src=$TESTDIR/$1 mnt=$TESTDIR/mnt-$1
+    shift 3
+    note "=== $kind"
+    fixture "$kind" "$hf" "$src"
+    mkdir "$mnt"
+    mount_ckptfs "$src" "$mnt"
+    "$PYTHON" "$srcdir/tests/check_torch.py" "$src" "$mnt" --ref "$ref" "$@" ||
+        fail "$kind: check_torch.py failed"
+    grep -q "^Format: *HuggingFace layout, torch" "$mnt/README" || fail "$kind: README does not name the torch format"
+    fusermount3 -u "$mnt"
+    wait "$CKPTFS_PID" || fail "$kind: daemon exited with status $?"
+    check_log "$CKPTFS_LOG"
+}
+
+torch_case gpt2-legacy "$GPT2" "$TESTDIR/ref-gpt2"
+# Tied copies: lm_head.weight is in tensors/ but not in hf/.
+torch_case llama-zip "$LLAMA" "$TESTDIR/ref-llama"
+torch_case llama-sharded "$LLAMA" "$TESTDIR/ref-llama"
+torch_case nanogpt "$GPT2" "$TESTDIR/ref-gpt2" --nanogpt
+
+note "=== inspect and export"
+out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"
+for want in "format:        torch zip (ckpt.pt)" "weights under 'model'" "optimizer (skipped" "iter_num=5000" \
+    "nanoGPT: GPT-2 config.json generated from model_args"; do
+    case $out in *"$want"*) ;; *) fail "inspect nanogpt: no '$want' in:
+$out" ;; esac
+done
+out=$("$CKPTFS" inspect "$TESTDIR/gpt2-legacy") || fail "inspect gpt2-legacy failed"
+case $out in *"format:        torch legacy (pytorch_model.bin)"*) ;; *) fail "inspect gpt2-legacy: $out" ;; esac
+"$CKPTFS" export "$TESTDIR/llama-zip" hf "$TESTDIR/export-hf" >/dev/null || fail "export llama-zip hf failed"
+"$PYTHON" - "$TESTDIR/export-hf" "$TESTDIR/llama-zip" <<'PY' || fail "export llama-zip: hf differs from torch.load"
+import os, sys
+sys.path.insert(0, os.environ["srcdir"] + "/tests")
+import check_torch
+tensors, dups = check_torch.load_source(sys.argv[2])
+got = check_torch.read_hf(sys.argv[1])
+assert sorted(got) == sorted(k for k, _ in tensors if k not in dups), sorted(got)
+for k, v in tensors:
+    check_torch.expect_tensor("export", k, got[k], v)
+PY
+
+fusermount3 -u "$TESTDIR/ref-gpt2"
+fusermount3 -u "$TESTDIR/ref-llama"
+wait "$REF_GPT2_PID" "$REF_LLAMA_PID" || fail "reference daemon exited with status $?"
+
+note "=== bad inputs"
+fixture hostile "$LLAMA" "$TESTDIR/hostile"
+expect_refused "ckptfs: $TESTDIR/hostile/pytorch_model.bin: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)" "$TESTDIR/hostile"
+[ ! -e "$TESTDIR/hostile/pwned" ] || fail "the hostile pickle's command ran"
+
+B=$TESTDIR/bad
+mkdir -p "$B/trunc" "$B/deflate" "$B/lying" "$B/legacy-trunc"
+BIN=$TESTDIR/llama-zip/pytorch_model.bin
+head -c $(($(stat -c %s "$BIN") / 2)) "$BIN" >"$B/trunc/pytorch_model.bin"
+expect_refused "ckptfs: $B/trunc/pytorch_model.bin: no zip end-of-central-directory record (truncated zip?)" "$B/trunc"
+"$PYTHON" - "$BIN" "$B/deflate/pytorch_model.bin" <<'PY'
+import sys, zipfile
+src = zipfile.ZipFile(sys.argv[1])
+with zipfile.ZipFile(sys.argv[2], "w") as dst:
+    for i in src.infolist():
+        dst.writestr(i.filename, src.read(i.filename),
+                     compress_type=zipfile.ZIP_DEFLATED if i.filename.endswith("data.pkl") else zipfile.ZIP_STORED)
+PY
+expect_refused "ckptfs: $B/deflate/pytorch_model.bin: 'pytorch_model/data.pkl' is compressed (method 8); only stored entries can be mapped" "$B/deflate"
+# A legacy file whose first storage claims one element more than it stores,
+# and one cut 10 bytes short; the script prints the two expected messages.
+LEG=$TESTDIR/gpt2-legacy/pytorch_model.bin
+"$PYTHON" - "$LEG" "$B/lying/pytorch_model.bin" "$B/legacy-trunc/pytorch_model.bin" >"$B/want" <<'PY' ||
+import io, pickle, struct, sys
+data = open(sys.argv[1], "rb").read()
+
+class G:
+    def __init__(self, m, n):
+        self.name = n
+    def __call__(self, *a):
+        return OD() if self.name == "OrderedDict" else ("call", a)
+
+class OD(dict):
+    pass
+
+class U(pickle.Unpickler):
+    def find_class(self, m, n):
+        return G(m, n)
+    def persistent_load(self, pid):
+        return pid
+
+f = io.BytesIO(data)
+objs = [U(f).load() for _ in range(4)]
+keys = U(f).load()
+pos = f.tell()
+esize = {}
+def walk(o, depth=0):
+    if isinstance(o, tuple) and len(o) >= 5 and o[0] == "storage":
+        esize[o[2]] = {"FloatStorage": 4, "ByteStorage": 1, "BoolStorage": 1}[o[1].name]
+    elif isinstance(o, (tuple, list)):
+        for x in o:
+            walk(x)
+    elif isinstance(o, dict):
+        for x in o.values():
+            walk(x)
+walk(objs[3])
+n0 = struct.unpack("<Q", data[pos:pos + 8])[0]
+open(sys.argv[2], "wb").write(data[:pos] + struct.pack("<Q", n0 + 1) + data[pos + 8:])
+print("%s: storage '%s' declares %d elements, but the file stores %d" % (sys.argv[2], keys[0], n0, n0 + 1))
+cut = data[:-10]
+open(sys.argv[3], "wb").write(cut)
+for k in keys:
+    n = struct.unpack("<Q", cut[pos:pos + 8])[0] * esize[k]
+    if pos + 8 + n > len(cut):
+        print("%s: storage '%s': %d bytes at %d run past the end of the file (truncated?)" % (sys.argv[3], k, n, pos + 8))
+        break
+    pos += 8 + n
+PY
+    fail "making the bad legacy files failed"
+expect_refused "ckptfs: $(sed -n 1p "$B/want")" "$B/lying"
+expect_refused "ckptfs: $(sed -n 2p "$B/want")" "$B/legacy-trunc"
+note "PASS"

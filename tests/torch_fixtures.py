@@ -1,0 +1,152 @@
+#!/usr/bin/python3
+"""torch_fixtures.py - write torch checkpoints for tests/mount-torch.sh with real torch.save.
+
+Usage: torch_fixtures.py KIND HF_DIR OUTDIR
+
+HF_DIR is a checkpoint from examples/gen-model.py; its tensors (read with
+tests/stlib.py) are saved by torch the way real files hold them:
+  gpt2-legacy   pytorch_model.bin in the legacy format (_use_new_zipfile_serialization=False),
+                with 0-dim attn.masked_bias buffers and lm_head.weight sharing
+                the storage of transformer.wte.weight, as HF GPT-2 files do
+  llama-zip     pytorch_model.bin (zip); one weight saved transposed (x.t().contiguous().t())
+                and model.norm.weight at an offset inside a larger storage
+  llama-sharded pytorch_model-0000K-of-00002.bin + pytorch_model.bin.index.json
+  nanogpt       ckpt.pt only (no config.json): nanoGPT's dict with model,
+                optimizer, model_args, iter_num, best_val_loss, config; names
+                with '_orig_mod.', Linear weights [out, in], lm_head tied
+  hostile       pytorch_model.bin whose pickle calls os.system (never run:
+                the command would create OUTDIR/pwned)
+Side files (config.json, tokenizer...) are copied except for nanogpt.
+"""
+import collections
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stlib  # noqa: E402
+
+
+def load_hf(d):
+    """{name: torch tensor} of every safetensors file of d."""
+    out = collections.OrderedDict()
+    for f in sorted(os.listdir(d)):
+        if not f.endswith(".safetensors"):
+            continue
+        _, ts = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), False)
+        for name, t, _, _ in ts:
+            a = np.array(t.arr)
+            if t.dtype == "BF16":
+                x = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+            elif t.dtype == "BOOL":
+                x = torch.from_numpy(a.astype(np.bool_))
+            else:
+                x = torch.from_numpy(a)
+            out[name] = x.clone()
+    return out
+
+
+def copy_side(src, dst):
+    for f in os.listdir(src):
+        if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
+            shutil.copy(os.path.join(src, f), os.path.join(dst, f))
+
+
+def gpt2_legacy(src, dst):
+    sd = load_hf(src)
+    out = collections.OrderedDict()
+    for k, v in sd.items():
+        out[k] = v
+        if k.endswith(".attn.bias"):
+            out[k[:-len("bias")] + "masked_bias"] = torch.tensor(-1e4)
+    out["lm_head.weight"] = out["transformer.wte.weight"]  # one storage, as tied modules save
+    torch.save(out, os.path.join(dst, "pytorch_model.bin"), _use_new_zipfile_serialization=False)
+    copy_side(src, dst)
+
+
+def llama_state(src):
+    sd = load_hf(src)
+    k = "model.layers.0.mlp.down_proj.weight"
+    sd[k] = sd[k].t().contiguous().t()  # same values, stored transposed
+    n = sd["model.norm.weight"]
+    big = torch.cat([torch.zeros(5, dtype=n.dtype), n, torch.zeros(3, dtype=n.dtype)])
+    sd["model.norm.weight"] = big[5:5 + n.numel()]  # storage offset 5
+    return sd
+
+
+def llama_zip(src, dst):
+    torch.save(llama_state(src), os.path.join(dst, "pytorch_model.bin"))
+    copy_side(src, dst)
+
+
+def llama_sharded(src, dst):
+    sd = load_hf(src)
+    names = list(sd)
+    half = len(names) // 2
+    wm = {}
+    total = 0
+    for i, part in enumerate((names[:half], names[half:])):
+        fn = "pytorch_model-%05d-of-00002.bin" % (i + 1)
+        torch.save(collections.OrderedDict((k, sd[k]) for k in part), os.path.join(dst, fn))
+        for k in part:
+            wm[k] = fn
+            total += sd[k].numel() * sd[k].element_size()
+    with open(os.path.join(dst, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": wm}, f, indent=2)
+    copy_side(src, dst)
+
+
+LINEAR = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def nanogpt(src, dst):
+    sd = load_hf(src)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    model = collections.OrderedDict()
+    for k, v in sd.items():
+        if k.endswith(LINEAR):
+            v = v.t().contiguous()  # nn.Linear [out, in]
+        model["_orig_mod." + k] = v
+    model["_orig_mod.lm_head.weight"] = model["_orig_mod.transformer.wte.weight"]
+    params = [v for k, v in model.items() if not k.endswith("attn.bias")]
+    opt = torch.optim.AdamW([torch.nn.Parameter(p.clone()) for p in params[:3]], lr=6e-4, betas=(0.9, 0.95))
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                      block_size=cfg["n_positions"], bias=True, vocab_size=cfg["vocab_size"], dropout=0.0)
+    ckpt = {"model": model, "optimizer": opt.state_dict(), "model_args": model_args, "iter_num": 5000,
+            "best_val_loss": torch.tensor(2.875), "config": {"batch_size": 12, "learning_rate": 6e-4,
+                                                            "dataset": "openwebtext", "compile": True}}
+    torch.save(ckpt, os.path.join(dst, "ckpt.pt"))
+
+
+class Pwn:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, ("touch " + self.path,))
+
+
+def hostile(src, dst):
+    torch.save({"w": torch.zeros(2), "x": Pwn(os.path.join(dst, "pwned"))}, os.path.join(dst, "pytorch_model.bin"))
+
+
+KINDS = {"gpt2-legacy": gpt2_legacy, "llama-zip": llama_zip, "llama-sharded": llama_sharded,
+         "nanogpt": nanogpt, "hostile": hostile}
+
+
+def main():
+    if len(sys.argv) != 4 or sys.argv[1] not in KINDS:
+        sys.exit("usage: torch_fixtures.py {%s} HF_DIR OUTDIR" % ",".join(KINDS))
+    os.makedirs(sys.argv[3], exist_ok=True)
+    KINDS[sys.argv[1]](sys.argv[2], sys.argv[3])
+
+
+if __name__ == "__main__":
+    main()
