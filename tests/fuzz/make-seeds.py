@@ -4,7 +4,7 @@
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
 Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config,
-layout, views, pickle and zip (real torch.save outputs when torch is installed): small valid inputs of every kind the parsers accept, plus a
+layout, views, pickle, zip and torch (real torch.save outputs when torch is installed): small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
 Standard library only.
@@ -476,6 +476,11 @@ def seeds_zip(out):
             write(out, h, name, data)
 
 
+def seeds_torch(out):
+    for name, data in torch_saves():
+        write(out, "torch", name, data)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -487,6 +492,7 @@ def main():
     seeds_views(out)
     seeds_pickle(out)
     seeds_zip(out)
+    seeds_torch(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
