@@ -117,6 +117,9 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		return -EINVAL;
 	}
+	/* The same warnings as a mount: a file left out is never silent. */
+	for (size_t i = 0; i < c->cat->nwarnings; i++)
+		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", c->cat->warnings[i]);
 	return 0;
 }
 
