@@ -63,6 +63,10 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 			if (!opts)
 				return -ENOMEM;
 			for (char *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+				if (strcmp(o, "cache_shared") == 0) {
+					c->os.cache_shared = 1;
+					continue;
+				}
 				static const struct {
 					const char *key;
 					size_t off;
