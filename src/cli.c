@@ -359,6 +359,33 @@ static uint64_t tree_bytes(struct vnode *n)
 	return s;
 }
 
+/* Make a directory's entries (renames, new subdirectories) durable. */
+static int sync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fsync(fd) < 0 && errno != EINVAL ? -errno : 0; /* EINVAL: a filesystem without directory fsync */
+	close(fd);
+	return r;
+}
+
+/* The directory that holds path ("." for a bare name). */
+static void parent_of(const char *path, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s", path);
+	size_t l = strlen(out);
+	while (l > 1 && out[l - 1] == '/')
+		out[--l] = '\0';
+	char *slash = strrchr(out, '/');
+	if (!slash)
+		snprintf(out, cap, ".");
+	else if (slash == out)
+		out[1] = '\0';
+	else
+		*slash = '\0';
+}
+
 static int export_node(struct export *x, struct vnode *n, const char *out)
 {
 	if (n->is_dir) {
@@ -377,7 +404,11 @@ static int export_node(struct export *x, struct vnode *n, const char *out)
 			if (r < 0)
 				return r;
 		}
-		return 0;
+		/* Its files were renamed into it: make those names durable. */
+		int r = sync_dir(out);
+		if (r < 0)
+			fprintf(stderr, "ckptfs: export: %s: fsync: %s\n", out, strerror(-r));
+		return r;
 	}
 	if (!x->c->force && access(out, F_OK) == 0) {
 		fprintf(stderr, "ckptfs: export: %s: exists (use --force to overwrite)\n", out);
@@ -386,12 +417,19 @@ static int export_node(struct export *x, struct vnode *n, const char *out)
 	/* Written under a temporary name and renamed when complete, so the final
 	 * name never holds a partial file. */
 	snprintf(x->tmp, sizeof(x->tmp), "%s.ckptfs-tmp.%ld", out, (long)getpid());
-	int fd = open(x->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* O_EXCL|O_NOFOLLOW: a name planted in a shared output directory is never written through. */
+	int fd = open(x->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == EEXIST && unlink(x->tmp) == 0) /* left by an export killed with this pid */
+		fd = open(x->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		fprintf(stderr, "ckptfs: export: %s: %s\n", x->tmp, strerror(errno));
 		return -errno;
 	}
 	int r = copy_file(x->c, n, fd, x->buf, &x->pg);
+	/* The bytes reach the disk before the name does: after a power loss the
+	 * final name holds the whole file or does not exist. */
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && x->c->verify)
@@ -436,6 +474,13 @@ static int cmd_export(struct cli *c)
 		out = target;
 	}
 	int r = export_node(&x, n, out);
+	if (r == 0) {
+		/* The top name (a file renamed, or a directory made) lives in the parent. */
+		char parent[4096];
+		parent_of(out, parent, sizeof(parent));
+		if ((r = sync_dir(parent)) < 0)
+			fprintf(stderr, "ckptfs: export: %s: fsync: %s\n", parent, strerror(-r));
+	}
 	progress_show(&x.pg, true);
 	double el = now_seconds() - x.pg.start;
 	free(x.buf);
