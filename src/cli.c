@@ -2,6 +2,7 @@
  * They open the source exactly as the daemon does and read through the same engine; nothing here knows FUSE. */
 #include "config.h"
 #include "ckptfs/cli.h"
+#include "ckptfs/srcfile.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -312,9 +313,10 @@ static int cmd_cat(struct cli *c)
 /* Compare a written file with the engine's bytes. */
 static int verify_file(const struct vnode *n, const char *path, uint8_t *a, uint8_t *b)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* Our temp file, but in a directory others may write: read what was written, nothing swapped in. */
+	int fd = src_open_regular(AT_FDCWD, path, SRC_OPEN_NOFOLLOW, NULL, NULL, NULL);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	int r = 0;
 	for (uint64_t off = 0; off < n->file.size && r == 0;) {
 		int64_t want = vfile_read(&n->file, off, CLI_CHUNK, a);
