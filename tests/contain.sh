@@ -33,7 +33,10 @@ set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-mount_test_init
+# Nothing is mounted: no /dev/fuse needed.
+need_python
+need_ckptfs
+make_testdir
 
 # expect_one_line WHAT WANT-REGEX CKPTFS-ARGS...: exit 1, one stderr line matching.
 expect_one_line() {
