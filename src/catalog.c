@@ -223,7 +223,49 @@ int catalog_unusable(struct catalog *cat, const char *name, struct ckpt_err *err
 
 /* ---- source formats ---- */
 
-static const struct source_format *const formats[] = { &source_safetensors, &source_torch };
+static const struct source_format *const formats[] = { &source_safetensors, &source_dcp, &source_torch };
+
+int catalog_open_extra(struct catalog *cat, const char *sub, const char *name, struct src_file **out,
+		       struct ckpt_err *err)
+{
+	char path[4096];
+	int n = snprintf(path, sizeof(path), "%s%s%s", cat->sub, *cat->sub ? "/" : "", sub);
+	if (n < 0 || (size_t)n >= sizeof(path) || strchr(sub, '/') || strcmp(sub, "..") == 0)
+		return ckpt_err_set(err, EINVAL, "%s/%s: not a plain subdirectory name", cat->dir, sub);
+	char full[8192];
+	snprintf(full, sizeof(full), "%s/%s/%s", cat->root, path, name);
+	for (size_t i = 0; i < cat->nextra; i++) {
+		if (strcmp(cat->extra[i]->path, full) == 0) {
+			*out = cat->extra[i];
+			return 0;
+		}
+	}
+	struct src_file *f = calloc(1, sizeof(*f));
+	struct src_file **e = realloc(cat->extra, (cat->nextra + 1) * sizeof(*e));
+	struct src_file **sh = e ? realloc(cat->shards, (cat->nfiles + cat->nextra + 1) * sizeof(*sh)) : NULL;
+	if (e)
+		cat->extra = e;
+	if (sh)
+		cat->shards = sh;
+	if (!f || !e || !sh) {
+		free(f);
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+	}
+	int r = src_file_open(cat->rootfd, cat->root, path, name, 1, f, err);
+	if (r < 0) {
+		free(f);
+		return r;
+	}
+	/* Named by its path below the source, so stats and messages tell pp0/X from pp1/X. */
+	char *rel = strdup(full + strlen(cat->root) + 1);
+	if (rel) {
+		free(f->name);
+		f->name = rel;
+	}
+	cat->extra[cat->nextra++] = f;
+	*out = f;
+	return 0;
+}
 
 struct cat_tensor *catalog_add_tensor(struct catalog *cat)
 {
@@ -479,9 +521,18 @@ void catalog_close(struct catalog *cat)
 {
 	if (!cat)
 		return;
-	for (size_t i = 0; i < cat->ntensors; i++)
+	for (size_t i = 0; i < cat->ntensors; i++) {
 		free(cat->tensors[i].name);
+		for (size_t k = 0; k < cat->tensors[i].nparts; k++)
+			free(cat->tensors[i].parts[k].t.name);
+		free(cat->tensors[i].parts);
+	}
 	free(cat->tensors);
+	for (size_t i = 0; i < cat->nextra; i++) {
+		src_file_close(cat->extra[i]);
+		free(cat->extra[i]);
+	}
+	free(cat->extra);
 	for (size_t i = 0; i < cat->nfiles; i++)
 		src_file_close(&cat->files[i]);
 	free(cat->files);

@@ -2,6 +2,8 @@
  * Each operator maps an output byte range onto ranges of its arguments; nothing evaluates more than asked. */
 #include "ckptfs/expr.h"
 
+#include "ckptfs/chunks.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -63,6 +65,8 @@ static uint64_t dims_product(const uint64_t *shape, uint32_t from, uint32_t to)
 
 struct expr *expr_source(const struct cat_tensor *t)
 {
+	if (t->nparts > 0)
+		return chunks_expr(t);
 	if (t->transposed) {
 		/* The file holds the transpose (a saved .t(), an nn.Linear read as Conv1D). */
 		if (t->ndim != 2)

@@ -57,10 +57,36 @@ static const struct {
 	{ "builtins.slice", PKG_BUILTIN_SLICE, -1 },
 };
 
+/* What a DCP .metadata holds besides plain data (torch/distributed/checkpoint/
+ * metadata.py, filesystem.py; TensorProperties and its enum lived in
+ * torch.distributed._shard.sharded_tensor.metadata before torch 2.3). Only
+ * accepted by pk_parse_opts(PK_ALLOW_DCP). */
+static const struct {
+	const char *name;
+	enum pk_global g;
+} dcp_whitelist[] = {
+	{ "torch.distributed.checkpoint.metadata.Metadata", PKG_DCP_METADATA },
+	{ "torch.distributed.checkpoint.metadata.TensorStorageMetadata", PKG_DCP_TENSOR_STORAGE },
+	{ "torch.distributed.checkpoint.metadata.BytesStorageMetadata", PKG_DCP_BYTES_STORAGE },
+	{ "torch.distributed.checkpoint.metadata.ChunkStorageMetadata", PKG_DCP_CHUNK },
+	{ "torch.distributed.checkpoint.metadata.MetadataIndex", PKG_DCP_INDEX },
+	{ "torch.distributed.checkpoint.metadata.StorageMeta", PKG_DCP_STORAGE_META },
+	{ "torch.distributed.checkpoint.metadata.TensorProperties", PKG_DCP_TENSOR_PROPS },
+	{ "torch.distributed._shard.sharded_tensor.metadata.TensorProperties", PKG_DCP_TENSOR_PROPS },
+	{ "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING", PKG_DCP_MEM_FORMAT },
+	{ "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING", PKG_DCP_MEM_FORMAT },
+	{ "torch.distributed.checkpoint.filesystem._StorageInfo", PKG_DCP_STORAGE_INFO },
+	{ "torch.serialization._get_layout", PKG_TORCH_GET_LAYOUT },
+	{ "builtins.getattr", PKG_BUILTIN_GETATTR },
+	{ "pathlib.PosixPath", PKG_PATHLIB_PATH },
+	{ "pathlib._local.PosixPath", PKG_PATHLIB_PATH },
+};
+
 struct parser {
 	const uint8_t *buf;
 	size_t size, pos;
 	const char *path;
+	unsigned flags;
 	struct ckpt_err *err;
 	struct pk_doc *d;
 	size_t ocap;
@@ -337,6 +363,19 @@ static int push_global(struct parser *p, const char *mod, size_t ml, const char 
 		}
 		return r;
 	}
+	for (size_t i = 0; (p->flags & PK_ALLOW_DCP) && i < sizeof(dcp_whitelist) / sizeof(*dcp_whitelist); i++) {
+		if (strcmp(dcp_whitelist[i].name, full) != 0)
+			continue;
+		struct pk_obj *o;
+		int r = push_new(p, PK_GLOBAL, &o);
+		if (r == 0) {
+			o->glob = (uint8_t)dcp_whitelist[i].g;
+			o->storage_dtype = -1;
+			o->s = dcp_whitelist[i].name;
+			o->len = strlen(dcp_whitelist[i].name);
+		}
+		return r;
+	}
 	/* Printable in the message even if the bytes are not. */
 	for (char *c = full; *c; c++)
 		if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
@@ -420,9 +459,14 @@ static int op_build(struct parser *p)
 		return r;
 	if (p->sp <= floor_sp(p))
 		return bad(p, "BUILD of an empty stack");
-	uint8_t k = p->d->o[p->stack[p->sp - 1]].kind;
-	if (k != PK_DICT && k != PK_CALL)
+	struct pk_obj *target = &p->d->o[p->stack[p->sp - 1]];
+	if (target->kind != PK_DICT && target->kind != PK_CALL)
 		return bad(p, "BUILD of an object that takes no state");
+	if (target->kind == PK_CALL) {
+		/* Kept for readers of objects rebuilt from their __dict__ (DCP's dataclasses). */
+		target->state = state;
+		target->has_state = true;
+	}
 	return 0;
 }
 
@@ -634,8 +678,14 @@ static int step(struct parser *p, bool *done)
 
 int pk_parse(const uint8_t *buf, size_t size, const char *path, struct pk_doc *out, struct ckpt_err *err)
 {
+	return pk_parse_opts(buf, size, path, 0, out, err);
+}
+
+int pk_parse_opts(const uint8_t *buf, size_t size, const char *path, unsigned flags, struct pk_doc *out,
+		  struct ckpt_err *err)
+{
 	memset(out, 0, sizeof(*out));
-	struct parser p = { .buf = buf, .size = size, .path = path, .err = err, .d = out };
+	struct parser p = { .buf = buf, .size = size, .path = path, .flags = flags, .err = err, .d = out };
 	bool done = false;
 	/* Allocated up front so `stack + from` is never arithmetic on NULL. */
 	int r = grow((void **)&p.stack, &p.scap, 16, sizeof(*p.stack)) < 0 ? oom(&p) : 0;

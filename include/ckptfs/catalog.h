@@ -32,6 +32,16 @@ struct cat_tensor {
 	bool transposed; /* 2-D, stored as its transpose: file bytes are [shape[1], shape[0]] row-major */
 	bool hf_dup;     /* the same bytes, dtype and shape as another tensor (tied weights): the HF
 			    safetensors conversion writes that other one only */
+	size_t nparts;   /* > 0: stored in chunks (DCP) that tile it exactly (chunks.h); file and
+			    offset are then the first chunk's, for messages only */
+	struct cat_part *parts;
+};
+
+/* One chunk of a tensor: its own bytes (t: name, dtype, shape = the chunk's
+ * sizes, file, offset), placed at `at` in the whole tensor. */
+struct cat_part {
+	struct cat_tensor t;
+	uint64_t at[ST_MAX_DIMS];
 };
 
 struct catalog {
@@ -61,6 +71,9 @@ struct catalog {
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */
 	struct st_meta *meta;
+	size_t nextra;             /* files below the top (DCP stage directories pp0/, pp1/), opened by
+				      catalog_open_extra; never passed through */
+	struct src_file **extra;
 	size_t nwarnings;          /* files left out, e.g. symlinks leading outside */
 	char *warnings[CATALOG_MAX_WARNINGS];
 };

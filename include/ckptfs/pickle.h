@@ -67,6 +67,19 @@ enum pk_global {
 	PKG_BUILTIN_SET,
 	PKG_BUILTIN_SLICE,
 	PKG_CODECS_ENCODE,
+	/* PK_ALLOW_DCP only: */
+	PKG_DCP_METADATA,
+	PKG_DCP_TENSOR_STORAGE,
+	PKG_DCP_BYTES_STORAGE,
+	PKG_DCP_CHUNK,
+	PKG_DCP_INDEX,
+	PKG_DCP_STORAGE_META,
+	PKG_DCP_TENSOR_PROPS,
+	PKG_DCP_MEM_FORMAT,
+	PKG_DCP_STORAGE_INFO,
+	PKG_TORCH_GET_LAYOUT,
+	PKG_BUILTIN_GETATTR, /* only ever recorded: getattr(enum class, 'MEMBER') */
+	PKG_PATHLIB_PATH,
 };
 
 struct pk_obj {
@@ -81,6 +94,8 @@ struct pk_obj {
 	uint32_t *items;
 	uint32_t args; /* PK_CALL: the argument tuple; PK_PERSID: the id; PK_CALL: fn in `callee` */
 	uint32_t callee;
+	uint32_t state;  /* PK_CALL with has_state: the object BUILD gave it */
+	bool has_state;
 };
 
 struct pk_doc {
@@ -94,6 +109,17 @@ struct pk_doc {
  * On failure a negative errno (EINVAL for a refused or malformed pickle)
  * with err->msg = "PATH: problem"; *out is left empty. */
 int pk_parse(const uint8_t *buf, size_t size, const char *path, struct pk_doc *out, struct ckpt_err *err);
+
+/* Flags of pk_parse_opts. */
+enum {
+	/* Also accept the globals of a torch Distributed Checkpoint's .metadata
+	 * (its dataclasses, the memory-format enum, _get_layout, PosixPath). */
+	PK_ALLOW_DCP = 1 << 0,
+};
+
+/* pk_parse with a choice of whitelist. */
+int pk_parse_opts(const uint8_t *buf, size_t size, const char *path, unsigned flags, struct pk_doc *out,
+		  struct ckpt_err *err);
 
 void pk_free(struct pk_doc *d);
 

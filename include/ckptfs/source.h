@@ -28,6 +28,7 @@ struct source_format {
 
 extern const struct source_format source_safetensors;
 extern const struct source_format source_torch;
+extern const struct source_format source_dcp;
 
 /* Add f to cat->shards once; returns 1 if added, 0 if it was there. */
 int catalog_add_shard(struct catalog *cat, struct src_file *f);
@@ -40,6 +41,13 @@ struct cat_tensor *catalog_add_tensor(struct catalog *cat);
  * precisely why (missing, outside the directory, a directory), naming
  * `referrer` when it is not the directory itself. */
 int catalog_find_shard(struct catalog *cat, const char *name, const char *referrer, struct src_file **out,
+		       struct ckpt_err *err);
+
+/* Open and map the file `name` of the subdirectory `sub` (one plain
+ * component, e.g. "pp0") of the checkpoint directory, once: a second call
+ * returns the same file. It is owned by the catalog and may be added as a
+ * shard. Symlinks must stay inside the source, as for every file. */
+int catalog_open_extra(struct catalog *cat, const char *sub, const char *name, struct src_file **out,
 		       struct ckpt_err *err);
 
 /* A name in the directory, whether or not it could be opened. */
