@@ -139,17 +139,24 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 		free(parts);
 		return r;
 	}
-	/* No dimension cuts the region: overlapping chunks, or a pinwheel. */
+	/* No dimension cuts the region: overlapping chunks (said by the caller), or a pinwheel. */
+	snprintf(c->why, c->cap, "chunks that are not a grid (no cut between them along any dimension)");
+	return -EINVAL;
+}
+
+/* Overlapping chunks make any other failure; name the first pair found
+ * (among the first 4096, to bound the work). */
+static bool find_overlap(struct cut *c, const size_t *idx, size_t n)
+{
 	size_t lim = n < 4096 ? n : 4096;
 	for (size_t i = 0; i < lim; i++)
 		for (size_t j = i + 1; j < lim; j++)
 			if (boxes_overlap(c, idx[i], idx[j])) {
 				size_t a = idx[i] < idx[j] ? idx[i] : idx[j], b = idx[i] < idx[j] ? idx[j] : idx[i];
 				snprintf(c->why, c->cap, "chunks %zu and %zu overlap", a, b);
-				return -EINVAL;
+				return true;
 			}
-	snprintf(c->why, c->cap, "chunks that are not a grid (no cut between them along any dimension)");
-	return -EINVAL;
+	return false;
 }
 
 static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out)
@@ -194,7 +201,14 @@ static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out
 	} else {
 		uint64_t lo[ST_MAX_DIMS] = { 0 }, hi[ST_MAX_DIMS] = { 0 };
 		memcpy(hi, shape, sizeof(hi[0]) * c->ndim);
+		size_t *copy = out ? NULL : malloc((m ? m : 1) * sizeof(*copy));
+		if (copy)
+			memcpy(copy, idx, m * sizeof(*copy));
 		r = split(c, lo, hi, idx, m, out);
+		/* A failed split reorders idx; the search for a pair needs only the set. */
+		if (r == -EINVAL && copy)
+			find_overlap(c, copy, m);
+		free(copy);
 	}
 	free(idx);
 	return r;

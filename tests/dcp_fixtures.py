@@ -3,7 +3,7 @@
 
 Usage: dcp_fixtures.py write KIND HF_DIR OUTDIR
        dcp_fixtures.py verify HF_DIR OUTDIR      (with Debian's torch; see below)
-       dcp_fixtures.py hostile CASE GOOD_DIR OUTDIR
+       dcp_fixtures.py hostile CASE HF_DIR OUTDIR    (CASE: see HOSTILE)
 
 torch 2.x (which has dcp.save) is not in Debian, so this writer follows
 torch/distributed/checkpoint (metadata.py, filesystem.py, default_planner)
@@ -289,7 +289,7 @@ def plan_chunks(name, shape, ranks, grid):
     return [(r, [o] + [0] * (len(shape) - 1), [n] + list(shape[1:])) for r, (o, n) in enumerate(chunk_1d(shape[0], ranks))]
 
 
-def write_dcp(ns, era, tensors, outdir, ranks, grid=None, extras=True, rep_start=0):
+def write_dcp(ns, era, tensors, outdir, ranks, grid=None, extras=True, rep_start=0, tamper=None):
     os.makedirs(outdir, exist_ok=True)
     files = {r: bytearray() for r in range(ranks)}
     sdm, storage_data, planner = {}, {}, {}
@@ -330,6 +330,8 @@ def write_dcp(ns, era, tensors, outdir, ranks, grid=None, extras=True, rep_start
     else:
         sm = ns.StorageMeta(pathlib.PosixPath(os.path.abspath(outdir)), "5e1f3f4b-0000-4000-8000-000000000000", None, [])
         meta = ns.Metadata(sdm, planner, storage_data, sm, None)
+    if tamper:
+        tamper(ns, meta, outdir)
     with open(os.path.join(outdir, ".metadata"), "wb") as fh:
         pickle.dump(meta, fh, protocol=4)  # filesystem.py finish(): pickle.dump(metadata, f)
     return rep
@@ -350,8 +352,54 @@ def write(kind, hf, out):
                   extras=False, rep_start=rep)
     else:
         write_dcp(ns, era, tensors, out, 2 if kind == "old" else 3)
-    if os.path.exists(os.path.join(hf, "config.json")):
-        shutil.copy(os.path.join(hf, "config.json"), os.path.join(out, "config.json"))
+    # config.json and the side files (tokenizer...) in the step directory, beside .metadata or the stages
+    for f in os.listdir(hf):
+        if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
+            shutil.copy(os.path.join(hf, f), os.path.join(out, f))
+
+
+# ------------------------------------------------------------ hostile .metadata
+
+EMBED = "model.model.embed_tokens.weight"
+
+
+def move_chunk(ns, meta, offsets=None, sizes=None, path=None, length_add=0):
+    """Change chunk 1 of EMBED and its storage_data entry."""
+    tsm = meta.state_dict_metadata[EMBED]
+    c = tsm.chunks[1]
+    key = [k for k in meta.storage_data if k.fqn == EMBED and tuple(k.offset) == tuple(c.offsets)][0]
+    info = meta.storage_data.pop(key)
+    if offsets is not None:
+        c.offsets = ns.Size(offsets)
+    if sizes is not None:
+        c.sizes = ns.Size(sizes)
+    if path is not None:
+        info.relative_path = path
+    info.length += length_add
+    meta.storage_data[ns.Index(EMBED, c.offsets, 1)] = info
+
+
+class Hostile:
+    def __init__(self, out):
+        self.out = out
+
+    def __reduce__(self):
+        return (os.system, ("touch %s/pwned" % self.out,))
+
+
+HOSTILE = {
+    "global": lambda ns, m, out: setattr(m, "planner_data", {"x": Hostile(out)}),
+    "overlap": lambda ns, m, out: move_chunk(ns, m, offsets=[40, 0]),
+    "hole": lambda ns, m, out: move_chunk(ns, m, sizes=[40, 64]),
+    "past-end": lambda ns, m, out: move_chunk(ns, m, sizes=[60, 64]),
+    "escape": lambda ns, m, out: move_chunk(ns, m, path="../__1_0.distcp"),
+    "short-shard": lambda ns, m, out: move_chunk(ns, m, length_add=1 << 20),
+}
+
+
+def hostile(case, hf, out):
+    ns = install_torch("new")
+    write_dcp(ns, "new", load_hf(hf), out, 2, tamper=HOSTILE[case])
 
 
 # ------------------------------------------------------------ verify
@@ -442,6 +490,8 @@ def verify(hf, out):
 def main():
     if sys.argv[1] == "write":
         write(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "hostile":
+        hostile(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "verify":
         verify(sys.argv[2], sys.argv[3])
     else:

@@ -1,0 +1,81 @@
+#!/bin/bash
+# mount-dcp.sh - torch Distributed Checkpoint directories as sources.
+#
+# Fixtures come from tests/dcp_fixtures.py, a writer that follows torch's
+# DCP and torch.save sources (torch 2.x is not in Debian); `verify` first
+# proves them real: every item loads with Debian's torch.load and the
+# .metadata unpickles with stand-in classes. Then, for each of
+#   old    tiny-llama, the era before torch 2.3, 2 ranks (dim-0 and dim-1 chunks)
+#   new    mixed-dtypes (f64 f32 f16 bf16 i64 ... bool, 0-dim, empty), torch >= 2.4, 3 ranks
+#   pp     tiny-llama in pp0/ and pp1/, 4 ranks each (a TP x FSDP grid)
+# tests/check_dcp.py compares hf/ and tensors/ with numpy, and hf@bf16/,
+# native/, tp-2/, per-layer/, pp-2/ with a mount of the safetensors model the
+# fixture was written from. `ckptfs inspect` names the format and the other
+# state. Hostile .metadata files are refused with exit 1 and one exact line.
+set -eu
+
+. "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+mount_test_init
+"$PYTHON" -c 'import torch' 2>/dev/null || skip "$PYTHON cannot import torch (apt-get install python3-torch)"
+
+FX="$srcdir/tests/dcp_fixtures.py"
+
+expect_refused() { # expect_refused WANT SRC
+    local want=$1 src=$2 rc=0 err mnt=$TESTDIR/mnt-refused
+    mkdir -p "$mnt"
+    err=$("$CKPTFS" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
+    [ "$rc" -eq 1 ] || fail "ckptfs $src: exit $rc, expected 1 (stderr: $err)"
+    [ "$err" = "$want" ] || fail "ckptfs $src: stderr
+  got:  $err
+  want: $want"
+    note "  refused: $want"
+}
+
+LLAMA=$TESTDIR/llama
+MIXED=$TESTDIR/mixed
+gen_model tiny-llama "$LLAMA"
+gen_model mixed-dtypes "$MIXED"
+
+dcp_case() { # dcp_case KIND HF_DIR FORMAT
+    local kind=$1 hf=$2 format=$3 src=$TESTDIR/$1 mnt=$TESTDIR/mnt-$1 ref=$TESTDIR/ref-$1 refpid out
+    note "=== $kind"
+    "$PYTHON" "$FX" write "$kind" "$hf" "$src" || fail "dcp_fixtures.py write $kind failed"
+    "$PYTHON" "$FX" verify "$hf" "$src" || fail "$kind: the fixture does not load in torch"
+    mkdir "$mnt" "$ref"
+    mount_ckptfs "$hf" "$ref"
+    refpid=$CKPTFS_PID
+    mount_ckptfs "$src" "$mnt"
+    "$PYTHON" "$srcdir/tests/check_dcp.py" "$hf" "$mnt" "$ref" || fail "$kind: check_dcp.py failed"
+    grep -q "^Format: .*torch DCP" "$mnt/README" || fail "$kind: README does not name the DCP format"
+    fusermount3 -u "$mnt"
+    wait "$CKPTFS_PID" || fail "$kind: daemon exited with status $?"
+    check_log "$CKPTFS_LOG"
+    fusermount3 -u "$ref"
+    wait "$refpid" || fail "$kind: reference daemon exited with status $?"
+    out=$("$CKPTFS" inspect "$src") || fail "inspect $kind failed"
+    for want in "format:        $format" "weights under 'model.'" "step=10000" "optimizer: 1 entries (skipped)"; do
+        case $out in *"$want"*) ;; *) fail "inspect $kind: no '$want' in:
+$out" ;; esac
+    done
+}
+
+dcp_case old "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch < 2.3)"
+dcp_case new "$MIXED" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)"
+dcp_case pp "$LLAMA" "torch DCP (2 pipeline stages, 8 shard files, metadata of torch >= 2.4)"
+
+note "=== hostile .metadata"
+hostile() { # hostile CASE WANT
+    "$PYTHON" "$FX" hostile "$1" "$LLAMA" "$TESTDIR/h-$1" || fail "dcp_fixtures.py hostile $1 failed"
+    expect_refused "ckptfs: $TESTDIR/h-$1/$2" "$TESTDIR/h-$1"
+}
+E="'model.model.embed_tokens.weight'"
+hostile global ".metadata: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)"
+[ ! -e "$TESTDIR/h-global/pwned" ] || fail "the hostile pickle's command ran"
+hostile overlap ".metadata: $E: chunks 0 and 1 overlap"
+hostile hole ".metadata: $E: a hole: no chunk covers [91, 0]"
+hostile past-end ".metadata: $E: chunk 1 runs past dim 0 (51 + 60 > 101)"
+hostile escape ".metadata: $E chunk 1: relative_path '../__1_0.distcp' is not a file of the checkpoint directory"
+"$PYTHON" "$FX" hostile short-shard "$LLAMA" "$TESTDIR/h-short-shard" || fail "dcp_fixtures.py hostile short-shard failed"
+len=$(stat -c %s "$TESTDIR/h-short-shard/__1_0.distcp")
+expect_refused "ckptfs: $TESTDIR/h-short-shard/__1_0.distcp: $E chunk 1: item at 7705+1056281 runs past the end of the file ($len bytes)" "$TESTDIR/h-short-shard"
