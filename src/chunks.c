@@ -200,7 +200,8 @@ static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out
 			r = -ENOMEM;
 	} else {
 		uint64_t lo[ST_MAX_DIMS] = { 0 }, hi[ST_MAX_DIMS] = { 0 };
-		memcpy(hi, shape, sizeof(hi[0]) * c->ndim);
+		if (c->ndim)
+			memcpy(hi, shape, sizeof(hi[0]) * c->ndim);
 		size_t *copy = out ? NULL : malloc((m ? m : 1) * sizeof(*copy));
 		if (copy)
 			memcpy(copy, idx, m * sizeof(*copy));

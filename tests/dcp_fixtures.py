@@ -487,8 +487,25 @@ def verify(hf, out):
                                                                   __import__("torch").__version__))
 
 
+def seed(out):
+    """Small .metadata files of each era for the fuzzer's corpus (tests/fuzz/make-seeds.py)."""
+    rng = np.random.default_rng(0)
+    ts = [("norm.weight", stlib.T("F32", [5], rng.standard_normal(5).astype(np.float32))),
+          ("w.weight", stlib.T("F16", [7, 3], rng.standard_normal((7, 3)).astype(np.float16))),
+          ("o_proj.weight", stlib.T("I64", [4, 6], np.arange(24, dtype=np.int64))),
+          ("scalar", stlib.T("BF16", [], np.array([0x3F80], dtype=np.uint16)))]
+    for era in ("old", "new"):
+        ns = install_torch(era)
+        d = os.path.join(out, "d-" + era)
+        write_dcp(ns, era, ts, d, 3 if era == "new" else 2)
+        shutil.copy(os.path.join(d, ".metadata"), os.path.join(out, "metadata-" + era))
+        shutil.rmtree(d)
+
+
 def main():
-    if sys.argv[1] == "write":
+    if sys.argv[1] == "seed":
+        seed(sys.argv[2])
+    elif sys.argv[1] == "write":
         write(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "hostile":
         hostile(sys.argv[2], sys.argv[3], sys.argv[4])

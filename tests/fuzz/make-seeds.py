@@ -481,6 +481,19 @@ def seeds_torch(out):
         write(out, "torch", name, data)
 
 
+def seeds_dcp(out):
+    # DCP .metadata files of both eras, from the test's writer, in a child
+    # process: it registers stand-in torch modules.
+    import subprocess
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, os.path.join(here, "..", "dcp_fixtures.py"), "seed", tmp], check=True)
+        for f in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, f), "rb") as fh:
+                write(out, "dcp", f, fh.read())
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -493,6 +506,7 @@ def main():
     seeds_pickle(out)
     seeds_zip(out)
     seeds_torch(out)
+    seeds_dcp(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
