@@ -517,6 +517,32 @@ out_close:
 	return r;
 }
 
+int catalog_use_config(struct catalog *cat, const char *path, struct ckpt_err *err)
+{
+	struct stat st;
+	int fd = src_open_regular(AT_FDCWD, path, 0, path, &st, err);
+	if (fd < 0)
+		return fd;
+	/* The reader of source files, on a file that is not one. */
+	struct src_file f = { .name = (char *)path, .path = (char *)path, .fd = fd, .size = (uint64_t)st.st_size };
+	cJSON *j = NULL;
+	int r = catalog_read_json(&f, &j, err);
+	close(fd);
+	if (r < 0)
+		return r;
+	if (!cJSON_IsObject(j)) {
+		cJSON_Delete(j);
+		return ckpt_err_set(err, EINVAL, "%s: not a JSON object (a config.json)", path);
+	}
+	cJSON_Delete(cat->config);
+	cat->config = j;
+	cat->config_generated = true;
+	cat->arch = arch_detect(cat->config);
+	memset(&cat->dims, 0, sizeof(cat->dims));
+	arch_dims(cat->config, cat->arch, &cat->dims);
+	return 0;
+}
+
 void catalog_close(struct catalog *cat)
 {
 	if (!cat)

@@ -78,6 +78,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "per_layer=", offsetof(struct option_strings, per_layer) },
 					{ "tp=", offsetof(struct option_strings, tp) },
 					{ "revision=", offsetof(struct option_strings, revision) },
+					{ "config=", offsetof(struct option_strings, config) },
 					{ "cache=", offsetof(struct option_strings, cache) },
 					{ "cache_dir=", offsetof(struct option_strings, cache_dir) },
 					{ "cache_size=", offsetof(struct option_strings, cache_size) },

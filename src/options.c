@@ -49,6 +49,7 @@ void option_strings_free(struct option_strings *os)
 	free(os->per_layer);
 	free(os->tp);
 	free(os->revision);
+	free(os->config);
 	free(os->cache);
 	free(os->cache_dir);
 	free(os->cache_size);
@@ -74,6 +75,7 @@ int options_to_views(struct view_opts *vo, const struct option_strings *os, stru
 	*vo = (struct view_opts){
 		.layout = os->layout,
 		.revision = os->revision,
+		.config = os->config,
 		.layout_dir = options_layout_dir(),
 		.dtype = VIEWS_NO_CAST,
 		.shard_size = VIEWS_SHARD_SIZE_DEFAULT,
@@ -101,6 +103,11 @@ int options_open_views(const char *source, const struct view_opts *vo, struct ca
 	int r = catalog_open_revision(source, vo->revision, cat, err);
 	if (r < 0)
 		return r;
+	if (vo->config && (r = catalog_use_config(*cat, vo->config, err)) < 0) {
+		catalog_close(*cat);
+		*cat = NULL;
+		return r;
+	}
 	if ((r = vtree_init(tree)) < 0) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", source);
 	} else if ((r = views_build(tree, *cat, vo, info, err)) < 0) {

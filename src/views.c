@@ -134,7 +134,7 @@ static int add_config(struct views *v, struct vnode *dir, int dtype, const cJSON
 	const struct src_file *f = catalog_file(v->cat, "config.json");
 	if (!v->cat->config)
 		return 0;
-	if (dtype == VIEWS_NO_CAST && !extra && f)
+	if (dtype == VIEWS_NO_CAST && !extra && f && !v->cat->config_generated)
 		return add_passthrough(v, dir, f);
 	cJSON *c = cJSON_Duplicate(v->cat->config, 1);
 	if (!c)

@@ -21,10 +21,11 @@ mount_test_init
 
 FX="$srcdir/tests/dcp_fixtures.py"
 
-expect_refused() { # expect_refused WANT SRC
+expect_refused() { # expect_refused WANT SRC [OPTION...]
     local want=$1 src=$2 rc=0 err mnt=$TESTDIR/mnt-refused
+    shift 2
     mkdir -p "$mnt"
-    err=$("$CKPTFS" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
+    err=$("$CKPTFS" "$@" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
     [ "$rc" -eq 1 ] || fail "ckptfs $src: exit $rc, expected 1 (stderr: $err)"
     [ "$err" = "$want" ] || fail "ckptfs $src: stderr
   got:  $err
@@ -63,6 +64,24 @@ $out" ;; esac
 dcp_case old "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch < 2.3)"
 dcp_case new "$MIXED" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)"
 dcp_case pp "$LLAMA" "torch DCP (2 pipeline stages, 8 shard files, metadata of torch >= 2.4)"
+
+note "=== -o config=FILE (a step directory without config.json)"
+NOCFG=$TESTDIR/nocfg
+mkdir "$NOCFG" "$TESTDIR/mnt-nocfg"
+cp -r "$TESTDIR/pp/pp0" "$TESTDIR/pp/pp1" "$NOCFG/"
+out=$("$CKPTFS" inspect "$NOCFG") || fail "inspect nocfg failed"
+case $out in *"architecture:  unknown"*) ;; *) fail "inspect without a config: $out" ;; esac
+mount_ckptfs "$NOCFG" "$TESTDIR/mnt-nocfg" -o "config=$LLAMA/config.json"
+"$PYTHON" - "$LLAMA/config.json" "$TESTDIR/mnt-nocfg" <<'PY' || fail "-o config: hf/config.json or native/ wrong"
+import json, os, sys
+want = json.load(open(sys.argv[1]))
+got = json.load(open(os.path.join(sys.argv[2], "hf", "config.json")))
+assert got == want, (got, want)
+assert os.path.exists(os.path.join(sys.argv[2], "native", "model.safetensors"))
+assert os.path.isdir(os.path.join(sys.argv[2], "tp-2"))
+PY
+umount_ckptfs
+expect_refused "ckptfs: $TESTDIR/none.json: No such file or directory" "$NOCFG" -o "config=$TESTDIR/none.json"
 
 note "=== hostile .metadata"
 hostile() { # hostile CASE WANT

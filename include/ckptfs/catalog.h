@@ -66,7 +66,7 @@ struct catalog {
 	size_t tensor_cap;
 	uint64_t tensor_bytes;
 	struct cJSON *config;      /* parsed config.json, or one the source generated, or NULL */
-	bool config_generated;     /* config is not a file of the source */
+	bool config_generated;     /* config is not the source's config.json (generated, or -o config=) */
 	enum ckpt_arch arch;
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */
@@ -87,6 +87,11 @@ int catalog_open(const char *dir, struct catalog **out, struct ckpt_err *err);
  * refs/main, else its only snapshot. The snapshot's symlinks into blobs/
  * stay inside the source, so nothing outside it is followed. */
 int catalog_open_revision(const char *dir, const char *revision, struct catalog **out, struct ckpt_err *err);
+
+/* Use the JSON file `path` (any path; opened as a regular file, at most
+ * 64 MiB) as the model's config.json instead of the source's own or one it
+ * generated, and detect the architecture again (-o config=FILE). */
+int catalog_use_config(struct catalog *cat, const char *path, struct ckpt_err *err);
 
 void catalog_close(struct catalog *cat);
 

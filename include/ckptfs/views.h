@@ -33,6 +33,7 @@ struct view_opts {
 	bool per_layer_native;  /* per-layer/ with native names (default HF) */
 	bool tp_hf;             /* tp-N/ and pp-N/ with HF names (default native) */
 	const char *revision;   /* the snapshot of a hub repository source (catalog_open_revision) */
+	const char *config;     /* -o config=FILE: the config.json to use (catalog_use_config) */
 };
 
 /* Largest tensor-parallel and pipeline sizes offered. */
