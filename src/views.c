@@ -29,6 +29,7 @@ struct views {
 	const struct view_opts *o;
 	struct layout *layout;
 	bool native_source;
+	char naming[32];    /* the trainer naming the source was renamed from, or "" */
 	struct tset all, src, hf, native; /* all: every source tensor (tensors/); src: without tied copies */
 	struct tset_meta binds; /* text placeholders of the layout, kept in native metadata */
 	char note[256];         /* why native/ is not offered, for the README */
@@ -632,6 +633,54 @@ static int pick_layout(struct views *v)
 	return layout_load(path, &v->layout, v->err);
 }
 
+/* Trainer namings, layout files of the layout directory: a source whose
+ * names are all outputs of one of them is renamed to HF through its inverse
+ * before anything else, so every view starts from HF names. */
+static const char *const source_namings[] = { "kempnerforge" };
+
+static int apply_naming(struct views *v)
+{
+	for (size_t i = 0; i < sizeof(source_namings) / sizeof(*source_namings); i++) {
+		char path[4096];
+		struct layout *l;
+		struct ckpt_err e;
+		snprintf(path, sizeof(path), "%s/%s.json", v->o->layout_dir ? v->o->layout_dir : ".", source_namings[i]);
+		if (layout_load(path, &l, &e) < 0)
+			continue; /* not installed: not offered */
+		size_t as_out, as_in;
+		layout_classify(l, &v->src, &as_out, &as_in);
+		if (as_out == 0 || as_in > 0) {
+			layout_free(l);
+			continue;
+		}
+		struct tset hf;
+		tset_init(&hf);
+		int r = layout_inverse(l, &v->src, &v->cat->dims, NULL, &hf, v->err);
+		layout_free(l);
+		if (r < 0) {
+			tset_destroy(&hf);
+			return r;
+		}
+		tset_destroy(&v->src);
+		v->src = hf;
+		snprintf(v->naming, sizeof(v->naming), "%s", source_namings[i]);
+		return 0;
+	}
+	return 0;
+}
+
+/* The HF set: the catalog's, or the renamed source. */
+static int hf_set(struct views *v, struct tset *out)
+{
+	if (!v->naming[0])
+		return tset_from_catalog_hf(out, v->cat, true);
+	tset_init(out);
+	for (size_t i = 0; i < v->src.n; i++)
+		if (tset_add(out, v->src.e[i].name, expr_ref(v->src.e[i].expr)) < 0)
+			return -ENOMEM;
+	return tset_sort(out, NULL);
+}
+
 /* Decide whether the source is HF or native, and compute the other side. */
 static int derive_sets(struct views *v)
 {
@@ -640,9 +689,11 @@ static int derive_sets(struct views *v)
 		r = tset_from_catalog_hf(&v->src, v->cat, true);
 	if (r < 0)
 		return oom(v, "the tensor list");
+	if ((r = apply_naming(v)) < 0)
+		return r;
 	if (!v->layout) {
 		tset_init(&v->native);
-		return tset_from_catalog_hf(&v->hf, v->cat, true) < 0 ? oom(v, "hf/") : 0;
+		return hf_set(v, &v->hf) < 0 ? oom(v, "hf/") : 0;
 	}
 	size_t as_out, as_in;
 	layout_classify(v->layout, &v->src, &as_out, &as_in);
@@ -657,7 +708,7 @@ static int derive_sets(struct views *v)
 			return oom(v, "native/");
 		return layout_inverse(v->layout, &v->src, &v->cat->dims, &v->binds, &v->hf, v->err);
 	}
-	if (tset_from_catalog_hf(&v->hf, v->cat, true) < 0)
+	if (hf_set(v, &v->hf) < 0)
 		return oom(v, "hf/");
 	return layout_forward(v->layout, &v->src, &v->cat->dims, &v->native, &v->binds, v->err);
 }
@@ -679,6 +730,9 @@ static int build_readme(struct views *v)
 	if (cat->revision)
 		fprintf(m, "Revision:      %s of the Hugging Face hub repository %s\n", cat->revision, cat->root);
 	fprintf(m, "Format:        %s layout, %s\n", v->native_source ? "native" : "HuggingFace", cat->format);
+	if (v->naming[0])
+		fprintf(m, "Naming:        %s (the trainer's names, renamed to HF by its layout %s.json)\n", v->naming,
+			v->naming);
 	if (cat->contents)
 		fprintf(m, "Also holds:    %s\n", cat->contents);
 	fprintf(m, "Architecture:  %s", arch_name(cat->arch));

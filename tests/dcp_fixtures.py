@@ -26,6 +26,8 @@ Kinds (HF names under "model.", as trainers' state dicts hold them):
          .format_version, .storage_alignment, byteorder,
          .data/serialization_id; 3 ranks (torch.chunk splits, so small
          dims leave empty chunks); step and optimizer entries
+  kf     KempnerForge's names (token_embedding.embedding, layers.N.attention.q_proj,
+         attention_norm, mlp_norm, output_head.proj), 2 ranks, torch >= 2.4
   pp     pp0/ and pp1/ stage directories, 4 ranks each (TP 2 x FSDP 2 grid
          for row-parallel weights), layers split between the stages, the
          torch >= 2.4 era, config.json beside the stages
@@ -337,10 +339,45 @@ def write_dcp(ns, era, tensors, outdir, ranks, grid=None, extras=True, rep_start
     return rep
 
 
+def kf_to_hf_key(key):
+    """KempnerForge's scripts/convert_checkpoint.py _kf_to_hf_key, step for step."""
+    key = key.replace("token_embedding.embedding.weight", "model.embed_tokens.weight")
+    key = key.replace("output_head.proj.weight", "lm_head.weight")
+    if key.startswith("layers."):
+        key = "model." + key
+        key = key.replace(".attention_norm.", ".input_layernorm.")
+        key = key.replace(".mlp_norm.", ".post_attention_layernorm.")
+        key = key.replace(".attention.", ".self_attn.")
+    elif key == "norm.weight":
+        key = "model.norm.weight"
+    return key
+
+
+def hf_to_kf_key(key):
+    """The names a KempnerForge Transformer's state_dict has for an HF key."""
+    if key == "model.embed_tokens.weight":
+        return "token_embedding.embedding.weight"
+    if key == "lm_head.weight":
+        return "output_head.proj.weight"
+    if key == "model.norm.weight":
+        return "norm.weight"
+    key = key[len("model."):]
+    key = key.replace(".input_layernorm.", ".attention_norm.").replace(".post_attention_layernorm.", ".mlp_norm.")
+    key = key.replace(".self_attn.", ".attention.")
+    assert kf_to_hf_key(key) == "model." + key.replace(".attention_norm.", ".input_layernorm.").replace(
+        ".mlp_norm.", ".post_attention_layernorm.").replace(".attention.", ".self_attn.")
+    return key
+
+
 def write(kind, hf, out):
     era = "old" if kind == "old" else "new"
     ns = install_torch(era)
     tensors = load_hf(hf)
+    if kind == "kf":
+        # dcp.save({"model": model.state_dict()}) of a KempnerForge Transformer
+        tensors = sorted(((hf_to_kf_key(n), t) for n, t in tensors), key=lambda x: x[0])
+        for n, _ in tensors:
+            assert dict(load_hf(hf)).get(kf_to_hf_key(n)) is not None, n
     if kind == "pp":
         os.makedirs(out)
         def stage(n):
@@ -351,7 +388,7 @@ def write(kind, hf, out):
         write_dcp(ns, era, [x for x in tensors if stage(x[0]) == 1], os.path.join(out, "pp1"), 4, grid=(2, 2),
                   extras=False, rep_start=rep)
     else:
-        write_dcp(ns, era, tensors, out, 2 if kind == "old" else 3)
+        write_dcp(ns, era, tensors, out, {"old": 2, "kf": 2}.get(kind, 3))
     # config.json and the side files (tokenizer...) in the step directory, beside .metadata or the stages
     for f in os.listdir(hf):
         if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
@@ -456,7 +493,7 @@ def verify_dir(d, expect):
             continue
         s = tsm.state
         name = fqn[len("model."):]
-        t = expect[name]
+        t = expect[name] if name in expect else expect[kf_to_hf_key(name)]
         if tuple(s["size"]) != tuple(t.shape):
             stlib.fail("%s: %s size %s" % (d, fqn, s["size"]))
         props = s["properties"].state

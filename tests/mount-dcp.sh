@@ -7,6 +7,7 @@
 # .metadata unpickles with stand-in classes. Then, for each of
 #   old    tiny-llama, the era before torch 2.3, 2 ranks (dim-0 and dim-1 chunks)
 #   new    mixed-dtypes (f64 f32 f16 bf16 i64 ... bool, 0-dim, empty), torch >= 2.4, 3 ranks
+#   kf     tiny-llama under KempnerForge's names (layouts/kempnerforge.json renames them)
 #   pp     tiny-llama in pp0/ and pp1/, 4 ranks each (a TP x FSDP grid)
 # tests/check_dcp.py compares hf/ and tensors/ with numpy, and hf@bf16/,
 # native/, tp-2/, per-layer/, pp-2/ with a mount of the safetensors model the
@@ -38,8 +39,9 @@ MIXED=$TESTDIR/mixed
 gen_model tiny-llama "$LLAMA"
 gen_model mixed-dtypes "$MIXED"
 
-dcp_case() { # dcp_case KIND HF_DIR FORMAT
+dcp_case() { # dcp_case KIND HF_DIR FORMAT [check_dcp option]
     local kind=$1 hf=$2 format=$3 src=$TESTDIR/$1 mnt=$TESTDIR/mnt-$1 ref=$TESTDIR/ref-$1 refpid out
+    shift 3
     note "=== $kind"
     "$PYTHON" "$FX" write "$kind" "$hf" "$src" || fail "dcp_fixtures.py write $kind failed"
     "$PYTHON" "$FX" verify "$hf" "$src" || fail "$kind: the fixture does not load in torch"
@@ -47,8 +49,9 @@ dcp_case() { # dcp_case KIND HF_DIR FORMAT
     mount_ckptfs "$hf" "$ref"
     refpid=$CKPTFS_PID
     mount_ckptfs "$src" "$mnt"
-    "$PYTHON" "$srcdir/tests/check_dcp.py" "$hf" "$mnt" "$ref" || fail "$kind: check_dcp.py failed"
+    "$PYTHON" "$srcdir/tests/check_dcp.py" "$hf" "$mnt" "$ref" "$@" || fail "$kind: check_dcp.py failed"
     grep -q "^Format: .*torch DCP" "$mnt/README" || fail "$kind: README does not name the DCP format"
+    cp "$mnt/README" "$TESTDIR/$kind-README"
     fusermount3 -u "$mnt"
     wait "$CKPTFS_PID" || fail "$kind: daemon exited with status $?"
     check_log "$CKPTFS_LOG"
@@ -63,6 +66,8 @@ $out" ;; esac
 
 dcp_case old "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch < 2.3)"
 dcp_case new "$MIXED" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)"
+dcp_case kf "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch >= 2.4)" --kf
+grep -q "^Naming: *kempnerforge" "$TESTDIR/kf-README" || fail "kf: README does not say the naming"
 dcp_case pp "$LLAMA" "torch DCP (2 pipeline stages, 8 shard files, metadata of torch >= 2.4)"
 
 note "=== -o config=FILE (a step directory without config.json)"
