@@ -33,7 +33,7 @@ struct lbound {
 	enum sym syms[4];
 };
 
-enum lkind { LN_NAME, LN_CONCAT, LN_SLICE, LN_TRANSPOSE };
+enum lkind { LN_NAME, LN_CONCAT, LN_SLICE, LN_TRANSPOSE, LN_ROTARY };
 
 struct lnode {
 	enum lkind kind;
@@ -316,6 +316,10 @@ static struct lnode *parse_node(struct lparser *p, int depth)
 	char num[32];
 	if (strcmp(tok, "transpose") == 0) {
 		n->kind = LN_TRANSPOSE;
+	} else if (strcmp(tok, "rotary") == 0) {
+		n->kind = LN_ROTARY;
+		if (!parse_bound(p, &n->start) || n->start.frac || !expect_char(p, ','))
+			goto fail;
 	} else if (strcmp(tok, "concat") == 0 || strcmp(tok, "slice") == 0) {
 		uint64_t d;
 		n->kind = tok[0] == 'c' ? LN_CONCAT : LN_SLICE;
@@ -646,6 +650,31 @@ static int bound_value(const struct lbound *b, uint64_t size, const struct model
 	return 0;
 }
 
+/* Rows of an interleaved-rotary q or k weight (Meta's original LLaMA,
+ * torchtitan) from HF's split-half one, per head of groups: for head g, pair
+ * i and half j, row g*hd + 2i + j of the interleaved weight is row
+ * g*hd + j*hd/2 + i of HF's (torchtitan's _reverse_permute); `to_hf` gives the
+ * inverse map (its _permute). NULL when rows do not split into even heads. */
+static uint64_t *rotary_rows(uint64_t rows, uint64_t groups, bool to_hf)
+{
+	if (groups == 0 || rows % groups || (rows / groups) % 2)
+		return NULL;
+	uint64_t hd = rows / groups, half = hd / 2;
+	uint64_t *idx = malloc((rows ? rows : 1) * sizeof(*idx));
+	if (!idx)
+		return NULL;
+	for (uint64_t g = 0; g < groups; g++)
+		for (uint64_t i = 0; i < half; i++)
+			for (uint64_t j = 0; j < 2; j++) {
+				uint64_t inter = g * hd + 2 * i + j, split = g * hd + j * half + i;
+				if (to_hf)
+					idx[split] = inter;
+				else
+					idx[inter] = split;
+			}
+	return idx;
+}
+
 struct apply {
 	const struct layout *l;
 	const struct model_dims *dims;
@@ -688,6 +717,19 @@ static int build(struct apply *a, const struct lnode *n, const struct binds *b, 
 		if (!(*out = expr_transpose(kids[0])))
 			snprintf(a->problem, sizeof(a->problem), "transpose needs a 2-D tensor");
 		break;
+	case LN_ROTARY: {
+		uint64_t groups = 0, *idx = NULL;
+		if (kids[0]->ndim >= 1 && bound_value(&n->start, 0, a->dims, &groups) == 0)
+			idx = rotary_rows(kids[0]->shape[0], groups, false);
+		if (idx)
+			*out = expr_gather_rows(kids[0], idx, (size_t)kids[0]->shape[0]);
+		else
+			expr_unref(kids[0]);
+		free(idx);
+		if (!*out)
+			snprintf(a->problem, sizeof(a->problem), "rotary needs rows that split into heads of even size");
+		break;
+	}
 	case LN_CONCAT:
 		if (!(*out = expr_concat(n->dim, kids, n->n)))
 			snprintf(a->problem, sizeof(a->problem), "concat parts differ in dtype or shape off dim %u", n->dim);
@@ -862,6 +904,19 @@ static int invert(struct apply *a, const struct lnode *n, struct expr *cur, stru
 		if (rg.on)
 			rg.dim = 1 - rg.dim;
 		return invert(a, n->kids[0], expr_transpose(cur), rg, b, ps);
+	case LN_ROTARY: {
+		uint64_t groups = 0, *idx = NULL;
+		if (!rg.on && cur->ndim >= 1 && bound_value(&n->start, 0, a->dims, &groups) == 0)
+			idx = rotary_rows(cur->shape[0], groups, true);
+		if (!idx) {
+			expr_unref(cur);
+			snprintf(a->problem, sizeof(a->problem), "rotary cannot be inverted (rows do not split into heads)");
+			return -EINVAL;
+		}
+		struct expr *e = expr_gather_rows(cur, idx, (size_t)cur->shape[0]);
+		free(idx);
+		return invert(a, n->kids[0], e, rg, b, ps);
+	}
 	case LN_CONCAT: {
 		if (rg.on || n->dim >= cur->ndim || cur->shape[n->dim] % n->n) {
 			expr_unref(cur);

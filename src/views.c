@@ -636,7 +636,7 @@ static int pick_layout(struct views *v)
 /* Trainer namings, layout files of the layout directory: a source whose
  * names are all outputs of one of them is renamed to HF through its inverse
  * before anything else, so every view starts from HF names. */
-static const char *const source_namings[] = { "kempnerforge" };
+static const char *const source_namings[] = { "kempnerforge", "torchtitan" };
 
 static int apply_naming(struct views *v)
 {
@@ -649,7 +649,8 @@ static int apply_naming(struct views *v)
 			continue; /* not installed: not offered */
 		size_t as_out, as_in;
 		layout_classify(l, &v->src, &as_out, &as_in);
-		if (as_out == 0 || as_in > 0) {
+		/* Every name, so two namings that share some (norm.weight) never mix. */
+		if (as_out == 0 || as_out != v->src.n || as_in > 0) {
 			layout_free(l);
 			continue;
 		}

@@ -1,15 +1,16 @@
 #!/usr/bin/python3
 """check_dcp.py - oracle for a mounted torch DCP directory (tests/mount-dcp.sh).
 
-Usage: check_dcp.py HF_DIR MNT REF_MNT [--kf]
+Usage: check_dcp.py HF_DIR MNT REF_MNT [--naming kf|titan]
 
 HF_DIR is the safetensors model the DCP fixture was written from
 (tests/dcp_fixtures.py), MNT the ckptfs mount of the DCP directory, REF_MNT a
 ckptfs mount of HF_DIR itself.
   hf/        parsed here (stlib): every tensor the fixture wrote, same dtype,
              shape and bytes as numpy read from HF_DIR; nothing else;
-  tensors/   numpy.load of every NAME.npy equals the same arrays (with --kf,
-             NAME is KempnerForge's name: tensors/ keeps the source's names);
+  tensors/   numpy.load of every NAME.npy equals the same arrays (with
+             --naming, NAME and the rows are the trainer's: tensors/ keeps
+             the source's names);
   hf@bf16/   tensor by tensor equal to REF_MNT's hf@bf16/ (the cast of the
              same values), over the tensors the fixture wrote;
   native/, tp-2/, per-layer/, pp-2/ (when the architecture has them): every
@@ -57,15 +58,23 @@ def files_below(d):
 
 def main():
     hf, mnt, ref = sys.argv[1:4]
-    kf = "--kf" in sys.argv[4:]
     expect = dict(dcp_fixtures.load_hf(hf))
+    named = dcp_fixtures.dcp_named(hf)
+    cfg = json.load(open(os.path.join(hf, "config.json")))
+    naming = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--naming" else None
     got = read_view(os.path.join(mnt, "hf"))
     if sorted(got) != sorted(expect):
         stlib.fail("hf/: tensors %s, expected %s" % (sorted(got), sorted(expect)))
     for n, t in expect.items():
         same("hf/%s" % n, got[n], t)
     for n, t in expect.items():
-        a = np.load(os.path.join(mnt, "tensors", stlib.npy_name(dcp_fixtures.hf_to_kf_key(n) if kf else n)))
+        # tensors/ keeps the source's names (and a trainer's row order)
+        if naming == "kf":
+            n = dcp_fixtures.hf_to_kf_key(n)
+        elif naming == "titan":
+            n = dcp_fixtures.hf_to_titan(n, t, cfg)[0]
+        t = named[n]
+        a = np.load(os.path.join(mnt, "tensors", stlib.npy_name(n)))
         want = t.arr
         if t.dtype == "BF16":  # tensors/ widens bf16 to float32 exactly
             bits = np.frombuffer(t.raw(), dtype=np.uint16).astype(np.uint32) << 16

@@ -28,6 +28,9 @@ Kinds (HF names under "model.", as trainers' state dicts hold them):
          dims leave empty chunks); step and optimizer entries
   kf     KempnerForge's names (token_embedding.embedding, layers.N.attention.q_proj,
          attention_norm, mlp_norm, output_head.proj), 2 ranks, torch >= 2.4
+  titan  torchtitan's names (tok_embeddings, attention.wq..wo, feed_forward.w1/w2/w3,
+         attention_norm, ffn_norm, output), wq/wk rows permuted by its
+         _reverse_permute (interleaved rotary), 3 ranks, torch >= 2.4
   pp     pp0/ and pp1/ stage directories, 4 ranks each (TP 2 x FSDP 2 grid
          for row-parallel weights), layers split between the stages, the
          torch >= 2.4 era, config.json beside the stages
@@ -369,6 +372,50 @@ def hf_to_kf_key(key):
     return key
 
 
+TITAN = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+         "lm_head.weight": "output.weight"}
+TITAN_LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
+               "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
+               "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
+               "post_attention_layernorm": "ffn_norm"}
+
+
+def reverse_permute(w, n_heads):
+    """torchtitan's _reverse_permute (from_hf): HF split-half rows to interleaved."""
+    d1, d2 = w.shape
+    return np.ascontiguousarray(w.reshape(n_heads, 2, d1 // n_heads // 2, d2).transpose(0, 2, 1, 3).reshape(d1, d2))
+
+
+def hf_to_titan(name, t, cfg):
+    """torchtitan's from_hf for one tensor: its name and stlib.T."""
+    if name in TITAN:
+        return TITAN[name], t
+    parts = name.split(".")  # model.layers.N.<module>.weight
+    key = TITAN_LAYER[".".join(parts[3:-1])]
+    arr = t.arr
+    if key == "attention.wq":
+        arr = reverse_permute(arr, cfg["num_attention_heads"])
+    elif key == "attention.wk":
+        arr = reverse_permute(arr, cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+    return "layers.%s.%s.%s" % (parts[2], key, parts[-1]), stlib.T(t.dtype, t.shape, arr)
+
+
+def dcp_named(hf):
+    """{name: stlib.T} of the tensors under every naming a fixture may hold:
+    HF's, KempnerForge's and torchtitan's (same values where names meet)."""
+    out = {}
+    cfg_path = os.path.join(hf, "config.json")
+    cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    for n, t in load_hf(hf):
+        out[n] = t
+        if n.startswith("model.layers.") or n in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+            out[hf_to_kf_key(n)] = t
+            if "num_attention_heads" in cfg:
+                k, v = hf_to_titan(n, t, cfg)
+                out[k] = v
+    return out
+
+
 def write(kind, hf, out):
     era = "old" if kind == "old" else "new"
     ns = install_torch(era)
@@ -378,6 +425,10 @@ def write(kind, hf, out):
         tensors = sorted(((hf_to_kf_key(n), t) for n, t in tensors), key=lambda x: x[0])
         for n, _ in tensors:
             assert dict(load_hf(hf)).get(kf_to_hf_key(n)) is not None, n
+    if kind == "titan":
+        # dcp.save of a torchtitan model: its own names, wq/wk rows interleaved
+        cfg = json.load(open(os.path.join(hf, "config.json")))
+        tensors = sorted((hf_to_titan(n, t, cfg) for n, t in tensors), key=lambda x: x[0])
     if kind == "pp":
         os.makedirs(out)
         def stage(n):
@@ -388,7 +439,7 @@ def write(kind, hf, out):
         write_dcp(ns, era, [x for x in tensors if stage(x[0]) == 1], os.path.join(out, "pp1"), 4, grid=(2, 2),
                   extras=False, rep_start=rep)
     else:
-        write_dcp(ns, era, tensors, out, {"old": 2, "kf": 2}.get(kind, 3))
+        write_dcp(ns, era, tensors, out, {"old": 2, "kf": 2, "titan": 3}.get(kind, 3))
     # config.json and the side files (tokenizer...) in the step directory, beside .metadata or the stages
     for f in os.listdir(hf):
         if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
@@ -493,7 +544,7 @@ def verify_dir(d, expect):
             continue
         s = tsm.state
         name = fqn[len("model."):]
-        t = expect[name] if name in expect else expect[kf_to_hf_key(name)]
+        t = expect[name]
         if tuple(s["size"]) != tuple(t.shape):
             stlib.fail("%s: %s size %s" % (d, fqn, s["size"]))
         props = s["properties"].state
@@ -516,7 +567,7 @@ def verify_dir(d, expect):
 
 
 def verify(hf, out):
-    expect = dict(load_hf(hf))
+    expect = dcp_named(hf)
     dirs = [out] if os.path.exists(os.path.join(out, ".metadata")) else \
         sorted(os.path.join(out, x) for x in os.listdir(out) if x.startswith("pp"))
     n = sum(verify_dir(d, expect) for d in dirs)

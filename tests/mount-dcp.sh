@@ -8,6 +8,8 @@
 #   old    tiny-llama, the era before torch 2.3, 2 ranks (dim-0 and dim-1 chunks)
 #   new    mixed-dtypes (f64 f32 f16 bf16 i64 ... bool, 0-dim, empty), torch >= 2.4, 3 ranks
 #   kf     tiny-llama under KempnerForge's names (layouts/kempnerforge.json renames them)
+#   titan  tiny-llama under torchtitan's names, wq/wk rows interleaved (layouts/torchtitan.json
+#          permutes them back with rotary(heads, ...), as torchtitan's to_hf does)
 #   pp     tiny-llama in pp0/ and pp1/, 4 ranks each (a TP x FSDP grid)
 # tests/check_dcp.py compares hf/ and tensors/ with numpy, and hf@bf16/,
 # native/, tp-2/, per-layer/, pp-2/ with a mount of the safetensors model the
@@ -66,8 +68,10 @@ $out" ;; esac
 
 dcp_case old "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch < 2.3)"
 dcp_case new "$MIXED" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)"
-dcp_case kf "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch >= 2.4)" --kf
+dcp_case kf "$LLAMA" "torch DCP (1 directory, 2 shard files, metadata of torch >= 2.4)" --naming kf
 grep -q "^Naming: *kempnerforge" "$TESTDIR/kf-README" || fail "kf: README does not say the naming"
+dcp_case titan "$LLAMA" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
+grep -q "^Naming: *torchtitan" "$TESTDIR/titan-README" || fail "titan: README does not say the naming"
 dcp_case pp "$LLAMA" "torch DCP (2 pipeline stages, 8 shard files, metadata of torch >= 2.4)"
 
 note "=== -o config=FILE (a step directory without config.json)"

@@ -15,7 +15,10 @@
  * Names are patterns: {layer} and {expert} match decimal numbers, any other
  * {word} matches any text (possibly empty). Every placeholder of a rule must
  * appear in its first input name. Expressions:
- *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E)
+ *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E) |
+ *   rotary(GROUPS, E)   E's rows reordered from HF's split-half rotary order
+ *                       to the interleaved one, per head (GROUPS: heads or
+ *                       kv_heads); its inverse is the HF converters' permute
  * START/STOP: an integer, a product of integers and config dimensions
  * (hidden, heads, kv_heads, head_dim, intermediate, vocab) such as
  * heads*head_dim, a fraction A/B of the dimension's size, or end.
