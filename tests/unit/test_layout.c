@@ -90,6 +90,48 @@ static void test_forward_inverse(void **state)
 	layout_free(l);
 }
 
+/* rotary(heads, q): per head, rows from HF's split-half order to the
+ * interleaved one (torchtitan's _reverse_permute); the inverse is _permute. */
+static void test_rotary(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(bytes); i++)
+		bytes[i] = (uint8_t)(i / 4); /* row r of a [N, 1] F32 tensor holds bytes r r r r */
+	struct cat_tensor q = tensor("q", 8, 1, 0), odd = tensor("q", 6, 1, 0);
+	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"wq\",\"expr\":\"rotary(heads, q)\"}]}";
+	struct layout *l;
+	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	struct model_dims dims = { .heads = 2 };
+	struct tset hf, native, back;
+	tset_init(&hf);
+	assert_int_equal(tset_add(&hf, "q", expr_source(&q)), 0);
+	assert_int_equal(layout_forward(l, &hf, &dims, &native, NULL, NULL), 0);
+	const struct tset_entry *wq = tset_find(&native, "wq");
+	assert_non_null(wq);
+	uint8_t got[32];
+	assert_int_equal(expr_read(wq->expr, 0, 32, got), 0);
+	/* head g, pair i, half j: row g*4 + 2i + j is HF row g*4 + 2j + i */
+	static const uint8_t want[8] = { 0, 2, 1, 3, 4, 6, 5, 7 };
+	for (int r = 0; r < 8; r++)
+		assert_int_equal(got[4 * r], want[r]);
+	assert_int_equal(layout_inverse(l, &native, &dims, NULL, &back, NULL), 0);
+	const struct tset_entry *qb = tset_find(&back, "q");
+	assert_non_null(qb);
+	assert_int_equal(expr_read(qb->expr, 0, 32, got), 0);
+	assert_memory_equal(got, bytes, 32);
+	tset_destroy(&back);
+	tset_destroy(&native);
+	tset_destroy(&hf);
+	/* Heads of odd size cannot be interleaved. */
+	tset_init(&hf);
+	assert_int_equal(tset_add(&hf, "q", expr_source(&odd)), 0);
+	struct ckpt_err err = { 0 };
+	assert_true(layout_forward(l, &hf, &dims, &native, NULL, &err) < 0);
+	assert_non_null(strstr(err.msg, "rotary needs rows that split into heads of even size"));
+	tset_destroy(&hf);
+	layout_free(l);
+}
+
 /* Found by fuzzing: a slice whose bounds do not fit leaked its argument. */
 static void test_regress_slice_bound_leak(void **state)
 {
@@ -193,6 +235,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_errors),
 		cmocka_unit_test(test_forward_inverse),
+		cmocka_unit_test(test_rotary),
 		cmocka_unit_test(test_regress_slice_bound_leak),
 		cmocka_unit_test(test_regress_match_backtracking),
 		cmocka_unit_test(test_regress_huge_layer_number),
