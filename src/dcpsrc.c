@@ -517,10 +517,11 @@ static int dcp_pick(struct catalog *cat, struct ckpt_err *err)
 	if (count_stages(cat) == 0)
 		return 0;
 	struct src_file *f;
-	int r = catalog_open_extra(cat, "pp0", METADATA_NAME, &f, err);
+	struct ckpt_err e = { 0 }; /* the first failure recorded wins: keep ENOENT out of err */
+	int r = catalog_open_extra(cat, "pp0", METADATA_NAME, &f, &e);
 	if (r == -ENOENT)
 		return 0; /* a ppN/ directory that is not a DCP stage */
-	return r < 0 ? r : 1;
+	return r < 0 ? ckpt_err_set(err, -r, "%s", e.msg) : 1;
 }
 
 static bool has_prefix(const char *s, const char *p)
@@ -554,13 +555,12 @@ static int add_entry(struct catalog *cat, const struct stage *s, const struct dc
 	st_shape_numel(e->shape, e->ndim, &numel); /* checked by the reader */
 	t->nbytes = numel * dtype_size(e->dtype);
 	t->file = s->meta;
-	size_t nonempty = 0, last = 0;
+	size_t nonempty = 0;
 	for (size_t i = 0; i < e->nchunks; i++) {
 		uint64_t n = 1;
 		for (uint32_t d = 0; d < e->ndim; d++)
 			n *= e->chunks[i].box.size[d];
-		if (n > 0)
-			nonempty++, last = i;
+		nonempty += n > 0;
 	}
 	if (numel == 0)
 		return 0;
@@ -588,7 +588,6 @@ static int add_entry(struct catalog *cat, const struct stage *s, const struct dc
 	}
 	if (r == 0 && nonempty == 1) {
 		/* One chunk is the whole tensor (a replicated or unsharded one): served as is. */
-		(void)last;
 		t->file = parts[0].t.file;
 		t->offset = parts[0].t.offset;
 		t->transposed = parts[0].t.transposed;
@@ -669,7 +668,8 @@ static int dcp_load(struct catalog *cat, struct ckpt_err *err)
 					fprintf(m, "%s %s%s", nother++ ? "," : (model_prefix ? "; other state:" : "other state:"),
 						e->fqn, e->is_tensor ? " (tensor, skipped)" : "");
 					struct src_file *f;
-					if (!e->is_tensor && shard_of(cat, &st[i], e->chunks[0].file, &f, err) == 0)
+					struct ckpt_err ignored = { 0 }; /* a note for inspect, never an error */
+					if (!e->is_tensor && shard_of(cat, &st[i], e->chunks[0].file, &f, &ignored) == 0)
 						describe_bytes(f, &e->chunks[0], m);
 				}
 				continue;
