@@ -92,6 +92,13 @@ PY
 umount_ckptfs
 expect_refused "ckptfs: $TESTDIR/none.json: No such file or directory" "$NOCFG" -o "config=$TESTDIR/none.json"
 
+note "=== stages that overlap, a stage directory without .metadata"
+mkdir -p "$TESTDIR/dup" "$TESTDIR/emptypp/pp0"
+cp -r "$TESTDIR/old" "$TESTDIR/dup/pp0"
+cp -r "$TESTDIR/old" "$TESTDIR/dup/pp1"
+expect_refused "ckptfs: $TESTDIR/dup/pp1/__0_0.distcp: duplicate tensor name 'lm_head.weight' (also in $TESTDIR/dup/pp0/__0_0.distcp)" "$TESTDIR/dup"
+expect_refused "ckptfs: $TESTDIR/emptypp: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)" "$TESTDIR/emptypp"
+
 note "=== hostile .metadata"
 hostile() { # hostile CASE WANT
     "$PYTHON" "$FX" hostile "$1" "$LLAMA" "$TESTDIR/h-$1" || fail "dcp_fixtures.py hostile $1 failed"
