@@ -683,6 +683,13 @@ static int dcp_load(struct catalog *cat, struct ckpt_err *err)
 		fclose(m);
 		cat->contents = text;
 	}
+	/* Every .distcp of the directory is part of the checkpoint, also one that
+	 * holds only optimizer state: none is passed through into hf/. */
+	for (size_t i = 0; !staged && i < cat->nfiles; i++) {
+		size_t n = strlen(cat->files[i].name);
+		if (n > 7 && strcmp(cat->files[i].name + n - 7, ".distcp") == 0)
+			catalog_add_shard(cat, &cat->files[i]);
+	}
 	static const char *const eras[] = { "torch < 2.3", "torch 2.3", "torch >= 2.4" };
 	snprintf(cat->format, sizeof(cat->format), "torch DCP (%s%zu %s, %zu shard files, metadata of %s)",
 		 staged ? "" : "", staged ? nst : (size_t)1, staged ? (nst == 1 ? "pipeline stage" : "pipeline stages") : "directory",

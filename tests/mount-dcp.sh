@@ -99,6 +99,13 @@ cp -r "$TESTDIR/old" "$TESTDIR/dup/pp1"
 expect_refused "ckptfs: $TESTDIR/dup/pp1/__0_0.distcp: duplicate tensor name 'lm_head.weight' (also in $TESTDIR/dup/pp0/__0_0.distcp)" "$TESTDIR/dup"
 expect_refused "ckptfs: $TESTDIR/emptypp: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)" "$TESTDIR/emptypp"
 
+note "=== a .distcp with optimizer state only is not passed through"
+cp -r "$TESTDIR/old" "$TESTDIR/extra"
+echo "optimizer state" >"$TESTDIR/extra/__7_0.distcp"
+out=$("$CKPTFS" ls "$TESTDIR/extra" hf) || fail "ls extra hf failed"
+case $out in *distcp*|*.metadata*) fail "hf/ passes a shard through: $out" ;; esac
+case $out in *tokenizer.json*) ;; *) fail "hf/ lacks the side files: $out" ;; esac
+
 note "=== hostile .metadata"
 hostile() { # hostile CASE WANT
     "$PYTHON" "$FX" hostile "$1" "$LLAMA" "$TESTDIR/h-$1" || fail "dcp_fixtures.py hostile $1 failed"
