@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ckptfs/pickle.h"
 #include "ckptfs/source.h"
@@ -508,6 +510,37 @@ static size_t count_stages(const struct catalog *cat)
 	return n;
 }
 
+/* A ppN/ directory beyond the consecutive ones would be left out silently:
+ * name the first such gap. */
+static int check_stage_gaps(const struct catalog *cat, size_t n, struct ckpt_err *err)
+{
+	int fd = dup(cat->dirfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return ckpt_err_errno(err, errno, cat->dir, NULL);
+	}
+	rewinddir(d); /* a dup shares its offset with the catalog's scan, which read to the end */
+	struct dirent *de;
+	int r = 0;
+	while (r == 0 && (de = readdir(d)) != NULL) {
+		const char *s = de->d_name;
+		if (s[0] != 'p' || s[1] != 'p' || !s[2])
+			continue;
+		char *end;
+		errno = 0;
+		unsigned long long k = strtoull(s + 2, &end, 10);
+		if (*end || errno || (s[2] == '0' && s[3]) || !stage_dir(cat, s))
+			continue;
+		if (k >= n)
+			r = ckpt_err_set(err, EINVAL, "%s/%s: pipeline stage directories must be numbered pp0, pp1, ... without a gap (pp%zu/ is missing)",
+					 cat->dir, s, n);
+	}
+	closedir(d);
+	return r;
+}
+
 static int dcp_pick(struct catalog *cat, struct ckpt_err *err)
 {
 	if (catalog_file(cat, METADATA_NAME))
@@ -521,7 +554,9 @@ static int dcp_pick(struct catalog *cat, struct ckpt_err *err)
 	int r = catalog_open_extra(cat, "pp0", METADATA_NAME, &f, &e);
 	if (r == -ENOENT)
 		return 0; /* a ppN/ directory that is not a DCP stage */
-	return r < 0 ? ckpt_err_set(err, -r, "%s", e.msg) : 1;
+	if (r < 0)
+		return ckpt_err_set(err, -r, "%s", e.msg);
+	return (r = check_stage_gaps(cat, count_stages(cat), err)) < 0 ? r : 1;
 }
 
 static bool has_prefix(const char *s, const char *p)
