@@ -37,7 +37,7 @@ static int cmp_file(const void *a, const void *b)
 const struct src_file *catalog_file(const struct catalog *cat, const char *name)
 {
 	struct src_file key = { .name = (char *)name };
-	return bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
+	return cat->nfiles ? bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file) : NULL;
 }
 
 const char *catalog_meta(const struct catalog *cat, const char *key)

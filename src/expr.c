@@ -61,7 +61,36 @@ static uint64_t dims_product(const uint64_t *shape, uint32_t from, uint32_t to)
 	return p;
 }
 
+static struct expr *source_stored(const struct cat_tensor *t);
+
+/* Row r of head h of HF's half-split order is row 2b + a of that head in
+ * the interleaved order, for r = a * hd/2 + b (convert_llama_weights_to_hf's
+ * permute, run on the row index). */
 struct expr *expr_source(const struct cat_tensor *t)
+{
+	struct expr *e = source_stored(t);
+	if (!e || !t->rope_heads)
+		return e;
+	uint64_t rows = t->shape[0], hd = t->ndim ? rows / t->rope_heads : 0;
+	if (t->ndim < 1 || hd == 0 || hd % 2 || hd * t->rope_heads != rows) {
+		expr_unref(e);
+		return NULL;
+	}
+	uint64_t *idx = malloc((size_t)rows * sizeof(*idx));
+	if (!idx) {
+		expr_unref(e);
+		return NULL;
+	}
+	for (uint64_t h = 0; h < t->rope_heads; h++)
+		for (uint64_t a = 0; a < 2; a++)
+			for (uint64_t b = 0; b < hd / 2; b++)
+				idx[h * hd + a * (hd / 2) + b] = h * hd + 2 * b + a;
+	e = expr_gather_rows(e, idx, (size_t)rows);
+	free(idx);
+	return e;
+}
+
+static struct expr *source_stored(const struct cat_tensor *t)
 {
 	if (t->transposed) {
 		/* The file holds the transpose (a saved .t(), an nn.Linear read as Conv1D). */

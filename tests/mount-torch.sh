@@ -10,6 +10,9 @@
 #   llama-sharded  two zip shards + pytorch_model.bin.index.json
 #   nanogpt        ckpt.pt with model_args, optimizer, iter_num and
 #                  '_orig_mod.' prefixes, no config.json
+#   llama2c, meta  llama2.c's ckpt.pt and Meta's consolidated.00.pth +
+#                  params.json: Meta's names, wq/wk in the interleaved rotary
+#                  order; hf/ must be the original HF model bit for bit
 # Each is mounted and tests/check_torch.py compares hf/, hf@fp32/ and
 # tensors/ with torch.load, and native/, tp-2/ and per-layer/ with a mount
 # of the safetensors model it was saved from, byte for byte. `ckptfs
@@ -72,6 +75,9 @@ torch_case gpt2-legacy "$GPT2" "$TESTDIR/ref-gpt2"
 torch_case llama-zip "$LLAMA" "$TESTDIR/ref-llama"
 torch_case llama-sharded "$LLAMA" "$TESTDIR/ref-llama"
 torch_case nanogpt "$GPT2" "$TESTDIR/ref-gpt2" --nanogpt
+# Meta's naming and rotary row order, converted back to HF's: bit for bit the original.
+torch_case llama2c "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
+torch_case meta "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
 
 note "=== inspect and export"
 out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"

@@ -30,6 +30,8 @@ struct cat_tensor {
 	uint64_t offset; /* absolute offset of the first byte in file */
 	uint64_t nbytes;
 	bool transposed; /* 2-D, stored as its transpose: file bytes are [shape[1], shape[0]] row-major */
+	uint32_t rope_heads; /* nonzero: rows stored in Meta's interleaved rotary order for this many
+				heads, served in HF's half-split order (a gather of rows) */
 	bool hf_dup;     /* the same bytes, dtype and shape as another tensor (tied weights): the HF
 			    safetensors conversion writes that other one only */
 };
