@@ -88,6 +88,13 @@ $out" ;; esac
 done
 out=$("$CKPTFS" inspect "$TESTDIR/gpt2-legacy") || fail "inspect gpt2-legacy failed"
 case $out in *"format:        torch legacy (pytorch_model.bin)"*) ;; *) fail "inspect gpt2-legacy: $out" ;; esac
+out=$("$CKPTFS" inspect "$TESTDIR/meta") || fail "inspect meta failed"
+case $out in *"format:        torch zip (consolidated.00.pth)"*"Meta/llama2.c LLaMA naming"*) ;; *) fail "inspect meta: $out" ;; esac
+# Safetensors and .bin side by side: the safetensors are served, as loaders do.
+mkdir "$TESTDIR/both"
+cp "$LLAMA"/* "$TESTDIR/llama-zip/pytorch_model.bin" "$TESTDIR/both/"
+out=$("$CKPTFS" inspect "$TESTDIR/both") || fail "inspect both failed"
+case $out in *"format:        safetensors, 2 files + model.safetensors.index.json"*) ;; *) fail "inspect both: $out" ;; esac
 "$CKPTFS" export "$TESTDIR/llama-zip" hf "$TESTDIR/export-hf" >/dev/null || fail "export llama-zip hf failed"
 "$PYTHON" - "$TESTDIR/export-hf" "$TESTDIR/llama-zip" <<'PY' || fail "export llama-zip: hf differs from torch.load"
 import os, sys
