@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libfuse3-dev fuse3 libcjson-dev libzstd-dev libcmocka-dev \
-python3-numpy python3-torch attr"
+python3-numpy python3-torch attr strace"
 
 if [ "${1:-}" = "--install-deps" ]; then
 	missing=""

@@ -2,6 +2,8 @@
  * One mutex guards the memory tier; one worker thread owns every disk write so the read path never waits on compression. */
 #include "ckptfs/cache.h"
 #include "ckptfs/guard.h"
+#include "ckptfs/mac.h"
+#include "ckptfs/srcfile.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -12,12 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h>
 
 #define ENTRY_MAGIC "CKPTFSC1"
+/* An entry of a shared directory: the same, followed by its HMAC-SHA256. */
+#define ENTRY_MAGIC_MAC "CKPTFSM1"
 #define ENTRY_HDR (8 + 4 + 8 + 8)
 #define BUCKETS 4096
 /* Opening and reading a small file costs about this much beyond decoding. */
@@ -50,6 +55,10 @@ struct job {
 struct cache {
 	struct cache_opts o;
 	char *dir;
+	int dirfd;      /* the directory checked at open; every entry is reached through it */
+	uid_t uid;      /* entries must be this user's files */
+	bool keyed;     /* shared directory: names and contents carry a MAC under `secret` */
+	uint8_t secret[MAC_LEN];
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct centry *buckets[BUCKETS];
@@ -152,53 +161,124 @@ char *cache_key(const struct expr *e)
 
 /* ---- disk tier ---- */
 
-static void disk_off(struct cache *c, const char *what, int err)
+/* Turn the disk tier off with one warning line: "why" says what is wrong. */
+static void disk_off_because(struct cache *c, const char *why)
 {
 	pthread_mutex_lock(&c->mu);
 	bool was = c->st.disk_enabled;
 	c->st.disk_enabled = false;
 	pthread_mutex_unlock(&c->mu);
 	if (was)
-		fprintf(stderr, "ckptfs: warning: cache directory %s: %s: %s; disk cache off\n", c->dir, what,
-			strerror(err));
+		fprintf(stderr, "ckptfs: warning: cache directory %s: %s; disk cache off\n", c->dir, why);
 }
 
-static void entry_path(const struct cache *c, const char *key, uint64_t chunk, char *path, size_t cap)
+static void disk_off(struct cache *c, const char *what, int err)
+{
+	char why[512];
+	snprintf(why, sizeof(why), "%s: %s", what, strerror(err));
+	disk_off_because(c, why);
+}
+
+/* The file name of an entry. In a shared directory it is keyed too, so
+ * each user's entries have names of their own and reveal nothing. */
+static void entry_file_name(const struct cache *c, const char *key, uint64_t chunk, char out[40])
 {
 	char name[33];
-	cache_entry_name(key, chunk, name);
-	snprintf(path, cap, "%s/%s.zst", c->dir, name);
+	if (c->keyed) {
+		uint8_t tag[MAC_LEN];
+		struct mac_hmac m;
+		mac_hmac_init(&m, c->secret, sizeof(c->secret));
+		mac_hmac_update(&m, "name", 5);
+		mac_hmac_update(&m, key, strlen(key) + 1);
+		mac_hmac_update(&m, &chunk, sizeof(chunk));
+		mac_hmac_final(&m, tag);
+		for (int i = 0; i < 16; i++)
+			snprintf(name + 2 * i, 3, "%02x", tag[i]);
+	} else {
+		cache_entry_name(key, chunk, name);
+	}
+	snprintf(out, 40, "%s.zst", name);
+}
+
+static void entry_mac(const struct cache *c, const uint8_t *p, size_t n, uint8_t out[MAC_LEN])
+{
+	struct mac_hmac m;
+	mac_hmac_init(&m, c->secret, sizeof(c->secret));
+	mac_hmac_update(&m, p, n);
+	mac_hmac_final(&m, out);
+}
+
+/* Random bytes for key files and temp names: never predictable by others. */
+static int fill_random(void *p, size_t n)
+{
+	uint8_t *b = p;
+	while (n) {
+		ssize_t k = getrandom(b, n, 0);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -errno;
+		b += k, n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* A new file of the directory under a fresh ".tmp-" name, created O_EXCL. */
+static int tmp_create(struct cache *c, char name[40])
+{
+	for (int tries = 0; tries < 16; tries++) {
+		uint8_t r[8];
+		if (fill_random(r, sizeof(r)) < 0)
+			return -EIO;
+		snprintf(name, 40, ".tmp-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+			 r[7]);
+		int fd = openat(c->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0 || errno != EEXIST)
+			return fd < 0 ? -errno : fd;
+	}
+	return -EEXIST;
 }
 
 /* Read a chunk back; 0 on a hit. A bad entry is deleted. */
 static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *dst, size_t len)
 {
-	char path[4200];
-	entry_path(c, key, chunk, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	char name[40];
+	entry_file_name(c, key, chunk, name);
+	/* Whatever sits at the name must be a regular file of this user: a
+	 * symlink, a FIFO (which would block every reader of the chunk) or
+	 * another user's file is a bad entry, never opened for reading. */
+	struct stat st;
+	int fd = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
+	if (fd == -ENOENT || fd == -ENOTDIR)
 		return -ENOENT;
 	uint64_t t0 = now_ns();
-	struct stat st;
-	size_t klen = strlen(key);
+	size_t klen = strlen(key), tail = c->keyed ? MAC_LEN : 0;
 	uint8_t *buf = NULL;
 	int r = -EBADMSG;
-	size_t max = ENTRY_HDR + klen + ZSTD_compressBound(len);
-	if (fstat(fd, &st) < 0 || st.st_size < (off_t)ENTRY_HDR || (uint64_t)st.st_size > max)
+	size_t max = ENTRY_HDR + klen + ZSTD_compressBound(len) + tail;
+	if (fd < 0 || st.st_uid != c->uid || st.st_size < (off_t)(ENTRY_HDR + tail) || (uint64_t)st.st_size > max)
 		goto bad;
 	buf = malloc((size_t)st.st_size);
 	if (!buf || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
 		goto bad;
+	size_t body = (size_t)st.st_size - tail;
+	if (c->keyed) {
+		/* Only a holder of this user's secret could have made the tag. */
+		uint8_t tag[MAC_LEN];
+		entry_mac(c, buf, body, tag);
+		if (!mac_equal(tag, buf + body))
+			goto bad;
+	}
 	uint32_t hk;
 	uint64_t hc, hl;
 	memcpy(&hk, buf + 8, 4);
 	memcpy(&hc, buf + 12, 8);
 	memcpy(&hl, buf + 20, 8);
-	if (memcmp(buf, ENTRY_MAGIC, 8) != 0 || hk != klen || hc != chunk || hl != len ||
-	    (size_t)st.st_size < ENTRY_HDR + klen || memcmp(buf + ENTRY_HDR, key, klen) != 0)
+	if (memcmp(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8) != 0 || hk != klen || hc != chunk || hl != len ||
+	    body < ENTRY_HDR + klen || memcmp(buf + ENTRY_HDR, key, klen) != 0)
 		goto bad;
 	size_t zoff = ENTRY_HDR + klen;
-	size_t got = ZSTD_decompress(dst, len, buf + zoff, (size_t)st.st_size - zoff);
+	size_t got = ZSTD_decompress(dst, len, buf + zoff, body - zoff);
 	if (ZSTD_isError(got) || got != len)
 		goto bad;
 	r = 0;
@@ -215,13 +295,14 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	pthread_mutex_unlock(&c->mu);
 	goto out;
 bad:
-	unlink(path);
+	unlinkat(c->dirfd, name, 0);
 	pthread_mutex_lock(&c->mu);
 	c->st.disk_bad_entries++;
 	pthread_mutex_unlock(&c->mu);
 out:
 	free(buf);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	return r;
 }
 
@@ -243,9 +324,13 @@ static int cmp_dentry(const void *a, const void *b)
  * down to 90% of it. Other processes may do the same: unlink races are fine. */
 static void disk_enforce(struct cache *c, bool evict)
 {
-	DIR *d = opendir(c->dir);
-	if (!d)
+	int dfd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
 		return;
+	}
 	struct dentry *v = NULL;
 	size_t n = 0, cap = 0;
 	uint64_t total = 0;
@@ -253,13 +338,17 @@ static void disk_enforce(struct cache *c, bool evict)
 	while ((de = readdir(d)) != NULL) {
 		size_t l = strlen(de->d_name);
 		struct stat st;
-		if (strncmp(de->d_name, ".tmp-", 5) == 0 && fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
-		    st.st_mtime < time(NULL) - 600) {
-			/* Left by a writer that died: nobody writes one for ten minutes. */
-			unlinkat(dirfd(d), de->d_name, 0);
+		/* lstat only: a symlinked entry is never followed, and counts nothing. */
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (strncmp(de->d_name, ".tmp-", 5) == 0) {
+			if (st.st_mtime < time(NULL) - 600)
+				unlinkat(dirfd(d), de->d_name, 0); /* left by a writer that died */
+			else
+				total += (uint64_t)st.st_size; /* being written: takes room, not evictable */
 			continue;
 		}
-		if (l != 36 || strcmp(de->d_name + 32, ".zst") != 0 || fstatat(dirfd(d), de->d_name, &st, 0) < 0)
+		if (l != 36 || strcmp(de->d_name + 32, ".zst") != 0)
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 256;
@@ -310,7 +399,7 @@ static int write_all(int fd, const void *p, size_t n)
 static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 {
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
-	uint8_t *buf = malloc(ENTRY_HDR + klen + bound);
+	uint8_t *buf = malloc(ENTRY_HDR + klen + bound + MAC_LEN);
 	if (!buf)
 		return;
 	size_t zl = ZSTD_compress2(z, buf + ENTRY_HDR + klen, bound, j->data, j->len);
@@ -320,25 +409,28 @@ static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
-	memcpy(buf, ENTRY_MAGIC, 8);
+	memcpy(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
 	memcpy(buf + 8, &hk, 4);
 	memcpy(buf + 12, &j->chunk, 8);
 	memcpy(buf + 20, &hl, 8);
 	memcpy(buf + ENTRY_HDR, j->key, klen);
 	size_t total = ENTRY_HDR + klen + zl;
-	char tmp[4200], path[4200];
-	snprintf(tmp, sizeof(tmp), "%s/.tmp-XXXXXX", c->dir);
-	entry_path(c, j->key, j->chunk, path, sizeof(path));
-	int fd = mkstemp(tmp);
-	int r = fd < 0 ? -errno : write_all(fd, buf, total);
+	if (c->keyed) {
+		entry_mac(c, buf, total, buf + total);
+		total += MAC_LEN;
+	}
+	char tmp[40], name[40];
+	entry_file_name(c, j->key, j->chunk, name);
+	int fd = tmp_create(c, tmp);
+	int r = fd < 0 ? fd : write_all(fd, buf, total);
 	if (fd >= 0 && close(fd) < 0 && r == 0)
 		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
+	if (r == 0 && renameat(c->dirfd, tmp, c->dirfd, name) < 0)
 		r = -errno;
 	free(buf);
 	if (r < 0) {
 		if (fd >= 0)
-			unlink(tmp);
+			unlinkat(c->dirfd, tmp, 0);
 		disk_off(c, "cannot write", -r);
 		return;
 	}
@@ -737,6 +829,81 @@ static int mkdir_p(const char *path)
 	return mkdir(buf, 0700) < 0 && errno != EEXIST ? -errno : 0;
 }
 
+/* The user's secret of a shared directory: KEYFILE, made once with
+ * O_EXCL and 0600 and published with link() so a concurrent mount never
+ * reads half of it, then trusted only as a regular file of this user that
+ * nobody else can read. 0, or -1 with the reason in why. */
+static int secret_load(struct cache *c, char *why, size_t cap)
+{
+	char name[64];
+	snprintf(name, sizeof(name), ".ckptfs-key-%ju", (uintmax_t)c->uid);
+	for (int tries = 0; tries < 2; tries++) {
+		struct stat st;
+		int fd = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
+		if (fd == -ENOENT) {
+			uint8_t key[MAC_LEN];
+			char tmp[40];
+			int w = fill_random(key, sizeof(key)) < 0 ? -EIO : tmp_create(c, tmp);
+			if (w < 0) {
+				snprintf(why, cap, "cannot make the key file %s: %s", name, strerror(-w));
+				return -1;
+			}
+			int r = write_all(w, key, sizeof(key));
+			if (r == 0 && fsync(w) < 0)
+				r = -errno;
+			close(w);
+			if (r == 0 && linkat(c->dirfd, tmp, c->dirfd, name, 0) < 0 && errno != EEXIST)
+				r = -errno;
+			unlinkat(c->dirfd, tmp, 0);
+			if (r < 0) {
+				snprintf(why, cap, "cannot make the key file %s: %s", name, strerror(-r));
+				return -1;
+			}
+			continue; /* read back whichever key won */
+		}
+		if (fd < 0) {
+			snprintf(why, cap, "key file %s: %s", name, strerror(-fd));
+			return -1;
+		}
+		ssize_t k = -1;
+		if (st.st_uid == c->uid && (st.st_mode & 077) == 0 && st.st_size == MAC_LEN)
+			k = pread(fd, c->secret, MAC_LEN, 0);
+		close(fd);
+		if (k != MAC_LEN) {
+			snprintf(why, cap, "key file %s is not a %d-byte file of uid %ju readable by it alone (uid %ju, mode %04o)",
+				 name, MAC_LEN, (uintmax_t)c->uid, (uintmax_t)st.st_uid, (unsigned)(st.st_mode & 07777));
+			return -1;
+		}
+		c->keyed = true;
+		return 0;
+	}
+	snprintf(why, cap, "key file %s keeps vanishing", name);
+	return -1;
+}
+
+/* Decide whether the directory may be trusted, as ssh's StrictModes and
+ * git's safe.directory do: it must be the user's and closed to others,
+ * unless the user asked for a shared one, whose entries then must carry
+ * the MAC of the user's secret. 0, or -1 with the reason in why. */
+static int dir_trust(struct cache *c, char *why, size_t cap)
+{
+	struct stat st;
+	if (fstat(c->dirfd, &st) < 0) {
+		snprintf(why, cap, "stat: %s", strerror(errno));
+		return -1;
+	}
+	bool foreign = st.st_uid != c->uid, open_to_others = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+	if (c->o.shared)
+		return secret_load(c, why, cap);
+	if (foreign || open_to_others) {
+		snprintf(why, cap, "%s (uid %ju, mode %04o): another user could plant entries; use -o cache_shared to share it",
+			 foreign ? "not owned by you" : "writable by group or others", (uintmax_t)st.st_uid,
+			 (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	return 0;
+}
+
 int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *err)
 {
 	*out = NULL;
@@ -747,6 +914,8 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	if (c->o.chunk == 0)
 		c->o.chunk = CACHE_CHUNK_DEFAULT;
 	c->lru.next = c->lru.prev = &c->lru;
+	c->dirfd = -1;
+	c->uid = geteuid();
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
@@ -755,12 +924,16 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	if (o->dir) {
 		c->dir = strdup(o->dir);
 		int r = c->dir ? mkdir_p(c->dir) : -ENOMEM;
-		if (r == 0 && access(c->dir, W_OK) < 0)
+		if (r == 0 && (c->dirfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+			r = -errno;
+		if (r == 0 && faccessat(c->dirfd, ".", W_OK, AT_EACCESS) < 0)
 			r = -errno;
 		c->st.disk_enabled = true;
-		if (r < 0) {
+		char why[512];
+		if (r < 0)
 			disk_off(c, "cannot use it", -r);
-		}
+		else if (dir_trust(c, why, sizeof(why)) < 0)
+			disk_off_because(c, why);
 	}
 	*out = c;
 	return 0;
@@ -805,6 +978,8 @@ void cache_close(struct cache *c)
 	pthread_cond_destroy(&c->cv);
 	pthread_cond_destroy(&c->qcv);
 	pthread_cond_destroy(&c->qidle);
+	if (c->dirfd >= 0)
+		close(c->dirfd);
 	free(c->dir);
 	free(c);
 }

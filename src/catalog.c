@@ -108,7 +108,8 @@ static int scan_files(struct catalog *cat, struct ckpt_err *err)
 		struct ckpt_err e;
 		struct src_file *f = &cat->files[cat->nfiles];
 		int fr = src_file_open(cat->rootfd, cat->root, cat->sub, names[i], 1, f, &e);
-		if (fr == -EXDEV && cat->nwarnings < CATALOG_MAX_WARNINGS) {
+		/* A symlink out, or to a FIFO or device: worth a line; a directory is not. */
+		if ((fr == -EXDEV || fr == -EINVAL) && cat->nwarnings < CATALOG_MAX_WARNINGS) {
 			/* Not fatal unless the checkpoint needs the file; kept for the caller to print. */
 			cat->warnings[cat->nwarnings] = strdup(e.msg);
 			if (cat->warnings[cat->nwarnings])

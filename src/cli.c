@@ -2,6 +2,7 @@
  * They open the source exactly as the daemon does and read through the same engine; nothing here knows FUSE. */
 #include "config.h"
 #include "ckptfs/cli.h"
+#include "ckptfs/srcfile.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -63,6 +64,10 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 			if (!opts)
 				return -ENOMEM;
 			for (char *o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+				if (strcmp(o, "cache_shared") == 0) {
+					c->os.cache_shared = 1;
+					continue;
+				}
 				static const struct {
 					const char *key;
 					size_t off;
@@ -117,6 +122,9 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 		fprintf(stderr, "ckptfs: %s\n", err.code ? err.msg : "out of memory");
 		return -EINVAL;
 	}
+	/* The same warnings as a mount: a file left out is never silent. */
+	for (size_t i = 0; i < c->cat->nwarnings; i++)
+		fprintf(stderr, "ckptfs: warning: %s (not shown)\n", c->cat->warnings[i]);
 	return 0;
 }
 
@@ -309,9 +317,10 @@ static int cmd_cat(struct cli *c)
 /* Compare a written file with the engine's bytes. */
 static int verify_file(const struct vnode *n, const char *path, uint8_t *a, uint8_t *b)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* Our temp file, but in a directory others may write: read what was written, nothing swapped in. */
+	int fd = src_open_regular(AT_FDCWD, path, SRC_OPEN_NOFOLLOW, NULL, NULL, NULL);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	int r = 0;
 	for (uint64_t off = 0; off < n->file.size && r == 0;) {
 		int64_t want = vfile_read(&n->file, off, CLI_CHUNK, a);
@@ -356,6 +365,33 @@ static uint64_t tree_bytes(struct vnode *n)
 	return s;
 }
 
+/* Make a directory's entries (renames, new subdirectories) durable. */
+static int sync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fsync(fd) < 0 && errno != EINVAL ? -errno : 0; /* EINVAL: a filesystem without directory fsync */
+	close(fd);
+	return r;
+}
+
+/* The directory that holds path ("." for a bare name). */
+static void parent_of(const char *path, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s", path);
+	size_t l = strlen(out);
+	while (l > 1 && out[l - 1] == '/')
+		out[--l] = '\0';
+	char *slash = strrchr(out, '/');
+	if (!slash)
+		snprintf(out, cap, ".");
+	else if (slash == out)
+		out[1] = '\0';
+	else
+		*slash = '\0';
+}
+
 static int export_node(struct export *x, struct vnode *n, const char *out)
 {
 	if (n->is_dir) {
@@ -374,7 +410,11 @@ static int export_node(struct export *x, struct vnode *n, const char *out)
 			if (r < 0)
 				return r;
 		}
-		return 0;
+		/* Its files were renamed into it: make those names durable. */
+		int r = sync_dir(out);
+		if (r < 0)
+			fprintf(stderr, "ckptfs: export: %s: fsync: %s\n", out, strerror(-r));
+		return r;
 	}
 	if (!x->c->force && access(out, F_OK) == 0) {
 		fprintf(stderr, "ckptfs: export: %s: exists (use --force to overwrite)\n", out);
@@ -383,12 +423,19 @@ static int export_node(struct export *x, struct vnode *n, const char *out)
 	/* Written under a temporary name and renamed when complete, so the final
 	 * name never holds a partial file. */
 	snprintf(x->tmp, sizeof(x->tmp), "%s.ckptfs-tmp.%ld", out, (long)getpid());
-	int fd = open(x->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* O_EXCL|O_NOFOLLOW: a name planted in a shared output directory is never written through. */
+	int fd = open(x->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == EEXIST && unlink(x->tmp) == 0) /* left by an export killed with this pid */
+		fd = open(x->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		fprintf(stderr, "ckptfs: export: %s: %s\n", x->tmp, strerror(errno));
 		return -errno;
 	}
 	int r = copy_file(x->c, n, fd, x->buf, &x->pg);
+	/* The bytes reach the disk before the name does: after a power loss the
+	 * final name holds the whole file or does not exist. */
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && x->c->verify)
@@ -433,6 +480,13 @@ static int cmd_export(struct cli *c)
 		out = target;
 	}
 	int r = export_node(&x, n, out);
+	if (r == 0) {
+		/* The top name (a file renamed, or a directory made) lives in the parent. */
+		char parent[4096];
+		parent_of(out, parent, sizeof(parent));
+		if ((r = sync_dir(parent)) < 0)
+			fprintf(stderr, "ckptfs: export: %s: fsync: %s\n", parent, strerror(-r));
+	}
 	progress_show(&x.pg, true);
 	double el = now_seconds() - x.pg.start;
 	free(x.buf);

@@ -1,13 +1,16 @@
 /* layout.c -- loading layout rules and applying them forward (HF -> layout) and inverted (layout -> HF).
  * Rule expressions are parsed once into small trees; names are matched with placeholders, never with regexes. */
 #include "ckptfs/layout.h"
+#include "ckptfs/srcfile.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_BINDS 8
 #define NAME_MAX_LEN 512
@@ -568,9 +571,15 @@ out:
 int layout_load(const char *path, struct layout **out, struct ckpt_err *err)
 {
 	*out = NULL;
-	FILE *f = fopen(path, "re");
-	if (!f)
+	/* A layout is named by the user but may be anything: a FIFO must not hang the mount. */
+	int fd = src_open_regular(AT_FDCWD, path, 0, NULL, NULL, err);
+	if (fd < 0)
+		return fd;
+	FILE *f = fdopen(fd, "r");
+	if (!f) {
+		close(fd);
 		return ckpt_err_errno(err, errno, path, NULL);
+	}
 	char *buf = NULL;
 	size_t len = 0, cap = 0;
 	int r = 0;

@@ -51,6 +51,7 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("mem_cache=%s", views.mem_cache, 0),
 	CKPTFS_OPT("cache_level=%s", views.cache_level, 0),
 	CKPTFS_OPT("cache_policy=%s", views.cache_policy, 0),
+	CKPTFS_OPT("cache_shared", views.cache_shared, 1),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -109,7 +110,9 @@ static void usage(const char *prog)
 	       "    -o mem_cache=SIZE      memory cache bound (default 128MiB, 0 for none)\n"
 	       "    -o cache_level=N       zstd level of disk entries (default 1)\n"
 	       "    -o cache_policy=auto|always  store a chunk on disk only when recomputing\n"
-	       "                           it is slower than reading it back (auto), or always\n\n"
+	       "                           it is slower than reading it back (auto), or always\n"
+	       "    -o cache_shared        use a cache_dir others may write: trust only entries\n"
+	       "                           signed with your key (default: refuse such a dir)\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();

@@ -142,6 +142,7 @@ int options_open_cache(const struct option_strings *os, struct cache **cache, st
 	if (os->cache_policy && strcmp(os->cache_policy, "auto") != 0 && strcmp(os->cache_policy, "always") != 0)
 		return ckpt_err_set(err, EINVAL, "-o cache_policy=%s: not auto or always", os->cache_policy);
 	co.disk_always = os->cache_policy && strcmp(os->cache_policy, "always") == 0;
+	co.shared = os->cache_shared != 0;
 	char dir[4096] = "";
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
 	if (os->cache_dir)

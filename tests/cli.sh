@@ -56,6 +56,47 @@ grep -q "exists (use --force to overwrite)" "$TESTDIR/err" || fail "no overwrite
     fail "export --force --verify"
 note "overwrite refused without --force; --force --verify ok"
 
+# Durability: each file's bytes are fsync'ed before its rename, and every
+# directory that received a rename or a new entry is fsync'ed after it
+# (traced with strace; LeakSanitizer cannot run under ptrace).
+if command -v strace >/dev/null 2>&1; then
+    out=$TESTDIR/export-durable
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 strace -f -y -o "$TESTDIR/trace" \
+        -e trace=fsync,fdatasync,rename,renameat,renameat2 \
+        "$CKPTFS" export "$TESTDIR/src-gpt2" hf/ "$out" >/dev/null || fail "export under strace failed"
+    "$PYTHON" - "$TESTDIR/trace" "$out" <<'PY' || fail "export does not fsync before and after renaming (above)"
+import os, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+out = sys.argv[2]
+synced = []   # (line number, path) of each fsync
+renames = []  # (line number, tmp, final)
+for i, l in enumerate(lines):
+    m = re.search(r'\b(?:fsync|fdatasync)\(\d+<([^>]*)>\) = 0', l)
+    if m:
+        synced.append((i, m.group(1)))
+    m = re.search(r'\brename(?:at2?)?\(.*"([^"]*)", .*"([^"]*)".*\) = 0', l)
+    if m:
+        renames.append((i, m.group(1), m.group(2)))
+bad = []
+if not renames:
+    bad.append("no rename traced")
+for i, tmp, final in renames:
+    if not any(j < i and p == tmp for j, p in synced):
+        bad.append("%s renamed without an fsync of its bytes first" % final)
+    d = os.path.dirname(final)
+    if not any(j > i and p == d for j, p in synced):
+        bad.append("%s: its directory %s not fsync'ed after the rename" % (final, d))
+if not any(p == os.path.dirname(out) for _, p in synced):
+    bad.append("%s (a new directory) not made durable in %s" % (out, os.path.dirname(out)))
+for b in bad:
+    print("cli:   " + b)
+sys.exit(1 if bad else 0)
+PY
+    note "export: fsync of each file before its rename, of each directory after"
+else
+    note "strace missing: export durability not checked"
+fi
+
 # A bad source: one line naming the file, exit 1.
 mkdir "$TESTDIR/empty"
 rc=0

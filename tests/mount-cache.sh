@@ -63,8 +63,15 @@
 #       of the same directory finds no bad entry (entries appear whole or not
 #       at all), has disk hits, and bytes are right.  Temp files left behind
 #       are reported, not failed.
+#   (i) a cache directory others can write (mode 1777, as /tmp): without
+#       -o cache_shared the mount's bytes are right, disk.enabled is false,
+#       nothing is written and the log has one "writable by group or
+#       others" warning.  With -o cache_shared entries are written, each
+#       starts "CKPTFSM1", the key file .ckptfs-key-UID is 0600 and 32
+#       bytes, and a second cache_shared mount computes nothing (disk hits
+#       == entries).
 #
-# CKPTFS_CASES selects cases (default: a b c d e f g h; b needs a's directory).
+# CKPTFS_CASES selects cases (default: a b c d e f g h i; b needs a's directory).
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -628,10 +635,53 @@ case_h() {
     note "  background daemon exited; $n entries on disk"
 }
 
-for c in ${CKPTFS_CASES:-a b c d e f g h}; do
+# ---- (i) a directory others can write; -o cache_shared ----
+case_i() {
+    local c=$TESTDIR/shared n f
+    note "=== (i) a world-writable cache directory; cache_shared"
+    SRCNAME=tl
+    mkdir "$c"
+    chmod 1777 "$c"
+    mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS"
+    read_check "$TESTDIR/m1" $TL_FILES
+    load_stats "$TESTDIR/m1"
+    expect_eq "disk.enabled (mode 1777, no cache_shared)" "$S_disk_enabled" false
+    expect_eq "disk.written" "$S_written" 0
+    umount_ckptfs
+    n=$(grep -c "warning: cache directory $c: writable by group or others" "$CKPTFS_LOG" || true)
+    expect_eq "\"writable by group or others\" warnings in the log" "$n" 1
+    note "  log: $(grep "warning: cache directory" "$CKPTFS_LOG")"
+    expect_eq "entries in $c" "$(count_entries "$c")" 0
+
+    mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS,cache_shared"
+    read_check "$TESTDIR/m1" $TL_FILES
+    drain "$TESTDIR/m1"
+    load_stats "$TESTDIR/m1"
+    expect_eq "disk.enabled (cache_shared)" "$S_disk_enabled" true
+    expect_cmp "disk.written" -gt "$S_written" 0
+    umount_ckptfs
+    ! grep -q "warning" "$CKPTFS_LOG" || fail "warning with cache_shared: $(grep warning "$CKPTFS_LOG")"
+    n=$(count_entries "$c")
+    expect_eq "entries in $c" "$n" "$S_written"
+    for f in "$c"/*.zst; do
+        [ "$(head -c 8 "$f")" = CKPTFSM1 ] || fail "$f does not start CKPTFSM1"
+    done
+    f=$c/.ckptfs-key-$(id -u)
+    expect_eq "key file mode, size, owner" "$(stat -c '%a %s %u' "$f")" "600 32 $(id -u)"
+
+    mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS,cache_shared"
+    read_check "$TESTDIR/m1" $TL_FILES
+    load_stats "$TESTDIR/m1"
+    expect_eq "computed_chunks (second cache_shared mount)" "$S_computed" 0
+    expect_eq "disk.hits" "$S_disk_hits" "$n"
+    umount_ckptfs
+    note "  cache_shared: $n signed entries, a second mount computes nothing"
+}
+
+for c in ${CKPTFS_CASES:-a b c d e f g h i}; do
     case $c in
-    a | b | c | d | e | f | g | h) "case_$c" ;;
-    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g h)" ;;
+    a | b | c | d | e | f | g | h | i) "case_$c" ;;
+    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g h i)" ;;
     esac
 done
 note "PASS"

@@ -13,8 +13,17 @@
  * leaves a half entry under a final name. An entry whose header, key,
  * size or checksum does not match is deleted and recomputed. The directory
  * is bounded by bytes with LRU eviction by mtime (hits touch the file), so
- * mounts sharing it share the bound. A directory that cannot be written
- * turns the disk tier off with one warning; readers never see its errors.
+ * mounts sharing it share the bound; temp files being written count too.
+ * A directory that cannot be written turns the disk tier off with one
+ * warning; readers never see its errors.
+ * Trust: the directory must belong to the user and be closed to group and
+ * others (else one warning, disk tier off), unless opts.shared: then each
+ * user keeps a 32-byte secret in DIR/.ckptfs-key-UID (0600, made O_EXCL),
+ * entries start "CKPTFSM1" and end with the HMAC-SHA256 of everything
+ * before under that secret, and are named by the HMAC of key and index, so
+ * nobody without the secret can make an entry the mount accepts. Either way
+ * an entry is read only if it is a regular file of the user (opened
+ * O_NOFOLLOW|O_NONBLOCK); anything else at its name is a bad entry.
  * Policy: a chunk goes to disk only when computing it took longer than
  * reading it back is expected to take (measured decompression rate); the
  * caller is told (cache_verdict) so it can stop routing a cheap expression
@@ -39,6 +48,7 @@ struct cache_opts {
 	uint64_t disk_bytes;   /* disk tier bound */
 	int level;             /* zstd level */
 	bool disk_always;      /* bypass the policy: every computed chunk goes to disk (tests) */
+	bool shared;           /* trust a directory others can write: entries carry the user's MAC */
 };
 
 struct cache_tier_stats {

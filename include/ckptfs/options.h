@@ -13,6 +13,7 @@
 struct option_strings {
 	char *layout, *dtype, *shard_size, *per_layer, *tp, *revision;
 	char *cache, *cache_dir, *cache_size, *mem_cache, *cache_level, *cache_policy;
+	int cache_shared; /* -o cache_shared: a flag, not a string */
 };
 
 /* Fill vo from option strings. */

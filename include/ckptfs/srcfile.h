@@ -1,9 +1,10 @@
 /* srcfile.h -- one file of the source directory, opened read-only and mapped.
- * Opening never escapes the directory: symlinks must resolve beneath it. */
+ * Opening never escapes the directory (symlinks must resolve beneath it) and never blocks on what is not a regular file. */
 #ifndef CKPTFS_SRCFILE_H
 #define CKPTFS_SRCFILE_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -27,9 +28,36 @@ static inline void src_file_count(const struct src_file *f, uint64_t n)
 	__atomic_add_fetch(&((struct src_file *)f)->bytes_read, n, __ATOMIC_RELAXED);
 }
 
+/* How src_open_regular resolves `path`. */
+enum {
+	/* Every component, symlink targets included, must resolve below dirfd:
+	 * a ".." above it or a link out of it gives -EXDEV. Links are resolved
+	 * here one component at a time with O_NOFOLLOW (each step checks what it
+	 * opened, never a name checked earlier), at most SRC_MAX_LINKS of them;
+	 * an absolute link is followed only when it names a place below dirfd's
+	 * own path, and is then walked again from dirfd. */
+	SRC_OPEN_BENEATH = 1 << 0,
+	/* The last component must not be a symlink (-ELOOP). */
+	SRC_OPEN_NOFOLLOW = 1 << 1,
+};
+#define SRC_MAX_LINKS 40
+
+/* Open an untrusted name for reading, as a regular file and nothing else:
+ * the one way every parser of ckptfs opens a file whose name or type it did
+ * not choose (source files, layouts, cache entries). The open itself uses
+ * O_NONBLOCK|O_NOCTTY|O_CLOEXEC, so a FIFO, a terminal or a device never
+ * blocks it or becomes the controlling terminal; the descriptor is then
+ * fstat'ed and anything but a regular file is refused (-EISDIR for a
+ * directory, -EINVAL for a FIFO, socket or device). On success returns the
+ * descriptor (blocking mode restored) and fills *st (may be NULL) from it.
+ * On failure returns a negative errno with err (may be NULL) holding one
+ * line that begins with `shown` (the name to print; NULL: `path`). */
+int src_open_regular(int dirfd, const char *path, unsigned flags, const char *shown, struct stat *st,
+		     struct ckpt_err *err);
+
 /* Open the file `name` of the directory `sub` ("" for the top one, else a
  * relative path such as "snapshots/REV") below the directory `rootfd`, whose
- * path is `rootpath`. Nothing outside the root is reached: EXDEV when a
+ * path is `rootpath`, with src_open_regular(SRC_OPEN_BENEATH): EXDEV when a
  * symlink leads out of it, EISDIR/EINVAL for anything but a regular file.
  * `map` asks for an mmap. */
 int src_file_open(int rootfd, const char *rootpath, const char *sub, const char *name, int map,

@@ -1245,6 +1245,359 @@ static void test_source_fault(void **state)
 	free(tmp);
 }
 
+/* ---- trust: planted entries, FIFOs, symlinks, shared directories (issue 16.4) ---- */
+
+#include "ckptfs/mac.h"
+
+/* t4: bf16 [1, 2, 3, 4]; its cast to f32 is computed, so it goes through the cache. */
+static uint8_t four_bytes[8] = { 0x80, 0x3f, 0x00, 0x40, 0x40, 0x40, 0x80, 0x40 };
+static struct src_file four_file = { .name = "four.safetensors", .path = "d/four.safetensors", .fd = -1,
+				     .map = four_bytes, .size = 8, .dev = 2049, .ino = 4444,
+				     .mtime = { 1700000000, 1 } };
+static struct cat_tensor t4 = { .name = "four", .dtype = CKPT_BF16, .ndim = 1, .shape = { 4 },
+				.file = &four_file, .offset = 0, .nbytes = 8 };
+
+/* A well-formed unkeyed entry for (key, chunk) holding `raw`: what another user could write. */
+static void plant_entry(const char *path, const char *key, uint64_t chunk, const void *raw, size_t n)
+{
+	size_t klen = strlen(key), bound = ZSTD_compressBound(n);
+	uint8_t *b = malloc(HDR + klen + bound);
+	assert_non_null(b);
+	uint32_t k32 = (uint32_t)klen;
+	uint64_t rl = n;
+	memcpy(b, "CKPTFSC1", 8);
+	memcpy(b + 8, &k32, 4);
+	memcpy(b + 12, &chunk, 8);
+	memcpy(b + 20, &rl, 8);
+	memcpy(b + HDR, key, klen);
+	size_t zl = ZSTD_compress(b + HDR + klen, bound, raw, n, 1);
+	assert_false(ZSTD_isError(zl));
+	unlink(path);
+	spit(path, b, HDR + klen + zl);
+	free(b);
+}
+
+/* Read t4 as f32 through a cache on dir; 0 and the floats in got. */
+static int read_four(const char *dir, bool shared, uint64_t mem, float got[4], struct cache_stats *st)
+{
+	struct expr *e = expr_cast(expr_source(&t4), CKPT_F32);
+	assert_non_null(e);
+	char *key = cache_key(e);
+	struct cache_opts o = { .chunk = CH, .mem_bytes = mem, .dir = dir, .disk_bytes = 1u << 30, .level = 1,
+				.disk_always = true, .shared = shared };
+	struct cache *c = NULL;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(cache_open(&c, &o, &err), 0);
+	int r = cache_read(c, e, key, 0, 16, got, NULL);
+	cache_flush(c);
+	if (st)
+		*st = stats(c);
+	cache_close(c);
+	free(key);
+	expr_unref(e);
+	return r;
+}
+
+static char *four_key(void)
+{
+	struct expr *e = expr_cast(expr_source(&t4), CKPT_F32);
+	assert_non_null(e);
+	char *key = cache_key(e);
+	expr_unref(e);
+	return key;
+}
+
+static void assert_true_four(const float got[4])
+{
+	static const float want[4] = { 1, 2, 3, 4 };
+	if (memcmp(got, want, sizeof(want)) != 0)
+		fail_msg("read [%g, %g, %g, %g], want [1, 2, 3, 4]", got[0], got[1], got[2], got[3]);
+}
+
+static const float forged[4] = { 666, 666, 666, 666 };
+
+/* A directory another user can write (mode 0777), or one owned by someone
+ * else: a planted entry never reaches the reader; one warning, tier off. */
+static void test_planted_entry(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir(), dir[4200], path[4300], errf[4200];
+	snprintf(dir, sizeof(dir), "%s/shared", tmp);
+	snprintf(errf, sizeof(errf), "%s/stderr", tmp);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(chmod(dir, 0777), 0);
+	char *key = four_key();
+	entry_file(dir, key, 0, path, sizeof(path));
+	plant_entry(path, key, 0, forged, sizeof(forged));
+
+	/* the plant is well-formed: a cache that trusts the directory serves it */
+	float got[4] = { 0 };
+	struct cache_stats st;
+	capture_stderr(errf);
+	int r = read_four(dir, false, 0, got, &st);
+	restore_stderr();
+	assert_int_equal(r, 0);
+	assert_true_four(got);
+	assert_false(st.disk_enabled);
+	assert_int_equal(st.disk.hits, 0);
+	size_t warn, lines = count_lines(errf, "writable by group or others (uid", &warn);
+	assert_int_equal(lines, 1);
+	assert_int_equal(warn, 1);
+	assert_true(exists(path)); /* tier off: nothing read, nothing touched */
+
+	/* owned by another user (only root can make one here) */
+	if (geteuid() == 0) {
+		assert_int_equal(chmod(dir, 0755), 0);
+		assert_int_equal(chown(dir, 65534, 65534), 0);
+		capture_stderr(errf);
+		r = read_four(dir, false, 0, got, &st);
+		restore_stderr();
+		assert_int_equal(r, 0);
+		assert_true_four(got);
+		assert_false(st.disk_enabled);
+		lines = count_lines(errf, "not owned by you (uid 65534", &warn);
+		assert_int_equal(lines, 1);
+		assert_int_equal(warn, 1);
+		assert_int_equal(chown(dir, 0, 0), 0);
+		assert_int_equal(chmod(dir, 0700), 0);
+		/* the user's own directory, an entry file of another user: not read */
+		assert_int_equal(chown(path, 65534, 65534), 0);
+		r = read_four(dir, false, 0, got, &st);
+		assert_int_equal(r, 0);
+		assert_true_four(got);
+		assert_true(st.disk_enabled);
+		assert_int_equal(st.disk.hits, 0);
+		assert_int_equal(st.disk_bad_entries, 1);
+	}
+	free(key);
+	rm_rf(tmp);
+	free(tmp);
+}
+
+/* A FIFO, a symlink to a good entry, a directory at an entry's name: bad
+ * entries, never opened for reading (a FIFO would block every reader). */
+static void test_planted_nonregular(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir(), dir[4200], path[4300], good[4300];
+	snprintf(dir, sizeof(dir), "%s/c", tmp);
+	snprintf(good, sizeof(good), "%s/good.zst", tmp);
+	char *key = four_key();
+	float got[4] = { 0 };
+	struct cache_stats st;
+	/* a real entry, kept outside the directory as the symlink's target */
+	assert_int_equal(read_four(dir, false, 0, got, &st), 0);
+	assert_int_equal(st.disk_written, 1);
+	entry_file(dir, key, 0, path, sizeof(path));
+	copy_file(path, good);
+
+	alarm(60); /* a hang fails the test instead of stalling it */
+	unlink(path);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	assert_int_equal(read_four(dir, false, 0, got, &st), 0);
+	assert_true_four(got);
+	assert_int_equal(st.disk_bad_entries, 1);
+	assert_int_equal(st.disk.hits, 0);
+	struct stat ls;
+	assert_int_equal(lstat(path, &ls), 0);
+	assert_true(S_ISREG(ls.st_mode)); /* the FIFO was replaced by a new entry */
+
+	unlink(path);
+	assert_int_equal(symlink(good, path), 0);
+	assert_int_equal(read_four(dir, false, 0, got, &st), 0);
+	assert_true_four(got);
+	assert_int_equal(st.disk_bad_entries, 1);
+	assert_int_equal(st.disk.hits, 0);
+	alarm(0);
+	free(key);
+	rm_rf(tmp);
+	free(tmp);
+}
+
+/* The size bound sums regular entries and temp files being written; a
+ * symlinked entry is not followed (its target may be anything, anywhere). */
+static void test_enforce_counts(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir(), dir[4200], p[4300], big[4300];
+	snprintf(dir, sizeof(dir), "%s/c", tmp);
+	snprintf(big, sizeof(big), "%s/big", tmp);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	size_t n = 3u << 20;
+	uint8_t *zero = calloc(1, n);
+	assert_non_null(zero);
+	spit(big, zero, n);
+	snprintf(p, sizeof(p), "%s/0123456789abcdef0123456789abcdef.zst", dir);
+	assert_int_equal(symlink(big, p), 0);
+	snprintf(p, sizeof(p), "%s/.tmp-orphan", dir);
+	spit(p, zero, 100000); /* young: another writer's file, or one that died a moment ago */
+	free(zero);
+	float got[4];
+	struct cache_stats st;
+	assert_int_equal(read_four(dir, false, 0, got, &st), 0);
+	assert_true_four(got);
+	assert_int_equal(st.disk_written, 1);
+	char e[4300];
+	char *key = four_key();
+	entry_file(dir, key, 0, e, sizeof(e));
+	struct stat es;
+	assert_int_equal(stat(e, &es), 0);
+	assert_int_equal(st.disk.bytes_stored, (uint64_t)es.st_size + 100000);
+	assert_true(exists(big));
+	free(key);
+	rm_rf(tmp);
+	free(tmp);
+}
+
+/* -o cache_shared: a world-writable directory is used, entries carry the
+ * user's MAC, a second cache gets hits, forged entries are refused. */
+static void test_shared(void **state)
+{
+	(void)state;
+	char *tmp = make_tmpdir(), dir[4200], keyf[4300], errf[4200];
+	snprintf(dir, sizeof(dir), "%s/shared", tmp);
+	snprintf(errf, sizeof(errf), "%s/stderr", tmp);
+	snprintf(keyf, sizeof(keyf), "%s/.ckptfs-key-%ju", dir, (uintmax_t)geteuid());
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(chmod(dir, 0777), 0);
+	char *key = four_key();
+	char plain[4300];
+	entry_file(dir, key, 0, plain, sizeof(plain));
+	plant_entry(plain, key, 0, forged, sizeof(forged)); /* an unkeyed plant at the unkeyed name */
+
+	float got[4] = { 0 };
+	struct cache_stats st;
+	capture_stderr(errf);
+	assert_int_equal(read_four(dir, true, 0, got, &st), 0);
+	restore_stderr();
+	assert_true_four(got);
+	assert_true(st.disk_enabled);
+	assert_int_equal(st.disk_written, 1);
+	size_t warn, lines = count_lines(errf, "warning", &warn);
+	assert_int_equal(lines, 0);
+	struct stat ks;
+	assert_int_equal(lstat(keyf, &ks), 0);
+	assert_true(S_ISREG(ks.st_mode));
+	assert_int_equal(ks.st_mode & 0777, 0600);
+	assert_int_equal(ks.st_size, MAC_LEN);
+	assert_int_equal(ks.st_uid, geteuid());
+
+	/* the keyed entry: the one .zst besides the plant */
+	char ent[4300] = "";
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		size_t l = strlen(de->d_name);
+		if (l == 36 && strcmp(de->d_name + 32, ".zst") == 0 && strcmp(plain + strlen(dir) + 1, de->d_name) != 0)
+			snprintf(ent, sizeof(ent), "%s/%s", dir, de->d_name);
+	}
+	closedir(d);
+	assert_true(ent[0]);
+	size_t en;
+	uint8_t *eb = slurp(ent, &en);
+	assert_non_null(eb);
+	assert_memory_equal(eb, "CKPTFSM1", 8);
+	uint8_t secret[MAC_LEN], tag[MAC_LEN];
+	size_t kn;
+	uint8_t *kb = slurp(keyf, &kn);
+	assert_int_equal(kn, MAC_LEN);
+	memcpy(secret, kb, MAC_LEN);
+	free(kb);
+	struct mac_hmac m;
+	mac_hmac_init(&m, secret, MAC_LEN);
+	mac_hmac_update(&m, eb, en - MAC_LEN);
+	mac_hmac_final(&m, tag);
+	assert_memory_equal(eb + en - MAC_LEN, tag, MAC_LEN);
+
+	/* a second cache (another mount of the user) hits it */
+	assert_int_equal(read_four(dir, true, 0, got, &st), 0);
+	assert_true_four(got);
+	assert_int_equal(st.disk.hits, 1);
+	assert_int_equal(st.computed_chunks, 0);
+
+	/* forged under the keyed name, with a tag made without the secret */
+	uint8_t *fb = malloc(en);
+	assert_non_null(fb);
+	memcpy(fb, eb, en);
+	size_t klen = strlen(key);
+	size_t zl = ZSTD_compress(fb + HDR + klen, en - HDR - klen, forged, sizeof(forged), 1);
+	assert_false(ZSTD_isError(zl));
+	mac_hmac_init(&m, "guess", 5);
+	mac_hmac_update(&m, fb, HDR + klen + zl);
+	mac_hmac_final(&m, fb + HDR + klen + zl);
+	unlink(ent);
+	spit(ent, fb, HDR + klen + zl + MAC_LEN);
+	assert_int_equal(read_four(dir, true, 0, got, &st), 0);
+	assert_true_four(got);
+	assert_int_equal(st.disk.hits, 0);
+	assert_int_equal(st.disk_bad_entries, 1);
+	free(fb);
+	free(eb);
+
+	/* a key file others can read is no secret: warning, tier off */
+	assert_int_equal(chmod(keyf, 0644), 0);
+	capture_stderr(errf);
+	assert_int_equal(read_four(dir, true, 0, got, &st), 0);
+	restore_stderr();
+	assert_true_four(got);
+	assert_false(st.disk_enabled);
+	lines = count_lines(errf, "readable by it alone", &warn);
+	assert_int_equal(lines, 1);
+	assert_int_equal(warn, 1);
+	free(key);
+	rm_rf(tmp);
+	free(tmp);
+}
+
+static void hex_is(const uint8_t *b, const char *want)
+{
+	char got[2 * MAC_LEN + 1];
+	for (int i = 0; i < MAC_LEN; i++)
+		snprintf(got + 2 * i, 3, "%02x", b[i]);
+	assert_string_equal(got, want);
+}
+
+/* FIPS 180-4 and RFC 4231 vectors, fed in uneven pieces. */
+static void test_mac_vectors(void **state)
+{
+	(void)state;
+	uint8_t out[MAC_LEN];
+	struct mac_sha256 s;
+	mac_sha256_init(&s);
+	mac_sha256_update(&s, "abc", 3);
+	mac_sha256_final(&s, out);
+	hex_is(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	mac_sha256_init(&s);
+	mac_sha256_final(&s, out);
+	hex_is(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	static char a[1000];
+	memset(a, 'a', sizeof(a));
+	mac_sha256_init(&s);
+	for (size_t done = 0, k = 1; done < 1000000; done += k, k = k % 997 + 1)
+		mac_sha256_update(&s, a, done + k > 1000000 ? 1000000 - done : k);
+	mac_sha256_final(&s, out);
+	hex_is(out, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+	struct mac_hmac m;
+	mac_hmac_init(&m, "Jefe", 4);
+	mac_hmac_update(&m, "what do ya want ", 16);
+	mac_hmac_update(&m, "for nothing?", 12);
+	mac_hmac_final(&m, out);
+	hex_is(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+	uint8_t k131[131];
+	memset(k131, 0xaa, sizeof(k131));
+	const char *msg = "Test Using Larger Than Block-Size Key - Hash Key First";
+	mac_hmac_init(&m, k131, sizeof(k131));
+	mac_hmac_update(&m, msg, strlen(msg));
+	mac_hmac_final(&m, out);
+	hex_is(out, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+	uint8_t other[MAC_LEN];
+	memcpy(other, out, MAC_LEN);
+	assert_true(mac_equal(out, other));
+	other[31] ^= 1;
+	assert_false(mac_equal(out, other));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1259,6 +1612,11 @@ int main(void)
 		cmocka_unit_test_setup(test_disk_bound, setup),
 		cmocka_unit_test_setup(test_dir_unusable, setup),
 		cmocka_unit_test_setup(test_source_fault, setup),
+		cmocka_unit_test_setup(test_planted_entry, setup),
+		cmocka_unit_test_setup(test_planted_nonregular, setup),
+		cmocka_unit_test_setup(test_enforce_counts, setup),
+		cmocka_unit_test_setup(test_shared, setup),
+		cmocka_unit_test_setup(test_mac_vectors, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
