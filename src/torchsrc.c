@@ -728,10 +728,18 @@ static int torch_pick(struct catalog *cat, struct ckpt_err *err)
 	}
 	if (catalog_present(cat, SINGLE_NAME))
 		return catalog_unusable(cat, SINGLE_NAME, err);
+	/* What HF's Trainer saves beside the weights: never a state dict of the model. */
+	static const char *const not_weights[] = { "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
+						   "rng_state" };
 	for (size_t i = 0; i < cat->nfiles; i++) {
 		struct src_file *f = &cat->files[i];
-		if ((has_suffix(f->name, ".pt") || has_suffix(f->name, ".pth") || has_suffix(f->name, ".ckpt") ||
-		     has_suffix(f->name, ".bin")) && torch_probe(f))
+		bool skip = false;
+		for (size_t k = 0; k < sizeof(not_weights) / sizeof(*not_weights); k++)
+			skip |= strncmp(f->name, not_weights[k], strlen(not_weights[k])) == 0;
+		if (!skip &&
+		    (has_suffix(f->name, ".pt") || has_suffix(f->name, ".pth") || has_suffix(f->name, ".ckpt") ||
+		     has_suffix(f->name, ".bin")) &&
+		    torch_probe(f))
 			catalog_add_shard(cat, f);
 	}
 	return cat->nshards > 0;

@@ -95,6 +95,13 @@ mkdir "$TESTDIR/both"
 cp "$LLAMA"/* "$TESTDIR/llama-zip/pytorch_model.bin" "$TESTDIR/both/"
 out=$("$CKPTFS" inspect "$TESTDIR/both") || fail "inspect both failed"
 case $out in *"format:        safetensors, 2 files + model.safetensors.index.json"*) ;; *) fail "inspect both: $out" ;; esac
+# A Trainer's side files (their pickles hold other globals) are not taken for weights.
+fixture hostile "$LLAMA" "$TESTDIR/hostile"
+mkdir "$TESTDIR/trainer-dir"
+cp "$TESTDIR/nanogpt/ckpt.pt" "$TESTDIR/trainer-dir/"
+cp "$TESTDIR/hostile/pytorch_model.bin" "$TESTDIR/trainer-dir/training_args.bin"
+out=$("$CKPTFS" inspect "$TESTDIR/trainer-dir") || fail "inspect trainer-dir failed"
+case $out in *"format:        torch zip (ckpt.pt)"*) ;; *) fail "inspect trainer-dir: $out" ;; esac
 "$CKPTFS" export "$TESTDIR/llama-zip" hf "$TESTDIR/export-hf" >/dev/null || fail "export llama-zip hf failed"
 "$PYTHON" - "$TESTDIR/export-hf" "$TESTDIR/llama-zip" <<'PY' || fail "export llama-zip: hf differs from torch.load"
 import os, sys
@@ -112,7 +119,6 @@ fusermount3 -u "$TESTDIR/ref-llama"
 wait "$REF_GPT2_PID" "$REF_LLAMA_PID" || fail "reference daemon exited with status $?"
 
 note "=== bad inputs"
-fixture hostile "$LLAMA" "$TESTDIR/hostile"
 expect_refused "ckptfs: $TESTDIR/hostile/pytorch_model.bin: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)" "$TESTDIR/hostile"
 [ ! -e "$TESTDIR/hostile/pwned" ] || fail "the hostile pickle's command ran"
 
