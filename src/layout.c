@@ -118,11 +118,19 @@ static bool match_budget(const char *pat, const char *name, struct binds *b, uns
 	if (b->n == MAX_BINDS)
 		return false;
 	size_t slot = b->n++;
-	snprintf(b->key[slot], sizeof(b->key[slot]), "%s", key);
+	memcpy(b->key[slot], key, sizeof(key)); /* read_key fits it in 32 bytes */
 	size_t avail = strlen(name);
-	for (size_t k = key_numeric(key) ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
-		if (key_numeric(key) && !isdigit((unsigned char)name[k - 1]))
+	bool numeric = key_numeric(key);
+	/* A split can only succeed where the literal after the placeholder
+	 * starts (or at the end, when nothing follows): skip the others
+	 * without spending budget. This is per tensor and rule, so it shows
+	 * at 100,000 tensors. */
+	char after = *rest == '{' ? '\0' : *rest;
+	for (size_t k = numeric ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
+		if (numeric && !isdigit((unsigned char)name[k - 1]))
 			break;
+		if ((*rest == '\0' && k < avail) || (after && name[k] != after))
+			continue;
 		memcpy(b->val[slot], name, k);
 		b->val[slot][k] = '\0';
 		if (match_budget(rest, name + k, b, budget))

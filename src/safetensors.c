@@ -139,12 +139,18 @@ static int parse_meta(struct st_parser *p)
 	return 0;
 }
 
-/* The rest of a list whose first `seen` elements were read: count its elements. */
-static int count_rest(struct st_parser *p, size_t seen, size_t *n)
+/* Dimensions counted past ST_MAX_DIMS for the message; beyond this many the
+ * rest of a hostile list is not read at all. */
+#define ST_DIMS_COUNTED 1024
+
+/* The rest of a list whose first `seen` elements were read: count its
+ * elements, up to ST_DIMS_COUNTED (1 when it holds more). */
+static int count_rest(struct st_parser *p, size_t seen, size_t *n, bool *more)
 {
 	struct json_token t;
 	unsigned depth = p->js.depth;
 	*n = seen;
+	*more = false;
 	for (;;) {
 		int r = next(p, &t);
 		if (r < 0)
@@ -152,8 +158,10 @@ static int count_rest(struct st_parser *p, size_t seen, size_t *n)
 		if (t.kind == JSON_TOK_ARRAY_END && p->js.depth < depth)
 			return 0;
 		if (t.depth == depth && t.kind != JSON_TOK_OBJECT_END && t.kind != JSON_TOK_ARRAY_END &&
-		    t.kind != JSON_TOK_KEY)
-			++*n;
+		    t.kind != JSON_TOK_KEY && ++*n > ST_DIMS_COUNTED) {
+			*more = true;
+			return 0;
+		}
 	}
 }
 
@@ -172,10 +180,11 @@ static int parse_shape(struct st_parser *p, const char *name, struct st_tensor *
 			return 0;
 		if (t->ndim == ST_MAX_DIMS) {
 			size_t n;
-			if ((r = count_rest(p, t->ndim + 1, &n)) < 0)
+			bool more;
+			if ((r = count_rest(p, t->ndim + 1, &n, &more)) < 0)
 				return r;
-			return ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': %zu dimensions, at most %d supported", p->path,
-					    name, n, ST_MAX_DIMS);
+			return ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': %s%zu dimensions, at most %d supported", p->path,
+					    name, more ? "more than " : "", more ? (size_t)ST_DIMS_COUNTED : n, ST_MAX_DIMS);
 		}
 		if (json_number_u64(&v, &t->shape[t->ndim]) < 0)
 			return ckpt_err_set(p->err, EINVAL,
