@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/jsonscan.h"
+
 #define MAX_BINDS 8
 #define NAME_MAX_LEN 512
 
@@ -480,7 +482,19 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	}
 	int r = 0;
-	cJSON *root = cJSON_ParseWithLength(json, len);
+	/* As for config.json: a tree of at most 65,536 values plus one per 32 bytes. */
+	struct json_limits lim = { .max_depth = 8, .max_values = 65536 + len / 32 };
+	struct json_scanner js;
+	char what[96];
+	cJSON *root = NULL;
+	if (json_prescan(json, len, &lim, &js, NULL) < 0 &&
+	    (js.problem == JSON_TOO_DEEP || js.problem == JSON_TOO_MANY_VALUES)) {
+		r = ckpt_err_set(err, EINVAL, "%s: %s at byte %zu, not a layout", path,
+				 json_scan_problem(&js, what, sizeof(what)), js.problem_at);
+		goto out;
+	}
+	if (js.problem == JSON_OK)
+		root = cJSON_ParseWithLength(json, len);
 	if (!cJSON_IsObject(root)) {
 		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON (a layout is a JSON object)", path);
 		goto out;
