@@ -11,10 +11,14 @@
 
 /* The header read token by token: nothing but the tensors, their names and
  * the metadata is ever allocated, so a hostile header costs memory in
- * proportion to the tensors it declares (about 100 bytes each, for at least
- * 50 bytes of text), never to the values it holds. Levels: the header
+ * proportion to the tensors it declares (at most ~220 bytes each, for at
+ * least 50 bytes of text), never to the values it holds. Levels: the header
  * object, a tensor or __metadata__, a shape or data_offsets list. */
 #define ST_JSON_DEPTH 3
+
+/* __metadata__ holds a few strings ("format": "pt"); an entry of 8 bytes of
+ * text would cost ~100 bytes, so their number is bounded. */
+#define ST_MAX_META 4096
 
 struct st_parser {
 	struct json_scanner js;
@@ -111,6 +115,8 @@ static int parse_meta(struct st_parser *p)
 			return r;
 		if (t.kind == JSON_TOK_OBJECT_END)
 			break;
+		if (h->nmeta == ST_MAX_META)
+			return ckpt_err_set(p->err, EINVAL, "%s: __metadata__ has more than %d entries", path, ST_MAX_META);
 		if (h->nmeta == cap) {
 			size_t nc = cap ? cap * 2 : 8;
 			struct st_meta *m = realloc(h->meta, nc * sizeof(*m));

@@ -235,6 +235,27 @@ static void test_huge_shape(void **state)
 	free(json);
 }
 
+/* Metadata entries are few in real files; a header of thousands is refused. */
+static void test_many_metadata(void **state)
+{
+	char *json = malloc(4097 * 16 + 64), *p = json;
+	assert_non_null(json);
+	p += sprintf(p, "{\"__metadata__\":{");
+	for (int i = 0; i < 4096; i++)
+		p += sprintf(p, "%s\"k%d\":\"v\"", i ? "," : "", i);
+	strcpy(p, "}}");
+	size_t len;
+	uint8_t *buf = st_build(json, 0, &len);
+	struct st_header h;
+	assert_int_equal(st_parse_header(buf, len, "m", &h, NULL), 0);
+	assert_int_equal(h.nmeta, 4096);
+	st_header_free(&h);
+	free(buf);
+	strcpy(p, ",\"k4096\":\"v\"}}");
+	expect_bad(json, 0, "x.safetensors: __metadata__ has more than 4096 entries");
+	free(json);
+}
+
 /* Names and keys written with escapes mean what they decode to. */
 static void test_escaped_names(void **state)
 {
@@ -367,6 +388,7 @@ int main(void)
 		cmocka_unit_test(test_hostile_json),
 		cmocka_unit_test(test_huge_shape),
 		cmocka_unit_test(test_escaped_names),
+		cmocka_unit_test(test_many_metadata),
 		cmocka_unit_test(test_many_tensors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
