@@ -116,19 +116,29 @@ static int add_passthrough(struct views *v, struct vnode *dir, const struct src_
 	return 0;
 }
 
-static int cmp_shard_name(const void *key, const void *elem)
+static int cmp_addr(const void *a, const void *b)
 {
-	return strcmp(key, (*(const struct src_file *const *)elem)->name);
+	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+	return x < y ? -1 : x > y;
 }
 
-/* cat->shards is in name order and names are unique: a binary search, so
- * that passing through thousands of files is not files x shards. */
-static bool is_checkpoint_file(const struct catalog *cat, const struct src_file *f)
+/* The shards sorted by address (caller frees), so that telling them from
+ * passthrough files is a binary search, not files x shards. */
+static const struct src_file **shards_by_addr(const struct catalog *cat)
+{
+	const struct src_file **s = malloc((cat->nshards ? cat->nshards : 1) * sizeof(*s));
+	if (!s)
+		return NULL;
+	memcpy(s, cat->shards, cat->nshards * sizeof(*s));
+	qsort(s, cat->nshards, sizeof(*s), cmp_addr);
+	return s;
+}
+
+static bool is_checkpoint_file(const struct catalog *cat, const struct src_file **shards, const struct src_file *f)
 {
 	if (f == cat->index || strcmp(f->name, "config.json") == 0)
 		return true;
-	const struct src_file *const *s = bsearch(f->name, cat->shards, cat->nshards, sizeof(*cat->shards), cmp_shard_name);
-	return s && *s == f;
+	return bsearch(&f, shards, cat->nshards, sizeof(*shards), cmp_addr) != NULL;
 }
 
 /* config.json of a computed view: the source's, saying the new dtype. */
@@ -332,11 +342,15 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 	}
 	/* The source's own layout, uncast: its files as they are. */
 	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source;
+	const struct src_file **shards = shards_by_addr(v->cat);
+	if (!shards)
+		r = oom(v, name);
 	for (size_t i = 0; i < v->cat->nfiles && r == 0; i++) {
 		const struct src_file *f = &v->cat->files[i];
-		if (identity || !is_checkpoint_file(v->cat, f))
+		if (identity || !is_checkpoint_file(v->cat, shards, f))
 			r = add_passthrough(v, dir, f);
 	}
+	free(shards);
 	if (!identity && r == 0)
 		r = add_config(v, dir, dtype, NULL);
 	if (!identity && r == 0)
