@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckptfs/jsonscan.h"
+
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 #define CONFIG_NAME "config.json"
@@ -133,6 +135,38 @@ out:
 	return r;
 }
 
+/* cJSON spends 64-80 bytes on every value however short its text ("0,"
+ * is two bytes), so the file is scanned before it is parsed: valid JSON,
+ * nested at most SIDE_JSON_DEPTH deep, and no more than SIDE_JSON_VALUES
+ * values plus one per SIDE_JSON_BYTES_PER_VALUE bytes. Real config.json and
+ * index files stay far below (an index of 100,000 tensors is ~8 MB for
+ * 100,000 values); the tree then holds at most ~5 times the file plus 10 MB. */
+#define SIDE_JSON_DEPTH 32
+#define SIDE_JSON_VALUES 65536
+#define SIDE_JSON_BYTES_PER_VALUE 32
+
+static int side_json_check(const struct src_file *f, const char *buf, size_t len, struct ckpt_err *err)
+{
+	struct json_limits lim = { .max_depth = SIDE_JSON_DEPTH,
+				   .max_values = SIDE_JSON_VALUES + len / SIDE_JSON_BYTES_PER_VALUE };
+	struct json_scanner js;
+	char what[96];
+	if (json_prescan(buf, len, &lim, &js, NULL) == 0)
+		return 0;
+	switch (js.problem) {
+	case JSON_SYNTAX:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", f->path, js.problem_at);
+	case JSON_TRAILING:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", f->path, js.problem_at);
+	case JSON_TOO_MANY_VALUES:
+		return ckpt_err_set(err, EINVAL, "%s: more than %zu JSON values in %zu bytes (byte %zu): not a plausible %s",
+				    f->path, lim.max_values, len, js.problem_at, f->name);
+	default:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: %s at byte %zu", f->path,
+				    json_scan_problem(&js, what, sizeof(what)), js.problem_at);
+	}
+}
+
 /* Read a small JSON file of the catalog into a cJSON tree. */
 static int read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
 {
@@ -156,24 +190,10 @@ static int read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err
 		got += (size_t)k;
 	}
 	buf[got] = '\0';
-	const char *end = NULL;
-	cJSON *j = cJSON_ParseWithLengthOpts(buf, got, &end, 0);
-	int r = 0;
-	if (!j) {
-		const char *at = cJSON_GetErrorPtr();
-		size_t where = (at && at >= buf && at <= buf + got) ? (size_t)(at - buf) : 0;
-		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", f->path, where);
-	} else {
-		for (const char *p = end; p < buf + got; p++) {
-			if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-				r = ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", f->path,
-						 (size_t)(p - buf));
-				cJSON_Delete(j);
-				j = NULL;
-				break;
-			}
-		}
-	}
+	cJSON *j = NULL;
+	int r = side_json_check(f, buf, got, err);
+	if (r == 0 && !(j = cJSON_ParseWithLength(buf, got)))
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
 	free(buf);
 	*out = j;
 	return r;
@@ -203,13 +223,15 @@ static int find_shard(struct catalog *cat, const char *name, const char *referre
 	return ckpt_err_set(err, -r, "%s (named by %s)", e.msg, referrer);
 }
 
-static int add_shard(struct catalog *cat, struct src_file *f)
+/* picked[] marks the files already taken, by their index in cat->files:
+ * an index names a shard once per tensor, so a search would be tensors x shards. */
+static void add_shard(struct catalog *cat, struct src_file *f, bool *picked)
 {
-	for (size_t i = 0; i < cat->nshards; i++)
-		if (cat->shards[i] == f)
-			return 0;
+	size_t k = (size_t)(f - cat->files);
+	if (picked[k])
+		return;
+	picked[k] = true;
 	cat->shards[cat->nshards++] = f;
-	return 1;
 }
 
 /* A name in the directory, whether or not it could be opened. */
@@ -229,11 +251,8 @@ static int unusable(struct catalog *cat, const char *name, struct ckpt_err *err)
 
 /* Decide which files hold tensors: the index's shards, else
  * model.safetensors, else every *.safetensors file. */
-static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err *err)
+static int pick_shards_into(struct catalog *cat, bool *picked, cJSON **index_json, struct ckpt_err *err)
 {
-	cat->shards = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shards));
-	if (!cat->shards)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
 	const struct src_file *index = catalog_file(cat, INDEX_NAME);
 	if (index) {
 		cat->index = index;
@@ -252,7 +271,7 @@ static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err 
 			struct src_file *f;
 			if ((r = find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
 				return r;
-			add_shard(cat, f);
+			add_shard(cat, f, picked);
 		}
 		if (cat->nshards == 0)
 			return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
@@ -260,19 +279,29 @@ static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err 
 	} else if (present(cat, INDEX_NAME)) {
 		return unusable(cat, INDEX_NAME, err);
 	} else if (catalog_file(cat, SINGLE_NAME)) {
-		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
+		add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME), picked);
 	} else if (present(cat, SINGLE_NAME)) {
 		return unusable(cat, SINGLE_NAME, err);
 	} else {
 		for (size_t i = 0; i < cat->nfiles; i++)
 			if (has_suffix(cat->files[i].name, ".safetensors"))
-				add_shard(cat, &cat->files[i]);
+				add_shard(cat, &cat->files[i], picked);
 		if (cat->nshards == 0)
 			return ckpt_err_set(err, ENOENT,
 					    "%s: no model.safetensors or model.safetensors.index.json (not a safetensors checkpoint)",
 					    cat->dir);
 	}
 	return 0;
+}
+
+static int pick_shards(struct catalog *cat, cJSON **index_json, struct ckpt_err *err)
+{
+	cat->shards = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shards));
+	bool *picked = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*picked));
+	int r = cat->shards && picked ? pick_shards_into(cat, picked, index_json, err)
+				      : ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
+	free(picked);
+	return r;
 }
 
 static int load_shards(struct catalog *cat, struct ckpt_err *err)
@@ -343,16 +372,29 @@ static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt
 					    it->valuestring);
 		listed++;
 	}
-	if (listed != cat->ntensors) {
-		for (size_t i = 0; i < cat->ntensors; i++) {
-			if (!cJSON_GetObjectItemCaseSensitive(wm, cat->tensors[i].name))
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s",
-						    cat->tensors[i].file->path, cat->tensors[i].name, INDEX_NAME);
-		}
-		/* Same counts differ only through duplicate keys in weight_map. */
-		return ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
+	if (listed == cat->ntensors)
+		return 0;
+	/* Which tensor is missing: the listed names sorted once, then one
+	 * binary search per tensor (a lookup in the cJSON object is linear). */
+	const char **names = malloc(listed * sizeof(*names));
+	if (!names)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->index->path);
+	size_t k = 0;
+	cJSON_ArrayForEach(it, wm)
+	{
+		names[k++] = it->string;
 	}
-	return 0;
+	qsort(names, listed, sizeof(*names), cmp_str);
+	int r = 0;
+	for (size_t i = 0; i < cat->ntensors && r == 0; i++) {
+		const char *key = cat->tensors[i].name;
+		if (!bsearch(&key, names, listed, sizeof(*names), cmp_str))
+			r = ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s", cat->tensors[i].file->path,
+					 key, INDEX_NAME);
+	}
+	free(names);
+	/* Every tensor listed and the counts differ: a duplicate key in weight_map. */
+	return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
 }
 
 /* ---- Hugging Face hub repositories ---- */

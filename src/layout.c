@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptfs/jsonscan.h"
+
 #define MAX_BINDS 8
 #define NAME_MAX_LEN 512
 
@@ -121,11 +123,19 @@ static bool match_budget(const char *pat, const char *name, struct binds *b, uns
 	if (b->n == MAX_BINDS)
 		return false;
 	size_t slot = b->n++;
-	snprintf(b->key[slot], sizeof(b->key[slot]), "%s", key);
+	memcpy(b->key[slot], key, sizeof(key)); /* read_key fits it in 32 bytes */
 	size_t avail = strlen(name);
-	for (size_t k = key_numeric(key) ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
-		if (key_numeric(key) && !isdigit((unsigned char)name[k - 1]))
+	bool numeric = key_numeric(key);
+	/* A split can only succeed where the literal after the placeholder
+	 * starts (or at the end, when nothing follows): skip the others
+	 * without spending budget. This is per tensor and rule, so it shows
+	 * at 100,000 tensors. */
+	char after = *rest == '{' ? '\0' : *rest;
+	for (size_t k = numeric ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
+		if (numeric && !isdigit((unsigned char)name[k - 1]))
 			break;
+		if ((*rest == '\0' && k < avail) || (after && name[k] != after))
+			continue;
 		memcpy(b->val[slot], name, k);
 		b->val[slot][k] = '\0';
 		if (match_budget(rest, name + k, b, budget))
@@ -475,7 +485,19 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	}
 	int r = 0;
-	cJSON *root = cJSON_ParseWithLength(json, len);
+	/* As for config.json: a tree of at most 65,536 values plus one per 32 bytes. */
+	struct json_limits lim = { .max_depth = 8, .max_values = 65536 + len / 32 };
+	struct json_scanner js;
+	char what[96];
+	cJSON *root = NULL;
+	if (json_prescan(json, len, &lim, &js, NULL) < 0 &&
+	    (js.problem == JSON_TOO_DEEP || js.problem == JSON_TOO_MANY_VALUES)) {
+		r = ckpt_err_set(err, EINVAL, "%s: %s at byte %zu, not a layout", path,
+				 json_scan_problem(&js, what, sizeof(what)), js.problem_at);
+		goto out;
+	}
+	if (js.problem == JSON_OK)
+		root = cJSON_ParseWithLength(json, len);
 	if (!cJSON_IsObject(root)) {
 		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON (a layout is a JSON object)", path);
 		goto out;

@@ -116,14 +116,29 @@ static int add_passthrough(struct views *v, struct vnode *dir, const struct src_
 	return 0;
 }
 
-static bool is_checkpoint_file(const struct catalog *cat, const struct src_file *f)
+static int cmp_addr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The shards sorted by address (caller frees), so that telling them from
+ * passthrough files is a binary search, not files x shards. */
+static const struct src_file **shards_by_addr(const struct catalog *cat)
+{
+	const struct src_file **s = malloc((cat->nshards ? cat->nshards : 1) * sizeof(*s));
+	if (!s)
+		return NULL;
+	memcpy(s, cat->shards, cat->nshards * sizeof(*s));
+	qsort(s, cat->nshards, sizeof(*s), cmp_addr);
+	return s;
+}
+
+static bool is_checkpoint_file(const struct catalog *cat, const struct src_file **shards, const struct src_file *f)
 {
 	if (f == cat->index || strcmp(f->name, "config.json") == 0)
 		return true;
-	for (size_t i = 0; i < cat->nshards; i++)
-		if (cat->shards[i] == f)
-			return true;
-	return false;
+	return bsearch(&f, shards, cat->nshards, sizeof(*shards), cmp_addr) != NULL;
 }
 
 /* config.json of a computed view: the source's, saying the new dtype. */
@@ -180,8 +195,9 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 {
 	const struct tset_entry **ents = malloc((s->n ? s->n : 1) * sizeof(*ents));
 	size_t *shard_of = calloc(s->n ? s->n : 1, sizeof(*shard_of));
+	size_t *by_member = calloc(s->n ? s->n : 1, sizeof(*by_member));
 	int r = 0;
-	if (!ents || !shard_of) {
+	if (!ents || !shard_of || !by_member) {
 		r = oom(v, dir->name);
 		goto out;
 	}
@@ -225,11 +241,11 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 		goto out;
 	}
 	fprintf(f, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", total);
+	/* shard_of by file order, turned into shard by set member (the set is in name order). */
+	for (size_t i = 0; i < s->n; i++)
+		by_member[ents[i] - s->e] = shard_of[i];
 	for (size_t i = 0; i < s->n; i++) {
-		size_t k = 0;
-		while (ents[k] != &s->e[i])
-			k++;
-		snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", shard_of[k] + 1, nshards);
+		snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", by_member[i] + 1, nshards);
 		fprintf(f, "%s\n    ", i ? "," : "");
 		json_put_string(f, s->e[i].name);
 		fprintf(f, ": \"%s\"", name);
@@ -248,6 +264,7 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 out:
 	free(ents);
 	free(shard_of);
+	free(by_member);
 	return r;
 }
 
@@ -325,11 +342,15 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 	}
 	/* The source's own layout, uncast: its files as they are. */
 	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source;
+	const struct src_file **shards = shards_by_addr(v->cat);
+	if (!shards)
+		r = oom(v, name);
 	for (size_t i = 0; i < v->cat->nfiles && r == 0; i++) {
 		const struct src_file *f = &v->cat->files[i];
-		if (identity || !is_checkpoint_file(v->cat, f))
+		if (identity || !is_checkpoint_file(v->cat, shards, f))
 			r = add_passthrough(v, dir, f);
 	}
+	free(shards);
 	if (!identity && r == 0)
 		r = add_config(v, dir, dtype, NULL);
 	if (!identity && r == 0)
@@ -356,12 +377,33 @@ static const struct tset *partition_base(struct views *v, bool native_names)
 	return native_names && v->layout ? &v->native : &v->hf;
 }
 
-static int cmp_group(const void *a, const void *b)
+/* A member of a set with its per-layer group, for sorting by group. */
+struct grouped {
+	int64_t group;
+	size_t i;
+};
+
+/* Embed first, then the layers in ascending order, then the head; within
+ * a group the set's own (name) order. */
+static int group_rank(int64_t g)
 {
-	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-	return x < y ? -1 : x > y;
+	return g == PART_EMBED ? 0 : g == PART_HEAD ? 2 : 1;
 }
 
+static int cmp_grouped(const void *a, const void *b)
+{
+	const struct grouped *x = a, *y = b;
+	int rx = group_rank(x->group), ry = group_rank(y->group);
+	if (rx != ry)
+		return rx < ry ? -1 : 1;
+	if (x->group != y->group)
+		return x->group < y->group ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* One file per group: the set is sorted by group once (O(n log n)), then
+ * each run of one group becomes a file. Only groups that occur get a file:
+ * a layer number read from a tensor name may be huge. */
 static int build_per_layer(struct views *v, struct vnode *dir, const struct tset *s)
 {
 	int r = 0;
@@ -373,63 +415,37 @@ static int build_per_layer(struct views *v, struct vnode *dir, const struct tset
 		return oom(v, "per-layer/index.json");
 	fprintf(idx, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", tset_bytes(s));
 	bool first = true;
-	/* Groups in file order: embed, the layers present in ascending order, head.
-	 * Only groups that occur: a layer number read from a tensor name may be huge. */
-	int64_t *groups = malloc((s->n + 2) * sizeof(*groups));
-	size_t ng = 0;
-	if (!groups) {
-		fclose(idx);
-		free(text);
-		return oom(v, "per-layer/");
-	}
-	for (size_t i = 0; i < s->n; i++) {
-		int64_t g = part_group(s->e[i].name);
-		if (g >= 0)
-			groups[ng++] = g;
-	}
-	qsort(groups, ng, sizeof(*groups), cmp_group);
-	size_t nu = 0;
-	for (size_t i = 0; i < ng; i++)
-		if (nu == 0 || groups[nu - 1] != groups[i])
-			groups[nu++] = groups[i];
-	memmove(groups + 1, groups, nu * sizeof(*groups));
-	groups[0] = PART_EMBED;
-	groups[nu + 1] = PART_HEAD;
-	ng = nu + 2;
-	for (size_t gi = 0; gi < ng && r == 0; gi++) {
-		int64_t want = groups[gi];
-		struct tset part;
-		tset_init(&part);
-		for (size_t i = 0; i < s->n && r == 0; i++)
-			if (part_group(s->e[i].name) == want)
-				r = tset_add(&part, s->e[i].name, expr_ref(s->e[i].expr));
-		if (want == PART_EMBED)
+	struct grouped *order = malloc((s->n ? s->n : 1) * sizeof(*order));
+	const struct tset_entry **ents = malloc((s->n ? s->n : 1) * sizeof(*ents));
+	struct tset_meta meta = { 0 };
+	if (!order || !ents || tset_meta_set(&meta, "format", "pt") < 0)
+		r = -ENOMEM;
+	for (size_t i = 0; r == 0 && i < s->n; i++)
+		order[i] = (struct grouped){ part_group(s->e[i].name), i };
+	if (r == 0 && s->n > 1)
+		qsort(order, s->n, sizeof(*order), cmp_grouped);
+	for (size_t lo = 0, hi; r == 0 && lo < s->n; lo = hi) {
+		int64_t g = order[lo].group;
+		for (hi = lo; hi < s->n && order[hi].group == g; hi++)
+			ents[hi - lo] = &s->e[order[hi].i];
+		if (g == PART_EMBED)
 			snprintf(name, sizeof(name), "embed.safetensors");
-		else if (want == PART_HEAD)
+		else if (g == PART_HEAD)
 			snprintf(name, sizeof(name), "head.safetensors");
 		else
-			snprintf(name, sizeof(name), "layer-%03" PRId64 ".safetensors", want);
-		if (r == 0 && part.n) {
-			const struct tset_entry **ents = malloc(part.n * sizeof(*ents));
-			struct tset_meta meta = { 0 };
-			r = ents && tset_meta_set(&meta, "format", "pt") == 0 ? 0 : -ENOMEM;
-			for (size_t i = 0; r == 0 && i < part.n; i++) {
-				ents[i] = &part.e[i];
-				fprintf(idx, "%s\n    ", first ? "" : ",");
-				json_put_string(idx, part.e[i].name);
-				fprintf(idx, ": \"%s\"", name);
-				first = false;
-			}
-			if (r == 0) {
-				st_order(ents, part.n);
-				r = add_safetensors_file(v, dir, name, ents, part.n, &meta);
-			}
-			free(ents);
-			tset_meta_clear(&meta);
+			snprintf(name, sizeof(name), "layer-%03" PRId64 ".safetensors", g);
+		for (size_t k = 0; k < hi - lo; k++) {
+			fprintf(idx, "%s\n    ", first ? "" : ",");
+			json_put_string(idx, ents[k]->name);
+			fprintf(idx, ": \"%s\"", name);
+			first = false;
 		}
-		tset_destroy(&part);
+		st_order(ents, hi - lo);
+		r = add_safetensors_file(v, dir, name, ents, hi - lo, &meta);
 	}
-	free(groups);
+	tset_meta_clear(&meta);
+	free(ents);
+	free(order);
 	fprintf(idx, "\n  }\n}\n");
 	if (fclose(idx) != 0) {
 		free(text);

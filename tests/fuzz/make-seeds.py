@@ -3,7 +3,7 @@
 
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
-Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config,
+Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config, jsonscan,
 layout and views: small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
@@ -410,6 +410,29 @@ def seeds_views(out):
                                         '"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', 8))
 
 
+# ---- jsonscan (input = 4 bytes of limits, then any JSON text) ----
+
+def seeds_jsonscan(out):
+    h = "jsonscan"
+    limits = {"none": b"\0\0\0\0", "tight": b"\x03\x08\x04\x90", "depth2": b"\x02\0\0\0"}
+    docs = {
+        "object": '{"a": [1, -2.5e3, "x", true, false, null], "b": {"c": {}}}',
+        "escapes": '["\\"\\\\\\/\\b\\f\\n\\r\\t", "\\u00e9\\ud83d\\ude00", "caf\u00e9"]',
+        "numbers": "[0, -0, 1.5, 1e9, 1E-9, 18446744073709551615, 18446744073709551616, 01]",
+        "deep": "[" * 70 + "]" * 70,
+        "header": '{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}',
+        "trailing": '{} x',
+        "cut": '{"a": "b',
+        "lone-surrogate": '["\\udc00", "\\ud800x"]',
+        "nul-escape": '["a\\u0000b"]',
+    }
+    for ln, lb in limits.items():
+        for dn, d in docs.items():
+            write(out, h, ln + "-" + dn, lb + d.encode())
+    write(out, h, "none-bad-utf8", limits["none"] + b'["\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"]')
+
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -419,6 +442,7 @@ def main():
     seeds_config(out)
     seeds_layout(out)
     seeds_views(out)
+    seeds_jsonscan(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
