@@ -126,6 +126,10 @@ static int key_put(FILE *f, const struct expr *e)
 		fprintf(f, " idx=%016" PRIx64 "%016" PRIx64, fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0xcbf29ce484222325ULL),
 			fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0x84222325cbf29ce4ULL));
 		break;
+	case EXPR_LORA:
+		for (size_t k = 0; k < e->nargs / 2; k++)
+			fprintf(f, " s=%a", (double)e->scale[k]);
+		break;
 	default:
 		break;
 	}

@@ -79,7 +79,16 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "mem_cache=", offsetof(struct option_strings, mem_cache) },
 					{ "cache_level=", offsetof(struct option_strings, cache_level) },
 					{ "cache_policy=", offsetof(struct option_strings, cache_policy) },
+					{ "lora_scale=", offsetof(struct option_strings, lora_scale) },
 				};
+				if (strncmp(o, "lora=", 5) == 0) { /* repeated: stacks */
+					if (options_add_lora(&c->os, o + 5) < 0) {
+						fprintf(stderr, "ckptfs: %s: bad option '-o %s'\n", argv[1], o);
+						free(opts);
+						return -EINVAL;
+					}
+					continue;
+				}
 				size_t k = 0;
 				while (k < sizeof(keys) / sizeof(keys[0]) && strncmp(o, keys[k].key, strlen(keys[k].key)))
 					k++;

@@ -32,6 +32,7 @@ enum expr_op {
 	EXPR_TRANSPOSE,
 	EXPR_GATHER,
 	EXPR_ZEROS,
+	EXPR_LORA,
 };
 
 struct expr {
@@ -53,6 +54,7 @@ struct expr {
 	 * from argument i. */
 	uint64_t outer, row_bytes, arg_row, skip;
 	uint64_t *part_end;
+	float *scale;                 /* LORA: one factor per low-rank term */
 };
 
 /* Where the bytes at the start of a range come from. */
@@ -76,6 +78,16 @@ struct expr *expr_zeros(enum ckpt_dtype dtype, uint32_t ndim, const uint64_t *sh
 struct expr *expr_transpose(struct expr *arg);
 /* out[r] = arg[idx[r]] along dim 0; idx is copied and checked against arg's rows. */
 struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
+
+/* Low-rank add: out = w + s * (p @ q), p [rows, r], q [r, cols], w
+ * [rows, cols] of any float dtype. Accumulated in fp32 and rounded once
+ * (nearest even) to the node's dtype, w's at first. Evaluated by row block:
+ * rows [i, j) read rows [i, j) of w and p and all of q. Adding to a node
+ * that already is a low-rank add stacks the term (still one rounding);
+ * casts, slices, transposes and row gathers of the result are pushed into
+ * its arguments, so a tp shard or a cast never merges more than it returns.
+ * Takes the three references. */
+struct expr *expr_lora(struct expr *w, struct expr *p, struct expr *q, float s);
 
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);
