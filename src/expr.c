@@ -96,6 +96,17 @@ struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to)
 	return expr_set_args(expr_new(EXPR_CAST, to, arg->ndim, arg->shape), &arg, 1);
 }
 
+struct expr *expr_cast_values(struct expr *arg, enum ckpt_dtype to)
+{
+	if (!arg || arg->op != EXPR_LORA || arg->dtype == to)
+		return expr_cast(arg, to);
+	if (!cast_supported(arg->dtype, to)) {
+		expr_unref(arg);
+		return NULL;
+	}
+	return expr_set_args(expr_new(EXPR_CAST, to, arg->ndim, arg->shape), &arg, 1);
+}
+
 struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop)
 {
 	if (!arg)

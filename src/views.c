@@ -263,7 +263,7 @@ static int add_npy(struct views *v, struct vnode *dir, const char *name, struct 
 	const char *descr = dtype_npy_descr(e->dtype);
 	if (!descr) { /* numpy has no BF16/F8: widen exactly to float32 */
 		descr = dtype_npy_descr(CKPT_F32);
-		e = expr_cast(e, CKPT_F32);
+		e = expr_cast_values(e, CKPT_F32);
 		snprintf(dtext, sizeof(dtext), "%s (served as <f4, widened exactly)", dtype_name(stored));
 	} else {
 		snprintf(dtext, sizeof(dtext), "%s", dtype_name(stored));

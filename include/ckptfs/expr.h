@@ -68,6 +68,10 @@ struct expr_span {
  * (and then release their arguments, so calls can be nested). */
 struct expr *expr_source(const struct cat_tensor *t);
 struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to);
+/* The same, converting arg's own values: a cast of a low-rank add normally
+ * merges straight into `to` (one rounding); this one rounds to arg's dtype
+ * first, for an exact widening of the tensor as it is (tensors/). */
+struct expr *expr_cast_values(struct expr *arg, enum ckpt_dtype to);
 /* arg[..., start:stop, ...] along dim. */
 struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop);
 /* Concatenation along dim; takes the n references in args (the array is copied). */
