@@ -78,6 +78,8 @@ def cmd_adapter(a):
     rp = json.loads(a.rank_pattern) if a.rank_pattern else {}
     ap = json.loads(a.alpha_pattern) if a.alpha_pattern else {}
     tail = "." + a.adapter_name if a.adapter_name else ""
+    with open(os.path.join(a.base, "config.json")) as f:
+        gpt2 = json.load(f).get("model_type") == "gpt2"
     out = []
     for name in sorted(base):
         if not name.endswith(".weight"):
@@ -88,11 +90,14 @@ def cmd_adapter(a):
         w = base[name]
         r = pattern_value(rp, module, a.r)
         rows, cols = w.shape
-        i, o = (rows, cols) if a.fan_in_fan_out else (cols, rows)
+        # GPT-2's Conv1D is [in, out] whatever the config says (PEFT forces fan_in_fan_out)
+        conv1d = gpt2 and module.split(".")[-1] in ("c_attn", "c_proj", "c_fc")
+        i, o = (rows, cols) if a.fan_in_fan_out or conv1d else (cols, rows)
         A = rng.standard_normal((r, i)).astype(np.float32) * 0.1
         B = rng.standard_normal((o, r)).astype(np.float32) * 0.1
-        out.append(("base_model.model.%s.lora_A%s.weight" % (module, tail), a.dtype, storage(A, a.dtype)))
-        out.append(("base_model.model.%s.lora_B%s.weight" % (module, tail), a.dtype, storage(B, a.dtype)))
+        pm = a.module_prefix + module
+        out.append(("base_model.model.%s.lora_A%s.weight" % (pm, tail), a.dtype, storage(A, a.dtype)))
+        out.append(("base_model.model.%s.lora_B%s.weight" % (pm, tail), a.dtype, storage(B, a.dtype)))
     saves = [s for s in (a.save or "").split(",") if s]
     for s in saves:
         t = base[s + ".weight"]
@@ -183,6 +188,7 @@ def main():
     p.add_argument("--save")
     p.add_argument("--dtype", default="F32", choices=["F32", "BF16"])
     p.add_argument("--adapter-name", default="")
+    p.add_argument("--module-prefix", default="", help='e.g. "transformer." for a GPT-2 base stored without it')
     p.add_argument("--config-extra")
     p.add_argument("--seed", type=int, default=1)
     q = sub.add_parser("pairs")
