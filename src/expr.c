@@ -355,6 +355,7 @@ void expr_unref(struct expr *e)
 	free(e->idx);
 	free(e->part_end);
 	free(e->scale);
+	free(e->qf32);
 	free(e);
 }
 
@@ -670,6 +671,13 @@ static int read_f32(const struct expr *x, uint64_t first, uint64_t n, float *out
 	size_t sz = dtype_size(x->dtype);
 	if (x->dtype == CKPT_F32)
 		return expr_read(x, first * sz, n * sz, out);
+	/* A mapped source is widened where it lies (reads run under the
+	 * caller's SIGBUS guard, as every read of a mapping does). */
+	const uint8_t *direct = x->op == EXPR_SOURCE ? expr_direct(x) : NULL;
+	if (direct) {
+		src_file_count(x->src->file, n * sz);
+		return cast_run(CKPT_F32, out, x->dtype, direct + first * sz, (size_t)n);
+	}
 	int r = expr_read(x, first * sz, n * sz, tmp);
 	return r < 0 ? r : cast_run(CKPT_F32, out, x->dtype, tmp, (size_t)n);
 }
@@ -696,18 +704,32 @@ static int read_lora(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	tmp_elems = rmax * C > tmp_elems ? rmax * C : tmp_elems;
 	tmp_elems = block * rmax > tmp_elems ? block * rmax : tmp_elems;
 	float *acc = malloc((size_t)(block * C) * sizeof(float));
-	float *q = malloc((size_t)qelems * sizeof(float));
 	float *p = malloc((size_t)(block * rmax) * sizeof(float));
 	float *row = malloc((size_t)C * sizeof(float));
 	void *tmp = malloc((size_t)tmp_elems * 8);
 	uint8_t *out = malloc((size_t)(block * row_bytes));
-	int r = acc && q && p && row && tmp && out ? 0 : -ENOMEM;
-	/* Every q is read whole once per call: all of a row block needs all of it. */
+	int r = acc && p && row && tmp && out ? 0 : -ENOMEM;
+	/* All of every q serves each row block: widened once, kept with the node
+	 * (r x cols floats, small beside the rows it serves). Racing first
+	 * readers each make one; the first published wins. */
+	float *q = __atomic_load_n(&e->qf32, __ATOMIC_ACQUIRE);
 	uint64_t qoff = 0;
-	for (size_t k = 0; k < nterms && r == 0; k++) {
-		const struct expr *qk = e->args[2 + 2 * k];
-		r = read_f32(qk, 0, qk->shape[0] * C, q + qoff, tmp);
-		qoff += qk->shape[0] * C;
+	if (!q && r == 0) {
+		float *mine = malloc((size_t)qelems * sizeof(float));
+		r = mine ? 0 : -ENOMEM;
+		for (size_t k = 0; k < nterms && r == 0; k++) {
+			const struct expr *qk = e->args[2 + 2 * k];
+			r = read_f32(qk, 0, qk->shape[0] * C, mine + qoff, tmp);
+			qoff += qk->shape[0] * C;
+		}
+		float *expected = NULL;
+		if (r == 0 && __atomic_compare_exchange_n(&((struct expr *)e)->qf32, &expected, mine, false,
+							  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			q = mine;
+		} else {
+			free(mine);
+			q = expected;
+		}
 	}
 	for (uint64_t i = first; i < last && r == 0; i += block) {
 		uint64_t nr = last - i < block ? last - i : block;
@@ -722,16 +744,19 @@ static int read_lora(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 			lora_gemm((size_t)nr, (size_t)C, (size_t)rk, e->scale[k], p, q + qoff, acc, row);
 			qoff += rk * C;
 		}
-		if (r == 0)
-			r = cast_run(e->dtype, out, CKPT_F32, acc, (size_t)(nr * C));
-		/* The part of these rows inside [off, off+len). */
+		/* The part of these rows inside [off, off+len): whole rows are
+		 * rounded straight into dst, a cut row through `out`. */
 		uint64_t b0 = i * row_bytes, b1 = (i + nr) * row_bytes;
 		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > off + len ? off + len : b1;
-		if (r == 0)
-			memcpy(dst + (c0 - off), out + (c0 - b0), (size_t)(c1 - c0));
+		if (r == 0 && c0 == b0 && c1 == b1) {
+			r = cast_run(e->dtype, dst + (c0 - off), CKPT_F32, acc, (size_t)(nr * C));
+		} else if (r == 0) {
+			r = cast_run(e->dtype, out, CKPT_F32, acc, (size_t)(nr * C));
+			if (r == 0)
+				memcpy(dst + (c0 - off), out + (c0 - b0), (size_t)(c1 - c0));
+		}
 	}
 	free(acc);
-	free(q);
 	free(p);
 	free(row);
 	free(tmp);

@@ -55,6 +55,7 @@ struct expr {
 	uint64_t outer, row_bytes, arg_row, skip;
 	uint64_t *part_end;
 	float *scale;                 /* LORA: one factor per low-rank term */
+	float *qf32;                  /* LORA: every q widened, made on first read (a memo, set once atomically) */
 };
 
 /* Where the bytes at the start of a range come from. */
