@@ -651,7 +651,7 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 				c->st.decompress_mbps = m;
 		}
 		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
-		bool dear = (double)dt > readback_ns;
+		bool dear = (double)dt > readback_ns || expr_keep_on_disk(e);
 		/* policy=always keeps every chunk, so nothing is cheap then. */
 		if (verdict)
 			*verdict = dear || c->o.disk_always ? CACHE_DEAR : CACHE_CHEAP;

@@ -17,7 +17,7 @@
 #   pairs     a checkpoint with X.main_weight.weight + X.lora_A/B.weight
 #             (nanoGPT-LoRA; a Linear and an Embedding) shown merged as X.weight
 #   export    `ckptfs export BASE hf@bf16/ OUT -o lora=A` == the mount's hf@bf16/
-#   cache     with cache_policy=always, a second mount reads the merged
+#   cache     under the default policy, a second mount reads the merged
 #             chunks from the disk tier and computes none
 #   bad       adapters refused with the exact line naming file, module, problem
 set -eu
@@ -93,7 +93,7 @@ c = json.load(open(sys.argv[1] + "/.ckptfs/stats"))["cache"]
 print(c["disk"]["hits"], c["computed_chunks"], c["disk"]["written"])' "$1"
 }
 for k in 1 2; do
-    mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,cache_dir=$TESTDIR/cache,cache_policy=always,mem_cache=0"
+    mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,cache_dir=$TESTDIR/cache,mem_cache=0"
     cat "$TESTDIR/m/hf/"*.safetensors >"$TESTDIR/read-$k"
     read -r hits computed written <<<"$(stat_of "$TESTDIR/m")"
     note "  mount $k: disk hits $hits, computed chunks $computed, written $written"
