@@ -175,6 +175,7 @@ static int cmd_inspect(struct cli *c)
 		if (root->kids[i]->hidden)
 			cJSON_AddItemToArray(casts, cJSON_CreateString(root->kids[i]->name));
 	cJSON_AddStringToObject(j, "layout", c->info.layout[0] ? c->info.layout : "none");
+	cJSON_AddNumberToObject(j, "lora_modules", (double)c->info.lora_modules);
 	cJSON_AddStringToObject(j, "source_layout", c->info.native_source ? "native" : "hf");
 	if (c->json) {
 		char *s = cJSON_Print(j);
@@ -194,6 +195,8 @@ static int cmd_inspect(struct cli *c)
 		       d->tied_embeddings ? ", tied embeddings" : "");
 		printf("tensors:       %zu, %" PRIu64 " bytes\n", cat->ntensors, cat->tensor_bytes);
 		printf("layout:        %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(j, "layout")));
+		if (c->info.lora_modules)
+			printf("lora:          %zu modules merged into every view\n", c->info.lora_modules);
 		printf("views:        ");
 		for (int i = 0; i < cJSON_GetArraySize(views); i++)
 			printf(" %s/", cJSON_GetStringValue(cJSON_GetArrayItem(views, i)));

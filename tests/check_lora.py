@@ -15,8 +15,8 @@ are bit for bit.  At least one merged element must differ from the base,
 so a mount that ignores the adapter fails.
 
 Then exactly, bit for bit, against the mount's own merged hf/: native/ is
-the layout of hf/ (check_native's table), every tp-N rank is the split of
-native/ (check_partition's), hf@bf16 and the 16-bit casts round once (so
+the layout of hf/ (check_native's table), every tp-N rank and pp-2 stage
+the split of native/, per-layer/ the split of hf/ (check_partition's), hf@bf16 and the 16-bit casts round once (so
 they are checked against the reference, not against hf/), tensors/ holds
 hf/ widened.
 """
@@ -203,6 +203,9 @@ def main():
             for r in range(n):
                 compare_set(os.path.join(d, "rank-%d" % r), got[r], exp[r])
             print("check_lora: tp-%d ranks are the split of the merged native/, bit for bit" % n)
+        cp.check_per_layer(a.mnt, hf, dims, False)
+        cp.check_pp(a.mnt, nat, cfg, dims, True, 2)
+        print("check_lora: per-layer/ and pp-2 are the merged hf/ and native/ split, bit for bit")
         for name, t in sorted(hf.items()):
             p = os.path.join(a.mnt, "tensors", stlib.npy_name(name))
             arr = np.load(p)
