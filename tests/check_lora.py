@@ -61,10 +61,11 @@ def apply_adapter(refs, base, cfg, d, scale):
     for name, t in ad.items():
         assert name.startswith(pre), name
         rest = name[len(pre):]
-        for tag in (".lora_A", ".lora_B"):
-            if tag + "." in rest:
-                module = rest[:rest.index(tag + ".")]
+        for tag in (".lora_embedding_A", ".lora_embedding_B", ".lora_A", ".lora_B"):
+            if tag + "." in rest or rest.endswith(tag):
+                module = rest[:rest.index(tag)]
                 mods.setdefault(module, {})[tag[-1]] = t
+                mods[module]["emb"] = "embedding" in tag
                 break
         else:
             target = rest if rest in base else rest[len("transformer."):]
@@ -84,8 +85,8 @@ def apply_adapter(refs, base, cfg, d, scale):
         if scale is not None:
             s = scale
         delta, mag = B @ A, np.abs(B) @ np.abs(A)
-        if ac.get("fan_in_fan_out") or conv1d(cfg, module):
-            delta, mag = delta.T, mag.T
+        if ab["emb"] or ac.get("fan_in_fan_out") or conv1d(cfg, module):
+            delta, mag = delta.T, mag.T  # PEFT: transpose(B @ A, fan_in_fan_out); embeddings always
         ref = refs.setdefault(name, Ref(base[name]))
         ref.ref = ref.ref + np.float64(np.float32(s)) * delta
         ref.mag = ref.mag + abs(s) * mag

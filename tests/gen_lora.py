@@ -98,6 +98,12 @@ def cmd_adapter(a):
         pm = a.module_prefix + module
         out.append(("base_model.model.%s.lora_A%s.weight" % (pm, tail), a.dtype, storage(A, a.dtype)))
         out.append(("base_model.model.%s.lora_B%s.weight" % (pm, tail), a.dtype, storage(B, a.dtype)))
+    if a.embed:  # PEFT's Embedding: lora_embedding_A [r, vocab], lora_embedding_B [dim, r]
+        vocab, dim = base[a.embed + ".weight"].shape
+        A = rng.standard_normal((a.r, vocab)).astype(np.float32) * 0.1
+        B = rng.standard_normal((dim, a.r)).astype(np.float32) * 0.1
+        out.append(("base_model.model.%s.lora_embedding_A%s" % (a.embed, tail), a.dtype, storage(A, a.dtype)))
+        out.append(("base_model.model.%s.lora_embedding_B%s" % (a.embed, tail), a.dtype, storage(B, a.dtype)))
     saves = [s for s in (a.save or "").split(",") if s]
     for s in saves:
         t = base[s + ".weight"]
@@ -186,6 +192,7 @@ def main():
     p.add_argument("--rank-pattern")
     p.add_argument("--alpha-pattern")
     p.add_argument("--save")
+    p.add_argument("--embed", default="", help="an embedding module to adapt, e.g. model.embed_tokens")
     p.add_argument("--dtype", default="F32", choices=["F32", "BF16"])
     p.add_argument("--adapter-name", default="")
     p.add_argument("--module-prefix", default="", help='e.g. "transformer." for a GPT-2 base stored without it')

@@ -10,7 +10,7 @@
 #             alpha=16, rank_pattern, alpha_pattern, modules_to_save lm_head;
 #             adapter/ holds the adapter's files; tp-2 and tp-4
 #   stacked   the same plus a second adapter (use_rslora, BF16, ".default."
-#             names): -o lora=A,lora=B
+#             names, lora_embedding_A/B on embed_tokens): -o lora=A,lora=B
 #   scale     -o lora_scale=0.5 replaces every s
 #   gpt2      GPT-2 (Conv1D [in, out]) + fan_in_fan_out adapter on c_attn,
 #             c_fc, c_proj; gpt2-noprefix with PEFT's "transformer." names
@@ -37,7 +37,7 @@ ALL=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 $GEN adapter "$TESTDIR/llama" "$TESTDIR/ad1" --targets $ALL --r 8 --alpha 16 \
     --rank-pattern '{"layers.1.self_attn.q_proj": 4}' --alpha-pattern '{"down_proj": 32}' --save lm_head
 $GEN adapter "$TESTDIR/llama" "$TESTDIR/ad2" --targets q_proj,v_proj --r 4 --alpha 4 --rslora \
-    --dtype BF16 --adapter-name default --seed 7
+    --dtype BF16 --adapter-name default --seed 7 --embed model.embed_tokens
 
 note "=== llama"
 mkdir "$TESTDIR/m"
