@@ -311,6 +311,13 @@ static int add_weights(struct views *v, struct vnode *dir, const struct tset *s,
 
 enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
 
+/* Some tensor differs from the source's: LoRA pairs, or an adapter (even
+ * one that only replaces modules_to_save). */
+static bool merged(const struct views *v)
+{
+	return v->lora_modules > 0 || v->nadapters > 0;
+}
+
 static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, int dtype)
 {
 	const char *name = dir->name;
@@ -327,8 +334,8 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 		tset_destroy(&cast);
 		return r;
 	}
-	/* The source's own layout, uncast: its files as they are. */
-	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && v->lora_modules == 0;
+	/* The source's own layout, uncast and unmerged: its files as they are. */
+	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && !merged(v);
 	for (size_t i = 0; i < v->cat->nfiles && r == 0; i++) {
 		const struct src_file *f = &v->cat->files[i];
 		if (identity || !is_checkpoint_file(v->cat, f))
@@ -736,15 +743,16 @@ static int build_readme(struct views *v)
 	fprintf(m, "Layout:        %s\n", v->layout ? layout_name(v->layout) : "none");
 	if (v->o->dtype != VIEWS_NO_CAST)
 		fprintf(m, "Cast:          every view to %s (-o dtype)\n", dtype_name((enum ckpt_dtype)v->o->dtype));
-	for (size_t i = 0; i < v->nadapters; i++)
-		fprintf(m, "LoRA:          %s merged into every view (its files: %s/)\n", v->adapters[i]->cat->dir,
-			i ? "adapter-N" : "adapter");
+	for (size_t i = 0; i < v->nadapters; i++) {
+		fprintf(m, "LoRA:          %s merged into every view (its files: adapter", v->adapters[i]->cat->dir);
+		fprintf(m, i ? "-%zu/)\n" : "/)\n", i + 1);
+	}
 	if (v->lora_modules)
 		fprintf(m, "Merged:        %zu modules, W + s*B@A in fp32, rounded once\n", v->lora_modules);
 	fputc('\n', m);
 	fprintf(m, "Views:\n"
 		   "  hf/       HuggingFace layout%s\n",
-		v->lora_modules		  ? ", LoRA merged on read"
+		merged(v)			  ? ", LoRA merged on read"
 		: v->native_source		  ? ", computed from the native source"
 		: v->o->dtype != VIEWS_NO_CAST ? ", cast on read (-o dtype)"
 					       : ": the source's files, byte for byte");

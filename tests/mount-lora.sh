@@ -11,6 +11,7 @@
 #             adapter/ holds the adapter's files; tp-2 and tp-4
 #   stacked   the same plus a second adapter (use_rslora, BF16, ".default."
 #             names, lora_embedding_A/B on embed_tokens): -o lora=A,lora=B
+#   save-only an adapter holding only modules_to_save (hf/ is not passed through)
 #   scale     -o lora_scale=0.5 replaces every s
 #   gpt2      GPT-2 (Conv1D [in, out]) + fan_in_fan_out adapter on c_attn,
 #             c_fc, c_proj; gpt2-noprefix with PEFT's "transformer." names
@@ -53,6 +54,12 @@ note "=== stacked"
 mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,lora=$TESTDIR/ad2"
 check_lora "$TESTDIR/llama" "$TESTDIR/m" --adapter "$TESTDIR/ad1" --adapter "$TESTDIR/ad2" --tp 2
 cmp "$TESTDIR/m/adapter-2/adapter_config.json" "$TESTDIR/ad2/adapter_config.json" || fail "adapter-2/ is not the second adapter"
+umount_ckptfs
+
+note "=== save-only"
+$GEN adapter "$TESTDIR/llama" "$TESTDIR/ad3" --targets none --save lm_head
+mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad3"
+check_lora "$TESTDIR/llama" "$TESTDIR/m" --adapter "$TESTDIR/ad3"
 umount_ckptfs
 
 note "=== scale"
