@@ -8,8 +8,9 @@
  *              source file (servable without computing, e.g. by splice), and
  *              for how long; or with computed bytes, and for how long;
  *   expr_read: the bytes themselves.
- * Operators (source, cast, slice, concat, transpose, gather-rows) only
- * implement those two, so views never care which operator they hold.
+ * Operators (source, cast, slice, concat, transpose, gather-rows, zeros and
+ * the low-rank add of LoRA merges) only implement those two, so views never
+ * care which operator they hold.
  * Slice, concat and gather are piecewise: every output byte run maps to one
  * contiguous run of one argument, so a row slice or a dim-0 concat of source
  * tensors stays a source span (served by splice, never computed).
