@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libfuse3-dev fuse3 libcjson-dev libzstd-dev libcmocka-dev \
-python3-numpy attr strace"
+python3-numpy attr strace libopenblas-dev"
 
 if [ "${1:-}" = "--install-deps" ]; then
 	missing=""

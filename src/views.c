@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ckptfs/layout.h"
+#include "ckptfs/lora.h"
 #include "ckptfs/npy.h"
 #include "ckptfs/partition.h"
 #include "ckptfs/stwrite.h"
@@ -32,6 +33,9 @@ struct views {
 	struct tset src, hf, native;
 	struct tset_meta binds; /* text placeholders of the layout, kept in native metadata */
 	char note[256];         /* why native/ is not offered, for the README */
+	size_t nadapters;       /* -o lora= adapters, merged into src in order */
+	struct lora_adapter **adapters;
+	size_t lora_modules;    /* modules merged (adapters and in-checkpoint pairs) */
 	struct ckpt_err *err;
 };
 
@@ -276,7 +280,7 @@ static int add_npy(struct views *v, struct vnode *dir, const char *name, struct 
 	const char *descr = dtype_npy_descr(e->dtype);
 	if (!descr) { /* numpy has no BF16/F8: widen exactly to float32 */
 		descr = dtype_npy_descr(CKPT_F32);
-		e = expr_cast(e, CKPT_F32);
+		e = expr_cast_values(e, CKPT_F32);
 		snprintf(dtext, sizeof(dtext), "%s (served as <f4, widened exactly)", dtype_name(stored));
 	} else {
 		snprintf(dtext, sizeof(dtext), "%s", dtype_name(stored));
@@ -324,6 +328,13 @@ static int add_weights(struct views *v, struct vnode *dir, const struct tset *s,
 
 enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
 
+/* Some tensor differs from the source's: LoRA pairs, or an adapter (even
+ * one that only replaces modules_to_save). */
+static bool merged(const struct views *v)
+{
+	return v->lora_modules > 0 || v->nadapters > 0;
+}
+
 static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, int dtype)
 {
 	const char *name = dir->name;
@@ -340,8 +351,8 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 		tset_destroy(&cast);
 		return r;
 	}
-	/* The source's own layout, uncast: its files as they are. */
-	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source;
+	/* The source's own layout, uncast and unmerged: its files as they are. */
+	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && !merged(v);
 	const struct src_file **shards = shards_by_addr(v->cat);
 	if (!shards)
 		r = oom(v, name);
@@ -628,6 +639,9 @@ static void views_free(void *ctx)
 	tset_destroy(&v->native);
 	tset_meta_clear(&v->binds);
 	layout_free(v->layout);
+	for (size_t i = 0; i < v->nadapters; i++)
+		lora_adapter_close(v->adapters[i]);
+	free(v->adapters);
 	free(v);
 }
 
@@ -647,15 +661,58 @@ static int pick_layout(struct views *v)
 	return layout_load(path, &v->layout, v->err);
 }
 
+/* A second set with the same members. */
+static int copy_set(struct tset *out, const struct tset *in)
+{
+	tset_init(out);
+	for (size_t i = 0; i < in->n; i++) {
+		int r = tset_add(out, in->e[i].name, expr_ref(in->e[i].expr));
+		if (r < 0)
+			return r;
+	}
+	return tset_sort(out, NULL);
+}
+
+/* The source set with LoRA merged in: in-checkpoint pairs, then every
+ * -o lora= adapter in order. Every view derives from this set. */
+static int merge_lora(struct views *v)
+{
+	int r = lora_pairs_apply(&v->src, v->cat, v->o->lora_scale, &v->lora_modules, v->err);
+	const char *list = v->o->lora;
+	while (r == 0 && list && *list) {
+		const char *nl = strchr(list, '\n');
+		size_t len = nl ? (size_t)(nl - list) : strlen(list);
+		char *dir = strndup(list, len);
+		struct lora_adapter **grown = realloc(v->adapters, (v->nadapters + 1) * sizeof(*grown));
+		if (grown)
+			v->adapters = grown;
+		if (!dir || !grown) {
+			free(dir);
+			return oom(v, "the adapter list");
+		}
+		struct lora_adapter *a;
+		r = lora_adapter_open(dir, &a, v->err);
+		free(dir);
+		if (r < 0)
+			return r;
+		v->adapters[v->nadapters++] = a;
+		r = lora_apply(&v->src, a, v->cat->arch, v->o->lora_scale, &v->lora_modules, v->err);
+		list += len + (nl != NULL);
+	}
+	return r;
+}
+
 /* Decide whether the source is HF or native, and compute the other side. */
 static int derive_sets(struct views *v)
 {
 	int r = tset_from_catalog(&v->src, v->cat);
 	if (r < 0)
 		return oom(v, "the tensor list");
+	if ((r = merge_lora(v)) < 0)
+		return r;
 	if (!v->layout) {
 		tset_init(&v->native);
-		return tset_from_catalog(&v->hf, v->cat) < 0 ? oom(v, "hf/") : 0;
+		return copy_set(&v->hf, &v->src) < 0 ? oom(v, "hf/") : 0;
 	}
 	size_t as_out, as_in;
 	layout_classify(v->layout, &v->src, &as_out, &as_in);
@@ -666,11 +723,11 @@ static int derive_sets(struct views *v)
 			if (strncmp(v->cat->meta[i].key, "ckptfs.", 7) == 0 && strcmp(v->cat->meta[i].key, "ckptfs.layout") != 0 &&
 			    tset_meta_set(&v->binds, v->cat->meta[i].key + 7, v->cat->meta[i].value) < 0)
 				return oom(v, "hf/");
-		if (tset_from_catalog(&v->native, v->cat) < 0)
+		if (copy_set(&v->native, &v->src) < 0)
 			return oom(v, "native/");
 		return layout_inverse(v->layout, &v->src, &v->cat->dims, &v->binds, &v->hf, v->err);
 	}
-	if (tset_from_catalog(&v->hf, v->cat) < 0)
+	if (copy_set(&v->hf, &v->src) < 0)
 		return oom(v, "hf/");
 	return layout_forward(v->layout, &v->src, &v->cat->dims, &v->native, &v->binds, v->err);
 }
@@ -702,10 +759,17 @@ static int build_readme(struct views *v)
 	fprintf(m, "Layout:        %s\n", v->layout ? layout_name(v->layout) : "none");
 	if (v->o->dtype != VIEWS_NO_CAST)
 		fprintf(m, "Cast:          every view to %s (-o dtype)\n", dtype_name((enum ckpt_dtype)v->o->dtype));
+	for (size_t i = 0; i < v->nadapters; i++) {
+		fprintf(m, "LoRA:          %s merged into every view (its files: adapter", v->adapters[i]->cat->dir);
+		fprintf(m, i ? "-%zu/)\n" : "/)\n", i + 1);
+	}
+	if (v->lora_modules)
+		fprintf(m, "Merged:        %zu modules, W + s*B@A in fp32, rounded once\n", v->lora_modules);
 	fputc('\n', m);
 	fprintf(m, "Views:\n"
 		   "  hf/       HuggingFace layout%s\n",
-		v->native_source		  ? ", computed from the native source"
+		merged(v)			  ? ", LoRA merged on read"
+		: v->native_source		  ? ", computed from the native source"
 		: v->o->dtype != VIEWS_NO_CAST ? ", cast on read (-o dtype)"
 					       : ": the source's files, byte for byte");
 	if (v->layout)
@@ -774,6 +838,14 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	}
 	if (r == 0)
 		r = add_partitions(v);
+	for (size_t i = 0; i < v->nadapters && r == 0; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), i ? "adapter-%zu" : "adapter", i + 1);
+		struct vnode *dir = vtree_add_dir(t, vtree_root(t), name);
+		const struct catalog *ac = v->adapters[i]->cat;
+		for (size_t k = 0; k < ac->nfiles && r == 0; k++)
+			r = dir ? add_passthrough(v, dir, &ac->files[k]) : oom(v, name);
+	}
 	if (r == 0) {
 		struct vnode *dir = vtree_add_dir(t, vtree_root(t), ".ckptfs");
 		struct vnode *stats = dir ? vtree_add_file(t, dir, "stats") : NULL;
@@ -787,6 +859,7 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	if (r == 0 && info) {
 		snprintf(info->layout, sizeof(info->layout), "%s", v->layout ? layout_name(v->layout) : "");
 		info->native_source = v->native_source;
+		info->lora_modules = v->lora_modules;
 	}
 	if (r < 0) {
 		views_free(v);

@@ -4,7 +4,7 @@
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
 Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config, jsonscan,
-layout and views: small valid inputs of every kind the parsers accept, plus a
+layout, views and lora_config: small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
 Standard library only.
@@ -431,6 +431,28 @@ def seeds_jsonscan(out):
             write(out, h, ln + "-" + dn, lb + d.encode())
     write(out, h, "none-bad-utf8", limits["none"] + b'["\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"]')
 
+# ---- adapter_config.json (PEFT LoRA) ----
+
+def seeds_lora_config(out):
+    h = "lora_config"
+    ok = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+          "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+          "target_modules": ["q_proj", "v_proj"], "rank_pattern": {}, "alpha_pattern": {},
+          "modules_to_save": None, "layer_replication": None}
+    cases = {
+        "ok": ok,
+        "rslora-patterns": dict(ok, use_rslora=True, rank_pattern={"layers.1.self_attn.q_proj": 4},
+                                alpha_pattern={"down_proj": 32}, modules_to_save=["lm_head", "score"]),
+        "gpt2-fifo": dict(ok, fan_in_fan_out=True, target_modules="c_attn|c_fc"),
+        "r0": dict(ok, r=0), "r-float": dict(ok, r=2.5), "r-huge": dict(ok, r=1e300),
+        "dora": dict(ok, use_dora=True), "ia3": dict(ok, peft_type="IA3"), "bias-all": dict(ok, bias="all"),
+        "pattern-bad": dict(ok, rank_pattern={"q_proj": "x"}), "alpha-nan": dict(ok, lora_alpha="nan"),
+        "save-bad": dict(ok, modules_to_save=[1]), "lora-bias": dict(ok, lora_bias=True),
+    }
+    for name, c in cases.items():
+        write(out, h, name, json.dumps(c).encode())
+    write(out, h, "trailing", json.dumps(ok).encode() + b" }")
+    write(out, h, "truncated", json.dumps(ok).encode()[:40])
 
 
 def main():
@@ -443,6 +465,7 @@ def main():
     seeds_layout(out)
     seeds_views(out)
     seeds_jsonscan(out)
+    seeds_lora_config(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
