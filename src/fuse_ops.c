@@ -345,9 +345,16 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	uint8_t *scratch = NULL;
 	struct fuse_bufvec *bv = NULL;
 	int err = 0;
+	int64_t got;
+	/* libfuse splices a reply only when it fits in its pipe, and copies it
+	 * through a fresh buffer otherwise: then the reply is copied here, into
+	 * this thread's scratch, inside the guard. Never is libfuse handed a
+	 * pointer into a source mapping: it would touch it outside the guard,
+	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
+	bool splice = fs->splice && size <= fs->splice_max;
 	/* Scratch is needed only when something is computed or copied; a plain
-	 * passthrough file never allocates it. */
-	if (n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
+	 * passthrough file that is spliced never allocates it. */
+	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
 		scratch = thread_scratch(size);
 		if (!scratch) {
 			err = ENOMEM;
@@ -355,35 +362,34 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		}
 	}
 	/* The sources were checked above, but a truncation can still race us. */
-	int64_t got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
+	if (!splice)
+		got = vfile_read_plan(&n->file, (uint64_t)off, size, scratch, &plan);
+	else
+		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	if (got < 0) {
 		err = (int)-got;
 		goto out;
 	}
-	/* libfuse splices a reply only when it fits in its pipe, and copies it
-	 * through a fresh buffer otherwise; for those, memory from the mapping is
-	 * the cheaper path. */
-	bool splice = fs->splice && size <= fs->splice_max;
-	bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
-	if (!bv) {
-		err = ENOMEM;
-		goto out;
-	}
-	memset(bv, 0, sizeof(*bv));
-	bv->count = plan.n;
-	for (size_t i = 0; i < plan.n; i++) {
-		const struct vpiece *p = &plan.p[i];
-		struct fuse_buf *b = &bv->buf[i];
-		memset(b, 0, sizeof(*b));
-		b->size = p->len;
-		if (p->file && splice) {
-			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-			b->fd = p->file->fd;
-			b->pos = (off_t)p->file_off;
-		} else if (p->file) {
-			b->mem = (void *)(p->file->map + p->file_off);
-		} else {
-			b->mem = (void *)p->mem;
+	if (splice) {
+		bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
+		if (!bv) {
+			err = ENOMEM;
+			goto out;
+		}
+		memset(bv, 0, sizeof(*bv));
+		bv->count = plan.n;
+		for (size_t i = 0; i < plan.n; i++) {
+			const struct vpiece *p = &plan.p[i];
+			struct fuse_buf *b = &bv->buf[i];
+			memset(b, 0, sizeof(*b));
+			b->size = p->len;
+			if (p->file) {
+				b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+				b->fd = p->file->fd;
+				b->pos = (off_t)p->file_off;
+			} else {
+				b->mem = (void *)p->mem; /* generated or computed: our own memory */
+			}
 		}
 	}
 	/* Counted before the reply: the reader wakes on it and may read
@@ -395,7 +401,9 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	__atomic_add_fetch(&fs->bytes_served, (uint64_t)got, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&fs->bytes_computed, (uint64_t)plan.computed, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&fs->bytes_from_source, (uint64_t)plan.sourced, __ATOMIC_RELAXED);
-	if (plan.n == 0)
+	if (!splice)
+		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
+	else if (plan.n == 0)
 		fuse_reply_buf(req, NULL, 0);
 	else
 		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);

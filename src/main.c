@@ -204,6 +204,9 @@ int main(int argc, char *argv[])
 	}
 	if (check_paths(opts.source, cl.mountpoint) < 0)
 		goto out_args;
+	/* Before the first access to a source mapping (the headers, below). */
+	if (guard_install() < 0)
+		goto out_args;
 
 	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
@@ -243,7 +246,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
 	if (!se)
 		goto out_tree;
-	if (fuse_set_signal_handlers(se) != 0 || guard_install() < 0)
+	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	if (fuse_session_mount(se, cl.mountpoint) != 0) {
 		fprintf(stderr, "ckptfs: %s: cannot mount\n", cl.mountpoint);
