@@ -20,9 +20,10 @@
 #       setuid); the user reads README and hf/config.json, then unmounts
 #       with fusermount3 -u and the daemon exits 0.  The user runs a copy of
 #       the built binary and of the layouts directory placed in the test's
-#       own directory: the build tree may sit below a directory the user
-#       cannot enter (a checkout under /root, a mktemp -d), and no mode of
-#       the user's own directories is ever changed.  When /dev/fuse is not
+#       own directory (or, if that is on a noexec file system, in one of its
+#       own under /var/tmp, /tmp or /dev/shm): the build tree may sit below a
+#       directory the user cannot enter (a checkout under /root, a mktemp
+#       -d), and no mode of the user's own directories is ever changed.  When /dev/fuse is not
 #       open to other users (mode 0600, as in some containers) the sub-case
 #       runs in a private mount namespace where a copy of the device node
 #       with mode 0666 is bind-mounted over /dev/fuse (nothing outside the
@@ -48,6 +49,7 @@ mount_test_init
 
 TUSER=
 USER_PIDS=
+UBIN_EXTRA=
 _hardening_cleanup() {
     local rc=$? p m
     set +e
@@ -64,6 +66,9 @@ _hardening_cleanup() {
         done
         alive "$p" && kill -KILL "$p" 2>/dev/null
         wait "$p" 2>/dev/null
+    done
+    for m in $UBIN_EXTRA; do
+        rm -rf "$m"
     done
     if [ -n "$TUSER" ] && id "$TUSER" >/dev/null 2>&1; then
         userdel "$TUSER" 2>/dev/null || { sleep 0.5; userdel "$TUSER"; } ||
@@ -174,16 +179,37 @@ make_user() {
     NO_USER=
 }
 
-# user_copy_ckptfs DIR: a copy of the built binary and the layouts it loads,
-# in DIR (made here, mode 0755), for a user who may not reach the build tree.
+# user_copy_ckptfs: a copy of the built binary and the layouts it loads, for
+# a user who may not reach the build tree, in a directory the user can reach
+# and execute from; sets UBIN (empty, with the reason in NO_USER, if none).
+# $TESTDIR first; when it is on a noexec file system, a directory of our own
+# in the first of /var/tmp, /tmp, /dev/shm that works (removed on exit).
 user_copy_ckptfs() {
-    local dir=$1 layouts
+    local layouts parent dir
     layouts=${CKPTFS_LAYOUT_DIR:-$srcdir/layouts}
     [ -f "$layouts/llama.json" ] || hard_error "no layouts in $layouts (set CKPTFS_LAYOUT_DIR)"
-    mkdir -m 755 "$dir" "$dir/layouts"
-    install -m 755 "$CKPTFS" "$dir/ckptfs"
-    install -m 644 "$layouts"/*.json "$dir/layouts/"
-    cmp -s "$CKPTFS" "$dir/ckptfs" || hard_error "the copy of $CKPTFS differs"
+    UBIN=
+    for parent in "$TESTDIR" /var/tmp /tmp /dev/shm; do
+        if [ "$parent" = "$TESTDIR" ]; then
+            dir=$TESTDIR/user-bin
+            mkdir -m 755 "$dir"
+        else
+            [ -d "$parent" ] && dir=$(mktemp -d "$parent/ckptfs-user-bin.XXXXXXXX" 2>/dev/null) || continue
+            UBIN_EXTRA="$UBIN_EXTRA $dir"
+            chmod 755 "$dir"
+        fi
+        install -m 755 "$(type -P true)" "$dir/exec-probe"
+        if (cd / && runuser -u "$TUSER" -- "$dir/exec-probe") 2>/dev/null; then
+            UBIN=$dir
+            break
+        fi
+        note "  $TUSER cannot execute a program in $dir (noexec, or not reachable)"
+    done
+    [ -n "$UBIN" ] || { NO_USER="no directory where $TUSER can execute a copy of ckptfs"; return 1; }
+    mkdir -m 755 "$UBIN/layouts"
+    install -m 755 "$CKPTFS" "$UBIN/ckptfs"
+    install -m 644 "$layouts"/*.json "$UBIN/layouts/"
+    cmp -s "$CKPTFS" "$UBIN/ckptfs" || hard_error "the copy of $CKPTFS differs"
 }
 
 # ---- (b) only the mounting user reads, unless allow_other ----
@@ -227,7 +253,7 @@ case_perms() {
 # ---- (c) an unprivileged user mounts ----
 case_usermount() {
     local src=$TESTDIR/src-c mnt=$TESTDIR/mnt-c ucache=$TESTDIR/ucache-c mode rc=0 \
-        inner=$TESTDIR/user-mount.sh ubin=$TESTDIR/user-bin
+        inner=$TESTDIR/user-mount.sh ubin
     note "=== (c) an unprivileged user mounts"
     if ! make_user; then
         note "SKIP (c): $NO_USER"
@@ -237,7 +263,12 @@ case_usermount() {
     gen_model gpt2 "$src" >/dev/null
     mkdir "$mnt" "$ucache"
     chown -R "$TUSER:" "$src" "$mnt" "$ucache"
-    user_copy_ckptfs "$ubin"
+    if ! user_copy_ckptfs; then
+        note "SKIP (c): $NO_USER"
+        SKIPPED="$SKIPPED (c)"
+        return 0
+    fi
+    ubin=$UBIN
     note "  $TUSER runs $ubin/ckptfs (a copy of $CKPTFS) with the layouts in $ubin/layouts"
     if runuser -u "$TUSER" -- sh -c 'exec 3<>/dev/fuse' 2>/dev/null; then
         mode=direct
