@@ -29,13 +29,19 @@ static struct ckptfs_fs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-static void fill_stat(const struct ckptfs_fs *fs, const struct vnode *n, struct stat *st)
+static void fill_stat(const struct ckptfs_fs *fs, struct vnode *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	if (n->is_dir) {
+		/* The links count the subdirectories, so a lazy directory is built
+		 * first: until then it has no children (and its builder grows the
+		 * array under a reader), the kernel keeps this answer for a day, and
+		 * find(1) trusts it to skip leaf directories. A directory whose
+		 * build failed stays empty, and is counted so. */
+		(void)vtree_ready(n);
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
 		for (size_t i = 0; i < n->nkids; i++)
@@ -149,7 +155,7 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	const struct vnode *n = vtree_lookup(dir, name);
+	struct vnode *n = vtree_lookup(dir, name);
 	if (!n) {
 		/* A negative entry with a timeout spares the kernel asking again. */
 		struct fuse_entry_param e = { .ino = 0, .entry_timeout = CKPTFS_TIMEOUT };
@@ -169,7 +175,7 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ckptfs_fs *fs = fs_of(req);
-	const struct vnode *n = vtree_get(fs->tree, ino);
+	struct vnode *n = vtree_get(fs->tree, ino);
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
 		return;
