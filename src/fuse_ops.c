@@ -85,14 +85,14 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *sources = cJSON_AddObjectToObject(j, "source_bytes_read");
 	for (size_t i = 0; i < fs->cat->nfiles; i++)
 		cJSON_AddNumberToObject(sources, fs->cat->files[i].name, (double)load(&fs->cat->files[i].bytes_read));
-	cJSON_AddNumberToObject(j, "reads", (double)load(&fs->reads));
-	cJSON_AddNumberToObject(j, "bytes_served", (double)load(&fs->bytes_served));
-	uint64_t served = load(&fs->bytes_served), sourced = load(&fs->bytes_from_source);
-	uint64_t computed = load(&fs->bytes_computed);
-	/* The rest of what was served is generated text: headers, config.json. */
-	cJSON_AddNumberToObject(j, "bytes_from_source", (double)sourced);
-	cJSON_AddNumberToObject(j, "bytes_computed", (double)computed);
-	cJSON_AddNumberToObject(j, "bytes_generated", (double)(served - sourced - computed));
+	struct readstats_snap rs;
+	readstats_get(&fs->stats, &rs);
+	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
+	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
+	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
+	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
+	/* generated text: headers, config.json */
+	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -403,10 +403,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->reads, 1, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_served, (uint64_t)got, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_computed, (uint64_t)plan.computed, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_from_source, (uint64_t)plan.sourced, __ATOMIC_RELAXED);
+	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated);
 	if (!splice)
 		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
 	else if (plan.n == 0)

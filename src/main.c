@@ -232,6 +232,7 @@ int main(int argc, char *argv[])
 		.readahead_kb = opts.readahead_kb,
 		.cache = cache,
 	};
+	readstats_init(&fs.stats);
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
 	char fsname[PATH_MAX + 64], dirname[PATH_MAX];
@@ -281,6 +282,7 @@ out_signals:
 	fuse_remove_signal_handlers(se);
 out_session:
 	fuse_session_destroy(se);
+	readstats_destroy(&fs.stats);
 out_tree:
 	cache_close(cache);
 	vtree_destroy(&tree);

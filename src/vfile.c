@@ -223,6 +223,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 	plan->n = 0;
 	plan->computed = 0;
 	plan->sourced = 0;
+	plan->generated = 0;
 	if (off >= vf->size || len == 0)
 		return 0;
 	if (len > vf->size - off)
@@ -240,6 +241,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 		switch (x->kind) {
 		case EXTENT_BYTES:
 			r = vplan_push(plan, x->bytes + in, NULL, 0, (size_t)take);
+			plan->generated += (size_t)take;
 			break;
 		case EXTENT_FILE:
 			r = vplan_push(plan, NULL, x->file, x->file_off + in, (size_t)take);

@@ -58,8 +58,9 @@ struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
 	size_t n, cap;
 	struct vpiece *p;
-	size_t computed; /* bytes that had to be computed */
-	size_t sourced;  /* bytes that are ranges of source files */
+	size_t computed;  /* bytes that had to be computed */
+	size_t sourced;   /* bytes that are ranges of source files */
+	size_t generated; /* bytes of generated text (headers, JSON); the three add up to the plan */
 };
 
 void vfile_init(struct vfile *vf);
