@@ -1,6 +1,7 @@
 /* catalog.c -- scanning a source directory into a catalog.
  * Reads the index, maps and validates every shard, cross-checks names, parses config.json. */
 #include "ckptfs/catalog.h"
+#include "ckptfs/guard.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -313,7 +314,13 @@ static int load_shards(struct catalog *cat, struct ckpt_err *err)
 	size_t total = 0;
 	for (size_t i = 0; i < cat->nshards; i++) {
 		struct src_file *f = cat->shards[i];
-		if ((r = st_parse_header(f->map, f->size, f->path, &hdrs[i], err)) < 0)
+		/* The header is read from the mapping: a shard cut short meanwhile
+		 * must be an error, not SIGBUS (what the parse allocated is lost
+		 * then; the mount fails anyway). */
+		volatile int pr = -EIO;
+		GUARDED(pr = st_parse_header(f->map, f->size, f->path, &hdrs[i], err),
+			pr = ckpt_err_set(err, EIO, "%s: changed (cut short?) while its header was read", f->path));
+		if ((r = pr) < 0)
 			goto out;
 		total += hdrs[i].ntensors;
 	}

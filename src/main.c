@@ -221,6 +221,9 @@ int main(int argc, char *argv[])
 	}
 	if (check_paths(opts.source, cl.mountpoint) < 0)
 		goto out_args;
+	/* Before the first access to a source mapping (the headers, below). */
+	if (guard_install() < 0)
+		goto out_args;
 
 	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
@@ -246,6 +249,7 @@ int main(int argc, char *argv[])
 		.readahead_kb = opts.readahead_kb,
 		.cache = cache,
 	};
+	readstats_init(&fs.stats);
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
 	char fsname[PATH_MAX + 64], dirname[PATH_MAX];
@@ -260,7 +264,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
 	if (!se)
 		goto out_tree;
-	if (fuse_set_signal_handlers(se) != 0 || guard_install() < 0)
+	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	if (fuse_session_mount(se, cl.mountpoint) != 0) {
 		fprintf(stderr, "ckptfs: %s: cannot mount\n", cl.mountpoint);
@@ -295,6 +299,7 @@ out_signals:
 	fuse_remove_signal_handlers(se);
 out_session:
 	fuse_session_destroy(se);
+	readstats_destroy(&fs.stats);
 out_tree:
 	cache_close(cache);
 	vtree_destroy(&tree);
