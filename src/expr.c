@@ -3,6 +3,7 @@
 #include "ckptfs/expr.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -202,6 +203,48 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n)
 	return e;
 }
 
+struct expr *expr_quantize_q8_0(struct expr *arg)
+{
+	if (!arg)
+		return NULL;
+	uint64_t shape[ST_MAX_DIMS];
+	memcpy(shape, arg->shape, sizeof(shape));
+	uint32_t last = arg->ndim - 1;
+	if (arg->ndim == 0 || !dtype_is_float(arg->dtype) || !cast_supported(arg->dtype, CKPT_F32) ||
+	    shape[last] % Q8_0_BLOCK) {
+		expr_unref(arg);
+		return NULL;
+	}
+	shape[last] = shape[last] / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
+	return expr_set_args(expr_new(EXPR_Q8_0, CKPT_U8, arg->ndim, shape), &arg, 1);
+}
+
+void q8_0_quantize(const float *x, uint8_t *out, size_t n)
+{
+	for (size_t b = 0; b < n / Q8_0_BLOCK; b++, x += Q8_0_BLOCK, out += Q8_0_BLOCK_BYTES) {
+		/* ggml's MAX(a, b) is a > b ? a : b, not fmaxf: a NaN is kept or
+		 * dropped by its position, and we follow it. */
+		float amax = 0.0f;
+		for (int j = 0; j < Q8_0_BLOCK; j++) {
+			float v = fabsf(x[j]);
+			amax = amax > v ? amax : v;
+		}
+		/* ggml multiplies by the reciprocal rather than dividing by d; the
+		 * last bit of some values depends on it. */
+		const float d = amax / 127.0f;
+		const float id = d != 0.0f ? 1.0f / d : 0.0f;
+		uint16_t h = cast_f32_to_f16(d);
+		out[0] = (uint8_t)h, out[1] = (uint8_t)(h >> 8);
+		for (int j = 0; j < Q8_0_BLOCK; j++) {
+			/* |x * id| <= 127 for finite blocks; a NaN or infinity gives
+			 * what x86's float-to-int conversion gives ggml (0x80000000,
+			 * low byte 0) instead of undefined behaviour. */
+			float v = roundf(x[j] * id);
+			out[2 + j] = v >= -128.0f && v <= 127.0f ? (uint8_t)(int8_t)v : 0;
+		}
+	}
+}
+
 struct expr *expr_ref(struct expr *e)
 {
 	if (e)
@@ -275,6 +318,7 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 		return;
 	case EXPR_CAST:
 	case EXPR_ZEROS:
+	case EXPR_Q8_0:
 		return; /* every byte is computed */
 	case EXPR_TRANSPOSE:
 		/* A 1xN or Nx1 matrix has the same bytes as its transpose. */
@@ -486,6 +530,33 @@ static int read_transpose(const struct expr *e, uint64_t off, uint64_t len, uint
 	return 0;
 }
 
+/* Blocks per step of a quantisation: 4096 values of at most 8 bytes on the stack. */
+#define Q8_BATCH 128
+
+static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	const struct expr *a = e->args[0];
+	size_t isz = dtype_size(a->dtype);
+	uint8_t in[Q8_BATCH * Q8_0_BLOCK * 8], q[Q8_BATCH * Q8_0_BLOCK_BYTES];
+	float x[Q8_BATCH * Q8_0_BLOCK];
+	uint64_t end = off + len;
+	uint64_t last = (end + Q8_0_BLOCK_BYTES - 1) / Q8_0_BLOCK_BYTES;
+	for (uint64_t b = off / Q8_0_BLOCK_BYTES; b < last; b += Q8_BATCH) {
+		uint64_t nb = last - b < Q8_BATCH ? last - b : Q8_BATCH;
+		size_t nv = (size_t)nb * Q8_0_BLOCK;
+		int r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
+		if (r == 0)
+			r = cast_run(CKPT_F32, x, a->dtype, in, nv);
+		if (r < 0)
+			return r;
+		q8_0_quantize(x, q, nv);
+		uint64_t b0 = b * Q8_0_BLOCK_BYTES, b1 = (b + nb) * Q8_0_BLOCK_BYTES;
+		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > end ? end : b1;
+		memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
+	}
+	return 0;
+}
+
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
@@ -502,6 +573,8 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 		return 0;
 	case EXPR_TRANSPOSE:
 		return read_transpose(e, off, len, dst);
+	case EXPR_Q8_0:
+		return read_q8_0(e, off, len, dst);
 	case EXPR_SLICE:
 	case EXPR_CONCAT:
 	case EXPR_GATHER:
@@ -547,6 +620,9 @@ static int format_into(const struct expr *e, char *buf, size_t cap, int *n)
 		break;
 	case EXPR_TRANSPOSE:
 		r = fmt_append(buf, cap, n, "transpose(");
+		break;
+	case EXPR_Q8_0:
+		r = fmt_append(buf, cap, n, "q8_0(");
 		break;
 	case EXPR_GATHER:
 		r = fmt_append(buf, cap, n, "gather_rows(%llu rows, ", (unsigned long long)e->shape[0]);

@@ -8,7 +8,7 @@
  *              source file (servable without computing, e.g. by splice), and
  *              for how long; or with computed bytes, and for how long;
  *   expr_read: the bytes themselves.
- * Operators (source, cast, slice, concat, transpose, gather-rows) only
+ * Operators (source, cast, slice, concat, transpose, gather-rows, q8_0) only
  * implement those two, so views never care which operator they hold.
  * Slice, concat and gather are piecewise: every output byte run maps to one
  * contiguous run of one argument, so a row slice or a dim-0 concat of source
@@ -32,6 +32,7 @@ enum expr_op {
 	EXPR_TRANSPOSE,
 	EXPR_GATHER,
 	EXPR_ZEROS,
+	EXPR_Q8_0,
 };
 
 struct expr {
@@ -76,6 +77,16 @@ struct expr *expr_zeros(enum ckpt_dtype dtype, uint32_t ndim, const uint64_t *sh
 struct expr *expr_transpose(struct expr *arg);
 /* out[r] = arg[idx[r]] along dim 0; idx is copied and checked against arg's rows. */
 struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
+
+/* ggml's Q8_0 quantisation of a float tensor whose last dimension is a
+ * multiple of 32: each block of 32 values becomes an f16 scale d = max|x|/127
+ * and 32 int8 round(x/d), as quantize_row_q8_0_ref computes them (bit for
+ * bit). The result is U8 bytes, shape [..., last/32*34]. */
+#define Q8_0_BLOCK 32
+#define Q8_0_BLOCK_BYTES 34
+struct expr *expr_quantize_q8_0(struct expr *arg);
+/* Quantise n values (a multiple of 32) into n/32*34 bytes. */
+void q8_0_quantize(const float *x, uint8_t *out, size_t n);
 
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);
