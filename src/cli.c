@@ -167,6 +167,7 @@ static int cmd_inspect(struct cli *c)
 			cJSON_AddItemToArray(casts, cJSON_CreateString(root->kids[i]->name));
 	cJSON_AddStringToObject(j, "layout", c->info.layout[0] ? c->info.layout : "none");
 	cJSON_AddStringToObject(j, "source_layout", c->info.native_source ? "native" : "hf");
+	cJSON_AddStringToObject(j, "gguf", c->info.gguf);
 	if (c->json) {
 		char *s = cJSON_Print(j);
 		puts(s ? s : "{}");
@@ -185,6 +186,7 @@ static int cmd_inspect(struct cli *c)
 		       d->tied_embeddings ? ", tied embeddings" : "");
 		printf("tensors:       %zu, %" PRIu64 " bytes\n", cat->ntensors, cat->tensor_bytes);
 		printf("layout:        %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(j, "layout")));
+		printf("gguf:          %s\n", c->info.gguf);
 		printf("views:        ");
 		for (int i = 0; i < cJSON_GetArraySize(views); i++)
 			printf(" %s/", cJSON_GetStringValue(cJSON_GetArrayItem(views, i)));

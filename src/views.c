@@ -808,6 +808,7 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	if (r == 0 && info) {
 		snprintf(info->layout, sizeof(info->layout), "%s", v->layout ? layout_name(v->layout) : "");
 		info->native_source = v->native_source;
+		snprintf(info->gguf, sizeof(info->gguf), "%s", v->gguf ? gguf_view_arch(v->gguf) : v->gguf_note);
 	}
 	if (r < 0) {
 		views_free(v);

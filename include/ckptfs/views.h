@@ -43,6 +43,7 @@ struct view_opts {
 struct views_info {
 	char layout[64];   /* the layout in use, "" for none */
 	bool native_source;
+	char gguf[256];    /* gguf/'s GGUF architecture, or why it is not offered */
 };
 
 /* Fill an initialised, empty tree with every view of `cat`, and seal it;
