@@ -203,7 +203,7 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 	{
 		uint32_t id;
 		if (!json_id(it, n_vocab, &id)) {
-			r = ckpt_err_set(err, EINVAL, "%s: token '%.64s' has id %.0f, outside the model's %llu embeddings",
+			r = ckpt_err_set(err, EINVAL, "%s: token '%.64s' has id %g, not an integer below the model's %llu embeddings",
 					 path, it->string, cJSON_IsNumber(it) ? it->valuedouble : -1.0,
 					 (unsigned long long)n_vocab);
 			goto out;
