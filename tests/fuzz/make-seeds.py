@@ -410,6 +410,29 @@ def seeds_views(out):
                                         '"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', 8))
 
 
+def seeds_gguf_vocab(out):
+    """Byte 0: vocabulary size - 1 (odd: the gpt2 architecture); then
+    tokenizer.json, NUL, tokenizer_config.json."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_gguf", os.path.join(REPO, "tests", "check_gguf.py"))
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    h = "gguf_vocab"
+    for name, (tok, cfg) in (("spm", cg.spm_tokenizer()), ("gpt2", cg.gpt2_tokenizer())):
+        n = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
+        small = json.loads(json.dumps(tok))
+        keep = sorted(small["model"]["vocab"].items(), key=lambda kv: kv[1])[:200]
+        small["model"]["vocab"] = dict(keep)
+        small["model"]["merges"] = small["model"]["merges"][:20]
+        small["added_tokens"] = [a for a in small["added_tokens"] if a["id"] < 200]
+        body = json.dumps(small).encode() + b"\0" + json.dumps(cfg).encode()
+        write(out, h, name, bytes([199 if name == "spm" else 200]) + body)
+        del n
+    write(out, h, "wordlevel", b"\x07" + b'{"model":{"type":"WordLevel","vocab":{"a":0}}}')
+    write(out, h, "merge-arrays", b"\x07" + b'{"model":{"type":"BPE","byte_fallback":true,"vocab":{"a":0,"b":1,"ab":2},'
+          b'"merges":[["a","b"]]}}')
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -419,6 +442,7 @@ def main():
     seeds_config(out)
     seeds_layout(out)
     seeds_views(out)
+    seeds_gguf_vocab(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):
