@@ -17,6 +17,7 @@ Usage:
                                          against the numpy forward pass
 
 Presets:
+  llama3  the llama preset with LLaMA 3 rope scaling (rope_freqs.weight)
   llama   LLaMA, bf16, GQA (4 heads, 2 KV heads), 2 layers, untied lm_head, a
           sentencepiece-style BPE with byte fallback trained here on a few
           sentences (tokenizer.json + tokenizer_config.json, as HF writes
@@ -258,6 +259,42 @@ def gen_llama(outdir, rng):
     write_tok(outdir, tok, tcfg)
 
 
+def gen_llama3(outdir, rng):
+    """The llama preset with LLaMA 3 rope scaling, whose small
+    original_max_position_embeddings puts the rotary wavelengths in all
+    three of its ranges (kept, scaled, smoothed)."""
+    gen_llama(outdir, rng)
+    p = os.path.join(outdir, "config.json")
+    c = load_json(outdir, "config.json")
+    c["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    c["rope_theta"] = 500000.0
+    genmodel.write_json(p, c)
+
+
+def llama3_factors(cfg):
+    """convert_hf_to_gguf.py's rope_freqs for rope_type llama3 (float32 freqs)."""
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type", rs.get("type")) != "llama3":
+        return None
+    dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    base = cfg.get("rope_theta", 10000.0)
+    freqs = (1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))).astype(np.float32)
+    factor, lo, hi = rs.get("factor", 8.0), rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+    old = rs.get("original_max_position_embeddings", 8192)
+    out = []
+    for f in freqs:
+        w = 2 * math.pi / float(f)
+        if w < old / hi:
+            out.append(1.0)
+        elif w > old / lo:
+            out.append(factor)
+        else:
+            sm = (old / w - lo) / (hi - lo)
+            out.append(1 / ((1 - sm) / factor + sm))
+    return np.array(out, dtype=np.float32)
+
+
 def gen_gpt2(outdir, rng):
     tok, tcfg = gpt2_tokenizer()
     vocab = len(tok["model"]["vocab"])
@@ -379,6 +416,9 @@ def _gguf_tensors(src):
         return stlib.T(t.dtype, t.shape, permute(t.arr, n)) if rope else t
 
     out.append(("token_embd.weight", st["model.embed_tokens.weight"]))
+    rf = llama3_factors(cfg) if cfg["model_type"] == "llama" else None
+    if rf is not None:
+        out.append(("rope_freqs.weight", stlib.T("F32", rf.shape, rf)))
     for i in range(cfg["num_hidden_layers"]):
         h = "model.layers.%d." % i
         b = "blk.%d." % i
@@ -658,7 +698,11 @@ def check(src, path, variant, ggml_lib_path=None):
             fail("%s: offset %d, expected %d" % (name, toff, off))
         exp = expected_bytes(t, etype, lib)
         got = data[data_start + toff:data_start + toff + len(exp)]
-        if got != exp:
+        if name == "rope_freqs.weight" and len(got) == len(exp):
+            # computed, not copied: float32 pow may differ in the last bit from torch's
+            if not np.allclose(np.frombuffer(got, "<f4"), np.frombuffer(exp, "<f4"), rtol=1e-6, atol=0):
+                fail("rope_freqs.weight: %s, expected %s" % (np.frombuffer(got, "<f4"), np.frombuffer(exp, "<f4")))
+        elif got != exp:
             bad = next(i for i in range(len(exp)) if i >= len(got) or got[i] != exp[i])
             fail("%s (%s): bytes differ from byte %d of %d" % (name, etype, bad, len(exp)))
         pad = (align - len(exp) % align) % align
@@ -713,15 +757,15 @@ class Weights(dict):
         self.types = {}
 
     def mm(self, x, name, transposed):
-        """x times a weight matrix as ggml's CPU kernels compute it: the
-        activations are first converted to the weight's type (Q8_0
-        activations for Q8_0 weights, F16 for F16, BF16 for BF16), along the
-        reduced dimension. transposed: the HF matrix is [out, in]."""
+        """x times a weight matrix as ggml's CPU kernels compute it: for
+        F16 and BF16 weights the activations are first converted to the
+        weight's type. (ggml also quantises activations to Q8_0 for Q8_0
+        weights, but modelling that with the reference quantiser moved numpy
+        further from llama.cpp than leaving them in f32, so they are left:
+        the Q8_0 tolerance covers it.) transposed: the HF matrix is [out, in]."""
         typ = self.types.get(name, "F32")
         x32 = x.astype(np.float32)
-        if typ == "Q8_0":
-            x = q8_0_dequant(x32)
-        elif typ == "F16":
+        if typ == "F16":
             x = x32.astype(np.float16).astype(np.float64)
         elif typ == "BF16":
             x = (stlib.bf16_bits(x32).astype(np.uint32) << 16).view(np.float32).reshape(x.shape).astype(np.float64)
@@ -741,6 +785,16 @@ def llama_logits(src, ids, st):
     eps = cfg["rms_norm_eps"]
     n = len(ids)
     inv = 1.0 / (cfg.get("rope_theta", 10000.0) ** (np.arange(0, hd, 2) / hd))
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type") == "llama3":  # transformers' _compute_llama3_parameters
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        wl = 2 * math.pi / inv
+        scaled = np.where(wl > old / lo, inv / factor, inv)
+        sm = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - sm) * scaled / factor + sm * scaled
+        medium = ~(wl < old / hi) & ~(wl > old / lo)
+        inv = np.where(medium, smoothed, scaled)
     ang = np.outer(np.arange(n), inv)
     cos = np.cos(np.concatenate([ang, ang], -1))
     sin = np.sin(np.concatenate([ang, ang], -1))
@@ -862,7 +916,7 @@ def main(argv):
         if argv[1] == "gen":
             rng = np.random.default_rng(int(argv[4]) if len(argv) > 4 else 0)
             os.makedirs(argv[3], exist_ok=True)
-            {"llama": gen_llama, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
+            {"llama": gen_llama, "llama3": gen_llama3, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
         elif argv[1] == "check":
             nt, nkv = check(argv[2], argv[3], argv[4], os.environ.get("GGML_BASE_LIB"))
             print("%s: %d tensors, %d keys: every field and byte as expected" % (argv[3], nt, nkv))
