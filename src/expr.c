@@ -236,11 +236,18 @@ void q8_0_quantize(const float *x, uint8_t *out, size_t n)
 		uint16_t h = cast_f32_to_f16(d);
 		out[0] = (uint8_t)h, out[1] = (uint8_t)(h >> 8);
 		for (int j = 0; j < Q8_0_BLOCK; j++) {
-			/* |x * id| <= 127 for finite blocks; a NaN or infinity gives
-			 * what x86's float-to-int conversion gives ggml (0x80000000,
-			 * low byte 0) instead of undefined behaviour. */
-			float v = roundf(x[j] * id);
-			out[2 + j] = v >= -128.0f && v <= 127.0f ? (uint8_t)(int8_t)v : 0;
+			/* roundf (halves away from zero) without the libm call: v - trunc(v)
+			 * is exact below 2^23. |x * id| <= 127 for finite blocks; a NaN
+			 * or infinity gives what x86's float-to-int conversion gives
+			 * ggml (0x80000000, low byte 0) instead of undefined behaviour. */
+			float v = x[j] * id;
+			int q = 0;
+			if (v > -128.5f && v < 128.5f) {
+				q = (int)v;
+				float frac = v - (float)q;
+				q += (frac >= 0.5f) - (frac <= -0.5f);
+			}
+			out[2 + j] = (uint8_t)q;
 		}
 	}
 }

@@ -73,6 +73,38 @@ static void test_q8_0_matches_ggml(void **state)
 			fail_msg("block %zu byte %zu: %#x, ggml %#x", i / 34, i % 34, out[i], q8_ref[i]);
 }
 
+/* With amax = 127 (d = 1, 1/d = 1) each int8 must be C's roundf of the value:
+ * every multiple of 1/64 in [-127, 127], and the floats just beside each half. */
+static void test_q8_0_rounding(void **state)
+{
+	(void)state;
+	float x[32];
+	uint8_t out[34];
+	int n = 1;
+	x[0] = 127.0f;
+	for (int k = -127 * 64; k <= 127 * 64 + 2; k++) {
+		float v = (float)k / 64.0f;
+		if (k > 127 * 64) /* the neighbours of halves, positive and negative */
+			v = 0;
+		x[n++] = v;
+		if (k % 32 == 0 && k > -127 * 64 + 1 && k < 127 * 64) {
+			float half = (float)(k / 64) + 0.5f;
+			x[n - 1] = nextafterf(half, 0.0f);
+			if (n < 32)
+				x[n++] = nextafterf(-half, 0.0f);
+		}
+		if (n == 32) {
+			q8_0_quantize(x, out, 32);
+			assert_int_equal(out[0] | out[1] << 8, 0x3c00); /* f16 1.0 */
+			for (int j = 0; j < 32; j++)
+				if ((int8_t)out[2 + j] != (int8_t)roundf(x[j]))
+					fail_msg("%.9g quantised to %d, roundf gives %g", (double)x[j], (int8_t)out[2 + j],
+						 (double)roundf(x[j]));
+			n = 1;
+		}
+	}
+}
+
 /* A source tensor in a fake mapped file. */
 static uint8_t file_bytes[1 << 16];
 static struct src_file file = { .name = "m.safetensors", .path = "d/m.safetensors", .fd = -1, .map = file_bytes,
@@ -349,7 +381,8 @@ static void test_rope_rows(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_q8_0_matches_ggml), cmocka_unit_test(test_q8_0_expr_ranges),
+		cmocka_unit_test(test_q8_0_matches_ggml), cmocka_unit_test(test_q8_0_rounding),
+		cmocka_unit_test(test_q8_0_expr_ranges),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
 		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_rope_rows),
 	};
