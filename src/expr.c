@@ -3,7 +3,6 @@
 #include "ckptfs/expr.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -11,6 +10,7 @@
 #include <string.h>
 
 #include "ckptfs/cast.h"
+#include "ckptfs/quant.h"
 
 /* Elements converted per step of a cast: small enough for the stack. */
 #define CAST_BATCH 4096
@@ -217,39 +217,6 @@ struct expr *expr_quantize_q8_0(struct expr *arg)
 	}
 	shape[last] = shape[last] / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
 	return expr_set_args(expr_new(EXPR_Q8_0, CKPT_U8, arg->ndim, shape), &arg, 1);
-}
-
-void q8_0_quantize(const float *x, uint8_t *out, size_t n)
-{
-	for (size_t b = 0; b < n / Q8_0_BLOCK; b++, x += Q8_0_BLOCK, out += Q8_0_BLOCK_BYTES) {
-		/* ggml's MAX(a, b) is a > b ? a : b, not fmaxf: a NaN is kept or
-		 * dropped by its position, and we follow it. */
-		float amax = 0.0f;
-		for (int j = 0; j < Q8_0_BLOCK; j++) {
-			float v = fabsf(x[j]);
-			amax = amax > v ? amax : v;
-		}
-		/* ggml multiplies by the reciprocal rather than dividing by d; the
-		 * last bit of some values depends on it. */
-		const float d = amax / 127.0f;
-		const float id = d != 0.0f ? 1.0f / d : 0.0f;
-		uint16_t h = cast_f32_to_f16(d);
-		out[0] = (uint8_t)h, out[1] = (uint8_t)(h >> 8);
-		for (int j = 0; j < Q8_0_BLOCK; j++) {
-			/* roundf (halves away from zero) without the libm call: v - trunc(v)
-			 * is exact below 2^23. |x * id| <= 127 for finite blocks; a NaN
-			 * or infinity gives what x86's float-to-int conversion gives
-			 * ggml (0x80000000, low byte 0) instead of undefined behaviour. */
-			float v = x[j] * id;
-			int q = 0;
-			if (v > -128.5f && v < 128.5f) {
-				q = (int)v;
-				float frac = v - (float)q;
-				q += (frac >= 0.5f) - (frac <= -0.5f);
-			}
-			out[2 + j] = (uint8_t)q;
-		}
-	}
 }
 
 struct expr *expr_ref(struct expr *e)

@@ -23,6 +23,7 @@
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/dtype.h"
+#include "ckptfs/quant.h"
 
 enum expr_op {
 	EXPR_SOURCE,
@@ -82,11 +83,7 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
  * multiple of 32: each block of 32 values becomes an f16 scale d = max|x|/127
  * and 32 int8 round(x/d), as quantize_row_q8_0_ref computes them (bit for
  * bit). The result is U8 bytes, shape [..., last/32*34]. */
-#define Q8_0_BLOCK 32
-#define Q8_0_BLOCK_BYTES 34
 struct expr *expr_quantize_q8_0(struct expr *arg);
-/* Quantise n values (a multiple of 32) into n/32*34 bytes. */
-void q8_0_quantize(const float *x, uint8_t *out, size_t n);
 
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);

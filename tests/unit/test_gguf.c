@@ -17,6 +17,7 @@
 #include "ckptfs/gguf.h"
 #include "ckptfs/gguf_vocab.h"
 #include "ckptfs/layout.h"
+#include "ckptfs/quant.h"
 
 /* Six blocks: mixed values, zeros, exact .5 ties (d = 1), subnormals, values
  * whose scale overflows f16, small normals. */
@@ -103,6 +104,45 @@ static void test_q8_0_rounding(void **state)
 			n = 1;
 		}
 	}
+}
+
+/* The AVX2 path (when the CPU has it) against the scalar one: random blocks
+ * of every magnitude, signs, zeros, subnormals, ties, NaNs and infinities. */
+static void test_q8_0_vector_scalar(void **state)
+{
+	(void)state;
+	enum { NB = 20000 };
+	float *x = malloc(NB * 32 * sizeof(float));
+	uint8_t *a = malloc(NB * 34), *b = malloc(NB * 34);
+	assert_non_null(x);
+	assert_non_null(a);
+	assert_non_null(b);
+	uint64_t st = 0x12345678;
+	for (size_t i = 0; i < NB * 32; i++) {
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		uint32_t r = (uint32_t)(st >> 32);
+		size_t blk = i / 32;
+		float v;
+		if (blk % 7 == 0) { /* any bit pattern: NaNs, infinities, subnormals */
+			memcpy(&v, &r, 4);
+		} else if (blk % 7 == 1) { /* d = 1: ties */
+			v = (i % 32 == 0) ? 127.0f : (float)((int)(r % 255) - 127) + ((r >> 8) & 1 ? 0.5f : 0.25f);
+		} else if (blk % 7 == 2) { /* subnormal scales: 1/d overflows */
+			v = ldexpf((float)((int32_t)r) / 2147483648.0f, -120 - (int)(blk % 30));
+		} else {
+			int e = (int)(blk % 40) - 20;
+			v = ldexpf((float)((int32_t)r) / 2147483648.0f, e);
+		}
+		x[i] = v;
+	}
+	q8_0_quantize(x, a, NB * 32);
+	q8_0_quantize_scalar(x, b, NB * 32);
+	for (size_t i = 0; i < NB * 34; i++)
+		if (a[i] != b[i])
+			fail_msg("block %zu byte %zu: %#x, scalar %#x", i / 34, i % 34, a[i], b[i]);
+	free(x);
+	free(a);
+	free(b);
 }
 
 /* A source tensor in a fake mapped file. */
@@ -382,7 +422,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_q8_0_matches_ggml), cmocka_unit_test(test_q8_0_rounding),
-		cmocka_unit_test(test_q8_0_expr_ranges),
+		cmocka_unit_test(test_q8_0_vector_scalar),  cmocka_unit_test(test_q8_0_expr_ranges),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
 		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_rope_rows),
 	};
