@@ -515,12 +515,26 @@ static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	float x[Q8_BATCH * Q8_0_BLOCK];
 	uint64_t end = off + len;
 	uint64_t last = (end + Q8_0_BLOCK_BYTES - 1) / Q8_0_BLOCK_BYTES;
+	const uint8_t *direct = expr_direct(a);
+	const struct src_file *direct_file = NULL;
+	if (direct) {
+		struct expr_span sp;
+		expr_span(a, 0, a->nbytes, &sp);
+		direct_file = sp.file;
+	}
 	for (uint64_t b = off / Q8_0_BLOCK_BYTES; b < last; b += Q8_BATCH) {
 		uint64_t nb = last - b < Q8_BATCH ? last - b : Q8_BATCH;
 		size_t nv = (size_t)nb * Q8_0_BLOCK;
-		int r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
+		const uint8_t *src = in;
+		int r = 0;
+		if (direct) { /* a plain source tensor: convert straight from the mapping */
+			src = direct + b * Q8_0_BLOCK * isz;
+			src_file_count(direct_file, nv * isz);
+		} else {
+			r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
+		}
 		if (r == 0)
-			r = cast_run(CKPT_F32, x, a->dtype, in, nv);
+			r = cast_run(CKPT_F32, x, a->dtype, src, nv);
 		if (r < 0)
 			return r;
 		q8_0_quantize(x, q, nv);
