@@ -136,7 +136,9 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 		return -ENOMEM;
 	}
 	g->cat = cat;
-	snprintf(g->arch, sizeof(g->arch), "%s", layout_name(l) + strlen("gguf-"));
+	/* The table's name is "gguf-" + llama.cpp's architecture name. */
+	const char *ln = layout_name(l);
+	snprintf(g->arch, sizeof(g->arch), "%s", strncmp(ln, "gguf-", 5) == 0 ? ln + 5 : ln);
 	const char *key = missing_key(cat, g->arch);
 	int r = 0;
 	if (key) {
