@@ -23,6 +23,7 @@ Presets:
           sentences (tokenizer.json + tokenizer_config.json, as HF writes
           Llama 2's); weights large enough that a wrong Q/K row order changes
           the logits
+  qwen2   Qwen2, fp16, q/k/v biases, GQA, tied embeddings, byte-level BPE
   gpt2    GPT-2, fp32, "transformer." prefix, a byte-level BPE (GPT-2 style)
 
 Variants: "" (source dtype), f32, f16, bf16, q8_0.
@@ -293,6 +294,40 @@ def llama3_factors(cfg):
             sm = (old / w - lo) / (hi - lo)
             out.append(1 / ((1 - sm) / factor + sm))
     return np.array(out, dtype=np.float32)
+
+
+def gen_qwen2(outdir, rng):
+    """Qwen2: fp16, q/k/v biases, GQA, tied embeddings (no lm_head), a
+    byte-level BPE; no Q/K permutation in GGUF."""
+    tok, tcfg = gpt2_tokenizer()
+    vocab = len(tok["model"]["vocab"])
+    d, heads, kv, inter = 64, 4, 2, 128
+    hd = d // heads
+    c = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": d,
+         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv,
+         "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": 128,
+         "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+         "torch_dtype": "float16", "hidden_act": "silu"}
+    T = genmodel.Tensor
+
+    def w(name, shape, std, mean=0.0):
+        return T(name, "F16", shape, genmodel.normal(rng, shape, std, mean).astype(np.float16))
+
+    ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
+    for i in range(2):
+        p = "model.layers.%d." % i
+        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "self_attn.q_proj.weight", [heads * hd, d], 0.3), w(p + "self_attn.q_proj.bias", [heads * hd], 0.1),
+               w(p + "self_attn.k_proj.weight", [kv * hd, d], 0.3), w(p + "self_attn.k_proj.bias", [kv * hd], 0.1),
+               w(p + "self_attn.v_proj.weight", [kv * hd, d], 0.2), w(p + "self_attn.v_proj.bias", [kv * hd], 0.2),
+               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
+               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
+               w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
+    ts.append(w("model.norm.weight", [d], 0.2, 1.0))
+    genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    genmodel.write_json(os.path.join(outdir, "config.json"), c)
+    write_tok(outdir, tok, tcfg)
 
 
 def gen_gpt2(outdir, rng):
@@ -808,9 +843,12 @@ def llama_logits(src, ids, st):
     for i in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % i
         h = rms(x, st[p + "input_layernorm.weight"], eps)
-        q = st.mm(h, p + "self_attn.q_proj.weight", True).reshape(n, H, hd).transpose(1, 0, 2)
-        k = st.mm(h, p + "self_attn.k_proj.weight", True).reshape(n, KV, hd).transpose(1, 0, 2)
-        v = st.mm(h, p + "self_attn.v_proj.weight", True).reshape(n, KV, hd).transpose(1, 0, 2)
+        def proj(x):
+            y = st.mm(h, p + "self_attn.%s_proj.weight" % x, True)
+            return y + st[p + "self_attn.%s_proj.bias" % x] if p + "self_attn.%s_proj.bias" % x in st else y
+        q = proj("q").reshape(n, H, hd).transpose(1, 0, 2)
+        k = proj("k").reshape(n, KV, hd).transpose(1, 0, 2)
+        v = proj("v").reshape(n, KV, hd).transpose(1, 0, 2)
         q, k = rope(q), rope(k)
         k = np.repeat(k, H // KV, 0)
         v = np.repeat(v, H // KV, 0)
@@ -916,7 +954,7 @@ def main(argv):
         if argv[1] == "gen":
             rng = np.random.default_rng(int(argv[4]) if len(argv) > 4 else 0)
             os.makedirs(argv[3], exist_ok=True)
-            {"llama": gen_llama, "llama3": gen_llama3, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
+            {"llama": gen_llama, "llama3": gen_llama3, "qwen2": gen_qwen2, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
         elif argv[1] == "check":
             nt, nkv = check(argv[2], argv[3], argv[4], os.environ.get("GGML_BASE_LIB"))
             print("%s: %d tensors, %d keys: every field and byte as expected" % (argv[3], nt, nkv))
