@@ -127,10 +127,13 @@ for model in llama llama3 qwen2 gpt2; do
     mkdir "$mnt-again"
     mount_ckptfs "$src" "$mnt-again" -o cache_dir="$TESTDIR/cache-$model",cache_policy=always
     cmp "$mnt-again/gguf@q8_0/model.gguf" "$TESTDIR/cat-$model.gguf" || fail "gguf@q8_0 from the cache differs"
-    read -r hits computed < <("$PYTHON" -c '
+    # (a command substitution, so the stats file is closed before the unmount)
+    counts=$("$PYTHON" -c '
 import json, sys
-c = json.load(open(sys.argv[1]))["cache"]
-print(c["disk"]["hits"], c["computed_chunks"])' "$mnt-again/.ckptfs/stats")
+with open(sys.argv[1]) as f:
+    c = json.load(f)["cache"]
+print(c["disk"]["hits"], c["computed_chunks"])' "$mnt-again/.ckptfs/stats") || fail "cannot read .ckptfs/stats"
+    read -r hits computed <<<"$counts"
     [ "$hits" -gt 0 ] && [ "$computed" -eq 0 ] ||
         fail "second mount: $hits disk hits, $computed chunks computed (expected hits, none computed)"
     note "second mount: gguf@q8_0 served from the disk cache ($hits disk hits, 0 chunks computed)"
