@@ -185,6 +185,7 @@ static int cmd_inspect(struct cli *c)
 	cJSON_AddStringToObject(j, "layout", c->info.layout[0] ? c->info.layout : "none");
 	cJSON_AddNumberToObject(j, "lora_modules", (double)c->info.lora_modules);
 	cJSON_AddStringToObject(j, "source_layout", c->info.native_source ? "native" : "hf");
+	cJSON_AddStringToObject(j, "gguf", c->info.gguf);
 	if (c->json) {
 		char *s = cJSON_Print(j);
 		puts(s ? s : "{}");
@@ -205,6 +206,7 @@ static int cmd_inspect(struct cli *c)
 		printf("layout:        %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(j, "layout")));
 		if (c->info.lora_modules)
 			printf("lora:          %zu modules merged into every view\n", c->info.lora_modules);
+		printf("gguf:          %s\n", c->info.gguf);
 		printf("views:        ");
 		for (int i = 0; i < cJSON_GetArraySize(views); i++)
 			printf(" %s/", cJSON_GetStringValue(cJSON_GetArrayItem(views, i)));

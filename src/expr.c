@@ -18,6 +18,7 @@
 #ifdef HAVE_CBLAS
 #include <cblas.h>
 #endif
+#include "ckptfs/quant.h"
 
 /* Elements converted per step of a cast: small enough for the stack. */
 #define CAST_BATCH 4096
@@ -338,6 +339,22 @@ static struct expr *lora_map(struct expr *e, enum ckpt_dtype dtype, enum lora_ch
 	return out;
 }
 
+struct expr *expr_quantize_q8_0(struct expr *arg)
+{
+	if (!arg)
+		return NULL;
+	uint64_t shape[ST_MAX_DIMS];
+	memcpy(shape, arg->shape, sizeof(shape));
+	uint32_t last = arg->ndim - 1;
+	if (arg->ndim == 0 || !dtype_is_float(arg->dtype) || !cast_supported(arg->dtype, CKPT_F32) ||
+	    shape[last] % Q8_0_BLOCK) {
+		expr_unref(arg);
+		return NULL;
+	}
+	shape[last] = shape[last] / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
+	return expr_set_args(expr_new(EXPR_Q8_0, CKPT_U8, arg->ndim, shape), &arg, 1);
+}
+
 struct expr *expr_ref(struct expr *e)
 {
 	if (e)
@@ -414,6 +431,7 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 	case EXPR_CAST:
 	case EXPR_ZEROS:
 	case EXPR_LORA:
+	case EXPR_Q8_0:
 		return; /* every byte is computed */
 	case EXPR_TRANSPOSE:
 		/* A 1xN or Nx1 matrix has the same bytes as its transpose. */
@@ -774,6 +792,47 @@ static int read_lora(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	return r;
 }
 
+/* Blocks per step of a quantisation: 4096 values of at most 8 bytes on the stack. */
+#define Q8_BATCH 128
+
+static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	const struct expr *a = e->args[0];
+	size_t isz = dtype_size(a->dtype);
+	uint8_t in[Q8_BATCH * Q8_0_BLOCK * 8], q[Q8_BATCH * Q8_0_BLOCK_BYTES];
+	float x[Q8_BATCH * Q8_0_BLOCK];
+	uint64_t end = off + len;
+	uint64_t last = (end + Q8_0_BLOCK_BYTES - 1) / Q8_0_BLOCK_BYTES;
+	const uint8_t *direct = expr_direct(a);
+	const struct src_file *direct_file = NULL;
+	if (direct) {
+		struct expr_span sp;
+		expr_span(a, 0, a->nbytes, &sp);
+		direct_file = sp.file;
+	}
+	for (uint64_t b = off / Q8_0_BLOCK_BYTES; b < last; b += Q8_BATCH) {
+		uint64_t nb = last - b < Q8_BATCH ? last - b : Q8_BATCH;
+		size_t nv = (size_t)nb * Q8_0_BLOCK;
+		const uint8_t *src = in;
+		int r = 0;
+		if (direct) { /* a plain source tensor: convert straight from the mapping */
+			src = direct + b * Q8_0_BLOCK * isz;
+			src_file_count(direct_file, nv * isz);
+		} else {
+			r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
+		}
+		if (r == 0)
+			r = cast_run(CKPT_F32, x, a->dtype, src, nv);
+		if (r < 0)
+			return r;
+		q8_0_quantize(x, q, nv);
+		uint64_t b0 = b * Q8_0_BLOCK_BYTES, b1 = (b + nb) * Q8_0_BLOCK_BYTES;
+		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > end ? end : b1;
+		memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
+	}
+	return 0;
+}
+
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
@@ -790,6 +849,8 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 		return 0;
 	case EXPR_TRANSPOSE:
 		return read_transpose(e, off, len, dst);
+	case EXPR_Q8_0:
+		return read_q8_0(e, off, len, dst);
 	case EXPR_SLICE:
 	case EXPR_CONCAT:
 	case EXPR_GATHER:
@@ -837,6 +898,9 @@ static int format_into(const struct expr *e, char *buf, size_t cap, int *n)
 		break;
 	case EXPR_TRANSPOSE:
 		r = fmt_append(buf, cap, n, "transpose(");
+		break;
+	case EXPR_Q8_0:
+		r = fmt_append(buf, cap, n, "q8_0(");
 		break;
 	case EXPR_GATHER:
 		r = fmt_append(buf, cap, n, "gather_rows(%llu rows, ", (unsigned long long)e->shape[0]);

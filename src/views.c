@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/gguf_view.h"
 #include "ckptfs/layout.h"
 #include "ckptfs/lora.h"
 #include "ckptfs/npy.h"
@@ -36,6 +37,8 @@ struct views {
 	size_t nadapters;       /* -o lora= adapters, merged into src in order */
 	struct lora_adapter **adapters;
 	size_t lora_modules;    /* modules merged (adapters and in-checkpoint pairs) */
+	struct gguf_view *gguf; /* NULL when gguf/ is not offered, and then gguf_note says why */
+	char gguf_note[256];
 	struct ckpt_err *err;
 };
 
@@ -587,6 +590,19 @@ static int add_partitions(struct views *v)
 	return r;
 }
 
+/* gguf/ and its typed variants, all deferred; only gguf/ is listed. */
+static int add_gguf_dirs(struct views *v)
+{
+	static const char *const variants[] = { "f32", "f16", "bf16", "q8_0", "fp32", "fp16" };
+	int r = add_deferred(v, "gguf", false);
+	for (size_t i = 0; i < sizeof(variants) / sizeof(*variants) && r == 0; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "gguf@%s", variants[i]);
+		r = add_deferred(v, name, true);
+	}
+	return r;
+}
+
 static const struct {
 	const char *name;
 	enum view_kind kind;
@@ -610,6 +626,15 @@ static int views_fill_dir(struct vtree *t, struct vnode *dir, void *ctx)
 	}
 	v->err = &err;
 	int r = -ENOENT;
+	if (v->gguf && strcmp(base, "gguf") == 0) {
+		const char *variant = at ? at
+				      : v->o->dtype == CKPT_F32 ? "f32"
+				      : v->o->dtype == CKPT_F16 ? "f16"
+				      : v->o->dtype == CKPT_BF16 ? "bf16"
+								 : "";
+		r = gguf_view_fill(v->gguf, t, dir, variant, &err);
+		goto out;
+	}
 	if (dtype == -2)
 		goto out;
 	uint64_t n = 0;
@@ -642,6 +667,7 @@ static void views_free(void *ctx)
 	for (size_t i = 0; i < v->nadapters; i++)
 		lora_adapter_close(v->adapters[i]);
 	free(v->adapters);
+	gguf_view_free(v->gguf);
 	free(v);
 }
 
@@ -791,7 +817,14 @@ static int build_readme(struct views *v)
 		   "            BF16 and F8 tensors are widened exactly to float32\n"
 		   "  VIEW@DTYPE/  any view above cast to fp32, fp16 or bf16, e.g. hf@bf16/,\n"
 		   "            native@fp32/, tp-2@bf16/ (not listed; cd or ls them by name)\n"
-		   "  .ckptfs/stats  bytes served and read, cache figures (JSON)\n\n"
+		   "  .ckptfs/stats  bytes served and read, cache figures (JSON)\n");
+	if (v->gguf)
+		fprintf(m, "  gguf/     model.gguf for llama.cpp (architecture '%s'); gguf@f32/, @f16/,\n"
+			   "            @bf16/ and @q8_0/ (quantised on read) by name\n",
+			gguf_view_arch(v->gguf));
+	else
+		fprintf(m, "  gguf/     %s\n", v->gguf_note);
+	fprintf(m, "\n"
 		   "Every file is computed on read from the source; nothing is copied.\n"
 		   "The mount is read-only. See a tensor's dtype, shape, source bytes and\n"
 		   "expression with: getfattr -d tensors/NAME.npy\n"
@@ -824,6 +857,8 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	int r = pick_layout(v);
 	if (r == 0)
 		r = derive_sets(v);
+	if (r == 0 && gguf_view_open(cat, &v->hf, o->layout_dir, &v->gguf, v->gguf_note, sizeof(v->gguf_note)) < 0)
+		r = oom(v, "gguf/");
 	if (r == 0)
 		r = build_readme(v);
 	/* The base views are built now (they are what most mounts read); casts
@@ -846,6 +881,8 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 		for (size_t k = 0; k < ac->nfiles && r == 0; k++)
 			r = dir ? add_passthrough(v, dir, &ac->files[k]) : oom(v, name);
 	}
+	if (r == 0 && v->gguf)
+		r = add_gguf_dirs(v);
 	if (r == 0) {
 		struct vnode *dir = vtree_add_dir(t, vtree_root(t), ".ckptfs");
 		struct vnode *stats = dir ? vtree_add_file(t, dir, "stats") : NULL;
@@ -860,6 +897,7 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 		snprintf(info->layout, sizeof(info->layout), "%s", v->layout ? layout_name(v->layout) : "");
 		info->native_source = v->native_source;
 		info->lora_modules = v->lora_modules;
+		snprintf(info->gguf, sizeof(info->gguf), "%s", v->gguf ? gguf_view_arch(v->gguf) : v->gguf_note);
 	}
 	if (r < 0) {
 		views_free(v);

@@ -8,9 +8,9 @@
  *              source file (servable without computing, e.g. by splice), and
  *              for how long; or with computed bytes, and for how long;
  *   expr_read: the bytes themselves.
- * Operators (source, cast, slice, concat, transpose, gather-rows, zeros and
- * the low-rank add of LoRA merges) only implement those two, so views never
- * care which operator they hold.
+ * Operators (source, cast, slice, concat, transpose, gather-rows, zeros, q8_0
+ * and the low-rank add of LoRA merges) only implement those two, so views
+ * never care which operator they hold.
  * Slice, concat and gather are piecewise: every output byte run maps to one
  * contiguous run of one argument, so a row slice or a dim-0 concat of source
  * tensors stays a source span (served by splice, never computed).
@@ -25,6 +25,7 @@
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/dtype.h"
+#include "ckptfs/quant.h"
 
 enum expr_op {
 	EXPR_SOURCE,
@@ -35,6 +36,7 @@ enum expr_op {
 	EXPR_GATHER,
 	EXPR_ZEROS,
 	EXPR_LORA,
+	EXPR_Q8_0,
 };
 
 struct expr {
@@ -95,6 +97,11 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
  * its arguments, so a tp shard or a cast never merges more than it returns.
  * Takes the three references. */
 struct expr *expr_lora(struct expr *w, struct expr *p, struct expr *q, float s);
+/* ggml's Q8_0 quantisation of a float tensor whose last dimension is a
+ * multiple of 32: each block of 32 values becomes an f16 scale d = max|x|/127
+ * and 32 int8 round(x/d), as quantize_row_q8_0_ref computes them (bit for
+ * bit). The result is U8 bytes, shape [..., last/32*34]. */
+struct expr *expr_quantize_q8_0(struct expr *arg);
 
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);

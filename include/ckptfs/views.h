@@ -48,6 +48,7 @@ struct views_info {
 	char layout[64];   /* the layout in use, "" for none */
 	bool native_source;
 	size_t lora_modules; /* modules merged from adapters and in-checkpoint pairs */
+	char gguf[256];    /* gguf/'s GGUF architecture, or why it is not offered */
 };
 
 /* Fill an initialised, empty tree with every view of `cat`, and seal it;

@@ -4,7 +4,7 @@
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
 Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config, jsonscan,
-layout, views and lora_config: small valid inputs of every kind the parsers accept, plus a
+layout, views, lora_config and gguf_vocab: small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
 Standard library only.
@@ -453,6 +453,27 @@ def seeds_lora_config(out):
         write(out, h, name, json.dumps(c).encode())
     write(out, h, "trailing", json.dumps(ok).encode() + b" }")
     write(out, h, "truncated", json.dumps(ok).encode()[:40])
+def seeds_gguf_vocab(out):
+    """Byte 0: vocabulary size - 1 (odd: the gpt2 architecture); then
+    tokenizer.json, NUL, tokenizer_config.json."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_gguf", os.path.join(REPO, "tests", "check_gguf.py"))
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    h = "gguf_vocab"
+    for name, (tok, cfg) in (("spm", cg.spm_tokenizer()), ("gpt2", cg.gpt2_tokenizer())):
+        n = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
+        small = json.loads(json.dumps(tok))
+        keep = sorted(small["model"]["vocab"].items(), key=lambda kv: kv[1])[:200]
+        small["model"]["vocab"] = dict(keep)
+        small["model"]["merges"] = small["model"]["merges"][:20]
+        small["added_tokens"] = [a for a in small["added_tokens"] if a["id"] < 200]
+        body = json.dumps(small).encode() + b"\0" + json.dumps(cfg).encode()
+        write(out, h, name, bytes([199 if name == "spm" else 200]) + body)
+        del n
+    write(out, h, "wordlevel", b"\x07" + b'{"model":{"type":"WordLevel","vocab":{"a":0}}}')
+    write(out, h, "merge-arrays", b"\x07" + b'{"model":{"type":"BPE","byte_fallback":true,"vocab":{"a":0,"b":1,"ab":2},'
+          b'"merges":[["a","b"]]}}')
 
 
 def main():
@@ -466,6 +487,7 @@ def main():
     seeds_views(out)
     seeds_jsonscan(out)
     seeds_lora_config(out)
+    seeds_gguf_vocab(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)
         if os.path.isdir(d):

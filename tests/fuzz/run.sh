@@ -6,7 +6,7 @@
 #   OUTDIR               build, seeds, corpora, logs and crash artifacts;
 #                        default ${TMPDIR:-/tmp}/ckptfs-fuzz
 # Environment:
-#   HARNESSES="safetensors index config jsonscan layout views lora_config"   which ones, in this order
+#   HARNESSES="safetensors index config jsonscan layout views lora_config gguf_vocab"   which ones, in this order
 #   FUZZ_RUNS=N      also stop each harness after N executions (-runs=N)
 #   FUZZ_ARGS="..."  more libFuzzer flags, e.g. -jobs or -dict
 #   CC=clang         a clang with libFuzzer (-fsanitize=fuzzer)
@@ -23,7 +23,7 @@ OUT=${2:-${TMPDIR:-/tmp}/ckptfs-fuzz}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CC=${CC:-clang}
-HARNESSES=${HARNESSES:-safetensors index config jsonscan layout views lora_config}
+HARNESSES=${HARNESSES:-safetensors index config jsonscan layout views lora_config gguf_vocab}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 case $SECS in '' | *[!0-9]*) echo "run.sh: SECONDS_PER_HARNESS must be a number, not '$SECS'" >&2; exit 2 ;; esac
