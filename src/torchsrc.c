@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/guard.h"
 #include "ckptfs/pickle.h"
 #include "ckptfs/source.h"
 #include "ckptfs/trainer.h"
@@ -777,6 +778,18 @@ static int check_index(struct catalog *cat, struct ckpt_err *err)
 	return r;
 }
 
+/* The pickle is read from the mapping: a file cut short meanwhile must be
+ * an error, not SIGBUS (what the parse allocated is lost then; the mount
+ * fails anyway). */
+static int load_guarded(struct catalog *cat, struct src_file *f, char **contents, cJSON **config,
+			struct ckpt_err *err)
+{
+	volatile int r = -EIO;
+	GUARDED(r = torch_load_file(cat, f, contents, config, err),
+		r = ckpt_err_set(err, EIO, "%s: changed (cut short?) while it was read", f->path));
+	return r;
+}
+
 static int torch_load(struct catalog *cat, struct ckpt_err *err)
 {
 	int r = 0;
@@ -784,7 +797,7 @@ static int torch_load(struct catalog *cat, struct ckpt_err *err)
 	for (size_t i = 0; i < cat->nshards && r == 0; i++) {
 		char *contents = NULL;
 		cJSON *config = NULL;
-		r = torch_load_file(cat, cat->shards[i], &contents, cat->nshards == 1 ? &config : NULL, err);
+		r = load_guarded(cat, cat->shards[i], &contents, cat->nshards == 1 ? &config : NULL, err);
 		if (r == 0 && cat->nshards == 1) {
 			cat->contents = contents;
 			cat->config = config;

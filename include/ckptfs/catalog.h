@@ -47,6 +47,7 @@ struct catalog {
 	struct src_file *files;
 	size_t nshards;            /* the safetensors files holding tensors, in name order */
 	struct src_file **shards;
+	bool *shard_picked;        /* by index in files: taken as a shard (catalog_add_shard) */
 	const struct src_file *index; /* the index naming the shards (model.safetensors.index.json,
 					 pytorch_model.bin.index.json), or NULL */
 	const char *format_name;   /* the source format's name: "safetensors", "torch" */

@@ -16,11 +16,14 @@
  * {word} matches any text (possibly empty). Every placeholder of a rule must
  * appear in its first input name. Expressions:
  *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E)
+ *   | rope_rows(GROUPS, E)   (llama.cpp's rotary row order: in each of GROUPS
+ *                             heads, rows [a..., b...] become a0 b0 a1 b1 ...)
  * START/STOP: an integer, a product of integers and config dimensions
  * (hidden, heads, kv_heads, head_dim, intermediate, vocab) such as
  * heads*head_dim, a fraction A/B of the dimension's size, or end.
  * HF tensors no rule reads and no drop pattern names pass through unchanged.
- * Inverting needs concat parts of equal size along their dimension.
+ * Inverting needs concat parts of equal size along their dimension;
+ * rope_rows is forward only (the gguf layouts).
  */
 #ifndef CKPTFS_LAYOUT_H
 #define CKPTFS_LAYOUT_H

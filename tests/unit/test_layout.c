@@ -39,6 +39,8 @@ static void expect_parse_error(const char *json, const char *msg)
 static void test_parse_errors(void **state)
 {
 	expect_parse_error("[]", "l.json: invalid JSON (a layout is a JSON object)");
+	expect_parse_error("{\"name\":\"x\",}", "l.json: invalid JSON (a layout is a JSON object)");
+	expect_parse_error("{\"name\":[[[[[[[[1]]]]]]]]}", "l.json: nested deeper than 8 levels at byte 15, not a layout");
 	expect_parse_error("{\"rules\":[]}", "l.json: no \"name\" string");
 	expect_parse_error("{\"name\":\"x\",\"rules\":[{\"out\":\"a\",\"expr\":\"foo(b)\"}]}",
 			   "l.json: rule 1 (a): unknown operator 'foo'");
