@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libfuse3-dev fuse3 libcjson-dev libzstd-dev libcmocka-dev \
-python3-numpy python3-torch attr strace"
+python3-numpy python3-torch attr strace libopenblas-dev"
 
 if [ "${1:-}" = "--install-deps" ]; then
 	missing=""

@@ -81,6 +81,8 @@ show ls -l hf tensors
 show cat README
 # computed views: the fused layout, a tensor-parallel shard, a cast
 show ls -l native tp-2/rank-0 native@fp32
+# llama.cpp's file, in the source dtype and quantised to Q8_0 on read
+show ls -l gguf gguf@q8_0
 
 NPY=$MNT/tensors/$TENSOR.npy
 echo

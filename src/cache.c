@@ -135,6 +135,10 @@ static int key_put(FILE *f, const struct expr *e)
 		fprintf(f, " idx=%016" PRIx64 "%016" PRIx64, fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0xcbf29ce484222325ULL),
 			fnv(e->idx, e->shape[0] * sizeof(*e->idx), 0x84222325cbf29ce4ULL));
 		break;
+	case EXPR_LORA:
+		for (size_t k = 0; k < e->nargs / 2; k++)
+			fprintf(f, " s=%a", (double)e->scale[k]);
+		break;
 	default:
 		break;
 	}
@@ -739,7 +743,7 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 				c->st.decompress_mbps = m;
 		}
 		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
-		bool dear = (double)dt > readback_ns;
+		bool dear = (double)dt > readback_ns || expr_keep_on_disk(e);
 		/* policy=always keeps every chunk, so nothing is cheap then. */
 		if (verdict)
 			*verdict = dear || c->o.disk_always ? CACHE_DEAR : CACHE_CHEAP;

@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckptfs/jsonscan.h"
+
 #define CONFIG_NAME "config.json"
 /* JSON side files are small; a bound keeps a hostile one from eating memory. */
 #define SIDE_JSON_MAX (64u << 20)
@@ -37,7 +39,7 @@ static int cmp_file(const void *a, const void *b)
 const struct src_file *catalog_file(const struct catalog *cat, const char *name)
 {
 	struct src_file key = { .name = (char *)name };
-	return bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file);
+	return cat->nfiles ? bsearch(&key, cat->files, cat->nfiles, sizeof(*cat->files), cmp_file) : NULL;
 }
 
 const char *catalog_meta(const struct catalog *cat, const char *key)
@@ -127,6 +129,38 @@ out:
 	return r;
 }
 
+/* cJSON spends 64-80 bytes on every value however short its text ("0,"
+ * is two bytes), so the file is scanned before it is parsed: valid JSON,
+ * nested at most SIDE_JSON_DEPTH deep, and no more than SIDE_JSON_VALUES
+ * values plus one per SIDE_JSON_BYTES_PER_VALUE bytes. Real config.json and
+ * index files stay far below (an index of 100,000 tensors is ~8 MB for
+ * 100,000 values); the tree then holds at most ~5 times the file plus 10 MB. */
+#define SIDE_JSON_DEPTH 32
+#define SIDE_JSON_VALUES 65536
+#define SIDE_JSON_BYTES_PER_VALUE 32
+
+static int side_json_check(const struct src_file *f, const char *buf, size_t len, struct ckpt_err *err)
+{
+	struct json_limits lim = { .max_depth = SIDE_JSON_DEPTH,
+				   .max_values = SIDE_JSON_VALUES + len / SIDE_JSON_BYTES_PER_VALUE };
+	struct json_scanner js;
+	char what[96];
+	if (json_prescan(buf, len, &lim, &js, NULL) == 0)
+		return 0;
+	switch (js.problem) {
+	case JSON_SYNTAX:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", f->path, js.problem_at);
+	case JSON_TRAILING:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", f->path, js.problem_at);
+	case JSON_TOO_MANY_VALUES:
+		return ckpt_err_set(err, EINVAL, "%s: more than %zu JSON values in %zu bytes (byte %zu): not a plausible %s",
+				    f->path, lim.max_values, len, js.problem_at, f->name);
+	default:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: %s at byte %zu", f->path,
+				    json_scan_problem(&js, what, sizeof(what)), js.problem_at);
+	}
+}
+
 /* Read a small JSON file of the catalog into a cJSON tree. */
 int catalog_read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
 {
@@ -150,24 +184,10 @@ int catalog_read_json(const struct src_file *f, cJSON **out, struct ckpt_err *er
 		got += (size_t)k;
 	}
 	buf[got] = '\0';
-	const char *end = NULL;
-	cJSON *j = cJSON_ParseWithLengthOpts(buf, got, &end, 0);
-	int r = 0;
-	if (!j) {
-		const char *at = cJSON_GetErrorPtr();
-		size_t where = (at && at >= buf && at <= buf + got) ? (size_t)(at - buf) : 0;
-		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", f->path, where);
-	} else {
-		for (const char *p = end; p < buf + got; p++) {
-			if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-				r = ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", f->path,
-						 (size_t)(p - buf));
-				cJSON_Delete(j);
-				j = NULL;
-				break;
-			}
-		}
-	}
+	cJSON *j = NULL;
+	int r = side_json_check(f, buf, got, err);
+	if (r == 0 && !(j = cJSON_ParseWithLength(buf, got)))
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
 	free(buf);
 	*out = j;
 	return r;
@@ -197,11 +217,23 @@ int catalog_find_shard(struct catalog *cat, const char *name, const char *referr
 	return ckpt_err_set(err, -r, "%s (named by %s)", e.msg, referrer);
 }
 
+/* shard_picked[] marks the files already taken, by their index in cat->files:
+ * an index names a shard once per tensor, so a search would be tensors x shards. */
 int catalog_add_shard(struct catalog *cat, struct src_file *f)
 {
-	for (size_t i = 0; i < cat->nshards; i++)
-		if (cat->shards[i] == f)
-			return 0;
+	uintptr_t at = (uintptr_t)f, lo = (uintptr_t)cat->files, hi = (uintptr_t)(cat->files + cat->nfiles);
+	if (at < lo || at >= hi) {
+		/* A file below the top (catalog_open_extra): few, searched. */
+		for (size_t i = 0; i < cat->nshards; i++)
+			if (cat->shards[i] == f)
+				return 0;
+		cat->shards[cat->nshards++] = f;
+		return 1;
+	}
+	size_t k = (size_t)(f - cat->files);
+	if (cat->shard_picked[k])
+		return 0;
+	cat->shard_picked[k] = true;
 	cat->shards[cat->nshards++] = f;
 	return 1;
 }
@@ -287,7 +319,8 @@ struct cat_tensor *catalog_add_tensor(struct catalog *cat)
 static int load_tensors(struct catalog *cat, struct ckpt_err *err)
 {
 	cat->shards = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shards));
-	if (!cat->shards)
+	cat->shard_picked = calloc(cat->nfiles ? cat->nfiles : 1, sizeof(*cat->shard_picked));
+	if (!cat->shards || !cat->shard_picked)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
 	const struct source_format *fmt = NULL;
 	for (size_t i = 0; i < sizeof(formats) / sizeof(*formats) && !fmt; i++) {
@@ -563,6 +596,7 @@ void catalog_close(struct catalog *cat)
 		src_file_close(&cat->files[i]);
 	free(cat->files);
 	free(cat->shards);
+	free(cat->shard_picked);
 	free(cat->contents);
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		free(cat->warnings[i]);

@@ -85,7 +85,16 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "mem_cache=", offsetof(struct option_strings, mem_cache) },
 					{ "cache_level=", offsetof(struct option_strings, cache_level) },
 					{ "cache_policy=", offsetof(struct option_strings, cache_policy) },
+					{ "lora_scale=", offsetof(struct option_strings, lora_scale) },
 				};
+				if (strncmp(o, "lora=", 5) == 0) { /* repeated: stacks */
+					if (options_add_lora(&c->os, o + 5) < 0) {
+						fprintf(stderr, "ckptfs: %s: bad option '-o %s'\n", argv[1], o);
+						free(opts);
+						return -EINVAL;
+					}
+					continue;
+				}
 				size_t k = 0;
 				while (k < sizeof(keys) / sizeof(keys[0]) && strncmp(o, keys[k].key, strlen(keys[k].key)))
 					k++;
@@ -178,7 +187,9 @@ static int cmd_inspect(struct cli *c)
 		if (root->kids[i]->hidden)
 			cJSON_AddItemToArray(casts, cJSON_CreateString(root->kids[i]->name));
 	cJSON_AddStringToObject(j, "layout", c->info.layout[0] ? c->info.layout : "none");
+	cJSON_AddNumberToObject(j, "lora_modules", (double)c->info.lora_modules);
 	cJSON_AddStringToObject(j, "source_layout", c->info.native_source ? "native" : "hf");
+	cJSON_AddStringToObject(j, "gguf", c->info.gguf);
 	if (c->json) {
 		char *s = cJSON_Print(j);
 		puts(s ? s : "{}");
@@ -198,6 +209,9 @@ static int cmd_inspect(struct cli *c)
 		       d->tied_embeddings ? ", tied embeddings" : "");
 		printf("tensors:       %zu, %" PRIu64 " bytes\n", cat->ntensors, cat->tensor_bytes);
 		printf("layout:        %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(j, "layout")));
+		if (c->info.lora_modules)
+			printf("lora:          %zu modules merged into every view\n", c->info.lora_modules);
+		printf("gguf:          %s\n", c->info.gguf);
 		printf("views:        ");
 		for (int i = 0; i < cJSON_GetArraySize(views); i++)
 			printf(" %s/", cJSON_GetStringValue(cJSON_GetArrayItem(views, i)));

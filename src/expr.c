@@ -11,7 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
+
+#include <limits.h>
+#include <pthread.h>
+
 #include "ckptfs/cast.h"
+#ifdef HAVE_CBLAS
+#include <cblas.h>
+#endif
+#include "ckptfs/quant.h"
 
 /* Elements converted per step of a cast: small enough for the stack. */
 #define CAST_BATCH 4096
@@ -63,10 +72,44 @@ static uint64_t dims_product(const uint64_t *shape, uint32_t from, uint32_t to)
 	return p;
 }
 
+enum lora_change { LORA_CAST, LORA_SLICE, LORA_TRANSPOSE, LORA_GATHER };
+static struct expr *lora_map(struct expr *e, enum ckpt_dtype dtype, enum lora_change how, uint32_t dim, uint64_t a,
+			     uint64_t b, const uint64_t *idx);
+
+
+static struct expr *source_stored(const struct cat_tensor *t);
+
+/* Row r of head h of HF's half-split order is row 2b + a of that head in
+ * the interleaved order, for r = a * hd/2 + b (convert_llama_weights_to_hf's
+ * permute, run on the row index). */
 struct expr *expr_source(const struct cat_tensor *t)
 {
 	if (t->nparts > 0)
 		return chunks_expr(t);
+	struct expr *e = source_stored(t);
+	if (!e || !t->rope_heads)
+		return e;
+	uint64_t rows = t->shape[0], hd = t->ndim ? rows / t->rope_heads : 0;
+	if (t->ndim < 1 || hd == 0 || hd % 2 || hd * t->rope_heads != rows) {
+		expr_unref(e);
+		return NULL;
+	}
+	uint64_t *idx = malloc((size_t)rows * sizeof(*idx));
+	if (!idx) {
+		expr_unref(e);
+		return NULL;
+	}
+	for (uint64_t h = 0; h < t->rope_heads; h++)
+		for (uint64_t a = 0; a < 2; a++)
+			for (uint64_t b = 0; b < hd / 2; b++)
+				idx[h * hd + a * (hd / 2) + b] = h * hd + 2 * b + a;
+	e = expr_gather_rows(e, idx, (size_t)rows);
+	free(idx);
+	return e;
+}
+
+static struct expr *source_stored(const struct cat_tensor *t)
+{
 	if (t->transposed) {
 		/* The file holds the transpose (a saved .t(), an nn.Linear read as Conv1D). */
 		if (t->ndim != 2)
@@ -93,6 +136,19 @@ struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to)
 		expr_unref(arg);
 		return NULL;
 	}
+	if (arg->op == EXPR_LORA) /* merge in fp32, round once to `to` */
+		return lora_map(arg, to, LORA_CAST, 0, 0, 0, NULL);
+	return expr_set_args(expr_new(EXPR_CAST, to, arg->ndim, arg->shape), &arg, 1);
+}
+
+struct expr *expr_cast_values(struct expr *arg, enum ckpt_dtype to)
+{
+	if (!arg || arg->op != EXPR_LORA || arg->dtype == to)
+		return expr_cast(arg, to);
+	if (!cast_supported(arg->dtype, to)) {
+		expr_unref(arg);
+		return NULL;
+	}
 	return expr_set_args(expr_new(EXPR_CAST, to, arg->ndim, arg->shape), &arg, 1);
 }
 
@@ -106,6 +162,8 @@ struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t
 	}
 	if (start == 0 && stop == arg->shape[dim])
 		return arg;
+	if (arg->op == EXPR_LORA)
+		return lora_map(arg, arg->dtype, LORA_SLICE, dim, start, stop, NULL);
 	uint64_t shape[ST_MAX_DIMS];
 	memcpy(shape, arg->shape, sizeof(shape));
 	shape[dim] = stop - start;
@@ -183,6 +241,8 @@ struct expr *expr_transpose(struct expr *arg)
 		expr_unref(arg);
 		return NULL;
 	}
+	if (arg->op == EXPR_LORA)
+		return lora_map(arg, arg->dtype, LORA_TRANSPOSE, 0, 0, 0, NULL);
 	uint64_t shape[2] = { arg->shape[1], arg->shape[0] };
 	return expr_set_args(expr_new(EXPR_TRANSPOSE, arg->dtype, 2, shape), &arg, 1);
 }
@@ -194,6 +254,8 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n)
 	bool ok = arg->ndim >= 1;
 	for (size_t i = 0; ok && i < n; i++)
 		ok = idx[i] < arg->shape[0];
+	if (ok && arg->op == EXPR_LORA)
+		return lora_map(arg, arg->dtype, LORA_GATHER, 0, 0, n, idx);
 	uint64_t shape[ST_MAX_DIMS];
 	memcpy(shape, arg->shape, sizeof(shape));
 	shape[0] = n;
@@ -216,6 +278,127 @@ struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n)
 	return e;
 }
 
+/* ---- low-rank add: construction ---- */
+
+static bool lora_term_fits(const struct expr *w, const struct expr *p, const struct expr *q)
+{
+	return p->ndim == 2 && q->ndim == 2 && dtype_is_float(p->dtype) && dtype_is_float(q->dtype) &&
+	       cast_supported(p->dtype, CKPT_F32) && cast_supported(q->dtype, CKPT_F32) && p->shape[1] > 0 &&
+	       p->shape[0] == w->shape[0] && q->shape[1] == w->shape[1] && p->shape[1] == q->shape[0];
+}
+
+/* A low-rank add node of `dtype` over args = w, p1, q1, p2, q2, ...; takes
+ * the n references (NULL ones stand for failed constructions). */
+static struct expr *lora_node(enum ckpt_dtype dtype, struct expr **args, size_t n, const float *scale)
+{
+	bool ok = n >= 3 && n % 2 == 1 && cast_supported(CKPT_F32, dtype) && dtype_is_float(dtype);
+	for (size_t i = 0; ok && i < n; i++)
+		ok = args[i] != NULL;
+	ok = ok && args[0]->ndim == 2 && dtype_is_float(args[0]->dtype) && cast_supported(args[0]->dtype, CKPT_F32);
+	for (size_t i = 1; ok && i < n; i += 2)
+		ok = lora_term_fits(args[0], args[i], args[i + 1]);
+	struct expr *e = ok ? expr_new(EXPR_LORA, dtype, 2, args[0]->shape) : NULL;
+	if (!e) {
+		for (size_t i = 0; i < n; i++)
+			expr_unref(args[i]);
+		return NULL;
+	}
+	if (!(e = expr_set_args(e, args, n)))
+		return NULL;
+	if (!(e->scale = malloc(n / 2 * sizeof(*e->scale)))) {
+		expr_unref(e);
+		return NULL;
+	}
+	memcpy(e->scale, scale, n / 2 * sizeof(*e->scale));
+	return e;
+}
+
+struct expr *expr_lora(struct expr *w, struct expr *p, struct expr *q, float s)
+{
+	if (!w || w->op != EXPR_LORA) {
+		struct expr *args[3] = { w, p, q };
+		return lora_node(w ? w->dtype : CKPT_F32, args, 3, &s);
+	}
+	/* Stack onto an existing low-rank add: one node, one rounding. */
+	size_t n = w->nargs + 2;
+	struct expr **args = malloc(n * sizeof(*args));
+	float *scale = malloc(n / 2 * sizeof(*scale));
+	struct expr *e = NULL;
+	if (args && scale) {
+		for (size_t i = 0; i < w->nargs; i++)
+			args[i] = expr_ref(w->args[i]);
+		memcpy(scale, w->scale, w->nargs / 2 * sizeof(*scale));
+		args[n - 2] = p, args[n - 1] = q;
+		scale[n / 2 - 1] = s;
+		e = lora_node(w->dtype, args, n, scale);
+	} else {
+		expr_unref(p);
+		expr_unref(q);
+	}
+	expr_unref(w);
+	free(args);
+	free(scale);
+	return e;
+}
+
+/* A cast, slice, transpose or row gather of a low-rank add, pushed into its
+ * arguments: rows of w' are rows of w and p, columns are columns of w and q,
+ * and (w + pq)^T = w^T + q^T p^T. Takes the reference to e. */
+static struct expr *lora_map(struct expr *e, enum ckpt_dtype dtype, enum lora_change how, uint32_t dim, uint64_t a,
+			     uint64_t b, const uint64_t *idx)
+{
+	size_t n = e->nargs;
+	struct expr **args = calloc(n ? n : 1, sizeof(*args));
+	if (!args) {
+		expr_unref(e);
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++)
+		args[i] = expr_ref(e->args[i]);
+	switch (how) {
+	case LORA_CAST:
+		break;
+	case LORA_SLICE:
+		args[0] = expr_slice(args[0], dim, a, b);
+		for (size_t i = dim == 0 ? 1 : 2; i < n; i += 2)
+			args[i] = expr_slice(args[i], dim, a, b);
+		break;
+	case LORA_TRANSPOSE:
+		args[0] = expr_transpose(args[0]);
+		for (size_t i = 1; i < n; i += 2) {
+			struct expr *p = args[i];
+			args[i] = expr_transpose(args[i + 1]);
+			args[i + 1] = expr_transpose(p);
+		}
+		break;
+	case LORA_GATHER:
+		args[0] = expr_gather_rows(args[0], idx, (size_t)b);
+		for (size_t i = 1; i < n; i += 2)
+			args[i] = expr_gather_rows(args[i], idx, (size_t)b);
+		break;
+	}
+	struct expr *out = lora_node(dtype, args, n, e->scale);
+	free(args);
+	expr_unref(e);
+	return out;
+}
+
+struct expr *expr_quantize_q8_0(struct expr *arg)
+{
+	if (!arg)
+		return NULL;
+	uint64_t shape[ST_MAX_DIMS];
+	memcpy(shape, arg->shape, sizeof(shape));
+	uint32_t last = arg->ndim - 1;
+	if (arg->ndim == 0 || !dtype_is_float(arg->dtype) || !cast_supported(arg->dtype, CKPT_F32) ||
+	    shape[last] % Q8_0_BLOCK) {
+		expr_unref(arg);
+		return NULL;
+	}
+	shape[last] = shape[last] / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
+	return expr_set_args(expr_new(EXPR_Q8_0, CKPT_U8, arg->ndim, shape), &arg, 1);
+}
+
 struct expr *expr_ref(struct expr *e)
 {
 	if (e)
@@ -232,6 +415,8 @@ void expr_unref(struct expr *e)
 	free(e->args);
 	free(e->idx);
 	free(e->part_end);
+	free(e->scale);
+	free(e->qf32);
 	free(e);
 }
 
@@ -289,6 +474,8 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 		return;
 	case EXPR_CAST:
 	case EXPR_ZEROS:
+	case EXPR_LORA:
+	case EXPR_Q8_0:
 		return; /* every byte is computed */
 	case EXPR_TRANSPOSE:
 		/* A 1xN or Nx1 matrix has the same bytes as its transpose. */
@@ -304,6 +491,16 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 		return;
 	}
 	}
+}
+
+bool expr_keep_on_disk(const struct expr *e)
+{
+	if (e->op == EXPR_LORA)
+		return true;
+	for (size_t i = 0; i < e->nargs; i++)
+		if (expr_keep_on_disk(e->args[i]))
+			return true;
+	return false;
 }
 
 const uint8_t *expr_direct(const struct expr *e)
@@ -500,6 +697,186 @@ static int read_transpose(const struct expr *e, uint64_t off, uint64_t len, uint
 	return 0;
 }
 
+/* ---- low-rank add: evaluation ---- */
+
+/* Output elements per row block of a low-rank add: 1 MiB of fp32. */
+#define LORA_BLOCK_ELEMS (256u << 10)
+
+#ifdef HAVE_OPENBLAS
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+/* FUSE already reads on several threads, and a row block is a small
+ * product: OpenBLAS's own threads would only contend with them. */
+static void blas_init(void)
+{
+	openblas_set_num_threads(1);
+}
+#endif
+
+/* acc[m x n] += s * (p[m x k] @ q[k x n]), all row-major fp32. */
+static void lora_gemm(size_t m, size_t n, size_t k, float s, const float *p, const float *q, float *acc, float *row)
+{
+#ifdef HAVE_CBLAS
+	if (m <= INT_MAX && n <= INT_MAX && k <= INT_MAX) {
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, s, p, (int)k, q, (int)n,
+			    1.0f, acc, (int)n);
+		return;
+	}
+#endif
+	/* Portable: each row's dot products in fp32, then scaled and added. */
+	for (size_t i = 0; i < m; i++) {
+		memset(row, 0, n * sizeof(*row));
+		for (size_t t = 0; t < k; t++) {
+			float a = p[i * k + t];
+			const float *qr = q + t * n;
+			for (size_t j = 0; j < n; j++)
+				row[j] += a * qr[j];
+		}
+		for (size_t j = 0; j < n; j++)
+			acc[i * n + j] += s * row[j];
+	}
+}
+
+/* Elements [first, first+n) of x widened to fp32 into out; tmp holds n elements of x. */
+static int read_f32(const struct expr *x, uint64_t first, uint64_t n, float *out, void *tmp)
+{
+	size_t sz = dtype_size(x->dtype);
+	if (x->dtype == CKPT_F32)
+		return expr_read(x, first * sz, n * sz, out);
+	/* A mapped source is widened where it lies (reads run under the
+	 * caller's SIGBUS guard, as every read of a mapping does). */
+	const uint8_t *direct = x->op == EXPR_SOURCE ? expr_direct(x) : NULL;
+	if (direct) {
+		src_file_count(x->src->file, n * sz);
+		return cast_run(CKPT_F32, out, x->dtype, direct + first * sz, (size_t)n);
+	}
+	int r = expr_read(x, first * sz, n * sz, tmp);
+	return r < 0 ? r : cast_run(CKPT_F32, out, x->dtype, tmp, (size_t)n);
+}
+
+static int read_lora(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+#ifdef HAVE_OPENBLAS
+	pthread_once(&blas_once, blas_init);
+#endif
+	const size_t nterms = e->nargs / 2, osz = dtype_size(e->dtype);
+	const uint64_t C = e->shape[1], row_bytes = C * osz;
+	const uint64_t first = off / row_bytes, last = (off + len + row_bytes - 1) / row_bytes;
+	uint64_t block = C < LORA_BLOCK_ELEMS ? LORA_BLOCK_ELEMS / C : 1;
+	if (block > last - first)
+		block = last - first;
+	/* Sizes are bounded by the arguments' byte counts, checked at construction. */
+	uint64_t qelems = 0, rmax = 0;
+	for (size_t k = 0; k < nterms; k++) {
+		uint64_t rk = e->args[1 + 2 * k]->shape[1];
+		qelems += rk * C;
+		rmax = rk > rmax ? rk : rmax;
+	}
+	uint64_t tmp_elems = block * C;
+	tmp_elems = rmax * C > tmp_elems ? rmax * C : tmp_elems;
+	tmp_elems = block * rmax > tmp_elems ? block * rmax : tmp_elems;
+	float *acc = malloc((size_t)(block * C) * sizeof(float));
+	float *p = malloc((size_t)(block * rmax) * sizeof(float));
+	float *row = malloc((size_t)C * sizeof(float));
+	void *tmp = malloc((size_t)tmp_elems * 8);
+	uint8_t *out = malloc((size_t)(block * row_bytes));
+	int r = acc && p && row && tmp && out ? 0 : -ENOMEM;
+	/* All of every q serves each row block: widened once, kept with the node
+	 * (r x cols floats, small beside the rows it serves). Racing first
+	 * readers each make one; the first published wins. */
+	float *q = __atomic_load_n(&e->qf32, __ATOMIC_ACQUIRE);
+	uint64_t qoff = 0;
+	if (!q && r == 0) {
+		float *mine = malloc((size_t)qelems * sizeof(float));
+		r = mine ? 0 : -ENOMEM;
+		for (size_t k = 0; k < nterms && r == 0; k++) {
+			const struct expr *qk = e->args[2 + 2 * k];
+			r = read_f32(qk, 0, qk->shape[0] * C, mine + qoff, tmp);
+			qoff += qk->shape[0] * C;
+		}
+		float *expected = NULL;
+		if (r == 0 && __atomic_compare_exchange_n(&((struct expr *)e)->qf32, &expected, mine, false,
+							  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			q = mine;
+		} else {
+			free(mine);
+			q = expected;
+		}
+	}
+	for (uint64_t i = first; i < last && r == 0; i += block) {
+		uint64_t nr = last - i < block ? last - i : block;
+		if ((r = read_f32(e->args[0], i * C, nr * C, acc, tmp)) < 0)
+			break;
+		qoff = 0;
+		for (size_t k = 0; k < nterms && r == 0; k++) {
+			const struct expr *pk = e->args[1 + 2 * k];
+			uint64_t rk = pk->shape[1];
+			if ((r = read_f32(pk, i * rk, nr * rk, p, tmp)) < 0)
+				break;
+			lora_gemm((size_t)nr, (size_t)C, (size_t)rk, e->scale[k], p, q + qoff, acc, row);
+			qoff += rk * C;
+		}
+		/* The part of these rows inside [off, off+len): whole rows are
+		 * rounded straight into dst, a cut row through `out`. */
+		uint64_t b0 = i * row_bytes, b1 = (i + nr) * row_bytes;
+		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > off + len ? off + len : b1;
+		if (r == 0 && c0 == b0 && c1 == b1) {
+			r = cast_run(e->dtype, dst + (c0 - off), CKPT_F32, acc, (size_t)(nr * C));
+		} else if (r == 0) {
+			r = cast_run(e->dtype, out, CKPT_F32, acc, (size_t)(nr * C));
+			if (r == 0)
+				memcpy(dst + (c0 - off), out + (c0 - b0), (size_t)(c1 - c0));
+		}
+	}
+	free(acc);
+	free(p);
+	free(row);
+	free(tmp);
+	free(out);
+	return r;
+}
+
+/* Blocks per step of a quantisation: 4096 values of at most 8 bytes on the stack. */
+#define Q8_BATCH 128
+
+static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+{
+	const struct expr *a = e->args[0];
+	size_t isz = dtype_size(a->dtype);
+	uint8_t in[Q8_BATCH * Q8_0_BLOCK * 8], q[Q8_BATCH * Q8_0_BLOCK_BYTES];
+	float x[Q8_BATCH * Q8_0_BLOCK];
+	uint64_t end = off + len;
+	uint64_t last = (end + Q8_0_BLOCK_BYTES - 1) / Q8_0_BLOCK_BYTES;
+	const uint8_t *direct = expr_direct(a);
+	const struct src_file *direct_file = NULL;
+	if (direct) {
+		struct expr_span sp;
+		expr_span(a, 0, a->nbytes, &sp);
+		direct_file = sp.file;
+	}
+	for (uint64_t b = off / Q8_0_BLOCK_BYTES; b < last; b += Q8_BATCH) {
+		uint64_t nb = last - b < Q8_BATCH ? last - b : Q8_BATCH;
+		size_t nv = (size_t)nb * Q8_0_BLOCK;
+		const uint8_t *src = in;
+		int r = 0;
+		if (direct) { /* a plain source tensor: convert straight from the mapping */
+			src = direct + b * Q8_0_BLOCK * isz;
+			src_file_count(direct_file, nv * isz);
+		} else {
+			r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
+		}
+		if (r == 0)
+			r = cast_run(CKPT_F32, x, a->dtype, src, nv);
+		if (r < 0)
+			return r;
+		q8_0_quantize(x, q, nv);
+		uint64_t b0 = b * Q8_0_BLOCK_BYTES, b1 = (b + nb) * Q8_0_BLOCK_BYTES;
+		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > end ? end : b1;
+		memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
+	}
+	return 0;
+}
+
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
@@ -516,10 +893,14 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 		return 0;
 	case EXPR_TRANSPOSE:
 		return read_transpose(e, off, len, dst);
+	case EXPR_Q8_0:
+		return read_q8_0(e, off, len, dst);
 	case EXPR_SLICE:
 	case EXPR_CONCAT:
 	case EXPR_GATHER:
 		return read_piecewise(e, off, len, dst);
+	case EXPR_LORA:
+		return read_lora(e, off, len, dst);
 	}
 	return -EINVAL;
 }
@@ -562,8 +943,18 @@ static int format_into(const struct expr *e, char *buf, size_t cap, int *n)
 	case EXPR_TRANSPOSE:
 		r = fmt_append(buf, cap, n, "transpose(");
 		break;
+	case EXPR_Q8_0:
+		r = fmt_append(buf, cap, n, "q8_0(");
+		break;
 	case EXPR_GATHER:
 		r = fmt_append(buf, cap, n, "gather_rows(%llu rows, ", (unsigned long long)e->shape[0]);
+		break;
+	case EXPR_LORA:
+		r = fmt_append(buf, cap, n, "lora(%s, ", dtype_name(e->dtype));
+		for (size_t k = 0; r == 0 && k < e->nargs / 2; k++)
+			r = fmt_append(buf, cap, n, "%s%g", k ? " " : "s=", (double)e->scale[k]);
+		if (r == 0)
+			r = fmt_append(buf, cap, n, ", ");
 		break;
 	}
 	for (size_t i = 0; r == 0 && i < e->nargs; i++) {

@@ -29,13 +29,19 @@ static struct ckptfs_fs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-static void fill_stat(const struct ckptfs_fs *fs, const struct vnode *n, struct stat *st)
+static void fill_stat(const struct ckptfs_fs *fs, struct vnode *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	if (n->is_dir) {
+		/* The links count the subdirectories, so a lazy directory is built
+		 * first: until then it has no children (and its builder grows the
+		 * array under a reader), the kernel keeps this answer for a day, and
+		 * find(1) trusts it to skip leaf directories. A directory whose
+		 * build failed stays empty, and is counted so. */
+		(void)vtree_ready(n);
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
 		for (size_t i = 0; i < n->nkids; i++)
@@ -79,14 +85,14 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *sources = cJSON_AddObjectToObject(j, "source_bytes_read");
 	for (size_t i = 0; i < fs->cat->nfiles; i++)
 		cJSON_AddNumberToObject(sources, fs->cat->files[i].name, (double)load(&fs->cat->files[i].bytes_read));
-	cJSON_AddNumberToObject(j, "reads", (double)load(&fs->reads));
-	cJSON_AddNumberToObject(j, "bytes_served", (double)load(&fs->bytes_served));
-	uint64_t served = load(&fs->bytes_served), sourced = load(&fs->bytes_from_source);
-	uint64_t computed = load(&fs->bytes_computed);
-	/* The rest of what was served is generated text: headers, config.json. */
-	cJSON_AddNumberToObject(j, "bytes_from_source", (double)sourced);
-	cJSON_AddNumberToObject(j, "bytes_computed", (double)computed);
-	cJSON_AddNumberToObject(j, "bytes_generated", (double)(served - sourced - computed));
+	struct readstats_snap rs;
+	readstats_get(&fs->stats, &rs);
+	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
+	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
+	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
+	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
+	/* generated text: headers, config.json */
+	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -149,7 +155,7 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	const struct vnode *n = vtree_lookup(dir, name);
+	struct vnode *n = vtree_lookup(dir, name);
 	if (!n) {
 		/* A negative entry with a timeout spares the kernel asking again. */
 		struct fuse_entry_param e = { .ino = 0, .entry_timeout = CKPTFS_TIMEOUT };
@@ -169,7 +175,7 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ckptfs_fs *fs = fs_of(req);
-	const struct vnode *n = vtree_get(fs->tree, ino);
+	struct vnode *n = vtree_get(fs->tree, ino);
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -345,9 +351,16 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	uint8_t *scratch = NULL;
 	struct fuse_bufvec *bv = NULL;
 	int err = 0;
+	int64_t got;
+	/* libfuse splices a reply only when it fits in its pipe, and copies it
+	 * through a fresh buffer otherwise: then the reply is copied here, into
+	 * this thread's scratch, inside the guard. Never is libfuse handed a
+	 * pointer into a source mapping: it would touch it outside the guard,
+	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
+	bool splice = fs->splice && size <= fs->splice_max;
 	/* Scratch is needed only when something is computed or copied; a plain
-	 * passthrough file never allocates it. */
-	if (n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
+	 * passthrough file that is spliced never allocates it. */
+	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
 		scratch = thread_scratch(size);
 		if (!scratch) {
 			err = ENOMEM;
@@ -355,35 +368,34 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		}
 	}
 	/* The sources were checked above, but a truncation can still race us. */
-	int64_t got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
+	if (!splice)
+		got = vfile_read_plan(&n->file, (uint64_t)off, size, scratch, &plan);
+	else
+		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	if (got < 0) {
 		err = (int)-got;
 		goto out;
 	}
-	/* libfuse splices a reply only when it fits in its pipe, and copies it
-	 * through a fresh buffer otherwise; for those, memory from the mapping is
-	 * the cheaper path. */
-	bool splice = fs->splice && size <= fs->splice_max;
-	bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
-	if (!bv) {
-		err = ENOMEM;
-		goto out;
-	}
-	memset(bv, 0, sizeof(*bv));
-	bv->count = plan.n;
-	for (size_t i = 0; i < plan.n; i++) {
-		const struct vpiece *p = &plan.p[i];
-		struct fuse_buf *b = &bv->buf[i];
-		memset(b, 0, sizeof(*b));
-		b->size = p->len;
-		if (p->file && splice) {
-			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-			b->fd = p->file->fd;
-			b->pos = (off_t)p->file_off;
-		} else if (p->file) {
-			b->mem = (void *)(p->file->map + p->file_off);
-		} else {
-			b->mem = (void *)p->mem;
+	if (splice) {
+		bv = malloc(sizeof(*bv) + (plan.n ? plan.n - 1 : 0) * sizeof(bv->buf[0]));
+		if (!bv) {
+			err = ENOMEM;
+			goto out;
+		}
+		memset(bv, 0, sizeof(*bv));
+		bv->count = plan.n;
+		for (size_t i = 0; i < plan.n; i++) {
+			const struct vpiece *p = &plan.p[i];
+			struct fuse_buf *b = &bv->buf[i];
+			memset(b, 0, sizeof(*b));
+			b->size = p->len;
+			if (p->file) {
+				b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+				b->fd = p->file->fd;
+				b->pos = (off_t)p->file_off;
+			} else {
+				b->mem = (void *)p->mem; /* generated or computed: our own memory */
+			}
 		}
 	}
 	/* Counted before the reply: the reader wakes on it and may read
@@ -391,11 +403,10 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->reads, 1, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_served, (uint64_t)got, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_computed, (uint64_t)plan.computed, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&fs->bytes_from_source, (uint64_t)plan.sourced, __ATOMIC_RELAXED);
-	if (plan.n == 0)
+	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated);
+	if (!splice)
+		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
+	else if (plan.n == 0)
 		fuse_reply_buf(req, NULL, 0);
 	else
 		fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);

@@ -3,16 +3,20 @@
 #include "ckptfs/guard.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <ucontext.h>
 
 static _Thread_local sigjmp_buf *guard_jmp;
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
-	if (guard_jmp)
+	if (guard_jmp) {
+		pthread_sigmask(SIG_SETMASK, &((ucontext_t *)uc)->uc_sigmask, NULL);
 		siglongjmp(*guard_jmp, 1);
+	}
 	signal(sig, SIG_DFL);
 	raise(sig);
 }

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptfs/jsonscan.h"
+
 #define MAX_BINDS 8
 #define NAME_MAX_LEN 512
 
@@ -33,7 +35,7 @@ struct lbound {
 	enum sym syms[4];
 };
 
-enum lkind { LN_NAME, LN_CONCAT, LN_SLICE, LN_TRANSPOSE, LN_ROTARY };
+enum lkind { LN_NAME, LN_CONCAT, LN_SLICE, LN_TRANSPOSE, LN_ROPE_ROWS };
 
 struct lnode {
 	enum lkind kind;
@@ -121,11 +123,19 @@ static bool match_budget(const char *pat, const char *name, struct binds *b, uns
 	if (b->n == MAX_BINDS)
 		return false;
 	size_t slot = b->n++;
-	snprintf(b->key[slot], sizeof(b->key[slot]), "%s", key);
+	memcpy(b->key[slot], key, sizeof(key)); /* read_key fits it in 32 bytes */
 	size_t avail = strlen(name);
-	for (size_t k = key_numeric(key) ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
-		if (key_numeric(key) && !isdigit((unsigned char)name[k - 1]))
+	bool numeric = key_numeric(key);
+	/* A split can only succeed where the literal after the placeholder
+	 * starts (or at the end, when nothing follows): skip the others
+	 * without spending budget. This is per tensor and rule, so it shows
+	 * at 100,000 tensors. */
+	char after = *rest == '{' ? '\0' : *rest;
+	for (size_t k = numeric ? 1 : 0; k <= avail && k < NAME_MAX_LEN; k++) {
+		if (numeric && !isdigit((unsigned char)name[k - 1]))
 			break;
+		if ((*rest == '\0' && k < avail) || (after && name[k] != after))
+			continue;
 		memcpy(b->val[slot], name, k);
 		b->val[slot][k] = '\0';
 		if (match_budget(rest, name + k, b, budget))
@@ -316,8 +326,8 @@ static struct lnode *parse_node(struct lparser *p, int depth)
 	char num[32];
 	if (strcmp(tok, "transpose") == 0) {
 		n->kind = LN_TRANSPOSE;
-	} else if (strcmp(tok, "rotary") == 0) {
-		n->kind = LN_ROTARY;
+	} else if (strcmp(tok, "rope_rows") == 0) {
+		n->kind = LN_ROPE_ROWS;
 		if (!parse_bound(p, &n->start) || n->start.frac || !expect_char(p, ','))
 			goto fail;
 	} else if (strcmp(tok, "concat") == 0 || strcmp(tok, "slice") == 0) {
@@ -479,7 +489,19 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	}
 	int r = 0;
-	cJSON *root = cJSON_ParseWithLength(json, len);
+	/* As for config.json: a tree of at most 65,536 values plus one per 32 bytes. */
+	struct json_limits lim = { .max_depth = 8, .max_values = 65536 + len / 32 };
+	struct json_scanner js;
+	char what[96];
+	cJSON *root = NULL;
+	if (json_prescan(json, len, &lim, &js, NULL) < 0 &&
+	    (js.problem == JSON_TOO_DEEP || js.problem == JSON_TOO_MANY_VALUES)) {
+		r = ckpt_err_set(err, EINVAL, "%s: %s at byte %zu, not a layout", path,
+				 json_scan_problem(&js, what, sizeof(what)), js.problem_at);
+		goto out;
+	}
+	if (js.problem == JSON_OK)
+		root = cJSON_ParseWithLength(json, len);
 	if (!cJSON_IsObject(root)) {
 		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON (a layout is a JSON object)", path);
 		goto out;
@@ -650,28 +672,49 @@ static int bound_value(const struct lbound *b, uint64_t size, const struct model
 	return 0;
 }
 
-/* Rows of an interleaved-rotary q or k weight (Meta's original LLaMA,
- * torchtitan) from HF's split-half one, per head of groups: for head g, pair
- * i and half j, row g*hd + 2i + j of the interleaved weight is row
- * g*hd + j*hd/2 + i of HF's (torchtitan's _reverse_permute); `to_hf` gives the
- * inverse map (its _permute). NULL when rows do not split into even heads. */
-static uint64_t *rotary_rows(uint64_t rows, uint64_t groups, bool to_hf)
+/* llama.cpp's rotary layout (convert_hf_to_gguf's LlamaModel.permute): the
+ * rows of each of `groups` heads, stored as two halves [a0..a(h/2-1),
+ * b0..b(h/2-1)], become interleaved pairs a0 b0 a1 b1 ...; a row gather.
+ * Takes arg. */
+static struct expr *rope_rows(struct expr *arg, const struct lbound *groups_b, const struct model_dims *d)
 {
-	if (groups == 0 || rows % groups || (rows / groups) % 2)
+	uint64_t groups;
+	if (bound_value(groups_b, 0, d, &groups) < 0 || groups == 0 || arg->ndim < 1 ||
+	    arg->shape[0] % (2 * groups) != 0 || arg->shape[0] == 0) {
+		expr_unref(arg);
+		return NULL;
+	}
+	uint64_t rows = arg->shape[0], head = rows / groups, half = head / 2;
+	uint64_t *idx = malloc(rows * sizeof(*idx));
+	if (!idx) {
+		expr_unref(arg);
+		return NULL;
+	}
+	for (uint64_t r = 0; r < rows; r++) {
+		uint64_t h = r / head, w = r % head;
+		idx[r] = h * head + (w % 2) * half + w / 2;
+	}
+	struct expr *e = expr_gather_rows(arg, idx, (size_t)rows);
+	free(idx);
+	return e;
+}
+
+/* The inverse of rope_rows' row order (convert_llama_weights_to_hf's and
+ * torchtitan's _permute): row g*hd + j*hd/2 + i of HF's split-half weight is
+ * row g*hd + 2i + j of the interleaved one. NULL when the rows do not split
+ * into heads of even size. */
+static uint64_t *rope_rows_to_hf(uint64_t rows, uint64_t groups)
+{
+	if (groups == 0 || rows == 0 || rows % (2 * groups))
 		return NULL;
 	uint64_t hd = rows / groups, half = hd / 2;
-	uint64_t *idx = malloc((rows ? rows : 1) * sizeof(*idx));
+	uint64_t *idx = malloc(rows * sizeof(*idx));
 	if (!idx)
 		return NULL;
 	for (uint64_t g = 0; g < groups; g++)
 		for (uint64_t i = 0; i < half; i++)
-			for (uint64_t j = 0; j < 2; j++) {
-				uint64_t inter = g * hd + 2 * i + j, split = g * hd + j * half + i;
-				if (to_hf)
-					idx[split] = inter;
-				else
-					idx[inter] = split;
-			}
+			for (uint64_t j = 0; j < 2; j++)
+				idx[g * hd + j * half + i] = g * hd + 2 * i + j;
 	return idx;
 }
 
@@ -713,23 +756,15 @@ static int build(struct apply *a, const struct lnode *n, const struct binds *b, 
 	}
 	uint64_t start, stop;
 	switch (n->kind) {
+	case LN_ROPE_ROWS:
+		*out = rope_rows(kids[0], &n->start, a->dims);
+		if (!*out)
+			snprintf(a->problem, sizeof(a->problem), "rope_rows: rows do not split into pairs of half-heads");
+		break;
 	case LN_TRANSPOSE:
 		if (!(*out = expr_transpose(kids[0])))
 			snprintf(a->problem, sizeof(a->problem), "transpose needs a 2-D tensor");
 		break;
-	case LN_ROTARY: {
-		uint64_t groups = 0, *idx = NULL;
-		if (kids[0]->ndim >= 1 && bound_value(&n->start, 0, a->dims, &groups) == 0)
-			idx = rotary_rows(kids[0]->shape[0], groups, false);
-		if (idx)
-			*out = expr_gather_rows(kids[0], idx, (size_t)kids[0]->shape[0]);
-		else
-			expr_unref(kids[0]);
-		free(idx);
-		if (!*out)
-			snprintf(a->problem, sizeof(a->problem), "rotary needs rows that split into heads of even size");
-		break;
-	}
 	case LN_CONCAT:
 		if (!(*out = expr_concat(n->dim, kids, n->n)))
 			snprintf(a->problem, sizeof(a->problem), "concat parts differ in dtype or shape off dim %u", n->dim);
@@ -904,19 +939,6 @@ static int invert(struct apply *a, const struct lnode *n, struct expr *cur, stru
 		if (rg.on)
 			rg.dim = 1 - rg.dim;
 		return invert(a, n->kids[0], expr_transpose(cur), rg, b, ps);
-	case LN_ROTARY: {
-		uint64_t groups = 0, *idx = NULL;
-		if (!rg.on && cur->ndim >= 1 && bound_value(&n->start, 0, a->dims, &groups) == 0)
-			idx = rotary_rows(cur->shape[0], groups, true);
-		if (!idx) {
-			expr_unref(cur);
-			snprintf(a->problem, sizeof(a->problem), "rotary cannot be inverted (rows do not split into heads)");
-			return -EINVAL;
-		}
-		struct expr *e = expr_gather_rows(cur, idx, (size_t)cur->shape[0]);
-		free(idx);
-		return invert(a, n->kids[0], e, rg, b, ps);
-	}
 	case LN_CONCAT: {
 		if (rg.on || n->dim >= cur->ndim || cur->shape[n->dim] % n->n) {
 			expr_unref(cur);
@@ -931,6 +953,20 @@ static int invert(struct apply *a, const struct lnode *n, struct expr *cur, stru
 				   (struct region){ 0 }, b, ps);
 		expr_unref(cur);
 		return r;
+	}
+	case LN_ROPE_ROWS: {
+		/* A trainer naming (torchtitan) read back to HF: the inverse gather. */
+		uint64_t groups = 0, *idx = NULL;
+		if (!rg.on && cur->ndim >= 1 && bound_value(&n->start, 0, a->dims, &groups) == 0)
+			idx = rope_rows_to_hf(cur->shape[0], groups);
+		if (!idx) {
+			expr_unref(cur);
+			snprintf(a->problem, sizeof(a->problem), "rope_rows cannot be inverted (rows do not split into heads)");
+			return -EINVAL;
+		}
+		struct expr *e = expr_gather_rows(cur, idx, (size_t)cur->shape[0]);
+		free(idx);
+		return invert(a, n->kids[0], e, rg, b, ps);
 	}
 	case LN_SLICE: {
 		/* cur is rows [start, stop) of the argument along dim; its full size

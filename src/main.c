@@ -32,7 +32,7 @@ struct ckptfs_opts {
 	int show_version;
 };
 
-enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY };
+enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY, KEY_LORA };
 
 #define CKPTFS_OPT(t, p, v) { t, offsetof(struct ckptfs_opts, p), v }
 
@@ -53,6 +53,8 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("cache_level=%s", views.cache_level, 0),
 	CKPTFS_OPT("cache_policy=%s", views.cache_policy, 0),
 	CKPTFS_OPT("cache_shared", views.cache_shared, 1),
+	CKPTFS_OPT("lora_scale=%s", views.lora_scale, 0),
+	FUSE_OPT_KEY("lora=", KEY_LORA),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -83,7 +85,8 @@ static void usage(const char *prog)
 	       "    pp-N/stage-K/ pipeline stage K of N\n"
 	       "    .ckptfs/stats bytes served and read, as JSON\n"
 	       "    tensors/   one NAME.npy per tensor (BF16 and F8 widened to float32)\n"
-	       "    VIEW@DTYPE/  any view cast to fp32, fp16 or bf16 (e.g. hf@bf16/)\n\n"
+	       "    VIEW@DTYPE/  any view cast to fp32, fp16 or bf16 (e.g. hf@bf16/)\n"
+	       "    adapter/   with -o lora=, the adapter's files (every other view is merged)\n\n"
 	       "general options:\n"
 	       "    -h, --help             print this help and exit\n"
 	       "    -V, --version          print the version and exit\n"
@@ -115,7 +118,12 @@ static void usage(const char *prog)
 	       "    -o cache_policy=auto|always  store a chunk on disk only when recomputing\n"
 	       "                           it is slower than reading it back (auto), or always\n"
 	       "    -o cache_shared        use a cache_dir others may write: trust only entries\n"
-	       "                           signed with your key (default: refuse such a dir)\n\n"
+	       "                           signed with your key (default: refuse such a dir)\n"
+	       "    -o lora=DIR            merge the PEFT LoRA adapter in DIR (adapter_config.json,\n"
+	       "                           adapter_model.safetensors) into every view; its files\n"
+	       "                           appear in adapter/; repeat to stack adapters in order\n"
+	       "    -o lora_scale=S        use S as every LoRA scale (default lora_alpha/r, or\n"
+	       "                           lora_alpha/sqrt(r) with use_rslora)\n\n"
 	       "FUSE options:\n",
 	       prog);
 	fuse_lowlevel_help();
@@ -142,6 +150,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		o->show_version = 1;
 		return 0;
 	case KEY_FSTAB_ONLY:
+		return 0;
+	case KEY_LORA: /* repeated: the adapters stack in order */
+		if (options_add_lora(&o->views, arg + strlen("lora=")) < 0) {
+			fprintf(stderr, "ckptfs: -o %s: not a directory name\n", arg);
+			return -1;
+		}
 		return 0;
 	}
 	return 1;
@@ -210,6 +224,9 @@ int main(int argc, char *argv[])
 	}
 	if (check_paths(opts.source, cl.mountpoint) < 0)
 		goto out_args;
+	/* Before the first access to a source mapping (the headers, below). */
+	if (guard_install() < 0)
+		goto out_args;
 
 	struct view_opts vopts;
 	struct ckpt_err err = { 0 };
@@ -235,6 +252,7 @@ int main(int argc, char *argv[])
 		.readahead_kb = opts.readahead_kb,
 		.cache = cache,
 	};
+	readstats_init(&fs.stats);
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
 	char fsname[PATH_MAX + 64], dirname[PATH_MAX];
@@ -249,7 +267,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
 	if (!se)
 		goto out_tree;
-	if (fuse_set_signal_handlers(se) != 0 || guard_install() < 0)
+	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	if (fuse_session_mount(se, cl.mountpoint) != 0) {
 		fprintf(stderr, "ckptfs: %s: cannot mount\n", cl.mountpoint);
@@ -284,6 +302,7 @@ out_signals:
 	fuse_remove_signal_handlers(se);
 out_session:
 	fuse_session_destroy(se);
+	readstats_destroy(&fs.stats);
 out_tree:
 	cache_close(cache);
 	vtree_destroy(&tree);

@@ -3,6 +3,7 @@
 #include "ckptfs/options.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,8 @@ void option_strings_free(struct option_strings *os)
 	free(os->mem_cache);
 	free(os->cache_level);
 	free(os->cache_policy);
+	free(os->lora);
+	free(os->lora_scale);
 	memset(os, 0, sizeof(*os));
 }
 
@@ -94,6 +97,26 @@ int options_to_views(struct view_opts *vo, const struct option_strings *os, stru
 	if (os->tp && parse_naming("tp", os->tp, &native, err) < 0)
 		return -EINVAL;
 	vo->tp_hf = os->tp && !native;
+	vo->lora = os->lora;
+	vo->lora_scale = NAN;
+	if (os->lora_scale) {
+		char *end;
+		vo->lora_scale = strtod(os->lora_scale, &end);
+		if (end == os->lora_scale || *end || !isfinite(vo->lora_scale))
+			return ckpt_err_set(err, EINVAL, "-o lora_scale=%s: not a number", os->lora_scale);
+	}
+	return 0;
+}
+
+int options_add_lora(struct option_strings *os, const char *dir)
+{
+	char *joined = NULL;
+	if (!*dir)
+		return -EINVAL;
+	if (asprintf(&joined, "%s%s%s", os->lora ? os->lora : "", os->lora ? "\n" : "", dir) < 0)
+		return -ENOMEM;
+	free(os->lora);
+	os->lora = joined;
 	return 0;
 }
 

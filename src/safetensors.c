@@ -2,24 +2,53 @@
  * Every value comes from an untrusted file: lengths are checked before use and arithmetic is overflow-checked. */
 #include "ckptfs/safetensors.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
-#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* JSON numbers arrive as doubles; anything above 2^53 cannot be an exact offset. */
-#define ST_JSON_INT_MAX 9007199254740992.0
+#include "ckptfs/jsonscan.h"
 
-static int json_u64(const cJSON *j, uint64_t *out)
+/* The header read token by token: nothing but the tensors, their names and
+ * the metadata is ever allocated, so a hostile header costs memory in
+ * proportion to the tensors it declares (at most ~220 bytes each, for at
+ * least 50 bytes of text), never to the values it holds. Levels: the header
+ * object, a tensor or __metadata__, a shape or data_offsets list. */
+#define ST_JSON_DEPTH 3
+
+/* __metadata__ holds a few strings ("format": "pt"); an entry of 8 bytes of
+ * text would cost ~100 bytes, so their number is bounded. */
+#define ST_MAX_META 4096
+
+struct st_parser {
+	struct json_scanner js;
+	const char *path;
+	struct st_header *h;
+	size_t cap; /* of h->tensors */
+	struct ckpt_err *err;
+};
+
+/* The scanner stopped: say why, at a byte offset in the file. */
+static int json_fail(struct st_parser *p)
 {
-	if (!cJSON_IsNumber(j))
-		return -EINVAL;
-	double v = j->valuedouble;
-	if (!(v >= 0) || v > ST_JSON_INT_MAX || floor(v) != v)
-		return -EINVAL;
-	*out = (uint64_t)v;
-	return 0;
+	char what[96];
+	size_t at = p->js.problem_at + 8;
+	switch (p->js.problem) {
+	case JSON_SYNTAX:
+		return ckpt_err_set(p->err, EINVAL, "%s: invalid JSON header near byte %zu", p->path, at);
+	case JSON_TRAILING:
+		return ckpt_err_set(p->err, EINVAL, "%s: invalid JSON header: trailing bytes after the object at byte %zu",
+				    p->path, at);
+	default:
+		return ckpt_err_set(p->err, EINVAL, "%s: invalid JSON header: %s at byte %zu", p->path,
+				    json_scan_problem(&p->js, what, sizeof(what)), at);
+	}
+}
+
+/* The next token; on a scanner error, the error is already reported. */
+static int next(struct st_parser *p, struct json_token *t)
+{
+	return json_scan_next(&p->js, t) == JSON_TOK_ERROR ? json_fail(p) : 0;
 }
 
 int st_shape_numel(const uint64_t *shape, uint32_t ndim, uint64_t *numel)
@@ -70,109 +99,208 @@ static int cmp_meta(const void *a, const void *b)
 	return strcmp(((const struct st_meta *)a)->key, ((const struct st_meta *)b)->key);
 }
 
-static int parse_meta(const cJSON *m, const char *path, struct st_header *h, struct ckpt_err *err)
+static int parse_meta(struct st_parser *p)
 {
-	if (!cJSON_IsObject(m))
-		return ckpt_err_set(err, EINVAL, "%s: __metadata__ is not a JSON object", path);
-	size_t n = (size_t)cJSON_GetArraySize(m);
-	h->meta = calloc(n ? n : 1, sizeof(*h->meta));
-	if (!h->meta)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory for metadata", path);
-	const cJSON *it;
-	cJSON_ArrayForEach(it, m)
-	{
-		if (!cJSON_IsString(it))
-			return ckpt_err_set(err, EINVAL, "%s: __metadata__ value of '%s' is not a string",
-					    path, it->string);
+	const char *path = p->path;
+	struct st_header *h = p->h;
+	struct json_token t;
+	int r = next(p, &t);
+	if (r < 0)
+		return r;
+	if (t.kind != JSON_TOK_OBJECT)
+		return ckpt_err_set(p->err, EINVAL, "%s: __metadata__ is not a JSON object", path);
+	size_t cap = 0;
+	for (;;) {
+		if ((r = next(p, &t)) < 0)
+			return r;
+		if (t.kind == JSON_TOK_OBJECT_END)
+			break;
+		if (h->nmeta == ST_MAX_META)
+			return ckpt_err_set(p->err, EINVAL, "%s: __metadata__ has more than %d entries", path, ST_MAX_META);
+		if (h->nmeta == cap) {
+			size_t nc = cap ? cap * 2 : 8;
+			struct st_meta *m = realloc(h->meta, nc * sizeof(*m));
+			if (!m)
+				return ckpt_err_set(p->err, ENOMEM, "%s: out of memory for metadata", path);
+			h->meta = m;
+			cap = nc;
+		}
 		struct st_meta *e = &h->meta[h->nmeta++];
-		e->key = strdup(it->string);
-		e->value = strdup(it->valuestring);
-		if (!e->key || !e->value)
-			return ckpt_err_set(err, ENOMEM, "%s: out of memory for metadata", path);
+		*e = (struct st_meta){ json_string_dup(&t), NULL };
+		if (!e->key)
+			return ckpt_err_set(p->err, ENOMEM, "%s: out of memory for metadata", path);
+		if ((r = next(p, &t)) < 0)
+			return r;
+		if (t.kind != JSON_TOK_STRING)
+			return ckpt_err_set(p->err, EINVAL, "%s: __metadata__ value of '%s' is not a string", path, e->key);
+		if (!(e->value = json_string_dup(&t)))
+			return ckpt_err_set(p->err, ENOMEM, "%s: out of memory for metadata", path);
 	}
-	/* cJSON keeps duplicate keys: sort by key and compare neighbours. */
+	/* A key given twice must not mean two things: sort by key and compare neighbours. */
 	if (h->nmeta > 1)
 		qsort(h->meta, h->nmeta, sizeof(*h->meta), cmp_meta);
 	for (size_t i = 1; i < h->nmeta; i++)
 		if (strcmp(h->meta[i - 1].key, h->meta[i].key) == 0)
-			return ckpt_err_set(err, EINVAL, "%s: duplicate __metadata__ key '%s'", path, h->meta[i].key);
+			return ckpt_err_set(p->err, EINVAL, "%s: duplicate __metadata__ key '%s'", path, h->meta[i].key);
 	return 0;
 }
 
-static int parse_tensor(const cJSON *j, const char *path, struct st_tensor *t, struct ckpt_err *err)
-{
-	const char *name = j->string;
-	if (!cJSON_IsObject(j))
-		return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not a JSON object", path, name);
-	if (name[0] == '\0')
-		return ckpt_err_set(err, EINVAL, "%s: a tensor has an empty name", path);
+/* Dimensions counted past ST_MAX_DIMS for the message; beyond this many the
+ * rest of a hostile list is not read at all. */
+#define ST_DIMS_COUNTED 1024
 
-	int seen = 0;
-	const cJSON *f;
-	cJSON_ArrayForEach(f, j)
-	{
-		if (strcmp(f->string, "dtype") == 0) {
-			if (!cJSON_IsString(f) ||
-			    dtype_parse(f->valuestring, strlen(f->valuestring), &t->dtype) < 0)
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s': unknown dtype '%.32s'",
-						    path, name, cJSON_IsString(f) ? f->valuestring : "(not a string)");
-			seen |= 1;
-		} else if (strcmp(f->string, "shape") == 0) {
-			if (!cJSON_IsArray(f))
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s': shape is not a list", path, name);
-			int n = cJSON_GetArraySize(f);
-			if (n > ST_MAX_DIMS)
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s': %d dimensions, at most %d supported",
-						    path, name, n, ST_MAX_DIMS);
-			t->ndim = (uint32_t)n;
-			const cJSON *d;
-			uint32_t i = 0;
-			cJSON_ArrayForEach(d, f)
-			{
-				if (json_u64(d, &t->shape[i++]) < 0)
-					return ckpt_err_set(err, EINVAL,
-							    "%s: tensor '%s': shape holds a value that is not a non-negative integer",
-							    path, name);
-			}
-			seen |= 2;
-		} else if (strcmp(f->string, "data_offsets") == 0) {
-			if (!cJSON_IsArray(f) || cJSON_GetArraySize(f) != 2 ||
-			    json_u64(cJSON_GetArrayItem(f, 0), &t->begin) < 0 ||
-			    json_u64(cJSON_GetArrayItem(f, 1), &t->end) < 0)
-				return ckpt_err_set(err, EINVAL,
-						    "%s: tensor '%s': data_offsets is not a list of two non-negative integers",
-						    path, name);
-			seen |= 4;
-		} else {
-			return ckpt_err_set(err, EINVAL, "%s: tensor '%s': unexpected key '%.64s'", path, name,
-					    f->string);
+/* The rest of a list whose first `seen` elements were read: count its
+ * elements, up to ST_DIMS_COUNTED (1 when it holds more). */
+static int count_rest(struct st_parser *p, size_t seen, size_t *n, bool *more)
+{
+	struct json_token t;
+	unsigned depth = p->js.depth;
+	*n = seen;
+	*more = false;
+	for (;;) {
+		int r = next(p, &t);
+		if (r < 0)
+			return r;
+		if (t.kind == JSON_TOK_ARRAY_END && p->js.depth < depth)
+			return 0;
+		if (t.depth == depth && t.kind != JSON_TOK_OBJECT_END && t.kind != JSON_TOK_ARRAY_END &&
+		    t.kind != JSON_TOK_KEY && ++*n > ST_DIMS_COUNTED) {
+			*more = true;
+			return 0;
 		}
 	}
-	if (seen != 7)
-		return ckpt_err_set(err, EINVAL, "%s: tensor '%s': missing %s", path, name,
-				    !(seen & 1) ? "dtype" : !(seen & 2) ? "shape" : "data_offsets");
-	if (t->begin > t->end)
-		return ckpt_err_set(err, EINVAL, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
-				    path, name, (unsigned long long)t->begin, (unsigned long long)t->end);
-	uint64_t numel, nbytes;
-	if (st_shape_numel(t->shape, t->ndim, &numel) < 0 ||
-	    __builtin_mul_overflow(numel, (uint64_t)dtype_size(t->dtype), &nbytes))
-		return ckpt_err_set(err, EINVAL, "%s: tensor '%s': shape size overflows", path, name);
-	if (nbytes != t->end - t->begin)
-		return ckpt_err_set(err, EINVAL,
-				    "%s: tensor '%s': shape and dtype give %llu bytes, which does not match data_offsets span %llu",
-				    path, name, (unsigned long long)nbytes,
-				    (unsigned long long)(t->end - t->begin));
-	t->name = strdup(name);
-	if (!t->name)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
+}
+
+static int parse_shape(struct st_parser *p, const char *name, struct st_tensor *t)
+{
+	struct json_token v;
+	int r = next(p, &v);
+	if (r < 0)
+		return r;
+	if (v.kind != JSON_TOK_ARRAY)
+		return ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': shape is not a list", p->path, name);
+	for (t->ndim = 0;; t->ndim++) {
+		if ((r = next(p, &v)) < 0)
+			return r;
+		if (v.kind == JSON_TOK_ARRAY_END)
+			return 0;
+		if (t->ndim == ST_MAX_DIMS) {
+			size_t n;
+			bool more;
+			if ((r = count_rest(p, t->ndim + 1, &n, &more)) < 0)
+				return r;
+			return ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': %s%zu dimensions, at most %d supported", p->path,
+					    name, more ? "more than " : "", more ? (size_t)ST_DIMS_COUNTED : n, ST_MAX_DIMS);
+		}
+		if (json_number_u64(&v, &t->shape[t->ndim]) < 0)
+			return ckpt_err_set(p->err, EINVAL,
+					    "%s: tensor '%s': shape holds a value that is not a non-negative integer", p->path,
+					    name);
+	}
+}
+
+static int parse_offsets(struct st_parser *p, const char *name, struct st_tensor *t)
+{
+	struct json_token v[4] = { 0 };
+	int r = next(p, &v[0]);
+	for (int i = 1; r == 0 && v[0].kind == JSON_TOK_ARRAY && i < 4 && v[i - 1].kind != JSON_TOK_ARRAY_END; i++)
+		r = next(p, &v[i]);
+	if (r < 0)
+		return r;
+	if (v[0].kind != JSON_TOK_ARRAY || v[3].kind != JSON_TOK_ARRAY_END || json_number_u64(&v[1], &t->begin) < 0 ||
+	    json_number_u64(&v[2], &t->end) < 0)
+		return ckpt_err_set(p->err, EINVAL,
+				    "%s: tensor '%s': data_offsets is not a list of two non-negative integers", p->path,
+				    name);
+	return 0;
+}
+
+static int parse_dtype(struct st_parser *p, const char *name, struct st_tensor *t)
+{
+	struct json_token v;
+	char text[40];
+	int r = next(p, &v);
+	if (r < 0)
+		return r;
+	bool str = v.kind == JSON_TOK_STRING;
+	if (str && v.len < sizeof(text)) {
+		size_t n = json_string_decode(&v, text);
+		if (dtype_parse(text, n, &t->dtype) == 0)
+			return 0;
+	} else if (str) {
+		snprintf(text, sizeof(text), "%.32s", v.text);
+	}
+	return ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': unknown dtype '%.32s'", p->path, name,
+			    str ? text : "(not a string)");
+}
+
+/* The value of tensor `name` (its key just read); takes name. */
+static int parse_tensor(struct st_parser *p, char *name)
+{
+	const char *path = p->path;
+	struct st_tensor t = { 0 };
+	struct json_token f;
+	int r = next(p, &f);
+	if (r == 0 && f.kind != JSON_TOK_OBJECT)
+		r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s' is not a JSON object", path, name);
+	if (r == 0 && name[0] == '\0')
+		r = ckpt_err_set(p->err, EINVAL, "%s: a tensor has an empty name", path);
+	static const char *const fields[] = { "dtype", "shape", "data_offsets" };
+	int seen = 0;
+	while (r == 0) {
+		if ((r = next(p, &f)) < 0 || f.kind == JSON_TOK_OBJECT_END)
+			break;
+		int k = 0;
+		while (k < 3 && !json_string_equals(&f, fields[k]))
+			k++;
+		if (k == 3) {
+			char *key = json_string_dup(&f);
+			r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': unexpected key '%.64s'", path, name,
+					 key ? key : "?");
+			free(key);
+		} else if (seen & 1 << k) {
+			r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': key '%s' given twice", path, name, fields[k]);
+		} else {
+			seen |= 1 << k;
+			r = k == 0 ? parse_dtype(p, name, &t) : k == 1 ? parse_shape(p, name, &t) : parse_offsets(p, name, &t);
+		}
+	}
+	if (r == 0 && seen != 7)
+		r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': missing %s", path, name,
+				 !(seen & 1) ? "dtype" : !(seen & 2) ? "shape" : "data_offsets");
+	if (r == 0 && t.begin > t.end)
+		r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin", path,
+				 name, (unsigned long long)t.begin, (unsigned long long)t.end);
+	uint64_t numel = 0, nbytes = 0;
+	if (r == 0 && (st_shape_numel(t.shape, t.ndim, &numel) < 0 ||
+		       __builtin_mul_overflow(numel, (uint64_t)dtype_size(t.dtype), &nbytes)))
+		r = ckpt_err_set(p->err, EINVAL, "%s: tensor '%s': shape size overflows", path, name);
+	if (r == 0 && nbytes != t.end - t.begin)
+		r = ckpt_err_set(p->err, EINVAL,
+				 "%s: tensor '%s': shape and dtype give %llu bytes, which does not match data_offsets span %llu",
+				 path, name, (unsigned long long)nbytes, (unsigned long long)(t.end - t.begin));
+	if (r == 0 && p->h->ntensors == p->cap) {
+		size_t nc = p->cap ? p->cap * 2 : 16;
+		struct st_tensor *nt = realloc(p->h->tensors, nc * sizeof(*nt));
+		if (!nt)
+			r = ckpt_err_set(p->err, ENOMEM, "%s: out of memory for %zu tensors", path, nc);
+		else
+			p->h->tensors = nt, p->cap = nc;
+	}
+	if (r < 0) {
+		free(name);
+		return r;
+	}
+	t.name = name;
+	p->h->tensors[p->h->ntensors++] = t;
 	return 0;
 }
 
 /* Sorted by begin, the tensors must tile [0, data_len) exactly. */
 static int check_tiling(struct st_header *h, uint64_t data_len, const char *path, struct ckpt_err *err)
 {
-	qsort(h->tensors, h->ntensors, sizeof(*h->tensors), cmp_by_begin);
+	if (h->ntensors > 1)
+		qsort(h->tensors, h->ntensors, sizeof(*h->tensors), cmp_by_begin);
 	uint64_t pos = 0;
 	for (size_t i = 0; i < h->ntensors; i++) {
 		const struct st_tensor *t = &h->tensors[i];
@@ -193,7 +321,7 @@ static int check_tiling(struct st_header *h, uint64_t data_len, const char *path
 		return ckpt_err_set(err, EINVAL, "%s: %llu trailing bytes after the last tensor", path,
 				    (unsigned long long)(data_len - pos));
 
-	/* Names: cJSON keeps duplicate keys, so sort pointers by name and compare neighbours. */
+	/* Names: a key may be given twice, so sort pointers by name and compare neighbours. */
 	if (h->ntensors > 1) {
 		struct st_tensor **byname = malloc(h->ntensors * sizeof(*byname));
 		if (!byname)
@@ -235,54 +363,30 @@ int st_parse_header(const uint8_t *buf, uint64_t size, const char *path, struct 
 	if (n < 2 || json[0] != '{')
 		return ckpt_err_set(err, EINVAL, "%s: invalid JSON header: does not start with '{'", path);
 
-	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)n, &end, 0);
-	if (!root) {
-		const char *at = cJSON_GetErrorPtr();
-		size_t where = (at && at >= json && at <= json + n) ? (size_t)(at - json) : 0;
-		return ckpt_err_set(err, EINVAL, "%s: invalid JSON header near byte %zu", path, where + 8);
-	}
-	int r = 0;
-	for (const char *p = end; p < json + n; p++) {
-		if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-			r = ckpt_err_set(err, EINVAL, "%s: invalid JSON header: trailing bytes after the object at byte %zu",
-					 path, (size_t)(p - json) + 8);
-			goto out_free_json;
+	struct st_parser p = { .path = path, .h = out, .err = err };
+	const struct json_limits lim = { .max_depth = ST_JSON_DEPTH };
+	json_scan_init(&p.js, json, (size_t)n, &lim);
+	struct json_token t;
+	int r = next(&p, &t); /* the '{' */
+	bool seen_meta = false;
+	while (r == 0) {
+		if ((r = next(&p, &t)) < 0 || t.kind == JSON_TOK_OBJECT_END)
+			break;
+		if (json_string_equals(&t, "__metadata__")) {
+			r = seen_meta ? ckpt_err_set(err, EINVAL, "%s: duplicate __metadata__", path) : parse_meta(&p);
+			seen_meta = true;
+			continue;
 		}
+		char *name = json_string_dup(&t);
+		r = name ? parse_tensor(&p, name) : ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	}
-	if (!cJSON_IsObject(root)) {
-		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON header: not an object", path);
-		goto out_free_json;
-	}
-	size_t count = (size_t)cJSON_GetArraySize(root);
-	out->tensors = calloc(count ? count : 1, sizeof(*out->tensors));
-	if (!out->tensors) {
-		r = ckpt_err_set(err, ENOMEM, "%s: out of memory for %zu tensors", path, count);
-		goto out_free_json;
-	}
-	const cJSON *it;
-	int seen_meta = 0;
-	cJSON_ArrayForEach(it, root)
-	{
-		if (strcmp(it->string, "__metadata__") == 0) {
-			if (seen_meta++) {
-				r = ckpt_err_set(err, EINVAL, "%s: duplicate __metadata__", path);
-				goto out_free_json;
-			}
-			r = parse_meta(it, path, out, err);
-		} else {
-			r = parse_tensor(it, path, &out->tensors[out->ntensors], err);
-			if (r == 0)
-				out->ntensors++;
-		}
-		if (r < 0)
-			goto out_free_json;
-	}
+	if (r == 0)
+		r = next(&p, &t); /* the end, or trailing bytes */
+	if (r < 0)
+		goto out_free;
 	out->data_start = 8 + n;
 	r = check_tiling(out, size - out->data_start, path, err);
-
-out_free_json:
-	cJSON_Delete(root);
+out_free:
 	if (r < 0)
 		st_header_free(out);
 	return r;

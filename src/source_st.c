@@ -1,6 +1,7 @@
 /* source_st.c -- safetensors as a source format: model.safetensors, or shards named by model.safetensors.index.json.
  * Maps and validates every shard header, and cross-checks the index against what the shards hold. */
 #include "ckptfs/source.h"
+#include "ckptfs/guard.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -10,6 +11,11 @@
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
 
 static bool has_suffix(const char *s, const char *suffix)
 {
@@ -85,21 +91,45 @@ static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt
 					    it->valuestring);
 		listed++;
 	}
-	if (listed != cat->ntensors) {
-		for (size_t i = 0; i < cat->ntensors; i++) {
-			if (!cJSON_GetObjectItemCaseSensitive(wm, cat->tensors[i].name))
-				return ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s",
-						    cat->tensors[i].file->path, cat->tensors[i].name, INDEX_NAME);
-		}
-		/* Same counts differ only through duplicate keys in weight_map. */
-		return ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
+	if (listed == cat->ntensors)
+		return 0;
+	/* Which tensor is missing: the listed names sorted once, then one
+	 * binary search per tensor (a lookup in the cJSON object is linear). */
+	const char **names = malloc(listed * sizeof(*names));
+	if (!names)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->index->path);
+	size_t k = 0;
+	cJSON_ArrayForEach(it, wm)
+	{
+		names[k++] = it->string;
 	}
-	return 0;
+	qsort(names, listed, sizeof(*names), cmp_str);
+	int r = 0;
+	for (size_t i = 0; i < cat->ntensors && r == 0; i++) {
+		const char *key = cat->tensors[i].name;
+		if (!bsearch(&key, names, listed, sizeof(*names), cmp_str))
+			r = ckpt_err_set(err, EINVAL, "%s: tensor '%s' is not listed in %s", cat->tensors[i].file->path,
+					 key, INDEX_NAME);
+	}
+	free(names);
+	/* Every tensor listed and the counts differ: a duplicate key in weight_map. */
+	return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s: weight_map lists a tensor twice", cat->index->path);
 }
 
 static int cmp_tensor(const void *a, const void *b)
 {
 	return strcmp(((const struct cat_tensor *)a)->name, ((const struct cat_tensor *)b)->name);
+}
+
+/* The header is read from the mapping: a shard cut short meanwhile must be
+ * an error, not SIGBUS (what the parse allocated is lost then; the mount
+ * fails anyway). */
+static int parse_guarded(const struct src_file *f, struct st_header *h, struct ckpt_err *err)
+{
+	volatile int pr = -EIO;
+	GUARDED(pr = st_parse_header(f->map, f->size, f->path, h, err),
+		pr = ckpt_err_set(err, EIO, "%s: changed (cut short?) while its header was read", f->path));
+	return pr;
 }
 
 static int st_load(struct catalog *cat, struct ckpt_err *err)
@@ -108,7 +138,7 @@ static int st_load(struct catalog *cat, struct ckpt_err *err)
 	for (size_t i = 0; i < cat->nshards && r == 0; i++) {
 		struct src_file *f = cat->shards[i];
 		struct st_header h;
-		if ((r = st_parse_header(f->map, f->size, f->path, &h, err)) < 0)
+		if ((r = parse_guarded(f, &h, err)) < 0)
 			break;
 		for (size_t k = 0; k < h.ntensors; k++) {
 			struct st_tensor *s = &h.tensors[k];

@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/guard.h"
 #include "ckptfs/pickle.h"
 #include "ckptfs/source.h"
+#include "ckptfs/trainer.h"
 #include "ckptfs/zipread.h"
 
 #define INDEX_NAME "pytorch_model.bin.index.json"
@@ -533,60 +535,39 @@ static char *make_contents(struct tload *t, const struct pk_obj *sd, const char 
 
 /* ---- trainer records ---- */
 
-static int64_t arg_int(const struct pk_doc *d, const struct pk_obj *args, const char *k)
-{
-	const struct pk_obj *v = pk_dict_get(d, args, k);
-	return v && (v->kind == PK_INT || v->kind == PK_BOOL) ? v->i : -1;
-}
-
-/* nanoGPT: model_args {n_layer, n_head, n_embd, block_size, bias, vocab_size}
- * and nn.Linear weights [out, in] where HF GPT-2 has Conv1D [in, out]. */
-static int nanogpt(struct tload *t, size_t first, cJSON **config, const char **trainer)
+/* The trainer's record as JSON scalars: model_args in the file, else
+ * Meta's params.json beside it. */
+static cJSON *trainer_args(struct tload *t)
 {
 	const struct pk_doc *d = &t->doc;
 	const struct pk_obj *args = pk_dict_get(d, &d->o[d->root], "model_args");
-	int64_t nl = arg_int(d, args, "n_layer"), nh = arg_int(d, args, "n_head"), ne = arg_int(d, args, "n_embd");
-	int64_t bs = arg_int(d, args, "block_size"), vs = arg_int(d, args, "vocab_size");
-	if (nl <= 0 || nh <= 0 || ne <= 0 || bs <= 0 || vs <= 0)
-		return 0;
-	static const char *const linear[] = { ".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight",
-					      ".mlp.c_proj.weight" };
-	enum ckpt_dtype dt = CKPT_F32;
-	bool found = false;
-	for (size_t i = first; i < t->cat->ntensors; i++) {
-		struct cat_tensor *ct = &t->cat->tensors[i];
-		if (strcmp(ct->name, "transformer.wte.weight") == 0)
-			dt = ct->dtype, found = true;
-		size_t n = strlen(ct->name);
-		for (size_t k = 0; k < sizeof(linear) / sizeof(*linear) && ct->ndim == 2; k++) {
-			size_t sl = strlen(linear[k]);
-			if (n > sl && strcmp(ct->name + n - sl, linear[k]) == 0 && strncmp(ct->name, "transformer.h.", 14) == 0) {
-				uint64_t a = ct->shape[0];
-				ct->shape[0] = ct->shape[1];
-				ct->shape[1] = a;
-				ct->transposed = !ct->transposed;
-			}
-		}
+	if (!args || args->kind != PK_DICT) {
+		const struct src_file *pj = catalog_file(t->cat, "params.json");
+		cJSON *j = NULL;
+		struct ckpt_err e;
+		if (pj && catalog_read_json(pj, &j, &e) == 0 && cJSON_IsObject(j))
+			return j;
+		cJSON_Delete(j);
+		return NULL;
 	}
-	if (!found)
-		return 0;
-	cJSON *c = cJSON_CreateObject();
-	cJSON *archs = cJSON_AddArrayToObject(c, "architectures");
-	cJSON_AddItemToArray(archs, cJSON_CreateString("GPT2LMHeadModel"));
-	cJSON_AddStringToObject(c, "model_type", "gpt2");
-	cJSON_AddNumberToObject(c, "n_layer", (double)nl);
-	cJSON_AddNumberToObject(c, "n_head", (double)nh);
-	cJSON_AddNumberToObject(c, "n_embd", (double)ne);
-	cJSON_AddNumberToObject(c, "n_positions", (double)bs);
-	cJSON_AddNumberToObject(c, "n_ctx", (double)bs);
-	cJSON_AddNumberToObject(c, "vocab_size", (double)vs);
-	cJSON_AddStringToObject(c, "activation_function", "gelu_new");
-	cJSON_AddNumberToObject(c, "layer_norm_epsilon", 1e-5);
-	cJSON_AddBoolToObject(c, "tie_word_embeddings", true);
-	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name(dt));
-	*config = c;
-	*trainer = "nanoGPT: GPT-2 config.json generated from model_args";
-	return 1;
+	cJSON *j = cJSON_CreateObject();
+	for (uint32_t i = 0; j && i + 1 < args->n; i += 2) {
+		const struct pk_obj *k = &d->o[args->items[i]], *v = &d->o[args->items[i + 1]];
+		char key[64];
+		if (k->kind != PK_STR || k->len >= sizeof(key) || memchr(k->s, '\0', k->len))
+			continue;
+		memcpy(key, k->s, k->len);
+		key[k->len] = '\0';
+		if (v->kind == PK_INT)
+			cJSON_AddNumberToObject(j, key, (double)v->i);
+		else if (v->kind == PK_FLOAT)
+			cJSON_AddNumberToObject(j, key, v->f);
+		else if (v->kind == PK_BOOL)
+			cJSON_AddBoolToObject(j, key, v->i != 0);
+		else if (v->kind == PK_NONE)
+			cJSON_AddNullToObject(j, key);
+	}
+	return j;
 }
 
 /* ---- tied weights ---- */
@@ -600,6 +581,8 @@ static int cmp_bytes(const void *a, const void *b)
 		return x->offset < y->offset ? -1 : 1;
 	if (x->nbytes != y->nbytes)
 		return x->nbytes < y->nbytes ? -1 : 1;
+	if (x->rope_heads != y->rope_heads)
+		return x->rope_heads < y->rope_heads ? -1 : 1;
 	if (x->dtype != y->dtype || x->ndim != y->ndim || x->transposed != y->transposed)
 		return x->dtype != y->dtype ? (int)x->dtype - (int)y->dtype
 		       : x->ndim != y->ndim ? (int)x->ndim - (int)y->ndim : (int)x->transposed - (int)y->transposed;
@@ -628,7 +611,7 @@ static int mark_duplicates(struct catalog *cat, size_t first, struct ckpt_err *e
 		size_t j = i + 1;
 		while (j < n && v[j]->nbytes > 0 && v[j]->file == v[i]->file && v[j]->offset == v[i]->offset &&
 		       v[j]->nbytes == v[i]->nbytes && v[j]->dtype == v[i]->dtype && v[j]->ndim == v[i]->ndim &&
-		       v[j]->transposed == v[i]->transposed &&
+		       v[j]->transposed == v[i]->transposed && v[j]->rope_heads == v[i]->rope_heads &&
 		       memcmp(v[j]->shape, v[i]->shape, sizeof(v[i]->shape[0]) * v[i]->ndim) == 0)
 			j++;
 		size_t keep = i;
@@ -686,11 +669,13 @@ int torch_load_file(struct catalog *cat, struct src_file *f, char **contents, cJ
 	if (r < 0)
 		goto out;
 	const char *trainer = NULL;
-	cJSON *cfg = NULL;
-	if (config && (r = nanogpt(&t, first, &cfg, &trainer)) < 0)
-		goto out;
-	if (config)
-		*config = cfg;
+	if (config) {
+		cJSON *args = trainer_args(&t);
+		r = trainer_convert(cat, first, args, f->path, config, &trainer, err);
+		cJSON_Delete(args);
+		if (r < 0)
+			goto out;
+	}
 	r = mark_duplicates(cat, first, err);
 	if (r == 0 && contents)
 		*contents = make_contents(&t, sd, trainer);
@@ -744,10 +729,18 @@ static int torch_pick(struct catalog *cat, struct ckpt_err *err)
 	}
 	if (catalog_present(cat, SINGLE_NAME))
 		return catalog_unusable(cat, SINGLE_NAME, err);
+	/* What HF's Trainer saves beside the weights: never a state dict of the model. */
+	static const char *const not_weights[] = { "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
+						   "rng_state" };
 	for (size_t i = 0; i < cat->nfiles; i++) {
 		struct src_file *f = &cat->files[i];
-		if ((has_suffix(f->name, ".pt") || has_suffix(f->name, ".pth") || has_suffix(f->name, ".ckpt") ||
-		     has_suffix(f->name, ".bin")) && torch_probe(f))
+		bool skip = false;
+		for (size_t k = 0; k < sizeof(not_weights) / sizeof(*not_weights); k++)
+			skip |= strncmp(f->name, not_weights[k], strlen(not_weights[k])) == 0;
+		if (!skip &&
+		    (has_suffix(f->name, ".pt") || has_suffix(f->name, ".pth") || has_suffix(f->name, ".ckpt") ||
+		     has_suffix(f->name, ".bin")) &&
+		    torch_probe(f))
 			catalog_add_shard(cat, f);
 	}
 	return cat->nshards > 0;
@@ -785,6 +778,18 @@ static int check_index(struct catalog *cat, struct ckpt_err *err)
 	return r;
 }
 
+/* The pickle is read from the mapping: a file cut short meanwhile must be
+ * an error, not SIGBUS (what the parse allocated is lost then; the mount
+ * fails anyway). */
+static int load_guarded(struct catalog *cat, struct src_file *f, char **contents, cJSON **config,
+			struct ckpt_err *err)
+{
+	volatile int r = -EIO;
+	GUARDED(r = torch_load_file(cat, f, contents, config, err),
+		r = ckpt_err_set(err, EIO, "%s: changed (cut short?) while it was read", f->path));
+	return r;
+}
+
 static int torch_load(struct catalog *cat, struct ckpt_err *err)
 {
 	int r = 0;
@@ -792,7 +797,7 @@ static int torch_load(struct catalog *cat, struct ckpt_err *err)
 	for (size_t i = 0; i < cat->nshards && r == 0; i++) {
 		char *contents = NULL;
 		cJSON *config = NULL;
-		r = torch_load_file(cat, cat->shards[i], &contents, cat->nshards == 1 ? &config : NULL, err);
+		r = load_guarded(cat, cat->shards[i], &contents, cat->nshards == 1 ? &config : NULL, err);
 		if (r == 0 && cat->nshards == 1) {
 			cat->contents = contents;
 			cat->config = config;

@@ -223,6 +223,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 	plan->n = 0;
 	plan->computed = 0;
 	plan->sourced = 0;
+	plan->generated = 0;
 	if (off >= vf->size || len == 0)
 		return 0;
 	if (len > vf->size - off)
@@ -240,6 +241,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 		switch (x->kind) {
 		case EXTENT_BYTES:
 			r = vplan_push(plan, x->bytes + in, NULL, 0, (size_t)take);
+			plan->generated += (size_t)take;
 			break;
 		case EXTENT_FILE:
 			r = vplan_push(plan, NULL, x->file, x->file_off + in, (size_t)take);
@@ -272,12 +274,36 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 	return (int64_t)done;
 }
 
-static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n);
+/* Pieces are in request order; computed ones already sit at their place in buf. */
+static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n)
+{
+	uint8_t *out = buf;
+	for (size_t i = 0; n > 0 && i < plan->n; i++) {
+		const struct vpiece *p = &plan->p[i];
+		if (p->file) {
+			const struct src_file *f = p->file;
+			if (!f->map || p->file_off > f->size || p->len > f->size - p->file_off)
+				return -EIO;
+			memcpy(out, f->map + p->file_off, p->len); /* callers guard this */
+		} else if (p->mem != out) {
+			memmove(out, p->mem, p->len);
+		}
+		out += p->len;
+	}
+	return n;
+}
 
 int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
 {
 	volatile int64_t n = -EIO;
 	GUARDED(n = vfile_plan(vf, off, len, scratch, plan), n = -EIO);
+	return n;
+}
+
+int64_t vfile_read_plan(const struct vfile *vf, uint64_t off, size_t len, void *buf, struct vplan *plan)
+{
+	volatile int64_t n = -EIO;
+	GUARDED(n = vfile_plan(vf, off, len, buf, plan); n = vfile_copy_plan(plan, buf, n), n = -EIO);
 	return n;
 }
 
@@ -291,28 +317,7 @@ int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t 
 	struct vplan plan;
 	vplan_init(&plan);
 	plan.cache = cache;
-	volatile int64_t n = -EIO;
-	GUARDED(n = vfile_plan(vf, off, len, buf, &plan); n = vfile_copy_plan(&plan, buf, n), n = -EIO);
+	int64_t n = vfile_read_plan(vf, off, len, buf, &plan);
 	vplan_destroy(&plan);
-	return n;
-}
-
-/* Pieces are in request order; computed ones already sit at their place in buf. */
-static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n)
-{
-	uint8_t *out = buf;
-	for (size_t i = 0; n > 0 && i < plan->n; i++) {
-		const struct vpiece *p = &plan->p[i];
-		if (p->file) {
-			if (!p->file->map || p->file_off > p->file->size || p->len > p->file->size - p->file_off) {
-				n = -EIO;
-				break;
-			}
-			memcpy(out, p->file->map + p->file_off, p->len);
-		} else if (p->mem != out) {
-			memmove(out, p->mem, p->len);
-		}
-		out += p->len;
-	}
 	return n;
 }

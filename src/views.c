@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/gguf_view.h"
 #include "ckptfs/layout.h"
+#include "ckptfs/lora.h"
 #include "ckptfs/npy.h"
 #include "ckptfs/partition.h"
 #include "ckptfs/stwrite.h"
@@ -33,6 +35,11 @@ struct views {
 	struct tset all, src, hf, native; /* all: every source tensor (tensors/); src: without tied copies */
 	struct tset_meta binds; /* text placeholders of the layout, kept in native metadata */
 	char note[256];         /* why native/ is not offered, for the README */
+	size_t nadapters;       /* -o lora= adapters, merged into src in order */
+	struct lora_adapter **adapters;
+	size_t lora_modules;    /* modules merged (adapters and in-checkpoint pairs) */
+	struct gguf_view *gguf; /* NULL when gguf/ is not offered, and then gguf_note says why */
+	char gguf_note[256];
 	struct ckpt_err *err;
 };
 
@@ -117,14 +124,29 @@ static int add_passthrough(struct views *v, struct vnode *dir, const struct src_
 	return 0;
 }
 
-static bool is_checkpoint_file(const struct catalog *cat, const struct src_file *f)
+static int cmp_addr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The shards sorted by address (caller frees), so that telling them from
+ * passthrough files is a binary search, not files x shards. */
+static const struct src_file **shards_by_addr(const struct catalog *cat)
+{
+	const struct src_file **s = malloc((cat->nshards ? cat->nshards : 1) * sizeof(*s));
+	if (!s)
+		return NULL;
+	memcpy(s, cat->shards, cat->nshards * sizeof(*s));
+	qsort(s, cat->nshards, sizeof(*s), cmp_addr);
+	return s;
+}
+
+static bool is_checkpoint_file(const struct catalog *cat, const struct src_file **shards, const struct src_file *f)
 {
 	if (f == cat->index || strcmp(f->name, "config.json") == 0)
 		return true;
-	for (size_t i = 0; i < cat->nshards; i++)
-		if (cat->shards[i] == f)
-			return true;
-	return false;
+	return bsearch(&f, shards, cat->nshards, sizeof(*shards), cmp_addr) != NULL;
 }
 
 /* config.json of a computed view: the source's, saying the new dtype. */
@@ -181,8 +203,9 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 {
 	const struct tset_entry **ents = malloc((s->n ? s->n : 1) * sizeof(*ents));
 	size_t *shard_of = calloc(s->n ? s->n : 1, sizeof(*shard_of));
+	size_t *by_member = calloc(s->n ? s->n : 1, sizeof(*by_member));
 	int r = 0;
-	if (!ents || !shard_of) {
+	if (!ents || !shard_of || !by_member) {
 		r = oom(v, dir->name);
 		goto out;
 	}
@@ -226,11 +249,11 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 		goto out;
 	}
 	fprintf(f, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", total);
+	/* shard_of by file order, turned into shard by set member (the set is in name order). */
+	for (size_t i = 0; i < s->n; i++)
+		by_member[ents[i] - s->e] = shard_of[i];
 	for (size_t i = 0; i < s->n; i++) {
-		size_t k = 0;
-		while (ents[k] != &s->e[i])
-			k++;
-		snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", shard_of[k] + 1, nshards);
+		snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", by_member[i] + 1, nshards);
 		fprintf(f, "%s\n    ", i ? "," : "");
 		json_put_string(f, s->e[i].name);
 		fprintf(f, ": \"%s\"", name);
@@ -249,6 +272,7 @@ static int add_safetensors_set(struct views *v, struct vnode *dir, const struct 
 out:
 	free(ents);
 	free(shard_of);
+	free(by_member);
 	return r;
 }
 
@@ -260,7 +284,7 @@ static int add_npy(struct views *v, struct vnode *dir, const char *name, struct 
 	const char *descr = dtype_npy_descr(e->dtype);
 	if (!descr) { /* numpy has no BF16/F8: widen exactly to float32 */
 		descr = dtype_npy_descr(CKPT_F32);
-		e = expr_cast(e, CKPT_F32);
+		e = expr_cast_values(e, CKPT_F32);
 		snprintf(dtext, sizeof(dtext), "%s (served as <f4, widened exactly)", dtype_name(stored));
 	} else {
 		snprintf(dtext, sizeof(dtext), "%s", dtype_name(stored));
@@ -308,10 +332,21 @@ static int add_weights(struct views *v, struct vnode *dir, const struct tset *s,
 
 enum view_kind { VIEW_HF, VIEW_NATIVE, VIEW_TENSORS };
 
+/* Some tensor differs from the source's: LoRA pairs, or an adapter (even
+ * one that only replaces modules_to_save). */
+static bool merged(const struct views *v)
+{
+	return v->lora_modules > 0 || v->nadapters > 0;
+}
+
 static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, int dtype)
 {
 	const char *name = dir->name;
-	const struct tset *base = kind == VIEW_HF ? &v->hf : kind == VIEW_NATIVE ? &v->native : &v->all;
+	/* tensors/: every source tensor, tied copies included, unless a LoRA merge made the set. */
+	const struct tset *base = kind == VIEW_HF	? &v->hf
+				  : kind == VIEW_NATIVE ? &v->native
+				  : merged(v)		? &v->src
+							: &v->all;
 	struct tset cast;
 	tset_init(&cast);
 	if (dtype != VIEWS_NO_CAST && tset_cast(&cast, base, (enum ckpt_dtype)dtype) < 0)
@@ -324,13 +359,18 @@ static int fill_view(struct views *v, struct vnode *dir, enum view_kind kind, in
 		tset_destroy(&cast);
 		return r;
 	}
-	/* The source's own layout, uncast, in safetensors already: its files as they are. */
-	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && v->cat->hf_files;
+	/* The source's own layout, uncast, unmerged and in safetensors already: its files as they are. */
+	bool identity = dtype == VIEWS_NO_CAST && (kind == VIEW_NATIVE) == v->native_source && !merged(v) &&
+			v->cat->hf_files;
+	const struct src_file **shards = shards_by_addr(v->cat);
+	if (!shards)
+		r = oom(v, name);
 	for (size_t i = 0; i < v->cat->nfiles && r == 0; i++) {
 		const struct src_file *f = &v->cat->files[i];
-		if (identity || !is_checkpoint_file(v->cat, f))
+		if (identity || !is_checkpoint_file(v->cat, shards, f))
 			r = add_passthrough(v, dir, f);
 	}
+	free(shards);
 	if (!identity && r == 0)
 		r = add_config(v, dir, dtype, NULL);
 	if (!identity && r == 0)
@@ -357,12 +397,33 @@ static const struct tset *partition_base(struct views *v, bool native_names)
 	return native_names && v->layout ? &v->native : &v->hf;
 }
 
-static int cmp_group(const void *a, const void *b)
+/* A member of a set with its per-layer group, for sorting by group. */
+struct grouped {
+	int64_t group;
+	size_t i;
+};
+
+/* Embed first, then the layers in ascending order, then the head; within
+ * a group the set's own (name) order. */
+static int group_rank(int64_t g)
 {
-	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-	return x < y ? -1 : x > y;
+	return g == PART_EMBED ? 0 : g == PART_HEAD ? 2 : 1;
 }
 
+static int cmp_grouped(const void *a, const void *b)
+{
+	const struct grouped *x = a, *y = b;
+	int rx = group_rank(x->group), ry = group_rank(y->group);
+	if (rx != ry)
+		return rx < ry ? -1 : 1;
+	if (x->group != y->group)
+		return x->group < y->group ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* One file per group: the set is sorted by group once (O(n log n)), then
+ * each run of one group becomes a file. Only groups that occur get a file:
+ * a layer number read from a tensor name may be huge. */
 static int build_per_layer(struct views *v, struct vnode *dir, const struct tset *s)
 {
 	int r = 0;
@@ -374,63 +435,37 @@ static int build_per_layer(struct views *v, struct vnode *dir, const struct tset
 		return oom(v, "per-layer/index.json");
 	fprintf(idx, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {", tset_bytes(s));
 	bool first = true;
-	/* Groups in file order: embed, the layers present in ascending order, head.
-	 * Only groups that occur: a layer number read from a tensor name may be huge. */
-	int64_t *groups = malloc((s->n + 2) * sizeof(*groups));
-	size_t ng = 0;
-	if (!groups) {
-		fclose(idx);
-		free(text);
-		return oom(v, "per-layer/");
-	}
-	for (size_t i = 0; i < s->n; i++) {
-		int64_t g = part_group(s->e[i].name);
-		if (g >= 0)
-			groups[ng++] = g;
-	}
-	qsort(groups, ng, sizeof(*groups), cmp_group);
-	size_t nu = 0;
-	for (size_t i = 0; i < ng; i++)
-		if (nu == 0 || groups[nu - 1] != groups[i])
-			groups[nu++] = groups[i];
-	memmove(groups + 1, groups, nu * sizeof(*groups));
-	groups[0] = PART_EMBED;
-	groups[nu + 1] = PART_HEAD;
-	ng = nu + 2;
-	for (size_t gi = 0; gi < ng && r == 0; gi++) {
-		int64_t want = groups[gi];
-		struct tset part;
-		tset_init(&part);
-		for (size_t i = 0; i < s->n && r == 0; i++)
-			if (part_group(s->e[i].name) == want)
-				r = tset_add(&part, s->e[i].name, expr_ref(s->e[i].expr));
-		if (want == PART_EMBED)
+	struct grouped *order = malloc((s->n ? s->n : 1) * sizeof(*order));
+	const struct tset_entry **ents = malloc((s->n ? s->n : 1) * sizeof(*ents));
+	struct tset_meta meta = { 0 };
+	if (!order || !ents || tset_meta_set(&meta, "format", "pt") < 0)
+		r = -ENOMEM;
+	for (size_t i = 0; r == 0 && i < s->n; i++)
+		order[i] = (struct grouped){ part_group(s->e[i].name), i };
+	if (r == 0 && s->n > 1)
+		qsort(order, s->n, sizeof(*order), cmp_grouped);
+	for (size_t lo = 0, hi; r == 0 && lo < s->n; lo = hi) {
+		int64_t g = order[lo].group;
+		for (hi = lo; hi < s->n && order[hi].group == g; hi++)
+			ents[hi - lo] = &s->e[order[hi].i];
+		if (g == PART_EMBED)
 			snprintf(name, sizeof(name), "embed.safetensors");
-		else if (want == PART_HEAD)
+		else if (g == PART_HEAD)
 			snprintf(name, sizeof(name), "head.safetensors");
 		else
-			snprintf(name, sizeof(name), "layer-%03" PRId64 ".safetensors", want);
-		if (r == 0 && part.n) {
-			const struct tset_entry **ents = malloc(part.n * sizeof(*ents));
-			struct tset_meta meta = { 0 };
-			r = ents && tset_meta_set(&meta, "format", "pt") == 0 ? 0 : -ENOMEM;
-			for (size_t i = 0; r == 0 && i < part.n; i++) {
-				ents[i] = &part.e[i];
-				fprintf(idx, "%s\n    ", first ? "" : ",");
-				json_put_string(idx, part.e[i].name);
-				fprintf(idx, ": \"%s\"", name);
-				first = false;
-			}
-			if (r == 0) {
-				st_order(ents, part.n);
-				r = add_safetensors_file(v, dir, name, ents, part.n, &meta);
-			}
-			free(ents);
-			tset_meta_clear(&meta);
+			snprintf(name, sizeof(name), "layer-%03" PRId64 ".safetensors", g);
+		for (size_t k = 0; k < hi - lo; k++) {
+			fprintf(idx, "%s\n    ", first ? "" : ",");
+			json_put_string(idx, ents[k]->name);
+			fprintf(idx, ": \"%s\"", name);
+			first = false;
 		}
-		tset_destroy(&part);
+		st_order(ents, hi - lo);
+		r = add_safetensors_file(v, dir, name, ents, hi - lo, &meta);
 	}
-	free(groups);
+	tset_meta_clear(&meta);
+	free(ents);
+	free(order);
 	fprintf(idx, "\n  }\n}\n");
 	if (fclose(idx) != 0) {
 		free(text);
@@ -561,6 +596,19 @@ static int add_partitions(struct views *v)
 	return r;
 }
 
+/* gguf/ and its typed variants, all deferred; only gguf/ is listed. */
+static int add_gguf_dirs(struct views *v)
+{
+	static const char *const variants[] = { "f32", "f16", "bf16", "q8_0", "fp32", "fp16" };
+	int r = add_deferred(v, "gguf", false);
+	for (size_t i = 0; i < sizeof(variants) / sizeof(*variants) && r == 0; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "gguf@%s", variants[i]);
+		r = add_deferred(v, name, true);
+	}
+	return r;
+}
+
 static const struct {
 	const char *name;
 	enum view_kind kind;
@@ -584,6 +632,15 @@ static int views_fill_dir(struct vtree *t, struct vnode *dir, void *ctx)
 	}
 	v->err = &err;
 	int r = -ENOENT;
+	if (v->gguf && strcmp(base, "gguf") == 0) {
+		const char *variant = at ? at
+				      : v->o->dtype == CKPT_F32 ? "f32"
+				      : v->o->dtype == CKPT_F16 ? "f16"
+				      : v->o->dtype == CKPT_BF16 ? "bf16"
+								 : "";
+		r = gguf_view_fill(v->gguf, t, dir, variant, &err);
+		goto out;
+	}
 	if (dtype == -2)
 		goto out;
 	uint64_t n = 0;
@@ -614,6 +671,10 @@ static void views_free(void *ctx)
 	tset_destroy(&v->native);
 	tset_meta_clear(&v->binds);
 	layout_free(v->layout);
+	for (size_t i = 0; i < v->nadapters; i++)
+		lora_adapter_close(v->adapters[i]);
+	free(v->adapters);
+	gguf_view_free(v->gguf);
 	free(v);
 }
 
@@ -670,16 +731,45 @@ static int apply_naming(struct views *v)
 	return 0;
 }
 
-/* The HF set: the catalog's, or the renamed source. */
-static int hf_set(struct views *v, struct tset *out)
+/* A second set with the same members. */
+static int copy_set(struct tset *out, const struct tset *in)
 {
-	if (!v->naming[0])
-		return tset_from_catalog_hf(out, v->cat, true);
 	tset_init(out);
-	for (size_t i = 0; i < v->src.n; i++)
-		if (tset_add(out, v->src.e[i].name, expr_ref(v->src.e[i].expr)) < 0)
-			return -ENOMEM;
+	for (size_t i = 0; i < in->n; i++) {
+		int r = tset_add(out, in->e[i].name, expr_ref(in->e[i].expr));
+		if (r < 0)
+			return r;
+	}
 	return tset_sort(out, NULL);
+}
+
+/* The source set with LoRA merged in: in-checkpoint pairs, then every
+ * -o lora= adapter in order. Every view derives from this set. */
+static int merge_lora(struct views *v)
+{
+	int r = lora_pairs_apply(&v->src, v->cat, v->o->lora_scale, &v->lora_modules, v->err);
+	const char *list = v->o->lora;
+	while (r == 0 && list && *list) {
+		const char *nl = strchr(list, '\n');
+		size_t len = nl ? (size_t)(nl - list) : strlen(list);
+		char *dir = strndup(list, len);
+		struct lora_adapter **grown = realloc(v->adapters, (v->nadapters + 1) * sizeof(*grown));
+		if (grown)
+			v->adapters = grown;
+		if (!dir || !grown) {
+			free(dir);
+			return oom(v, "the adapter list");
+		}
+		struct lora_adapter *a;
+		r = lora_adapter_open(dir, &a, v->err);
+		free(dir);
+		if (r < 0)
+			return r;
+		v->adapters[v->nadapters++] = a;
+		r = lora_apply(&v->src, a, v->cat->arch, v->o->lora_scale, &v->lora_modules, v->err);
+		list += len + (nl != NULL);
+	}
+	return r;
 }
 
 /* Decide whether the source is HF or native, and compute the other side. */
@@ -690,11 +780,11 @@ static int derive_sets(struct views *v)
 		r = tset_from_catalog_hf(&v->src, v->cat, true);
 	if (r < 0)
 		return oom(v, "the tensor list");
-	if ((r = apply_naming(v)) < 0)
+	if ((r = apply_naming(v)) < 0 || (r = merge_lora(v)) < 0)
 		return r;
 	if (!v->layout) {
 		tset_init(&v->native);
-		return hf_set(v, &v->hf) < 0 ? oom(v, "hf/") : 0;
+		return copy_set(&v->hf, &v->src) < 0 ? oom(v, "hf/") : 0;
 	}
 	size_t as_out, as_in;
 	layout_classify(v->layout, &v->src, &as_out, &as_in);
@@ -705,11 +795,11 @@ static int derive_sets(struct views *v)
 			if (strncmp(v->cat->meta[i].key, "ckptfs.", 7) == 0 && strcmp(v->cat->meta[i].key, "ckptfs.layout") != 0 &&
 			    tset_meta_set(&v->binds, v->cat->meta[i].key + 7, v->cat->meta[i].value) < 0)
 				return oom(v, "hf/");
-		if (tset_from_catalog(&v->native, v->cat) < 0)
+		if (copy_set(&v->native, &v->src) < 0)
 			return oom(v, "native/");
 		return layout_inverse(v->layout, &v->src, &v->cat->dims, &v->binds, &v->hf, v->err);
 	}
-	if (hf_set(v, &v->hf) < 0)
+	if (copy_set(&v->hf, &v->src) < 0)
 		return oom(v, "hf/");
 	return layout_forward(v->layout, &v->src, &v->cat->dims, &v->native, &v->binds, v->err);
 }
@@ -745,10 +835,17 @@ static int build_readme(struct views *v)
 	fprintf(m, "Layout:        %s\n", v->layout ? layout_name(v->layout) : "none");
 	if (v->o->dtype != VIEWS_NO_CAST)
 		fprintf(m, "Cast:          every view to %s (-o dtype)\n", dtype_name((enum ckpt_dtype)v->o->dtype));
+	for (size_t i = 0; i < v->nadapters; i++) {
+		fprintf(m, "LoRA:          %s merged into every view (its files: adapter", v->adapters[i]->cat->dir);
+		fprintf(m, i ? "-%zu/)\n" : "/)\n", i + 1);
+	}
+	if (v->lora_modules)
+		fprintf(m, "Merged:        %zu modules, W + s*B@A in fp32, rounded once\n", v->lora_modules);
 	fputc('\n', m);
 	fprintf(m, "Views:\n"
 		   "  hf/       HuggingFace layout%s\n",
-		v->native_source		  ? ", computed from the native source"
+		merged(v)			  ? ", LoRA merged on read"
+		: v->native_source		  ? ", computed from the native source"
 		: v->o->dtype != VIEWS_NO_CAST ? ", cast on read (-o dtype)"
 		: !cat->hf_files	       ? ", the source converted to safetensors on read"
 					       : ": the source's files, byte for byte");
@@ -771,7 +868,14 @@ static int build_readme(struct views *v)
 		   "            BF16 and F8 tensors are widened exactly to float32\n"
 		   "  VIEW@DTYPE/  any view above cast to fp32, fp16 or bf16, e.g. hf@bf16/,\n"
 		   "            native@fp32/, tp-2@bf16/ (not listed; cd or ls them by name)\n"
-		   "  .ckptfs/stats  bytes served and read, cache figures (JSON)\n\n"
+		   "  .ckptfs/stats  bytes served and read, cache figures (JSON)\n");
+	if (v->gguf)
+		fprintf(m, "  gguf/     model.gguf for llama.cpp (architecture '%s'); gguf@f32/, @f16/,\n"
+			   "            @bf16/ and @q8_0/ (quantised on read) by name\n",
+			gguf_view_arch(v->gguf));
+	else
+		fprintf(m, "  gguf/     %s\n", v->gguf_note);
+	fprintf(m, "\n"
 		   "Every file is computed on read from the source; nothing is copied.\n"
 		   "The mount is read-only. See a tensor's dtype, shape, source bytes and\n"
 		   "expression with: getfattr -d tensors/NAME.npy\n"
@@ -805,6 +909,8 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	int r = pick_layout(v);
 	if (r == 0)
 		r = derive_sets(v);
+	if (r == 0 && gguf_view_open(cat, &v->hf, o->layout_dir, &v->gguf, v->gguf_note, sizeof(v->gguf_note)) < 0)
+		r = oom(v, "gguf/");
 	if (r == 0)
 		r = build_readme(v);
 	/* The base views are built now (they are what most mounts read); casts
@@ -819,6 +925,16 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	}
 	if (r == 0)
 		r = add_partitions(v);
+	for (size_t i = 0; i < v->nadapters && r == 0; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), i ? "adapter-%zu" : "adapter", i + 1);
+		struct vnode *dir = vtree_add_dir(t, vtree_root(t), name);
+		const struct catalog *ac = v->adapters[i]->cat;
+		for (size_t k = 0; k < ac->nfiles && r == 0; k++)
+			r = dir ? add_passthrough(v, dir, &ac->files[k]) : oom(v, name);
+	}
+	if (r == 0 && v->gguf)
+		r = add_gguf_dirs(v);
 	if (r == 0) {
 		struct vnode *dir = vtree_add_dir(t, vtree_root(t), ".ckptfs");
 		struct vnode *stats = dir ? vtree_add_file(t, dir, "stats") : NULL;
@@ -832,6 +948,8 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 	if (r == 0 && info) {
 		snprintf(info->layout, sizeof(info->layout), "%s", v->layout ? layout_name(v->layout) : "");
 		info->native_source = v->native_source;
+		info->lora_modules = v->lora_modules;
+		snprintf(info->gguf, sizeof(info->gguf), "%s", v->gguf ? gguf_view_arch(v->gguf) : v->gguf_note);
 	}
 	if (r < 0) {
 		views_free(v);

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """check_torch.py - a ckptfs mount of a torch checkpoint against torch.load, the oracle.
 
-Usage: check_torch.py SRC MNT [--ref REF_MNT] [--nanogpt]
+Usage: check_torch.py SRC MNT [--ref REF_MNT] [--nanogpt | --same-as-ref]
 
 SRC holds the torch files (pytorch_model.bin, shards + index, or ckpt.pt);
 torch.load reads them (state dict under 'model' for ckpt.pt, prefixes
@@ -14,6 +14,9 @@ torch.load reads them (state dict under 'model' for ckpt.pt, prefixes
                  with --nanogpt the GPT-2 (Conv1D) forms
   hf@fp32/       every float tensor cast to fp32
   hf/config.json present (generated for nanoGPT: GPT-2 keys from model_args)
+With --same-as-ref (trainer files in Meta's naming, converted to HF's),
+the oracle is REF_MNT instead: hf/ holds its tensors bit for bit, tensors/
+its .npy files, and config.json its model dimensions.
 With --ref, REF_MNT is a mount of the same model as safetensors: native/ and
 tp-2/ safetensors files must be equal byte for byte, and per-layer/ too when
 both hold the same tensors.
@@ -105,13 +108,55 @@ def expect_tensor(where, name, got, t):
         stlib.fail("%s: %s: bytes differ from torch.load" % (where, name))
 
 
+def same_as_ref(a):
+    got, want = read_hf(os.path.join(a.mnt, "hf")), read_hf(os.path.join(a.ref, "hf"))
+    if sorted(got) != sorted(want):
+        stlib.fail("hf/: tensors differ from the original's: %s" % sorted(set(got) ^ set(want)))
+    for k in want:
+        if got[k].dtype != want[k].dtype or got[k].shape != want[k].shape or got[k].raw() != want[k].raw():
+            stlib.fail("hf/: %s differs from the original's" % k)
+    for f in sorted(os.listdir(os.path.join(a.ref, "tensors"))):
+        if not filecmp.cmp(os.path.join(a.mnt, "tensors", f), os.path.join(a.ref, "tensors", f), shallow=False):
+            stlib.fail("tensors/%s differs from the original's" % f)
+    cfg, ref = (json.load(open(os.path.join(m, "hf", "config.json"))) for m in (a.mnt, a.ref))
+    for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size"):
+        if cfg.get(k) != ref.get(k, ref.get("num_attention_heads") if k == "num_key_value_heads" else None):
+            stlib.fail("hf/config.json: %s is %r, the original says %r" % (k, cfg.get(k), ref.get(k)))
+    compare_views(a, True)
+    print("check_torch.py: %s: %d tensors in hf/ equal to the original's" % (a.src, len(want)))
+
+
+def compare_views(a, per_layer):
+    n = 0
+    views = ["native", "tp-2/rank-0", "tp-2/rank-1"] + (["per-layer"] if per_layer else [])
+    for view in views:
+        d = os.path.join(a.mnt, view)
+        for f in sorted(os.listdir(d)):
+            if not f.endswith(".safetensors"):
+                continue
+            if not filecmp.cmp(os.path.join(d, f), os.path.join(a.ref, view, f), shallow=False):
+                stlib.fail("%s/%s differs from the safetensors source's" % (view, f))
+            n += 1
+    if n < 3:
+        stlib.fail("only %d files compared with the safetensors source" % n)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src")
     ap.add_argument("mnt")
     ap.add_argument("--ref")
     ap.add_argument("--nanogpt", action="store_true")
+    ap.add_argument("--same-as-ref", action="store_true")
     a = ap.parse_args()
+    if a.same_as_ref:
+        try:
+            same_as_ref(a)
+        except stlib.Mismatch as e:
+            print("check_torch.py: FAIL: %s" % e, file=sys.stderr)
+            sys.exit(1)
+        return
     tensors, dups = load_source(a.src)
     if a.nanogpt:  # the catalog holds GPT-2's tensors: Conv1D [in, out]
         tensors = [(k, v.t() if k.startswith("transformer.h.") and k.endswith(LINEAR) else v) for k, v in tensors]
@@ -141,22 +186,9 @@ def main():
             if list(arr.shape) != list(w.shape) or arr.tobytes() != raw(w):
                 stlib.fail("tensors/%s: differs from torch.load" % stlib.npy_name(k))
         if a.ref:
-            n = 0
-            views = ["native", "tp-2/rank-0", "tp-2/rank-1"]
             # per-layer/ has HF names: comparable when the tensor sets are the same
             # (GPT-2 .bin files add attn.masked_bias buffers that the layouts drop).
-            if sorted(read_hf(os.path.join(a.ref, "hf"))) == sorted(hf_expect):
-                views.append("per-layer")
-            for view in views:
-                d = os.path.join(a.mnt, view)
-                for f in sorted(os.listdir(d)):
-                    if not f.endswith(".safetensors"):
-                        continue
-                    if not filecmp.cmp(os.path.join(d, f), os.path.join(a.ref, view, f), shallow=False):
-                        stlib.fail("%s/%s differs from the safetensors source's" % (view, f))
-                    n += 1
-            if n < 3:
-                stlib.fail("only %d files compared with the safetensors source" % n)
+            compare_views(a, sorted(read_hf(os.path.join(a.ref, "hf"))) == sorted(hf_expect))
     except stlib.Mismatch as e:
         print("check_torch.py: FAIL: %s" % e, file=sys.stderr)
         sys.exit(1)

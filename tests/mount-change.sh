@@ -23,10 +23,22 @@
 #       checks that inode (unchanged), so the old bytes keep being served,
 #       the way a process holding an open file sees it after a replacement.
 #       The test reports which it sees and accepts both.
+#   (d) race: a llama of 3 layers of 3.5 MiB each in two shards, so that
+#       per-layer/layer-001.safetensors is a generated header plus ranges of
+#       the second shard and a 1 MiB read of it has several pieces (more
+#       than a splice pipe holds).  8 threads read it in 1 MiB O_DIRECT
+#       blocks while the second shard is cut to an eighth of its size and
+#       put back (bytes and mtime, so reads pass the change check again) 12
+#       times, then cut for good.  A read made while the shard was whole
+#       must give the right bytes; one that overlapped a cut may give EIO
+#       (or torn bytes); after the last cut every read gives EIO; the daemon
+#       must live throughout (it used to die of SIGBUS: libfuse copied the
+#       reply out of the source mapping after the guarded planning).  Once
+#       with the default options, once with -o no_splice.
 #
 # After each case the mount is unmounted; the daemon must exit 0 with no
 # sanitizer report in its log.  CKPTFS_CASES selects cases by name
-# (default: rewrite truncate replace).
+# (default: rewrite truncate replace race).
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -300,10 +312,154 @@ expect_alive "$mnt" c
 umount_ckptfs
 }
 
-for c in ${CKPTFS_CASES:-rewrite truncate replace}; do
+# ---- (d) truncated while many threads read ----
+RACE=$TESTDIR/race.py
+cat >"$RACE" <<'EOF'
+import errno, mmap, os, sys, threading, time
+# race.py VIEWFILE SHARD COPY: 8 threads read VIEWFILE in 1 MiB O_DIRECT
+# blocks while SHARD is cut to an eighth and put back (bytes and mtime, so
+# the mount's change check passes again) CYCLES times, then cut for good.
+# A read that began and ended while the shard was whole must give COPY's
+# bytes; one that overlapped a cut may give EIO or anything (the bytes under
+# a read may change), never a dead daemon; after the last cut only EIO.
+path, shard, want = sys.argv[1], sys.argv[2], open(sys.argv[3], "rb").read()
+BLOCK, THREADS, CYCLES = 1 << 20, 8, 12
+st = os.stat(shard)
+with open(shard, "rb") as f:
+    whole = f.read()
+cut_at = len(whole) // 8
+gen = 0          # even: the shard is whole; odd: it is being cut or put back
+final = False    # set once the last cut is done
+stop = threading.Event()
+started = threading.Barrier(THREADS + 1)
+results = [None] * THREADS
+
+def reader(k):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT wants
+    view, wview = memoryview(buf), memoryview(want)
+    good = eio = 0
+    off = (k * BLOCK) % len(want)
+    off -= off % BLOCK
+    started.wait()
+    try:
+        while not stop.is_set():
+            g0, fin = gen, final
+            try:
+                n = os.preadv(fd, [buf], off)
+                err = None
+            except OSError as e:
+                n, err = 0, e.errno
+            stable = g0 == gen and g0 % 2 == 0
+            if err == errno.EIO:
+                eio += 1
+                if stable:
+                    results[k] = ("EIO while the shard was whole", good, eio)
+                    return
+                if fin:
+                    results[k] = ("EIO", good, eio)
+                    return
+            elif err is not None:
+                results[k] = ("error " + str(errno.errorcode.get(err, err)), good, eio)
+                return
+            elif fin:
+                results[k] = ("%d bytes read after the last cut" % n, good, eio)
+                return
+            elif stable and (n == 0 or view[:n] != wview[off:off + n]):
+                results[k] = ("wrong bytes: %d at %d" % (n, off), good, eio)
+                return
+            else:
+                good += 1
+            off = (off + BLOCK) % len(want)
+            off -= off % BLOCK
+        results[k] = ("no EIO after the last cut", good, eio)
+    finally:
+        os.close(fd)
+
+def cut():
+    os.truncate(shard, cut_at)  # into layer 1's bytes
+
+threads = [threading.Thread(target=reader, args=(k,)) for k in range(THREADS)]
+for t in threads:
+    t.start()
+started.wait()
+for c in range(CYCLES):
+    time.sleep(0.05)
+    gen += 1
+    cut()
+    time.sleep(0.05)
+    with open(shard, "r+b") as f:
+        f.seek(cut_at)
+        f.write(whole[cut_at:])
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    gen += 1
+time.sleep(0.05)
+gen += 1
+cut()
+final = True
+deadline = time.monotonic() + 30
+for t in threads:
+    t.join(max(0.0, deadline - time.monotonic()))
+stop.set()
+for t in threads:
+    t.join()
+print("%d cuts; good reads, EIO per thread: %s" % (CYCLES + 1, " ".join("%d,%d" % r[1:] for r in results)))
+bad = [r for r in results if r[0] != "EIO"]
+for r in bad:
+    print("a thread ended with: %s (%d good reads, %d EIO)" % r)
+sys.exit(1 if bad else 0)
+EOF
+
+case_race() {
+    local orig=$TESTDIR/src-d.orig src=$TESTDIR/src-d mnt=$TESTDIR/mnt-d opts \
+        f=per-layer/layer-001.safetensors shard=model-00002-of-00002.safetensors out rc size
+    mkdir -p "$orig" "$mnt"
+    "$PYTHON" - "$srcdir/examples/gen-model.py" "$orig" <<'EOF'
+import importlib.util, os, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
+g = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(g)
+out = sys.argv[2]
+c = g.llama_config(hidden_size=512, num_hidden_layers=3, num_attention_heads=8,
+                   num_key_value_heads=4, intermediate_size=640, vocab_size=64,
+                   torch_dtype="bfloat16", tie_word_embeddings=False,
+                   rms_norm_eps=1e-05, max_position_embeddings=256)
+groups = g.llama_tensors(np.random.default_rng(5), c, fast=True)
+# embed + layer 0 | layers 1, 2 + norm + lm_head
+g.write_sharded(out, [[t for grp in groups[:2] for t in grp], [t for grp in groups[2:] for t in grp]])
+g.write_json(os.path.join(out, "config.json"), c)
+g.write_passthrough(out, c["vocab_size"], 1, 2)
+EOF
+    for opts in "" "-o no_splice"; do
+        note "=== (d) cut a shard again and again while 8 threads read 1 MiB blocks of $f${opts:+ ($opts)}"
+        rm -rf "$src"
+        cp -a "$orig" "$src"
+        # shellcheck disable=SC2086
+        mount_ckptfs "$src" "$mnt" $opts
+        remember_root "$mnt" d
+        cp "$mnt/$f" "$TESTDIR/layer-001"
+        size=$(stat -c %s "$TESTDIR/layer-001")
+        [ "$size" -gt $((2 << 20)) ] || hard_error "$f is $size bytes; the test needs more than 2 MiB"
+        rc=0
+        out=$("$PYTHON" "$RACE" "$mnt/$f" "$src/$shard" "$TESTDIR/layer-001" 2>&1) || rc=$?
+        printf '%s\n' "$out" | sed "s/^/$TEST_NAME:   /"
+        if ! alive "$CKPTFS_PID"; then
+            rc=0
+            wait "$CKPTFS_PID" || rc=$?
+            fail "the daemon died (status $rc) while $shard was cut under the readers"
+        fi
+        [ "$rc" -eq 0 ] || fail "readers of $f${opts:+ ($opts)}: not every thread ended on EIO (above)"
+        expect_eio "$f after the truncation" "$mnt/$f"
+        expect_alive "$mnt" d
+        umount_ckptfs
+    done
+}
+
+for c in ${CKPTFS_CASES:-rewrite truncate replace race}; do
     case $c in
-    rewrite | truncate | replace) "case_$c" ;;
-    *) hard_error "unknown case '$c' in CKPTFS_CASES (rewrite truncate replace)" ;;
+    rewrite | truncate | replace | race) "case_$c" ;;
+    *) hard_error "unknown case '$c' in CKPTFS_CASES (rewrite truncate replace race)" ;;
     esac
 done
 note "PASS"

@@ -9,7 +9,7 @@
 #   new    mixed-dtypes (f64 f32 f16 bf16 i64 ... bool, 0-dim, empty), torch >= 2.4, 3 ranks
 #   kf     tiny-llama under KempnerForge's names (layouts/kempnerforge.json renames them)
 #   titan  tiny-llama under torchtitan's names, wq/wk rows interleaved (layouts/torchtitan.json
-#          permutes them back with rotary(heads, ...), as torchtitan's to_hf does)
+#          permutes them back through the inverse of rope_rows(heads, ...), as torchtitan's to_hf does)
 #   pp     tiny-llama in pp0/ and pp1/, 4 ranks each (a TP x FSDP grid)
 # tests/check_dcp.py compares hf/ and tensors/ with numpy, and hf@bf16/,
 # native/, tp-2/, per-layer/, pp-2/ with a mount of the safetensors model the

@@ -18,7 +18,12 @@
 #   (c) an unprivileged user mounts: a source and a mount point owned by
 #       the user, `runuser -u USER -- ckptfs -f SRC MNT` (fusermount3 is
 #       setuid); the user reads README and hf/config.json, then unmounts
-#       with fusermount3 -u and the daemon exits 0.  When /dev/fuse is not
+#       with fusermount3 -u and the daemon exits 0.  The user runs a copy of
+#       the built binary and of the layouts directory placed in the test's
+#       own directory (or, if that is on a noexec file system, in one of its
+#       own under /var/tmp, /tmp or /dev/shm): the build tree may sit below a
+#       directory the user cannot enter (a checkout under /root, a mktemp
+#       -d), and no mode of the user's own directories is ever changed.  When /dev/fuse is not
 #       open to other users (mode 0600, as in some containers) the sub-case
 #       runs in a private mount namespace where a copy of the device node
 #       with mode 0666 is bind-mounted over /dev/fuse (nothing outside the
@@ -32,8 +37,9 @@
 #       to an absolute symlink that resolves inside the source
 #       (abs-in.json -> SRC/tokenizer.json) is reported, not checked.
 #
-# (b) and (c) need root, useradd and runuser; without them those parts are
-# skipped and the test exits 77 after the other parts pass.
+# (b) and (c) need root, useradd and runuser, and a $TMPDIR the throwaway
+# user can reach; without them those parts are skipped and the test exits 77
+# after the other parts pass.
 # CKPTFS_CASES selects parts by name (default: inside symlinks perms usermount).
 set -eu
 
@@ -43,6 +49,7 @@ mount_test_init
 
 TUSER=
 USER_PIDS=
+UBIN_EXTRA=
 _hardening_cleanup() {
     local rc=$? p m
     set +e
@@ -59,6 +66,9 @@ _hardening_cleanup() {
         done
         alive "$p" && kill -KILL "$p" 2>/dev/null
         wait "$p" 2>/dev/null
+    done
+    for m in $UBIN_EXTRA; do
+        rm -rf "$m"
     done
     if [ -n "$TUSER" ] && id "$TUSER" >/dev/null 2>&1; then
         userdel "$TUSER" 2>/dev/null || { sleep 0.5; userdel "$TUSER"; } ||
@@ -144,20 +154,62 @@ case_symlinks() {
     umount_ckptfs
 }
 
+# make_user: the throwaway user, or false with the reason in NO_USER.
+NO_USER=
 make_user() {
+    [ -z "$NO_USER" ] || return 1
     [ -n "$TUSER" ] && return 0
+    NO_USER="not root, or useradd, userdel or runuser is not available"
     [ "$(id -u)" -eq 0 ] || return 1
     command -v useradd >/dev/null 2>&1 && command -v userdel >/dev/null 2>&1 &&
         command -v runuser >/dev/null 2>&1 || return 1
     TUSER=ckptfs-test-$$
     useradd -M -s /usr/sbin/nologin "$TUSER" || { TUSER=; hard_error "useradd $TUSER failed"; }
     note "throwaway user $TUSER (uid $(id -u "$TUSER"))"
-    # the user must be able to reach the mount points: denial must come from FUSE
+    # The user must be able to reach the mount points, so that a denial comes
+    # from FUSE. The test's own directory is opened to others; the ones above
+    # it ($TMPDIR) are not ours to change.
     chmod 755 "$TESTDIR"
     echo probe >"$TESTDIR/probe.txt"
     chmod 644 "$TESTDIR/probe.txt"
-    runuser -u "$TUSER" -- cat "$TESTDIR/probe.txt" >/dev/null ||
-        hard_error "$TUSER cannot read $TESTDIR/probe.txt: the checks below would prove nothing"
+    if ! (cd / && runuser -u "$TUSER" -- cat "$TESTDIR/probe.txt") >/dev/null 2>&1; then
+        NO_USER="$TUSER cannot reach $TESTDIR (is \$TMPDIR=${TMPDIR:-/tmp} private? set TMPDIR to a directory others can enter)"
+        return 1
+    fi
+    NO_USER=
+}
+
+# user_copy_ckptfs: a copy of the built binary and the layouts it loads, for
+# a user who may not reach the build tree, in a directory the user can reach
+# and execute from; sets UBIN (empty, with the reason in NO_USER, if none).
+# $TESTDIR first; when it is on a noexec file system, a directory of our own
+# in the first of /var/tmp, /tmp, /dev/shm that works (removed on exit).
+user_copy_ckptfs() {
+    local layouts parent dir
+    layouts=${CKPTFS_LAYOUT_DIR:-$srcdir/layouts}
+    [ -f "$layouts/llama.json" ] || hard_error "no layouts in $layouts (set CKPTFS_LAYOUT_DIR)"
+    UBIN=
+    for parent in "$TESTDIR" /var/tmp /tmp /dev/shm; do
+        if [ "$parent" = "$TESTDIR" ]; then
+            dir=$TESTDIR/user-bin
+            mkdir -m 755 "$dir"
+        else
+            [ -d "$parent" ] && dir=$(mktemp -d "$parent/ckptfs-user-bin.XXXXXXXX" 2>/dev/null) || continue
+            UBIN_EXTRA="$UBIN_EXTRA $dir"
+            chmod 755 "$dir"
+        fi
+        install -m 755 "$(type -P true)" "$dir/exec-probe"
+        if (cd / && runuser -u "$TUSER" -- "$dir/exec-probe") 2>/dev/null; then
+            UBIN=$dir
+            break
+        fi
+        note "  $TUSER cannot execute a program in $dir (noexec, or not reachable)"
+    done
+    [ -n "$UBIN" ] || { NO_USER="no directory where $TUSER can execute a copy of ckptfs"; return 1; }
+    mkdir -m 755 "$UBIN/layouts"
+    install -m 755 "$CKPTFS" "$UBIN/ckptfs"
+    install -m 644 "$layouts"/*.json "$UBIN/layouts/"
+    cmp -s "$CKPTFS" "$UBIN/ckptfs" || hard_error "the copy of $CKPTFS differs"
 }
 
 # ---- (b) only the mounting user reads, unless allow_other ----
@@ -165,7 +217,7 @@ case_perms() {
     local src=$TESTDIR/src-b mnt=$TESTDIR/mnt-b err
     note "=== (b) default options: only the mounting user reads; -o allow_other"
     if ! make_user; then
-        note "SKIP (b): not root, or useradd, userdel or runuser is not available"
+        note "SKIP (b): $NO_USER"
         SKIPPED="$SKIPPED (b)"
         return 0
     fi
@@ -201,16 +253,23 @@ case_perms() {
 # ---- (c) an unprivileged user mounts ----
 case_usermount() {
     local src=$TESTDIR/src-c mnt=$TESTDIR/mnt-c ucache=$TESTDIR/ucache-c mode rc=0 \
-        inner=$TESTDIR/user-mount.sh
+        inner=$TESTDIR/user-mount.sh ubin
     note "=== (c) an unprivileged user mounts"
     if ! make_user; then
-        note "SKIP (c): not root, or useradd, userdel or runuser is not available"
+        note "SKIP (c): $NO_USER"
         SKIPPED="$SKIPPED (c)"
         return 0
     fi
     gen_model gpt2 "$src" >/dev/null
     mkdir "$mnt" "$ucache"
     chown -R "$TUSER:" "$src" "$mnt" "$ucache"
+    if ! user_copy_ckptfs; then
+        note "SKIP (c): $NO_USER"
+        SKIPPED="$SKIPPED (c)"
+        return 0
+    fi
+    ubin=$UBIN
+    note "  $TUSER runs $ubin/ckptfs (a copy of $CKPTFS) with the layouts in $ubin/layouts"
     if runuser -u "$TUSER" -- sh -c 'exec 3<>/dev/fuse' 2>/dev/null; then
         mode=direct
     else
@@ -226,7 +285,9 @@ case_usermount() {
     # Everything of this sub-case runs in one script, in the namespace if need be.
     cat >"$inner" <<'EOF'
 set -u
-CKPTFS=$1 U=$2 SRC=$3 MNT=$4 UCACHE=$5 DEVDIR=$6 MODE=$7 LOG=$8 PIDFILE=$9
+CKPTFS=$1 U=$2 SRC=$3 MNT=$4 UCACHE=$5 DEVDIR=$6 MODE=$7 LOG=$8 PIDFILE=$9 LAYOUTS=${10}
+# the caller's working directory may be one the user cannot enter
+cd /
 say() { printf '%s\n' "$*"; }
 mounted() { awk -v p="$MNT" '$2 == p { f = 1 } END { exit !f }' /proc/self/mounts; }
 pid=
@@ -250,7 +311,7 @@ if [ "$MODE" = ns ]; then
         mount --bind "$DEVDIR/fuse" /dev/fuse || { say "NSFAIL could not bind a 0666 /dev/fuse"; exit 3; }
     runuser -u "$U" -- sh -c 'exec 3<>/dev/fuse' 2>/dev/null || { say "NSFAIL the user still cannot open /dev/fuse"; exit 3; }
 fi
-runuser -u "$U" -- env XDG_CACHE_HOME="$UCACHE" "$CKPTFS" -f "$SRC" "$MNT" >"$LOG" 2>&1 &
+runuser -u "$U" -- env XDG_CACHE_HOME="$UCACHE" CKPTFS_LAYOUT_DIR="$LAYOUTS" "$CKPTFS" -f "$SRC" "$MNT" >"$LOG" 2>&1 &
 pid=$!
 echo "$pid" >"$PIDFILE"
 deadline=$(($(date +%s) + 20))
@@ -289,12 +350,12 @@ say "OK unmounted by $U; the daemon exited 0"
 exit 0
 EOF
     if [ "$mode" = ns ]; then
-        timeout 60 unshare -m --propagation private bash "$inner" "$CKPTFS" "$TUSER" "$src" "$mnt" \
-            "$ucache" "$TESTDIR/devfuse" ns "$TESTDIR/ckptfs.user.log" "$TESTDIR/user.pid" \
+        timeout 60 unshare -m --propagation private bash "$inner" "$ubin/ckptfs" "$TUSER" "$src" "$mnt" \
+            "$ucache" "$TESTDIR/devfuse" ns "$TESTDIR/ckptfs.user.log" "$TESTDIR/user.pid" "$ubin/layouts" \
             >"$TESTDIR/user-mount.out" 2>&1 &
     else
-        timeout 60 bash "$inner" "$CKPTFS" "$TUSER" "$src" "$mnt" \
-            "$ucache" "$TESTDIR/devfuse" direct "$TESTDIR/ckptfs.user.log" "$TESTDIR/user.pid" \
+        timeout 60 bash "$inner" "$ubin/ckptfs" "$TUSER" "$src" "$mnt" \
+            "$ucache" "$TESTDIR/devfuse" direct "$TESTDIR/ckptfs.user.log" "$TESTDIR/user.pid" "$ubin/layouts" \
             >"$TESTDIR/user-mount.out" 2>&1 &
     fi
     USER_PIDS="$USER_PIDS $!"

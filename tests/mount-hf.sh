@@ -128,8 +128,9 @@ for preset in ${CKPTFS_PRESETS:-tiny-llama gpt2 gpt2-noprefix mixed-dtypes}; do
     mount_ckptfs "$src" "$mnt"
     case $preset in
     mixed-dtypes) root="README hf tensors " ;; # unknown architecture: no layout
-    # 4 heads (2 kv heads for tiny-llama), 2 layers: tp-2, tp-4 and pp-2 are offered
-    *) root="README hf native per-layer pp-2 tensors tp-2 tp-4 " ;;
+    # 4 heads (2 kv heads for tiny-llama), 2 layers: tp-2, tp-4 and pp-2 are offered;
+    # LLaMA and GPT-2 have GGUF tables
+    *) root="README gguf hf native per-layer pp-2 tensors tp-2 tp-4 " ;;
     esac
     check_root "$mnt" "$root"
     note "check_mount.py $src $mnt"

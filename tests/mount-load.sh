@@ -172,14 +172,20 @@ case_unmount() {
 }
 
 # ---- (3), (4) signals ----
-SIGWRAP=$TESTDIR/ckptfs-default-signals
-if env --default-signal=INT true 2>/dev/null; then
-    printf '#!/bin/sh\nexec env --default-signal=INT,TERM "%s" "$@"\n' "$CKPTFS" >"$SIGWRAP"
-else
-    printf '#!/bin/sh\nexec "%s" -c "import os, signal, sys\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ): signal.signal(s, signal.SIG_DFL)\nos.execv(sys.argv[1], sys.argv[1:])" "%s" "$@"\n' \
-        "$PYTHON" "$CKPTFS" >"$SIGWRAP"
-fi
-chmod +x "$SIGWRAP"
+# The daemon with SIGINT and SIGTERM at their defaults, whatever the shell
+# running the test ignores. A function, not a script in $TESTDIR, which may
+# sit on a noexec /tmp; mount_ckptfs runs "$CKPTFS" in a background subshell
+# that the exec turns into the daemon, so $! is still its pid.
+ckptfs_default_signals() {
+    if env --default-signal=INT true 2>/dev/null; then
+        exec env --default-signal=INT,TERM "$REAL_CKPTFS" "$@"
+    fi
+    exec "$PYTHON" -c "import os, signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ): signal.signal(s, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])" "$REAL_CKPTFS" "$@"
+}
+REAL_CKPTFS=$CKPTFS
+SIGWRAP=ckptfs_default_signals
 
 SIG_FAILURES=
 case_signal() {

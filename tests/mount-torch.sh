@@ -10,6 +10,9 @@
 #   llama-sharded  two zip shards + pytorch_model.bin.index.json
 #   nanogpt        ckpt.pt with model_args, optimizer, iter_num and
 #                  '_orig_mod.' prefixes, no config.json
+#   llama2c, meta  llama2.c's ckpt.pt and Meta's consolidated.00.pth +
+#                  params.json: Meta's names, wq/wk in the interleaved rotary
+#                  order; hf/ must be the original HF model bit for bit
 # Each is mounted and tests/check_torch.py compares hf/, hf@fp32/ and
 # tensors/ with torch.load, and native/, tp-2/ and per-layer/ with a mount
 # of the safetensors model it was saved from, byte for byte. `ckptfs
@@ -72,6 +75,9 @@ torch_case gpt2-legacy "$GPT2" "$TESTDIR/ref-gpt2"
 torch_case llama-zip "$LLAMA" "$TESTDIR/ref-llama"
 torch_case llama-sharded "$LLAMA" "$TESTDIR/ref-llama"
 torch_case nanogpt "$GPT2" "$TESTDIR/ref-gpt2" --nanogpt
+# Meta's naming and rotary row order, converted back to HF's: bit for bit the original.
+torch_case llama2c "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
+torch_case meta "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
 
 note "=== inspect and export"
 out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"
@@ -82,6 +88,20 @@ $out" ;; esac
 done
 out=$("$CKPTFS" inspect "$TESTDIR/gpt2-legacy") || fail "inspect gpt2-legacy failed"
 case $out in *"format:        torch legacy (pytorch_model.bin)"*) ;; *) fail "inspect gpt2-legacy: $out" ;; esac
+out=$("$CKPTFS" inspect "$TESTDIR/meta") || fail "inspect meta failed"
+case $out in *"format:        torch zip (consolidated.00.pth)"*"Meta/llama2.c LLaMA naming"*) ;; *) fail "inspect meta: $out" ;; esac
+# Safetensors and .bin side by side: the safetensors are served, as loaders do.
+mkdir "$TESTDIR/both"
+cp "$LLAMA"/* "$TESTDIR/llama-zip/pytorch_model.bin" "$TESTDIR/both/"
+out=$("$CKPTFS" inspect "$TESTDIR/both") || fail "inspect both failed"
+case $out in *"format:        safetensors, 2 files + model.safetensors.index.json"*) ;; *) fail "inspect both: $out" ;; esac
+# A Trainer's side files (their pickles hold other globals) are not taken for weights.
+fixture hostile "$LLAMA" "$TESTDIR/hostile"
+mkdir "$TESTDIR/trainer-dir"
+cp "$TESTDIR/nanogpt/ckpt.pt" "$TESTDIR/trainer-dir/"
+cp "$TESTDIR/hostile/pytorch_model.bin" "$TESTDIR/trainer-dir/training_args.bin"
+out=$("$CKPTFS" inspect "$TESTDIR/trainer-dir") || fail "inspect trainer-dir failed"
+case $out in *"format:        torch zip (ckpt.pt)"*) ;; *) fail "inspect trainer-dir: $out" ;; esac
 "$CKPTFS" export "$TESTDIR/llama-zip" hf "$TESTDIR/export-hf" >/dev/null || fail "export llama-zip hf failed"
 "$PYTHON" - "$TESTDIR/export-hf" "$TESTDIR/llama-zip" <<'PY' || fail "export llama-zip: hf differs from torch.load"
 import os, sys
@@ -99,7 +119,6 @@ fusermount3 -u "$TESTDIR/ref-llama"
 wait "$REF_GPT2_PID" "$REF_LLAMA_PID" || fail "reference daemon exited with status $?"
 
 note "=== bad inputs"
-fixture hostile "$LLAMA" "$TESTDIR/hostile"
 expect_refused "ckptfs: $TESTDIR/hostile/pytorch_model.bin: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)" "$TESTDIR/hostile"
 [ ! -e "$TESTDIR/hostile/pwned" ] || fail "the hostile pickle's command ran"
 

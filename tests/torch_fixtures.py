@@ -14,9 +14,14 @@ tests/stlib.py) are saved by torch the way real files hold them:
   nanogpt       ckpt.pt only (no config.json): nanoGPT's dict with model,
                 optimizer, model_args, iter_num, best_val_loss, config; names
                 with '_orig_mod.', Linear weights [out, in], lm_head tied
+  llama2c       ckpt.pt as llama2.c's train.py writes it: Meta's names
+                (tok_embeddings, layers.N.attention.wq ...), wq/wk rows in the
+                interleaved rotary order, model_args, '_orig_mod.' prefixes
+  meta          consolidated.00.pth + params.json (vocab_size -1, rope.freqs),
+                Meta's original LLaMA release layout
   hostile       pytorch_model.bin whose pickle calls os.system (never run:
                 the command would create OUTDIR/pwned)
-Side files (config.json, tokenizer...) are copied except for nanogpt.
+Side files (config.json, tokenizer...) are copied except for the trainer files.
 """
 import collections
 import json
@@ -125,6 +130,60 @@ def nanogpt(src, dst):
     torch.save(ckpt, os.path.join(dst, "ckpt.pt"))
 
 
+def to_meta(src):
+    """HF LLaMA tensors back to Meta's names and rotary row order (the
+    inverse of convert_llama_weights_to_hf's permute), and the arguments."""
+    sd = load_hf(src)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    d, h = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", h)
+
+    def unpermute(w, heads):
+        rows, cols = w.shape
+        return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols).contiguous()
+
+    out = collections.OrderedDict()
+    out["tok_embeddings.weight"] = sd["model.embed_tokens.weight"]
+    for i in range(cfg["num_hidden_layers"]):
+        p, q = "model.layers.%d." % i, "layers.%d." % i
+        out[q + "attention.wq.weight"] = unpermute(sd[p + "self_attn.q_proj.weight"], h)
+        out[q + "attention.wk.weight"] = unpermute(sd[p + "self_attn.k_proj.weight"], kv)
+        out[q + "attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
+        out[q + "attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
+        out[q + "feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
+        out[q + "feed_forward.w2.weight"] = sd[p + "mlp.down_proj.weight"]
+        out[q + "feed_forward.w3.weight"] = sd[p + "mlp.up_proj.weight"]
+        out[q + "attention_norm.weight"] = sd[p + "input_layernorm.weight"]
+        out[q + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+    out["norm.weight"] = sd["model.norm.weight"]
+    if "lm_head.weight" in sd:
+        out["output.weight"] = sd["lm_head.weight"]
+    else:
+        out["output.weight"] = out["tok_embeddings.weight"]
+    args = dict(dim=d, n_layers=cfg["num_hidden_layers"], n_heads=h, n_kv_heads=kv, vocab_size=cfg["vocab_size"],
+                multiple_of=32, norm_eps=cfg.get("rms_norm_eps", 1e-5), max_seq_len=cfg.get("max_position_embeddings", 256),
+                dropout=0.0)
+    return out, args
+
+
+def llama2c(src, dst):
+    sd, args = to_meta(src)
+    model = collections.OrderedDict(("_orig_mod." + k, v) for k, v in sd.items())
+    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4, "params": []}]},
+                "model_args": args, "iter_num": 2000, "best_val_loss": torch.tensor(1.25),
+                "config": {"batch_size": 128, "vocab_source": "llama2"}}, os.path.join(dst, "ckpt.pt"))
+
+
+def meta(src, dst):
+    sd, args = to_meta(src)
+    args["vocab_size"] = -1  # as Meta's params.json says
+    hd = args["dim"] // args["n_heads"]
+    sd["rope.freqs"] = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    torch.save(sd, os.path.join(dst, "consolidated.00.pth"))
+    with open(os.path.join(dst, "params.json"), "w") as f:
+        json.dump({k: v for k, v in args.items() if k not in ("max_seq_len", "dropout")}, f)
+
+
 class Pwn:
     def __init__(self, path):
         self.path = path
@@ -138,7 +197,7 @@ def hostile(src, dst):
 
 
 KINDS = {"gpt2-legacy": gpt2_legacy, "llama-zip": llama_zip, "llama-sharded": llama_sharded,
-         "nanogpt": nanogpt, "hostile": hostile}
+         "nanogpt": nanogpt, "llama2c": llama2c, "meta": meta, "hostile": hostile}
 
 
 def main():

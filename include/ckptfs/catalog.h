@@ -30,6 +30,8 @@ struct cat_tensor {
 	uint64_t offset; /* absolute offset of the first byte in file */
 	uint64_t nbytes;
 	bool transposed; /* 2-D, stored as its transpose: file bytes are [shape[1], shape[0]] row-major */
+	uint32_t rope_heads; /* nonzero: rows stored in Meta's interleaved rotary order for this many
+				heads, served in HF's half-split order (a gather of rows) */
 	bool hf_dup;     /* the same bytes, dtype and shape as another tensor (tied weights): the HF
 			    safetensors conversion writes that other one only */
 	size_t nparts;   /* > 0: stored in chunks (DCP) that tile it exactly (chunks.h); file and
@@ -55,6 +57,7 @@ struct catalog {
 	struct src_file *files;
 	size_t nshards;            /* the safetensors files holding tensors, in name order */
 	struct src_file **shards;
+	bool *shard_picked;        /* by index in files: taken as a shard (catalog_add_shard) */
 	const struct src_file *index; /* the index naming the shards (model.safetensors.index.json,
 					 pytorch_model.bin.index.json), or NULL */
 	const char *format_name;   /* the source format's name: "safetensors", "torch" */

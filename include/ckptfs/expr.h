@@ -8,8 +8,9 @@
  *              source file (servable without computing, e.g. by splice), and
  *              for how long; or with computed bytes, and for how long;
  *   expr_read: the bytes themselves.
- * Operators (source, cast, slice, concat, transpose, gather-rows) only
- * implement those two, so views never care which operator they hold.
+ * Operators (source, cast, slice, concat, transpose, gather-rows, zeros, q8_0
+ * and the low-rank add of LoRA merges) only implement those two, so views
+ * never care which operator they hold.
  * Slice, concat and gather are piecewise: every output byte run maps to one
  * contiguous run of one argument, so a row slice or a dim-0 concat of source
  * tensors stays a source span (served by splice, never computed).
@@ -18,11 +19,13 @@
 #ifndef CKPTFS_EXPR_H
 #define CKPTFS_EXPR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/dtype.h"
+#include "ckptfs/quant.h"
 
 enum expr_op {
 	EXPR_SOURCE,
@@ -32,6 +35,8 @@ enum expr_op {
 	EXPR_TRANSPOSE,
 	EXPR_GATHER,
 	EXPR_ZEROS,
+	EXPR_LORA,
+	EXPR_Q8_0,
 };
 
 struct expr {
@@ -53,6 +58,8 @@ struct expr {
 	 * from argument i. */
 	uint64_t outer, row_bytes, arg_row, skip;
 	uint64_t *part_end;
+	float *scale;                 /* LORA: one factor per low-rank term */
+	float *qf32;                  /* LORA: every q widened, made on first read (a memo, set once atomically) */
 };
 
 /* Where the bytes at the start of a range come from. */
@@ -66,6 +73,10 @@ struct expr_span {
  * (and then release their arguments, so calls can be nested). */
 struct expr *expr_source(const struct cat_tensor *t);
 struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to);
+/* The same, converting arg's own values: a cast of a low-rank add normally
+ * merges straight into `to` (one rounding); this one rounds to arg's dtype
+ * first, for an exact widening of the tensor as it is (tensors/). */
+struct expr *expr_cast_values(struct expr *arg, enum ckpt_dtype to);
 /* arg[..., start:stop, ...] along dim. */
 struct expr *expr_slice(struct expr *arg, uint32_t dim, uint64_t start, uint64_t stop);
 /* Concatenation along dim; takes the n references in args (the array is copied). */
@@ -77,6 +88,21 @@ struct expr *expr_transpose(struct expr *arg);
 /* out[r] = arg[idx[r]] along dim 0; idx is copied and checked against arg's rows. */
 struct expr *expr_gather_rows(struct expr *arg, const uint64_t *idx, size_t n);
 
+/* Low-rank add: out = w + s * (p @ q), p [rows, r], q [r, cols], w
+ * [rows, cols] of any float dtype. Accumulated in fp32 and rounded once
+ * (nearest even) to the node's dtype, w's at first. Evaluated by row block:
+ * rows [i, j) read rows [i, j) of w and p and all of q. Adding to a node
+ * that already is a low-rank add stacks the term (still one rounding);
+ * casts, slices, transposes and row gathers of the result are pushed into
+ * its arguments, so a tp shard or a cast never merges more than it returns.
+ * Takes the three references. */
+struct expr *expr_lora(struct expr *w, struct expr *p, struct expr *q, float s);
+/* ggml's Q8_0 quantisation of a float tensor whose last dimension is a
+ * multiple of 32: each block of 32 values becomes an f16 scale d = max|x|/127
+ * and 32 int8 round(x/d), as quantize_row_q8_0_ref computes them (bit for
+ * bit). The result is U8 bytes, shape [..., last/32*34]. */
+struct expr *expr_quantize_q8_0(struct expr *arg);
+
 struct expr *expr_ref(struct expr *e);
 void expr_unref(struct expr *e);
 
@@ -85,6 +111,11 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 
 /* Fill dst with output bytes [off, off+len). Returns 0 or a negative errno. */
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst);
+
+/* True when e holds an operator whose result the cache should keep on disk
+ * whatever one chunk's timing says (a LoRA merge: its cost grows with the
+ * rank and competes with the reader for the CPU). */
+bool expr_keep_on_disk(const struct expr *e);
 
 /* If all of e's bytes sit contiguously in one mapped source file, a pointer
  * to them; else NULL. */

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "ckptfs/catalog.h"
+#include "ckptfs/readstats.h"
 #include "ckptfs/vtree.h"
 
 struct fuse_lowlevel_ops;
@@ -21,8 +22,8 @@ struct ckptfs_fs {
 	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
-	/* Statistics for .ckptfs/stats, updated atomically by readers. */
-	uint64_t reads, bytes_served, bytes_from_source, bytes_computed;
+	/* Statistics for .ckptfs/stats, counted by every read. */
+	struct readstats stats;
 };
 
 extern const struct fuse_lowlevel_ops ckptfs_ll_ops;

@@ -10,10 +10,13 @@
  * cache marks a chunk "being computed" while other threads wait for it)
  * guards its own call, and the outer block sees a plain error.
  *
- * The handler is installed with SA_NODEFER and an empty sa_mask, so it runs
- * with the signal mask of the code it interrupted; jumping out therefore
- * needs no mask restore, and sigsetjmp(.., 0) spares every read the
- * sigprocmask system call that saving the mask would cost. */
+ * sigsetjmp(.., 0) spares every read the sigprocmask system call that saving
+ * the mask would cost: instead the handler, before it jumps, puts back the
+ * mask of the code it interrupted (from its ucontext). Installed with
+ * SA_NODEFER and an empty sa_mask it runs with that mask anyway, but a
+ * runtime that wraps handlers may block signals around ours (TSan blocks
+ * all of them): left so, the thread's next fault would kill the process and
+ * pthread_cancel could no longer stop it. */
 #ifndef CKPTFS_GUARD_H
 #define CKPTFS_GUARD_H
 

@@ -15,15 +15,17 @@
  * Names are patterns: {layer} and {expert} match decimal numbers, any other
  * {word} matches any text (possibly empty). Every placeholder of a rule must
  * appear in its first input name. Expressions:
- *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E) |
- *   rotary(GROUPS, E)   E's rows reordered from HF's split-half rotary order
- *                       to the interleaved one, per head (GROUPS: heads or
- *                       kv_heads); its inverse is the HF converters' permute
+ *   NAME | concat(DIM, E, E, ...) | slice(DIM, START, STOP, E) | transpose(E)
+ *   | rope_rows(GROUPS, E)   (the interleaved rotary row order of llama.cpp,
+ *                             Meta's LLaMA and torchtitan: in each of GROUPS
+ *                             heads, rows [a..., b...] become a0 b0 a1 b1 ...)
  * START/STOP: an integer, a product of integers and config dimensions
  * (hidden, heads, kv_heads, head_dim, intermediate, vocab) such as
  * heads*head_dim, a fraction A/B of the dimension's size, or end.
  * HF tensors no rule reads and no drop pattern names pass through unchanged.
- * Inverting needs concat parts of equal size along their dimension.
+ * Inverting needs concat parts of equal size along their dimension;
+ * rope_rows inverts by the converters' permute (a trainer naming such as
+ * layouts/torchtitan.json is read through its inverse).
  */
 #ifndef CKPTFS_LAYOUT_H
 #define CKPTFS_LAYOUT_H

@@ -14,7 +14,11 @@ struct option_strings {
 	char *layout, *dtype, *shard_size, *per_layer, *tp, *revision, *config;
 	char *cache, *cache_dir, *cache_size, *mem_cache, *cache_level, *cache_policy;
 	int cache_shared; /* -o cache_shared: a flag, not a string */
+	char *lora, *lora_scale; /* lora: directories, '\n'-separated (-o lora= given again stacks) */
 };
+
+/* Add one -o lora=DIR to os->lora. */
+int options_add_lora(struct option_strings *os, const char *dir);
 
 /* Fill vo from option strings. */
 int options_to_views(struct view_opts *vo, const struct option_strings *os, struct ckpt_err *err);

@@ -7,11 +7,16 @@
  *          "data_offsets": [BEGIN, END]}, ..., "__metadata__": {str: str}}
  *          (writers pad it with spaces to a multiple of 8)
  *   8+N    the data area; offsets are relative to it
- * Rules enforced: N <= ST_HEADER_MAX and 8+N <= file size; JSON is one
- * object followed only by whitespace; dtypes known; every shape product times
- * the element size equals END-BEGIN without overflow; sorted by BEGIN the
- * tensors tile the data area from 0 with no gap and no overlap, and the last
- * END is the end of the file; names are unique and non-empty.
+ * Rules enforced: N <= ST_HEADER_MAX and 8+N <= file size; JSON (UTF-8, no
+ * \u0000) is one object followed only by whitespace, nested at most 3 deep,
+ * each tensor exactly the three keys above, once each; shapes and offsets
+ * plain non-negative integers, at most ST_MAX_DIMS dims; dtypes known; every
+ * shape product times the element size equals END-BEGIN without overflow;
+ * sorted by BEGIN the tensors tile the data area from 0 with no gap and no
+ * overlap, and the last END is the end of the file; names are unique and
+ * non-empty; __metadata__ is at most 4096 string values.
+ * The header is read token by token (jsonscan.h) and checked as it is read:
+ * memory is the tensors it declares, never a tree of its values.
  */
 #ifndef CKPTFS_SAFETENSORS_H
 #define CKPTFS_SAFETENSORS_H

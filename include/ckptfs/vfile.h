@@ -4,8 +4,10 @@
  * Reading (offset, size) finds the first extent by binary search and walks
  * forward, producing a plan: a list of pieces, each either memory (generated
  * or computed bytes) or a range of a source file. The FUSE front-end turns a
- * plan into a fuse_bufvec so source ranges are spliced, never copied; other
- * callers copy the plan into a buffer with vfile_read.
+ * plan into a fuse_bufvec whose source ranges are file descriptors, so they
+ * are spliced, never copied; other callers copy the plan into a buffer with
+ * vfile_read. A piece never points into a source mapping: whoever touched
+ * such a pointer outside the guard would die of SIGBUS when the file shrinks.
  * A vfile is immutable once built; reads from many threads need no lock.
  */
 #ifndef CKPTFS_VFILE_H
@@ -56,8 +58,9 @@ struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
 	size_t n, cap;
 	struct vpiece *p;
-	size_t computed; /* bytes that had to be computed */
-	size_t sourced;  /* bytes that are ranges of source files */
+	size_t computed;  /* bytes that had to be computed */
+	size_t sourced;   /* bytes that are ranges of source files */
+	size_t generated; /* bytes of generated text (headers, JSON); the three add up to the plan */
 };
 
 void vfile_init(struct vfile *vf);
@@ -85,6 +88,11 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 /* vfile_plan that answers -EIO instead of dying when a source mapping
  * faults (a file truncated under the mount); needs guard_install(). */
 int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
+
+/* Plan [off, off+len) and copy it into buf, all inside one guard (a source
+ * cut short under its mapping gives -EIO). The plan stays for the caller's
+ * statistics (computed, sourced). */
+int64_t vfile_read_plan(const struct vfile *vf, uint64_t off, size_t len, void *buf, struct vplan *plan);
 
 /* vfile_read with computed bytes through a cache (may be NULL). */
 int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf);

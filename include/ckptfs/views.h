@@ -9,6 +9,8 @@
  *   tensors/      NAME.npy per source tensor; BF16 and F8 widened exactly to '<f4'
  *   VIEW@DTYPE/   hf, native or tensors with every float tensor cast to
  *                 fp32, fp16 or bf16; found by lookup, not listed
+ *   adapter/      with -o lora=, the adapter's own files (adapter-K/ for the
+ *                 K-th of stacked ones); every other view shows the merge
  * Tensor names become file names with '%' as %25 and '/' as %2F.
  */
 #ifndef CKPTFS_VIEWS_H
@@ -33,6 +35,8 @@ struct view_opts {
 	bool per_layer_native;  /* per-layer/ with native names (default HF) */
 	bool tp_hf;             /* tp-N/ and pp-N/ with HF names (default native) */
 	const char *revision;   /* the snapshot of a hub repository source (catalog_open_revision) */
+	const char *lora;       /* PEFT adapter directories merged into every view, '\n'-separated, in order */
+	double lora_scale;      /* replaces every LoRA scale when not NaN (-o lora_scale=) */
 	const char *config;     /* -o config=FILE: the config.json to use (catalog_use_config) */
 };
 
@@ -44,6 +48,8 @@ struct view_opts {
 struct views_info {
 	char layout[64];   /* the layout in use, "" for none */
 	bool native_source;
+	size_t lora_modules; /* modules merged from adapters and in-checkpoint pairs */
+	char gguf[256];    /* gguf/'s GGUF architecture, or why it is not offered */
 };
 
 /* Fill an initialised, empty tree with every view of `cat`, and seal it;

@@ -3,8 +3,9 @@
 
 Usage: tests/fuzz/make-seeds.py OUTDIR
 
-Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config,
-layout, views, pickle, zip and torch (real torch.save outputs when torch is installed): small valid inputs of every kind the parsers accept, plus a
+Writes OUTDIR/<harness>/<name> for the harnesses safetensors, index, config, jsonscan,
+layout, views, lora_config, gguf_vocab, pickle, zip and torch (real torch.save
+outputs when torch is installed): small valid inputs of every kind the parsers accept, plus a
 catalogue of hand-broken ones (one named case each). Seeds are generated, never
 committed; crashes found by fuzzing live in tests/fuzz/regress/ instead.
 Standard library only.
@@ -494,6 +495,72 @@ def seeds_dcp(out):
                 write(out, "dcp", f, fh.read())
 
 
+# ---- jsonscan (input = 4 bytes of limits, then any JSON text) ----
+
+def seeds_jsonscan(out):
+    h = "jsonscan"
+    limits = {"none": b"\0\0\0\0", "tight": b"\x03\x08\x04\x90", "depth2": b"\x02\0\0\0"}
+    docs = {
+        "object": '{"a": [1, -2.5e3, "x", true, false, null], "b": {"c": {}}}',
+        "escapes": '["\\"\\\\\\/\\b\\f\\n\\r\\t", "\\u00e9\\ud83d\\ude00", "caf\u00e9"]',
+        "numbers": "[0, -0, 1.5, 1e9, 1E-9, 18446744073709551615, 18446744073709551616, 01]",
+        "deep": "[" * 70 + "]" * 70,
+        "header": '{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}',
+        "trailing": '{} x',
+        "cut": '{"a": "b',
+        "lone-surrogate": '["\\udc00", "\\ud800x"]',
+        "nul-escape": '["a\\u0000b"]',
+    }
+    for ln, lb in limits.items():
+        for dn, d in docs.items():
+            write(out, h, ln + "-" + dn, lb + d.encode())
+    write(out, h, "none-bad-utf8", limits["none"] + b'["\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"]')
+
+# ---- adapter_config.json (PEFT LoRA) ----
+
+def seeds_lora_config(out):
+    h = "lora_config"
+    ok = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+          "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+          "target_modules": ["q_proj", "v_proj"], "rank_pattern": {}, "alpha_pattern": {},
+          "modules_to_save": None, "layer_replication": None}
+    cases = {
+        "ok": ok,
+        "rslora-patterns": dict(ok, use_rslora=True, rank_pattern={"layers.1.self_attn.q_proj": 4},
+                                alpha_pattern={"down_proj": 32}, modules_to_save=["lm_head", "score"]),
+        "gpt2-fifo": dict(ok, fan_in_fan_out=True, target_modules="c_attn|c_fc"),
+        "r0": dict(ok, r=0), "r-float": dict(ok, r=2.5), "r-huge": dict(ok, r=1e300),
+        "dora": dict(ok, use_dora=True), "ia3": dict(ok, peft_type="IA3"), "bias-all": dict(ok, bias="all"),
+        "pattern-bad": dict(ok, rank_pattern={"q_proj": "x"}), "alpha-nan": dict(ok, lora_alpha="nan"),
+        "save-bad": dict(ok, modules_to_save=[1]), "lora-bias": dict(ok, lora_bias=True),
+    }
+    for name, c in cases.items():
+        write(out, h, name, json.dumps(c).encode())
+    write(out, h, "trailing", json.dumps(ok).encode() + b" }")
+    write(out, h, "truncated", json.dumps(ok).encode()[:40])
+def seeds_gguf_vocab(out):
+    """Byte 0: vocabulary size - 1 (odd: the gpt2 architecture); then
+    tokenizer.json, NUL, tokenizer_config.json."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_gguf", os.path.join(REPO, "tests", "check_gguf.py"))
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    h = "gguf_vocab"
+    for name, (tok, cfg) in (("spm", cg.spm_tokenizer()), ("gpt2", cg.gpt2_tokenizer())):
+        n = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
+        small = json.loads(json.dumps(tok))
+        keep = sorted(small["model"]["vocab"].items(), key=lambda kv: kv[1])[:200]
+        small["model"]["vocab"] = dict(keep)
+        small["model"]["merges"] = small["model"]["merges"][:20]
+        small["added_tokens"] = [a for a in small["added_tokens"] if a["id"] < 200]
+        body = json.dumps(small).encode() + b"\0" + json.dumps(cfg).encode()
+        write(out, h, name, bytes([199 if name == "spm" else 200]) + body)
+        del n
+    write(out, h, "wordlevel", b"\x07" + b'{"model":{"type":"WordLevel","vocab":{"a":0}}}')
+    write(out, h, "merge-arrays", b"\x07" + b'{"model":{"type":"BPE","byte_fallback":true,"vocab":{"a":0,"b":1,"ab":2},'
+          b'"merges":[["a","b"]]}}')
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make-seeds.py OUTDIR")
@@ -506,6 +573,9 @@ def main():
     seeds_pickle(out)
     seeds_zip(out)
     seeds_torch(out)
+    seeds_jsonscan(out)
+    seeds_lora_config(out)
+    seeds_gguf_vocab(out)
     seeds_dcp(out)
     for hname in sorted(os.listdir(out)):
         d = os.path.join(out, hname)

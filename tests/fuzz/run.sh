@@ -2,11 +2,11 @@
 # run.sh -- build the libFuzzer harnesses of tests/fuzz, replay tests/fuzz/regress, then fuzz each for a set time.
 #
 # Usage: tests/fuzz/run.sh [SECONDS_PER_HARNESS] [OUTDIR]
-#   SECONDS_PER_HARNESS  default 10 (CI: about a minute for the five harnesses)
+#   SECONDS_PER_HARNESS  default 10 (CI: about a minute for the six harnesses)
 #   OUTDIR               build, seeds, corpora, logs and crash artifacts;
 #                        default ${TMPDIR:-/tmp}/ckptfs-fuzz
 # Environment:
-#   HARNESSES="safetensors index config layout views pickle zip torch dcp"   which ones, in this order
+#   HARNESSES="safetensors index config jsonscan layout views lora_config gguf_vocab pickle zip torch dcp"   which ones, in this order
 #   FUZZ_RUNS=N      also stop each harness after N executions (-runs=N)
 #   FUZZ_ARGS="..."  more libFuzzer flags, e.g. -jobs or -dict
 #   CC=clang         a clang with libFuzzer (-fsanitize=fuzzer)
@@ -23,14 +23,14 @@ OUT=${2:-${TMPDIR:-/tmp}/ckptfs-fuzz}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CC=${CC:-clang}
-HARNESSES=${HARNESSES:-safetensors index config layout views pickle zip torch dcp}
+HARNESSES=${HARNESSES:-safetensors index config jsonscan layout views lora_config gguf_vocab pickle zip torch dcp}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 case $SECS in '' | *[!0-9]*) echo "run.sh: SECONDS_PER_HARNESS must be a number, not '$SECS'" >&2; exit 2 ;; esac
 
 max_len() {
 	case $1 in
-	safetensors | index | config | pickle) echo 4096 ;;
+	safetensors | index | config | jsonscan | lora_config | pickle) echo 4096 ;;
 	zip | torch | dcp) echo 16384 ;;
 	layout | views) echo 8192 ;;
 	*) echo 4096 ;;

@@ -52,11 +52,18 @@ int text_write(const char *dir, const char *name, const char *text)
 	return bytes_write(dir, name, text, strlen(text));
 }
 
+/* Below $TMPDIR when set, like mktemp: /tmp may be full or not ours. */
 char *tmpdir_make(void)
 {
-	char tmpl[] = "/tmp/ckptfs-unit-XXXXXX";
-	char *d = mkdtemp(tmpl);
-	return d ? strdup(d) : NULL;
+	const char *t = getenv("TMPDIR");
+	char *tmpl = NULL;
+	if (asprintf(&tmpl, "%s/ckptfs-unit-XXXXXX", t && *t ? t : "/tmp") < 0)
+		return NULL;
+	if (!mkdtemp(tmpl)) {
+		free(tmpl);
+		return NULL;
+	}
+	return tmpl;
 }
 
 void tmpdir_remove(char *dir)

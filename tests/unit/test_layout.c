@@ -39,6 +39,8 @@ static void expect_parse_error(const char *json, const char *msg)
 static void test_parse_errors(void **state)
 {
 	expect_parse_error("[]", "l.json: invalid JSON (a layout is a JSON object)");
+	expect_parse_error("{\"name\":\"x\",}", "l.json: invalid JSON (a layout is a JSON object)");
+	expect_parse_error("{\"name\":[[[[[[[[1]]]]]]]]}", "l.json: nested deeper than 8 levels at byte 15, not a layout");
 	expect_parse_error("{\"rules\":[]}", "l.json: no \"name\" string");
 	expect_parse_error("{\"name\":\"x\",\"rules\":[{\"out\":\"a\",\"expr\":\"foo(b)\"}]}",
 			   "l.json: rule 1 (a): unknown operator 'foo'");
@@ -90,15 +92,15 @@ static void test_forward_inverse(void **state)
 	layout_free(l);
 }
 
-/* rotary(heads, q): per head, rows from HF's split-half order to the
+/* rope_rows(heads, q): per head, rows from HF's split-half order to the
  * interleaved one (torchtitan's _reverse_permute); the inverse is _permute. */
-static void test_rotary(void **state)
+static void test_rope_rows_inverse(void **state)
 {
 	(void)state;
 	for (size_t i = 0; i < sizeof(bytes); i++)
 		bytes[i] = (uint8_t)(i / 4); /* row r of a [N, 1] F32 tensor holds bytes r r r r */
 	struct cat_tensor q = tensor("q", 8, 1, 0), odd = tensor("q", 6, 1, 0);
-	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"wq\",\"expr\":\"rotary(heads, q)\"}]}";
+	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"wq\",\"expr\":\"rope_rows(heads, q)\"}]}";
 	struct layout *l;
 	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
 	struct model_dims dims = { .heads = 2 };
@@ -127,7 +129,7 @@ static void test_rotary(void **state)
 	assert_int_equal(tset_add(&hf, "q", expr_source(&odd)), 0);
 	struct ckpt_err err = { 0 };
 	assert_true(layout_forward(l, &hf, &dims, &native, NULL, &err) < 0);
-	assert_non_null(strstr(err.msg, "rotary needs rows that split into heads of even size"));
+	assert_non_null(strstr(err.msg, "rope_rows: rows do not split into pairs of half-heads"));
 	tset_destroy(&hf);
 	layout_free(l);
 }
@@ -235,7 +237,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_errors),
 		cmocka_unit_test(test_forward_inverse),
-		cmocka_unit_test(test_rotary),
+		cmocka_unit_test(test_rope_rows_inverse),
 		cmocka_unit_test(test_regress_slice_bound_leak),
 		cmocka_unit_test(test_regress_match_backtracking),
 		cmocka_unit_test(test_regress_huge_layer_number),

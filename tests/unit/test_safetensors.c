@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -189,6 +190,122 @@ static void test_missing_and_extra_keys(void **state)
 	expect_bad("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "x.safetensors: duplicate __metadata__ key 'k'");
 }
 
+/* Hostile headers of the kind that once cost gigabytes: each is refused
+ * where it goes wrong, by a scanner that allocates nothing for values. */
+static void test_hostile_json(void **state)
+{
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[[1]],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: invalid JSON header: nested deeper than 3 levels at byte 37");
+	expect_bad("{\"__metadata__\":{\"k\":{\"x\":[1]}}}", 0,
+		   "x.safetensors: __metadata__ value of 'k' is not a string");
+	expect_bad("{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: invalid JSON header: invalid UTF-8 in a string at byte 11");
+	expect_bad("{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: invalid JSON header: \\u0000 in a string at byte 11");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: tensor 'a': key 'dtype' given twice");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: tensor 'a': shape holds a value that is not a non-negative integer");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 4,
+		   "x.safetensors: tensor 'a': data_offsets is not a list of two non-negative integers");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[]}}", 4,
+		   "x.safetensors: tensor 'a': data_offsets is not a list of two non-negative integers");
+	expect_bad("{\"a\":{\"dtype\":[\"F32\"],\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+		   "x.safetensors: tensor 'a': unknown dtype '(not a string)'");
+	expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},}", 4,
+		   "x.safetensors: invalid JSON header near byte 62");
+}
+
+/* A shape of a million entries is neither stored nor read to its end. */
+static void test_huge_shape(void **state)
+{
+	size_t n = 1000 * 1000;
+	const char *head = "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4],\"shape\":[";
+	size_t hl = strlen(head);
+	char *json = malloc(hl + 2 * n + 3);
+	assert_non_null(json);
+	memcpy(json, head, hl);
+	for (size_t i = 0; i < n; i++)
+		memcpy(json + hl + 2 * i, "1,", 2);
+	strcpy(json + hl + 2 * n - 1, "]}}");
+	expect_bad(json, 4, "x.safetensors: tensor 'a': more than 1024 dimensions, at most 8 supported");
+	/* counted exactly up to 1024 */
+	strcpy(json + hl + 2 * 1024 - 1, "]}}");
+	expect_bad(json, 4, "x.safetensors: tensor 'a': 1024 dimensions, at most 8 supported");
+	free(json);
+}
+
+/* Metadata entries are few in real files; a header of thousands is refused. */
+static void test_many_metadata(void **state)
+{
+	char *json = malloc(4097 * 16 + 64), *p = json;
+	assert_non_null(json);
+	p += sprintf(p, "{\"__metadata__\":{");
+	for (int i = 0; i < 4096; i++)
+		p += sprintf(p, "%s\"k%d\":\"v\"", i ? "," : "", i);
+	strcpy(p, "}}");
+	size_t len;
+	uint8_t *buf = st_build(json, 0, &len);
+	struct st_header h;
+	assert_int_equal(st_parse_header(buf, len, "m", &h, NULL), 0);
+	assert_int_equal(h.nmeta, 4096);
+	st_header_free(&h);
+	free(buf);
+	strcpy(p, ",\"k4096\":\"v\"}}");
+	expect_bad(json, 0, "x.safetensors: __metadata__ has more than 4096 entries");
+	free(json);
+}
+
+/* Names and keys written with escapes mean what they decode to. */
+static void test_escaped_names(void **state)
+{
+	const char *json = "{\"caf\\u00e9\\ud83d\\ude00\":{\"d\\u0074ype\":\"F\\u0033\\u0032\",\"shape\":[1],"
+			   "\"data_offsets\":[0,4]},\"__m\\u0065tadata__\":{\"k\\n\":\"v\\\"\"}}";
+	size_t len;
+	uint8_t *buf = st_build(json, 4, &len);
+	struct st_header h;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(st_parse_header(buf, len, "m.safetensors", &h, &err), 0);
+	assert_int_equal(h.ntensors, 1);
+	assert_string_equal(h.tensors[0].name, "caf\xc3\xa9\xf0\x9f\x98\x80");
+	assert_int_equal(h.tensors[0].dtype, CKPT_F32);
+	assert_int_equal(h.nmeta, 1);
+	assert_string_equal(h.meta[0].key, "k\n");
+	assert_string_equal(h.meta[0].value, "v\"");
+	st_header_free(&h);
+	free(buf);
+}
+
+/* 100,000 tensors: every one back, in offset order, with its own name. */
+static void test_many_tensors(void **state)
+{
+	size_t n = 100000;
+	char *json = malloc(n * 96 + 64), *p = json;
+	assert_non_null(json);
+	p += sprintf(p, "{\"__metadata__\":{\"format\":\"pt\"}");
+	/* written in reverse name order, offsets increasing */
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, ",\"t.%zu.w\":{\"dtype\":\"U8\",\"shape\":[1,1],\"data_offsets\":[%zu,%zu]}", n - 1 - i, i,
+			     i + 1);
+	strcpy(p, "}");
+	size_t len;
+	uint8_t *buf = st_build(json, n, &len);
+	struct st_header h;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(st_parse_header(buf, len, "m.safetensors", &h, &err), 0);
+	assert_int_equal(h.ntensors, n);
+	char want[32];
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(h.tensors[i].begin, i);
+		assert_int_equal(h.tensors[i].ndim, 2);
+		snprintf(want, sizeof(want), "t.%zu.w", n - 1 - i);
+		assert_string_equal(h.tensors[i].name, want);
+	}
+	st_header_free(&h);
+	free(buf);
+	free(json);
+}
+
 /* What st_header_build writes, byte for byte for a small case, and read back
  * by the parser for names and metadata that need every kind of escape. */
 static void test_header_build(void **state)
@@ -268,6 +385,11 @@ int main(void)
 		cmocka_unit_test(test_duplicate_and_names),
 		cmocka_unit_test(test_missing_and_extra_keys),
 		cmocka_unit_test(test_header_build),
+		cmocka_unit_test(test_hostile_json),
+		cmocka_unit_test(test_huge_shape),
+		cmocka_unit_test(test_escaped_names),
+		cmocka_unit_test(test_many_metadata),
+		cmocka_unit_test(test_many_tensors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,6 +97,17 @@ static size_t storage0(struct buf *b, uint64_t count, size_t have)
 
 static const int s23[] = { 2, 3 }, st31[] = { 3, 1 }, s32[] = { 3, 2 }, st13[] = { 1, 3 }, s2[] = { 2 }, st1[] = { 1 };
 
+static int load_cfg(struct buf *b, struct catalog *cat, char **contents, cJSON **config, struct ckpt_err *err)
+{
+	static struct src_file f = { .name = "t.bin", .path = "d/t.bin", .fd = -1 };
+	f.map = b->b;
+	f.size = b->n;
+	memset(cat, 0, sizeof(*cat));
+	cat->dir = "d";
+	memset(err, 0, sizeof(*err));
+	return torch_load_file(cat, &f, contents, config, err);
+}
+
 static int load(struct buf *b, struct catalog *cat, char **contents, struct ckpt_err *err)
 {
 	static struct src_file f = { .name = "t.bin", .path = "d/t.bin", .fd = -1 };
@@ -252,12 +263,68 @@ static void test_lies(void **state)
 	expect_error(&b, "d/t.bin: not a torch checkpoint (neither a zip nor the legacy format)");
 }
 
+/* llama2.c's dict: Meta's names become HF's, wq's rows are marked for the
+ * rotary gather, the tied output is a copy, and config.json comes from model_args. */
+static void test_llama2c(void **state)
+{
+	(void)state;
+	static const int s84[] = { 8, 4 }, st41[] = { 4, 1 }, s44[] = { 4, 4 };
+	struct buf b;
+	header(&b, 1);
+	lit(&b, "\x80\x02}(");
+	str(&b, "model_args");
+	lit(&b, "}(");
+	str(&b, "dim");
+	i32(&b, 4);
+	str(&b, "n_layers");
+	i32(&b, 1);
+	str(&b, "n_heads");
+	i32(&b, 1);
+	str(&b, "vocab_size");
+	i32(&b, 8);
+	str(&b, "norm_eps");
+	lit(&b, "G\x3e\xb0\xc6\xf7\xa0\xb5\xed\x8d"); /* 1e-6 */
+	lit(&b, "u");
+	str(&b, "model");
+	lit(&b, "}(");
+	str(&b, "_orig_mod.tok_embeddings.weight");
+	tensor(&b, "0", 64, 0, 2, s84, st41);
+	str(&b, "_orig_mod.layers.0.attention.wq.weight");
+	tensor(&b, "0", 64, 32, 2, s44, st41);
+	str(&b, "_orig_mod.layers.0.feed_forward.w1.weight");
+	tensor(&b, "0", 64, 48, 2, s44, st41);
+	str(&b, "_orig_mod.output.weight");
+	tensor(&b, "0", 64, 0, 2, s84, st41);
+	lit(&b, "uu.");
+	storage0(&b, 64, 64);
+	struct catalog cat;
+	struct ckpt_err err;
+	char *contents;
+	cJSON *config = NULL;
+	assert_int_equal(load_cfg(&b, &cat, &contents, &config, &err), 0);
+	assert_int_equal(cat.ntensors, 4);
+	assert_int_equal(get(&cat, "model.layers.0.self_attn.q_proj.weight")->rope_heads, 1);
+	assert_int_equal(get(&cat, "model.layers.0.mlp.gate_proj.weight")->rope_heads, 0);
+	assert_true(get(&cat, "lm_head.weight")->hf_dup);
+	assert_false(get(&cat, "model.embed_tokens.weight")->hf_dup);
+	assert_non_null(config);
+	assert_string_equal(cJSON_GetObjectItem(config, "model_type")->valuestring, "llama");
+	assert_int_equal(cJSON_GetObjectItem(config, "intermediate_size")->valueint, 4);
+	assert_int_equal(cJSON_GetObjectItem(config, "vocab_size")->valueint, 8);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(config, "tie_word_embeddings")));
+	assert_true(cJSON_GetObjectItem(config, "rms_norm_eps")->valuedouble == 1e-6);
+	assert_non_null(strstr(contents, "Meta/llama2.c LLaMA naming"));
+	cJSON_Delete(config);
+	release(&cat, contents);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_state_dict),
 		cmocka_unit_test(test_trainer_dict),
 		cmocka_unit_test(test_lies),
+		cmocka_unit_test(test_llama2c),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -88,6 +88,9 @@ static void test_plan_pieces(void **state)
 	vplan_init(&plan);
 	assert_int_equal(vfile_plan(&vf, 0, n, scratch, &plan), (int64_t)n);
 	assert_int_equal(plan.computed, 64);
+	assert_int_equal(plan.sourced, 10 + 32);
+	assert_int_equal(plan.generated, 6 + 1); /* "HEADER", "T" */
+	assert_int_equal(plan.computed + plan.sourced + plan.generated, n);
 	assert_int_equal(plan.n, 5);
 	assert_non_null(plan.p[0].mem);
 	assert_ptr_equal(plan.p[1].file, &src);

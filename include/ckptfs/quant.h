@@ -1,0 +1,20 @@
+/* quant.h -- ggml block quantisation: Q8_0, computed bit for bit as llama.cpp's reference quantiser does.
+ * Q8_0: each block of 32 floats becomes an f16 scale d = max|x| / 127 and 32 int8 roundf(x * (1/d)). */
+#ifndef CKPTFS_QUANT_H
+#define CKPTFS_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define Q8_0_BLOCK 32
+#define Q8_0_BLOCK_BYTES 34
+
+/* Quantise n values (a multiple of 32) into n/32*34 bytes: per block the
+ * f16 scale (little-endian) then 32 int8. Vector code where the CPU has
+ * AVX2, the same bytes as the scalar code (tests/unit/test_gguf.c). */
+void q8_0_quantize(const float *x, uint8_t *out, size_t n);
+
+/* The scalar code alone, for tests. */
+void q8_0_quantize_scalar(const float *x, uint8_t *out, size_t n);
+
+#endif

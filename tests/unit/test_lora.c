@@ -1,0 +1,322 @@
+/* test_lora.c -- adapter_config.json parsing and the low-rank-add expression.
+ * Every hostile config gets its exact message; the op is checked against products worked out by hand and a naive loop. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ckptfs/cast.h"
+#include "ckptfs/expr.h"
+#include "ckptfs/lora.h"
+
+/* ---- adapter_config.json ---- */
+
+static int parse(const char *json, struct lora_config *c, struct ckpt_err *err)
+{
+	memset(err, 0, sizeof(*err));
+	return lora_config_parse(json, strlen(json), "a/adapter_config.json", c, err);
+}
+
+static void test_config_good(void **state)
+{
+	(void)state;
+	struct lora_config c;
+	struct ckpt_err err;
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"bias\": \"none\","
+			       " \"target_modules\": [\"q_proj\"], \"rank_pattern\": {\"layers.1.self_attn.q_proj\": 4},"
+			       " \"alpha_pattern\": {\"down_proj\": 32, \"mlp.down_proj\": 64}, \"modules_to_save\": [\"lm_head\"],"
+			       " \"use_dora\": false, \"layer_replication\": null}  \n",
+			       &c, &err),
+			 0);
+	uint64_t r;
+	double s;
+	lora_config_module(&c, "model.layers.0.self_attn.q_proj", &r, &s);
+	assert_int_equal(r, 8);
+	assert_true(s == 2.0);
+	lora_config_module(&c, "model.layers.1.self_attn.q_proj", &r, &s);
+	assert_int_equal(r, 4);
+	assert_true(s == 4.0);
+	/* a key matches whole dotted components only, the longest key wins */
+	lora_config_module(&c, "model.layers.11.self_attn.q_proj", &r, &s);
+	assert_int_equal(r, 8);
+	lora_config_module(&c, "model.layers.0.mlp.down_proj", &r, &s);
+	assert_true(s == 8.0);
+	lora_config_module(&c, "model.layers.0.mlp.xdown_proj", &r, &s);
+	assert_true(s == 2.0);
+	assert_int_equal(c.nsave, 1);
+	assert_string_equal(c.modules_to_save[0], "lm_head");
+	lora_config_free(&c);
+
+	/* rslora; lora_alpha defaults to 8 as in PEFT */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 16, \"use_rslora\": true, \"fan_in_fan_out\": true}", &c, &err), 0);
+	lora_config_module(&c, "x", &r, &s);
+	assert_true(s == 2.0);
+	assert_true(c.fan_in_fan_out);
+	lora_config_free(&c);
+}
+
+static const struct {
+	const char *json, *msg;
+} bad_configs[] = {
+	{ "[1]", "a/adapter_config.json: not a JSON object" },
+	{ "{\"r\": 8", "a/adapter_config.json: invalid JSON" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8} x", "a/adapter_config.json: invalid JSON: trailing bytes at byte 30" },
+	{ "{\"r\": 8}", "a/adapter_config.json: no peft_type string (not a PEFT adapter config)" },
+	{ "{\"peft_type\": \"IA3\", \"r\": 8}",
+	  "a/adapter_config.json: peft_type 'IA3' is not supported: only LORA adapters merge into weights" },
+	{ "{\"peft_type\": \"PREFIX_TUNING\"}",
+	  "a/adapter_config.json: peft_type 'PREFIX_TUNING' is not supported: only LORA adapters merge into weights" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"use_dora\": true}",
+	  "a/adapter_config.json: use_dora: DoRA adapters are not supported (their magnitude vector rescales W)" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"use_dora\": 1}", "a/adapter_config.json: use_dora is not true or false" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_bias\": true}",
+	  "a/adapter_config.json: lora_bias: adapters that train a bias on lora_B are not supported" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"layer_replication\": [[0, 2]]}",
+	  "a/adapter_config.json: layer_replication is not supported (it adds layers to the base)" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"bias\": \"all\"}",
+	  "a/adapter_config.json: bias 'all' is not supported: only \"none\" (trained biases are not merged)" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"bias\": \"lora_only\"}",
+	  "a/adapter_config.json: bias 'lora_only' is not supported: only \"none\" (trained biases are not merged)" },
+	{ "{\"peft_type\": \"LORA\"}", "a/adapter_config.json: no r (the LoRA rank)" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 0}", "a/adapter_config.json: r is 0: a LoRA rank must be at least 1" },
+	{ "{\"peft_type\": \"LORA\", \"r\": -3}", "a/adapter_config.json: r is not an integer rank 1..65536" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 2.5}", "a/adapter_config.json: r is not an integer rank 1..65536" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 1e300}", "a/adapter_config.json: r is not an integer rank 1..65536" },
+	{ "{\"peft_type\": \"LORA\", \"r\": \"8\"}", "a/adapter_config.json: r is not an integer rank 1..65536" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": \"16\"}", "a/adapter_config.json: lora_alpha is not a number" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"use_rslora\": \"yes\"}", "a/adapter_config.json: use_rslora is not true or false" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"fan_in_fan_out\": 0}",
+	  "a/adapter_config.json: fan_in_fan_out is not true or false" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"rank_pattern\": [4]}",
+	  "a/adapter_config.json: rank_pattern is not an object of module names" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"rank_pattern\": {\"q_proj\": 0}}",
+	  "a/adapter_config.json: rank_pattern['q_proj'] is 0: a LoRA rank must be at least 1" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"rank_pattern\": {\"q_proj\": 70000}}",
+	  "a/adapter_config.json: rank_pattern['q_proj'] is not an integer rank 1..65536" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"rank_pattern\": {\"\": 4}}",
+	  "a/adapter_config.json: rank_pattern has an empty module name" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"alpha_pattern\": {\"q_proj\": null}}",
+	  "a/adapter_config.json: alpha_pattern['q_proj'] is not a number" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": 3}",
+	  "a/adapter_config.json: target_modules is not a string or a list" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"modules_to_save\": \"lm_head\"}",
+	  "a/adapter_config.json: modules_to_save is not a list of module names" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"modules_to_save\": [\"lm_head\", 3]}",
+	  "a/adapter_config.json: modules_to_save holds something other than a module name" },
+};
+
+static void test_config_bad(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad_configs) / sizeof(bad_configs[0]); i++) {
+		struct lora_config c;
+		struct ckpt_err err;
+		int r = parse(bad_configs[i].json, &c, &err);
+		if (r >= 0 || strcmp(err.msg, bad_configs[i].msg) != 0)
+			fail_msg("case %zu %s: got %d '%s', expected '%s'", i, bad_configs[i].json, r, err.msg, bad_configs[i].msg);
+		/* nothing left allocated on failure (ASan's leak check) */
+		assert_null(c.rank_pattern);
+		assert_null(c.modules_to_save);
+	}
+}
+
+/* ---- the low-rank-add expression ---- */
+
+static uint8_t bytes[1 << 16];
+static size_t used;
+static struct src_file file = { .name = "m", .path = "d/m", .fd = -1, .map = bytes, .size = sizeof(bytes) };
+static struct cat_tensor ts[16];
+static size_t nts;
+
+/* A float32 matrix in the fake file (or bf16 when bf16 is set). */
+static struct expr *mat(uint64_t rows, uint64_t cols, const float *v, int bf16)
+{
+	struct cat_tensor *t = &ts[nts++];
+	size_t n = (size_t)(rows * cols), esz = bf16 ? 2 : 4;
+	t->name = "t";
+	t->dtype = bf16 ? CKPT_BF16 : CKPT_F32;
+	t->ndim = 2;
+	t->shape[0] = rows;
+	t->shape[1] = cols;
+	t->file = &file;
+	t->offset = used;
+	t->nbytes = n * esz;
+	for (size_t i = 0; i < n; i++) {
+		if (bf16) {
+			uint16_t h = cast_f32_to_bf16(v[i]);
+			memcpy(bytes + used + 2 * i, &h, 2);
+		} else {
+			memcpy(bytes + used + 4 * i, &v[i], 4);
+		}
+	}
+	used += n * esz;
+	return expr_source(t);
+}
+
+static void read_all_f32(const struct expr *e, float *out)
+{
+	assert_int_equal(e->dtype, CKPT_F32);
+	assert_int_equal(expr_read(e, 0, e->nbytes, out), 0);
+}
+
+static int lora_reset(void **state)
+{
+	(void)state;
+	used = nts = 0;
+	return 0;
+}
+
+static void test_op_by_hand(void **state)
+{
+	(void)state;
+	/* W = [[1,2,3],[4,5,6]], B = [[1],[2]], A = [[1,0,-1]], s = 0.5:
+	 * B@A = [[1,0,-1],[2,0,-2]], W' = [[1.5,2,2.5],[5,5,5]] */
+	const float w[] = { 1, 2, 3, 4, 5, 6 }, b[] = { 1, 2 }, a[] = { 1, 0, -1 };
+	struct expr *e = expr_lora(mat(2, 3, w, 0), mat(2, 1, b, 0), mat(1, 3, a, 0), 0.5f);
+	assert_non_null(e);
+	assert_int_equal(e->op, EXPR_LORA);
+	float out[6];
+	read_all_f32(e, out);
+	const float want[] = { 1.5f, 2, 2.5f, 5, 5, 5 };
+	assert_memory_equal(out, want, sizeof(want));
+	/* a byte range inside a row: bytes 6..14 are the tail of 1.5f, 2, and the head of 2.5f */
+	uint8_t part[8];
+	assert_int_equal(expr_read(e, 6, 8, part), 0);
+	assert_memory_equal(part, (const uint8_t *)want + 6, 8);
+	/* the expression says what it is (and the cache key follows from it) */
+	char text[256];
+	assert_true(expr_format(e, text, sizeof(text)) > 0);
+	assert_string_equal(text, "lora(F32, s=0.5, source(t), source(t), source(t))");
+
+	/* slice of rows, of columns, a transpose, a gather: pushed into the arguments */
+	struct expr *row1 = expr_slice(expr_ref(e), 0, 1, 2);
+	assert_int_equal(row1->op, EXPR_LORA);
+	read_all_f32(row1, out);
+	assert_memory_equal(out, want + 3, 3 * sizeof(float));
+	struct expr *col2 = expr_slice(expr_ref(e), 1, 2, 3);
+	assert_int_equal(col2->op, EXPR_LORA);
+	read_all_f32(col2, out);
+	assert_true(out[0] == 2.5f && out[1] == 5);
+	struct expr *tr = expr_transpose(expr_ref(e));
+	assert_int_equal(tr->op, EXPR_LORA);
+	read_all_f32(tr, out);
+	const float want_t[] = { 1.5f, 5, 2, 5, 2.5f, 5 };
+	assert_memory_equal(out, want_t, sizeof(want_t));
+	const uint64_t idx[] = { 1, 1, 0 };
+	struct expr *g = expr_gather_rows(expr_ref(e), idx, 3);
+	assert_int_equal(g->op, EXPR_LORA);
+	float out9[9];
+	read_all_f32(g, out9);
+	const float want_g[] = { 5, 5, 5, 5, 5, 5, 1.5f, 2, 2.5f };
+	assert_memory_equal(out9, want_g, sizeof(want_g));
+
+	/* stacking a second term: one node, s2 * (B2 @ A2) added before the one rounding */
+	const float b2[] = { 2, 0 }, a2[] = { 1, 1, 1 };
+	struct expr *st = expr_lora(expr_ref(e), mat(2, 1, b2, 0), mat(1, 3, a2, 0), 0.25f);
+	assert_int_equal(st->op, EXPR_LORA);
+	assert_int_equal(st->nargs, 5);
+	read_all_f32(st, out);
+	const float want_st[] = { 2, 2.5f, 3, 5, 5, 5 };
+	assert_memory_equal(out, want_st, sizeof(want_st));
+
+	expr_unref(row1);
+	expr_unref(col2);
+	expr_unref(tr);
+	expr_unref(g);
+	expr_unref(st);
+	expr_unref(e);
+}
+
+static void test_op_rounds_once(void **state)
+{
+	(void)state;
+	/* bf16 W = 1, delta 2^-8 + 2^-17: in bf16 (ulp 2^-7 at 1) 1 + 2^-8
+	 * alone is a tie that rounds to even (1.0); the extra 2^-17 must survive
+	 * the fp32 accumulation and carry the one rounding up to 1 + 2^-7.
+	 * Rounding the delta to bf16 first would lose it. */
+	const float w[] = { 1.0f }, b[] = { 1.0f }, a[] = { 0x1p-8f + 0x1p-17f };
+	struct expr *e = expr_lora(mat(1, 1, w, 1), mat(1, 1, b, 0), mat(1, 1, a, 0), 1.0f);
+	assert_int_equal(e->dtype, CKPT_BF16);
+	uint16_t h;
+	assert_int_equal(expr_read(e, 0, 2, &h), 0);
+	assert_int_equal(h, cast_f32_to_bf16(1.0f + 0x1p-7f));
+	/* cast to fp32: merged in fp32, no bf16 rounding in between */
+	struct expr *f = expr_cast(expr_ref(e), CKPT_F32);
+	assert_int_equal(f->op, EXPR_LORA);
+	float v;
+	assert_int_equal(expr_read(f, 0, 4, &v), 0);
+	assert_true(v == 1.0f + 0x1p-8f + 0x1p-17f);
+	/* expr_cast_values widens the bf16 result itself */
+	struct expr *wv = expr_cast_values(expr_ref(e), CKPT_F32);
+	assert_int_equal(wv->op, EXPR_CAST);
+	assert_int_equal(expr_read(wv, 0, 4, &v), 0);
+	assert_true(v == 1.0f + 0x1p-7f);
+	expr_unref(wv);
+	expr_unref(f);
+	expr_unref(e);
+}
+
+static void test_op_naive(void **state)
+{
+	(void)state;
+	/* a larger product against a naive float64 loop, bounded by the
+	 * fp32 error of an r-term dot product */
+	enum { R = 37, C = 29, K = 5 };
+	static float w[R * C], b[R * K], a[K * C], out[R * C];
+	uint32_t x = 1;
+	for (size_t i = 0; i < R * C; i++)
+		w[i] = (float)((x = x * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+	for (size_t i = 0; i < R * K; i++)
+		b[i] = (float)((x = x * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+	for (size_t i = 0; i < K * C; i++)
+		a[i] = (float)((x = x * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+	struct expr *e = expr_lora(mat(R, C, w, 0), mat(R, K, b, 0), mat(K, C, a, 0), 1.5f);
+	read_all_f32(e, out);
+	for (size_t i = 0; i < R; i++) {
+		for (size_t j = 0; j < C; j++) {
+			double d = 0, mag = 0;
+			for (size_t k = 0; k < K; k++) {
+				d += (double)b[i * K + k] * a[k * C + j];
+				mag += fabs((double)b[i * K + k] * a[k * C + j]);
+			}
+			double ref = w[i * C + j] + 1.5 * d;
+			double tol = (K + 2) * 0x1p-24 * (fabs(w[i * C + j]) + 1.5 * mag);
+			if (fabs(out[i * C + j] - ref) > tol)
+				fail_msg("(%zu, %zu): %.9g, reference %.9g", i, j, (double)out[i * C + j], ref);
+		}
+	}
+	expr_unref(e);
+}
+
+static void test_op_refused(void **state)
+{
+	(void)state;
+	const float z[64] = { 0 };
+	/* shapes that do not agree, a zero rank, a NULL argument: NULL, arguments released */
+	assert_null(expr_lora(mat(2, 3, z, 0), mat(3, 1, z, 0), mat(1, 3, z, 0), 1));
+	assert_null(expr_lora(mat(2, 3, z, 0), mat(2, 1, z, 0), mat(1, 4, z, 0), 1));
+	assert_null(expr_lora(mat(2, 3, z, 0), mat(2, 2, z, 0), mat(1, 3, z, 0), 1));
+	assert_null(expr_lora(mat(2, 3, z, 0), mat(2, 0, z, 0), mat(0, 3, z, 0), 1));
+	assert_null(expr_lora(NULL, mat(2, 1, z, 0), mat(1, 3, z, 0), 1));
+	assert_null(expr_lora(mat(2, 3, z, 0), NULL, mat(1, 3, z, 0), 1));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_config_good),
+		cmocka_unit_test(test_config_bad),
+		cmocka_unit_test_setup(test_op_by_hand, lora_reset),
+		cmocka_unit_test_setup(test_op_rounds_once, lora_reset),
+		cmocka_unit_test_setup(test_op_naive, lora_reset),
+		cmocka_unit_test_setup(test_op_refused, lora_reset),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
