@@ -9,6 +9,9 @@ tests/mount-lora-torch.sh.
     gen_lora_torch.py hostile ADAPTER OUT
         the same, plus an object whose pickle calls os.system: a file that
         runs code when torch.load'ed without weights_only.
+    gen_lora_torch.py model SRC OUT
+        the safetensors model SRC (e.g. one with in-checkpoint LoRA pairs
+        from gen_lora.py pairs) as OUT/pytorch_model.bin + config.json.
     gen_lora_torch.py ckpt OUT --r 4 --alpha 8
         a nanoGPT-LoRA checkpoint (GPT-2, 2 layers): OUT/ckpt.pt holding
         {'model': state dict, 'model_args': {...lora_rank, lora_alpha}},
@@ -36,10 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stlib  # noqa: E402
 
 
-def read_adapter(d):
-    p = os.path.join(d, "adapter_model.safetensors")
+def read_st(p, sd):
     _, ts = stlib.parse_safetensors(p, stlib.read_file(p), False)
-    sd = {}
     for name, t, _, _ in ts:
         if t.dtype == "BF16":
             x = torch.from_numpy(t.arr.astype(np.int16)).view(torch.bfloat16)
@@ -47,6 +48,22 @@ def read_adapter(d):
             x = torch.from_numpy(np.array(t.arr))
         sd[name] = x.reshape(t.shape)
     return sd
+
+
+def read_adapter(d):
+    return read_st(os.path.join(d, "adapter_model.safetensors"), {})
+
+
+def cmd_model(a):
+    sd = {}
+    os.makedirs(a.out, exist_ok=True)
+    for f in sorted(os.listdir(a.src)):
+        p = os.path.join(a.src, f)
+        if f.endswith(".safetensors"):
+            read_st(p, sd)
+        elif f == "config.json":
+            shutil.copy(p, a.out)
+    torch.save(sd, os.path.join(a.out, "pytorch_model.bin"))
 
 
 class RunsCode:
@@ -154,6 +171,9 @@ def main():
         p.add_argument("adapter")
         p.add_argument("out")
         p.add_argument("--legacy", action="store_true")
+    p = sub.add_parser("model")
+    p.add_argument("src")
+    p.add_argument("out")
     p = sub.add_parser("ckpt")
     p.add_argument("out")
     p.add_argument("--r", type=int, default=4)
@@ -166,6 +186,8 @@ def main():
         cmd_bin(a)
     elif a.cmd == "hostile":
         cmd_bin(a, hostile=True)
+    elif a.cmd == "model":
+        cmd_model(a)
     elif a.cmd == "ckpt":
         cmd_ckpt(a)
     else:

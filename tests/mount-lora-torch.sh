@@ -15,6 +15,9 @@
 #              directory, adapter_model.safetensors wins (as in PEFT)
 #   hostile    an adapter_model.bin whose pickle calls os.system: refused,
 #              naming the adapter file; not a torch file: refused too
+#   pairs-bin  a pytorch_model.bin (tiny LLaMA) with X.main_weight.weight +
+#              X.lora_A/B.weight under HF names (q_proj, down_proj,
+#              embed_tokens), against numpy from its safetensors twin
 #   ckpt       nanoGPT-LoRA ckpt.pt (GPT-2, X.main_weight.weight + lora_A/B
 #              on c_attn, c_proj and wte, lora_alpha in model_args): hf/ holds
 #              (W + s*B@A)^T under HF's Conv1D names
@@ -94,6 +97,13 @@ mkdir "$TESTDIR/extra"
 cp "$TESTDIR/bin/"* "$TESTDIR/extra/"
 "$PYTHON" -c 'import sys, torch; torch.save({"x": torch.zeros(2)}, sys.argv[1])' "$TESTDIR/extra/other.pt"
 refused "$TESTDIR/extra" "$TESTDIR/extra: unexpected other.pt beside adapter_model.bin"
+
+note "=== pairs-bin"
+$GEN pairs "$TESTDIR/llama" "$TESTDIR/pairs" --targets q_proj,down_proj --embed model.embed_tokens
+$TGEN model "$TESTDIR/pairs" "$TESTDIR/pairs-bin"
+mount_ckptfs "$TESTDIR/pairs-bin" "$TESTDIR/m"
+check_lora "$TESTDIR/pairs" "$TESTDIR/m" --pairs --tp 2
+umount_ckptfs
 
 note "=== ckpt"
 $TGEN ckpt "$TESTDIR/nanogpt-lora" --r 4 --alpha 8
