@@ -9,7 +9,9 @@
 #   bin        tiny LLaMA + adapter_model.bin (zip, torch >= 1.6) on
 #              q,k,v,o,gate,up,down, r=8, alpha=16, rank/alpha patterns,
 #              modules_to_save lm_head: hf/, tp-2, hf@bf16 against numpy
-#   legacy     the same adapter in torch's legacy format
+#   stacked    plus a second .bin adapter (bf16, rslora, ".default." names,
+#              lora_embedding_A/B on embed_tokens): -o lora=A,lora=B
+#   legacy     the first adapter in torch's legacy format
 #   twin       the same adapter as .safetensors and .bin: identical bytes in
 #              every file of hf/, hf@bf16/ and tp-2/; with both files in the
 #              directory, adapter_model.safetensors wins (as in PEFT)
@@ -60,6 +62,14 @@ cp -r "$TESTDIR/m/hf" "$TESTDIR/m/hf@bf16" "$TESTDIR/m/tp-2" "$TESTDIR/out-bin/"
 umount_ckptfs
 "$CKPTFS" inspect -o "lora=$TESTDIR/bin" "$TESTDIR/llama" | grep -q "^lora: *14 modules merged into every view" ||
     fail "inspect does not count the 14 merged modules of the .bin adapter"
+
+note "=== stacked"
+$GEN adapter "$TESTDIR/llama" "$TESTDIR/st2" --targets q_proj,v_proj --r 4 --alpha 4 --rslora \
+    --dtype BF16 --adapter-name default --seed 7 --embed model.embed_tokens
+$TGEN bin "$TESTDIR/st2" "$TESTDIR/bin2"
+mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/bin,lora=$TESTDIR/bin2"
+check_lora "$TESTDIR/llama" "$TESTDIR/m" --adapter "$TESTDIR/st" --adapter "$TESTDIR/st2" --tp 2
+umount_ckptfs
 
 note "=== legacy"
 mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/legacy"
