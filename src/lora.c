@@ -260,23 +260,23 @@ int lora_adapter_open(const char *dir, struct lora_adapter **out, struct ckpt_er
 	close(dfd);
 	if (!has_cfg)
 		return ckpt_err_set(err, ENOENT, "%s: no %s (not a PEFT adapter directory)", dir, CONFIG_NAME);
-	if (!has_st && has_bin)
-		return ckpt_err_set(err, ENOTSUP,
-				    "%s/%s: PyTorch pickle adapters are not supported yet (the torch reader is not there); "
-				    "save the adapter with safe_serialization=True",
-				    dir, PICKLE_NAME);
-	if (!has_st)
-		return ckpt_err_set(err, ENOENT, "%s: no %s", dir, WEIGHTS_NAME);
+	if (!has_st && !has_bin)
+		return ckpt_err_set(err, ENOENT, "%s: no %s or %s", dir, WEIGHTS_NAME, PICKLE_NAME);
+	/* The catalog's source formats read the tensors: safetensors first, so
+	 * adapter_model.safetensors wins over adapter_model.bin, as in PEFT. */
+	const char *wname = has_st ? WEIGHTS_NAME : PICKLE_NAME;
 	struct lora_adapter *a = calloc(1, sizeof(*a));
 	if (!a)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
 	int r = catalog_open(dir, &a->cat, err);
+	if (r == -ENOENT && !has_st) /* no source format took the .bin */
+		r = ckpt_err_set(err, EINVAL, "%s/%s: not a torch.save file (neither a zip nor the legacy pickle format)", dir,
+				 PICKLE_NAME);
 	if (r < 0)
 		goto out_close;
-	const struct src_file *cf = catalog_file(a->cat, CONFIG_NAME), *wf = catalog_file(a->cat, WEIGHTS_NAME);
+	const struct src_file *cf = catalog_file(a->cat, CONFIG_NAME), *wf = catalog_file(a->cat, wname);
 	if (!cf || !wf) {
-		r = ckpt_err_set(err, EINVAL, "%s: %s or %s is not a regular file of the directory", dir, CONFIG_NAME,
-				 WEIGHTS_NAME);
+		r = ckpt_err_set(err, EINVAL, "%s: %s or %s is not a regular file of the directory", dir, CONFIG_NAME, wname);
 		goto out_close;
 	}
 	a->config_path = strdup(cf->path);
@@ -285,10 +285,11 @@ int lora_adapter_open(const char *dir, struct lora_adapter **out, struct ckpt_er
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", dir);
 		goto out_close;
 	}
-	/* Other *.safetensors files beside it would have joined the tensors. */
+	/* Other weight files beside it (*.safetensors, or *.bin / *.pt for a
+	 * pickle adapter) would have joined the tensors. */
 	for (size_t i = 0; i < a->cat->nshards; i++) {
 		if (a->cat->shards[i] != wf) {
-			r = ckpt_err_set(err, EINVAL, "%s: unexpected %s beside %s", dir, a->cat->shards[i]->name, WEIGHTS_NAME);
+			r = ckpt_err_set(err, EINVAL, "%s: unexpected %s beside %s", dir, a->cat->shards[i]->name, wname);
 			goto out_close;
 		}
 	}

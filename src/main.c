@@ -120,8 +120,9 @@ static void usage(const char *prog)
 	       "    -o cache_shared        use a cache_dir others may write: trust only entries\n"
 	       "                           signed with your key (default: refuse such a dir)\n"
 	       "    -o lora=DIR            merge the PEFT LoRA adapter in DIR (adapter_config.json,\n"
-	       "                           adapter_model.safetensors) into every view; its files\n"
-	       "                           appear in adapter/; repeat to stack adapters in order\n"
+	       "                           adapter_model.safetensors or .bin) into every view;\n"
+	       "                           its files appear in adapter/; repeat to stack adapters\n"
+	       "                           in order\n"
 	       "    -o lora_scale=S        use S as every LoRA scale (default lora_alpha/r, or\n"
 	       "                           lora_alpha/sqrt(r) with use_rslora)\n\n"
 	       "FUSE options:\n",

@@ -16,11 +16,22 @@ struct rule {
 	enum rule_op op;
 };
 
+#define NANOGPT_LORA(m)                                                                                      \
+	{ "transformer.h.%u." m ".main_weight.weight", "transformer.h.%u." m ".main_weight.weight", OP_TRANSPOSE }, \
+		{ "transformer.h.%u." m ".lora_A.weight", "transformer.h.%u." m ".lora_B.weight", OP_TRANSPOSE }, \
+		{ "transformer.h.%u." m ".lora_B.weight", "transformer.h.%u." m ".lora_A.weight", OP_TRANSPOSE }
+
 static const struct rule nanogpt_rules[] = {
 	{ "transformer.h.%u.attn.c_attn.weight", "transformer.h.%u.attn.c_attn.weight", OP_TRANSPOSE },
 	{ "transformer.h.%u.attn.c_proj.weight", "transformer.h.%u.attn.c_proj.weight", OP_TRANSPOSE },
 	{ "transformer.h.%u.mlp.c_fc.weight", "transformer.h.%u.mlp.c_fc.weight", OP_TRANSPOSE },
 	{ "transformer.h.%u.mlp.c_proj.weight", "transformer.h.%u.mlp.c_proj.weight", OP_TRANSPOSE },
+	/* nanoGPT-LoRA's pairs (merged later by lora_pairs_apply): the same
+	 * transpose, and as (W + s*B@A)^T = W^T + s*A^T@B^T, A and B swap roles. */
+	NANOGPT_LORA("attn.c_attn"),
+	NANOGPT_LORA("attn.c_proj"),
+	NANOGPT_LORA("mlp.c_fc"),
+	NANOGPT_LORA("mlp.c_proj"),
 };
 
 static const struct rule llama_rules[] = {
@@ -79,11 +90,36 @@ static const struct cat_tensor *find(const struct catalog *cat, size_t first, co
 	return NULL;
 }
 
+/* nanoGPT-LoRA records lora_rank and lora_alpha in model_args: the scale of
+ * its in-checkpoint pairs (lora_pairs_apply reads config.json's). */
+static void lora_args(const cJSON *args, cJSON *c)
+{
+	double alpha = arg_num(args, "lora_alpha", NAN);
+	int64_t rank = arg_int(args, "lora_rank", 0);
+	if (rank > 0 && !isnan(alpha)) {
+		cJSON_AddNumberToObject(c, "lora_rank", (double)rank);
+		cJSON_AddNumberToObject(c, "lora_alpha", alpha);
+	}
+}
+
+/* `name`, or its nanoGPT-LoRA form X.main_weight.weight for X.weight (an
+ * embedding with a LoRA pair), that lora_pairs_apply merges back into it. */
+static const struct cat_tensor *find_weight(const struct catalog *cat, size_t first, const char *name)
+{
+	const struct cat_tensor *t = find(cat, first, name);
+	size_t l = strlen(name);
+	char alt[512];
+	if (t || l < 7 || strcmp(name + l - 7, ".weight") != 0 || l + 12 >= sizeof(alt))
+		return t;
+	snprintf(alt, sizeof(alt), "%.*s.main_weight.weight", (int)(l - 7), name);
+	return find(cat, first, alt);
+}
+
 static cJSON *gpt2_config(const cJSON *args, const struct catalog *cat, size_t first, struct dims *d)
 {
 	int64_t nl = arg_int(args, "n_layer", 0), nh = arg_int(args, "n_head", 0), ne = arg_int(args, "n_embd", 0);
 	int64_t bs = arg_int(args, "block_size", 0), vs = arg_int(args, "vocab_size", 0);
-	const struct cat_tensor *wte = find(cat, first, "transformer.wte.weight");
+	const struct cat_tensor *wte = find_weight(cat, first, "transformer.wte.weight");
 	if (nl <= 0 || nh <= 0 || ne <= 0 || bs <= 0 || vs <= 0 || !wte)
 		return NULL;
 	d->heads = d->kv_heads = nh;
@@ -101,6 +137,7 @@ static cJSON *gpt2_config(const cJSON *args, const struct catalog *cat, size_t f
 	cJSON_AddNumberToObject(c, "layer_norm_epsilon", 1e-5);
 	cJSON_AddBoolToObject(c, "tie_word_embeddings", true);
 	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name(wte->dtype));
+	lora_args(args, c);
 	return c;
 }
 
@@ -136,6 +173,7 @@ static cJSON *llama_config(const cJSON *args, const struct catalog *cat, size_t 
 	cJSON_AddStringToObject(c, "hidden_act", "silu");
 	cJSON_AddBoolToObject(c, "tie_word_embeddings", tied);
 	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name(emb->dtype));
+	lora_args(args, c);
 	return c;
 }
 
@@ -223,7 +261,7 @@ int trainer_convert(struct catalog *cat, size_t first, const cJSON *args, const 
 	*config = NULL;
 	for (size_t i = 0; i < sizeof(trainers) / sizeof(*trainers); i++) {
 		const struct trainer *tr = &trainers[i];
-		if (!cJSON_GetObjectItemCaseSensitive(args, tr->arg) || !find(cat, first, tr->marker))
+		if (!cJSON_GetObjectItemCaseSensitive(args, tr->arg) || !find_weight(cat, first, tr->marker))
 			continue;
 		struct dims d = { 0 };
 		cJSON *c = tr->config(args, cat, first, &d);

@@ -174,13 +174,14 @@ EDIT_ST='dt, a = t["base_model.model.'$Q'.lora_A.weight"]; t["base_model.model.'
 bad magnitude "adapter_model.safetensors: tensor 'base_model.model.$Q.lora_magnitude_vector': DoRA magnitude vectors are not supported"
 EDIT_ST='dt, a = t["base_model.model.'$Q'.lora_A.weight"]; t["base_model.model.model.norm.weight"] = (dt, a[0])'
 bad stray "adapter_model.safetensors: tensor 'base_model.model.model.norm.weight' is neither a LoRA pair nor one of modules_to_save"
-# An adapter saved as a pickle waits for the torch reader.
+# A .bin adapter goes through the torch reader (tests/mount-lora-torch.sh);
+# one that is not a torch.save file is refused by name.
 mkdir "$TESTDIR/bad-bin"
 cp "$TESTDIR/ad1/adapter_config.json" "$TESTDIR/bad-bin/"
 : >"$TESTDIR/bad-bin/adapter_model.bin"
 err=$("$CKPTFS" inspect -o "lora=$TESTDIR/bad-bin" "$TESTDIR/llama" 2>&1 >/dev/null) && fail "bad bin: accepted"
 case "$err" in
-*"$TESTDIR/bad-bin/adapter_model.bin: PyTorch pickle adapters are not supported yet"*) note "  bin: refused: ${err#ckptfs: }" ;;
+"ckptfs: $TESTDIR/bad-bin/adapter_model.bin: not a torch.save file (neither a zip nor the legacy pickle format)") note "  bin: refused: ${err#ckptfs: }" ;;
 *) fail "bad bin: '$err'" ;;
 esac
 # The daemon refuses before mounting: status 1, the same line, nothing mounted.

@@ -1,7 +1,9 @@
 /* lora.h -- LoRA adapters (PEFT) and in-checkpoint LoRA pairs, merged into a tensor set.
  * Every merged tensor becomes one low-rank-add expression (expr_lora), so every view built on the set shows W' = W + s*B@A.
  *
- * A PEFT adapter directory holds adapter_config.json and adapter_model.safetensors:
+ * A PEFT adapter directory holds adapter_config.json and adapter_model.safetensors,
+ * or adapter_model.bin (torch.save of the same state dict, read by the torch
+ * source; the safetensors file wins when both are there, as in PEFT):
  *   adapter_config.json   peft_type "LORA"; r; lora_alpha (default 8);
  *                         use_rslora (s = alpha/sqrt(r), else alpha/r);
  *                         fan_in_fan_out (the base stores [in, out], GPT-2's
@@ -72,8 +74,8 @@ struct lora_adapter {
 	char *config_path, *weights_path;
 };
 
-/* Open the adapter in directory `dir`. adapter_model.bin is refused (the
- * pickle reader is not there yet). */
+/* Open the adapter in directory `dir`: its tensors through the catalog's
+ * source formats (adapter_model.safetensors, else adapter_model.bin). */
 int lora_adapter_open(const char *dir, struct lora_adapter **out, struct ckpt_err *err);
 void lora_adapter_close(struct lora_adapter *a);
 
