@@ -70,6 +70,7 @@ struct cache {
 	bool writer_running, stop;
 	pthread_cond_t qcv, qidle;
 	struct job *qhead, *qtail;
+	const struct job *qcur; /* the job the writer is storing */
 	unsigned qbusy;
 	uint64_t qbytes; /* chunk bytes waiting for the writer */
 	pthread_mutex_t pool_mu;
@@ -400,16 +401,17 @@ static int write_all(int fd, const void *p, size_t n)
 	return 0;
 }
 
-static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
+/* Store one job; false when it could not be written. */
+static bool disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 {
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
 	uint8_t *buf = malloc(ENTRY_HDR + klen + bound + MAC_LEN);
 	if (!buf)
-		return;
+		return false;
 	size_t zl = ZSTD_compress2(z, buf + ENTRY_HDR + klen, bound, j->data, j->len);
 	if (ZSTD_isError(zl)) {
 		free(buf);
-		return;
+		return false;
 	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
@@ -436,7 +438,7 @@ static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 		if (fd >= 0)
 			unlinkat(c->dirfd, tmp, 0);
 		disk_off(c, "cannot write", -r);
-		return;
+		return false;
 	}
 	pthread_mutex_lock(&c->mu);
 	c->st.disk_written++;
@@ -448,6 +450,7 @@ static void disk_store(struct cache *c, ZSTD_CCtx *z, const struct job *j)
 	pthread_mutex_unlock(&c->mu);
 	if (over)
 		disk_enforce(c, true);
+	return true;
 }
 
 static void *writer_main(void *arg)
@@ -471,21 +474,26 @@ static void *writer_main(void *arg)
 			c->qtail = NULL;
 		c->qbusy++;
 		c->qbytes -= j->len;
+		c->qcur = j;
 		bool on = c->st.disk_enabled && z;
 		pthread_mutex_unlock(&c->mu);
-		if (on)
-			disk_store(c, z, j);
+		bool ok = on && disk_store(c, z, j);
 		if (!sized) {
 			/* Size the directory (other processes' entries included) once,
 			 * here rather than at mount, and after the first entry is safe. */
 			disk_enforce(c, true);
 			sized = true;
 		}
+		pthread_mutex_lock(&c->mu);
+		/* Cleared before the job is freed: disk_queue compares against it. */
+		c->qcur = NULL;
+		if (!ok)
+			c->st.disk_failed++;
+		c->st.disk_pending--;
+		c->qbusy--;
 		free(j->key);
 		free(j->data);
 		free(j);
-		pthread_mutex_lock(&c->mu);
-		c->qbusy--;
 		if (!c->qhead && !c->qbusy)
 			pthread_cond_broadcast(&c->qidle);
 	}
@@ -508,19 +516,26 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 			free(j->data);
 		}
 		free(j);
+		pthread_mutex_lock(&c->mu);
+		c->st.disk_dropped++;
+		pthread_mutex_unlock(&c->mu);
 		return;
 	}
 	memcpy(j->data, data, len);
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
-	bool queued = false;
+	bool queued = c->qcur && c->qcur->chunk == chunk && strcmp(c->qcur->key, key) == 0;
 	for (const struct job *q = c->qhead; q && !queued; q = q->next)
 		queued = q->chunk == chunk && strcmp(q->key, key) == 0;
 	if (queued || c->qbytes + len > CACHE_QUEUE_MAX) {
-		/* Already on its way, or the writer is behind: skip this chunk
-		 * rather than grow memory. */
-		c->st.disk_skipped_by_policy++;
+		/* Already on its way (the same bytes: a recomputation before the
+		 * entry landed), or the writer is behind: skip this chunk rather
+		 * than grow memory. */
+		if (queued)
+			c->st.disk_deduplicated++;
+		else
+			c->st.disk_dropped++;
 		pthread_mutex_unlock(&c->mu);
 		free(j->key);
 		free(j->data);
@@ -539,10 +554,14 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 			free(j->data);
 			free(j);
 			disk_off(c, "no writer thread", EAGAIN);
+			pthread_mutex_lock(&c->mu);
+			c->st.disk_failed++;
+			pthread_mutex_unlock(&c->mu);
 			return;
 		}
 	}
 	c->qbytes += len;
+	c->st.disk_pending++;
 	if (c->qtail)
 		c->qtail->next = j;
 	else

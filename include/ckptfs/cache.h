@@ -58,7 +58,15 @@ struct cache_tier_stats {
 struct cache_stats {
 	struct cache_tier_stats mem, disk;
 	uint64_t computed_chunks, computed_bytes;
-	uint64_t disk_written, disk_skipped_by_policy, disk_bad_entries;
+	/* Every chunk computed while the disk tier is on ends in exactly one of
+	 * these once the writer is idle: written; skipped by the policy; a
+	 * duplicate of one already queued or being written (mem_cache=0 or an
+	 * evicted chunk recomputed before its entry landed); dropped because
+	 * the queue was full or out of memory; failed (the write erred, or the
+	 * tier went off while it waited). */
+	uint64_t disk_written, disk_skipped_by_policy, disk_deduplicated, disk_dropped, disk_failed;
+	uint64_t disk_bad_entries;
+	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
