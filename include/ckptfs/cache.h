@@ -8,7 +8,10 @@
  * Disk tier (optional): one file per chunk named by a 128-bit hash of the
  * key and index, holding
  *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes,
- *   one zstd frame with its content checksum
+ *   one zstd frame with its content checksum (at the configured level,
+ *   or with raw literals when that level would save less than a quarter
+ *   of the chunk: such a frame decodes several times slower than one
+ *   with raw literals, often slower than recomputing the chunk)
  * written by a worker thread to a temp file and renamed, so a crash never
  * leaves a half entry under a final name. An entry whose header, key,
  * size or checksum does not match is deleted and recomputed. The directory
@@ -25,7 +28,8 @@
  * an entry is read only if it is a regular file of the user (opened
  * O_NOFOLLOW|O_NONBLOCK); anything else at its name is a bad entry.
  * Policy: a chunk goes to disk only when computing it took longer than
- * reading it back is expected to take (measured decompression rate); the
+ * reading it back is expected to take (decompression rate measured on
+ * this machine, then on real hits); no expression is kept regardless; the
  * caller is told (cache_verdict) so it can stop routing a cheap expression
  * through the cache at all: the kernel page cache already keeps its pages.
  */
