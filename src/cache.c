@@ -887,7 +887,13 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 				c->st.decompress_mbps = m;
 		}
 		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
-		bool dear = (double)dt > readback_ns;
+		/* Stored unless computing is clearly cheaper (twice as fast) than
+		 * reading back: the estimate is a prior until hits refine it, and
+		 * the two errors differ. A chunk stored needlessly costs the writer
+		 * some CPU and its hits correct the estimate; a tensor judged cheap
+		 * bypasses the cache for the rest of the mount (LoRA merges compute
+		 * at about the prior's rate and were judged cheap half the time). */
+		bool dear = (double)dt * 2 > readback_ns;
 		/* policy=always keeps every chunk, so nothing is cheap then. */
 		if (verdict)
 			*verdict = dear || c->o.disk_always ? CACHE_DEAR : CACHE_CHEAP;
@@ -934,8 +940,8 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 
 /* ---- life cycle ---- */
 
-/* Decoding speed of this machine for chunk-sized frames: the policy's prior
- * until real hits refine it. */
+/* Decoding speed of this machine for chunk-sized entries: the policy's
+ * prior until real hits refine it. */
 static double measure_decompress(int level, size_t chunk)
 {
 	uint8_t *raw = malloc(chunk), *z = malloc(ZSTD_compressBound(chunk)), *back = malloc(chunk);

@@ -27,9 +27,9 @@
  * nobody without the secret can make an entry the mount accepts. Either way
  * an entry is read only if it is a regular file of the user (opened
  * O_NOFOLLOW|O_NONBLOCK); anything else at its name is a bad entry.
- * Policy: a chunk goes to disk only when computing it took longer than
- * reading it back is expected to take (decompression rate measured on
- * this machine, then on real hits); no expression is kept regardless; the
+ * Policy: a chunk goes to disk unless computing it took less than half of
+ * what reading it back is expected to take (CPU time of the thread, the
+ * decompression rate measured on this machine, then on real hits); the
  * caller is told (cache_verdict) so it can stop routing a cheap expression
  * through the cache at all: the kernel page cache already keeps its pages.
  */
