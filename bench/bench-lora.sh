@@ -28,8 +28,9 @@
 #     read through a fresh mount and the daemon's peak RssAnon sampled
 #     during the read; runs paired A B A B, the median ratio reported.
 #     Targets: <= 1/3 of the script's time, <= 1/10 of its peak memory.
-#  4. the disk cache: a mount with a fresh -o cache_dir (default policy,
-#     which keeps every merged chunk: expr_keep_on_disk)
+#  4. the disk cache: a mount with a fresh -o cache_dir (default policy:
+#     a merged chunk is kept when computing it took longer than reading it
+#     back is measured to take)
 #     reads hf@bf16/; after unmounting, a second mount reads it again
 #     from the disk tier. Target: the second >= 2x the first.
 set -u

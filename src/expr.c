@@ -493,16 +493,6 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 	}
 }
 
-bool expr_keep_on_disk(const struct expr *e)
-{
-	if (e->op == EXPR_LORA)
-		return true;
-	for (size_t i = 0; i < e->nargs; i++)
-		if (expr_keep_on_disk(e->args[i]))
-			return true;
-	return false;
-}
-
 const uint8_t *expr_direct(const struct expr *e)
 {
 	if (e->nbytes == 0)

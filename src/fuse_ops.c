@@ -65,6 +65,7 @@ static void fill_stat(const struct ckptfs_fs *fs, struct vnode *n, struct stat *
 
 /* A snapshot of the statistics, made at open so one read sees one state. */
 struct stats_buf {
+	struct stats_buf *prev, *next; /* fs->stats_open */
 	size_t len;
 	char text[];
 };
@@ -111,6 +112,10 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddBoolToObject(disk, "enabled", cs.disk_enabled);
 		cJSON_AddNumberToObject(disk, "written", (double)cs.disk_written);
 		cJSON_AddNumberToObject(disk, "skipped_by_policy", (double)cs.disk_skipped_by_policy);
+		cJSON_AddNumberToObject(disk, "deduplicated", (double)cs.disk_deduplicated);
+		cJSON_AddNumberToObject(disk, "dropped", (double)cs.disk_dropped);
+		cJSON_AddNumberToObject(disk, "failed", (double)cs.disk_failed);
+		cJSON_AddNumberToObject(disk, "pending", (double)cs.disk_pending);
 		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
@@ -123,7 +128,7 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	char *text = cJSON_Print(j);
 	cJSON_Delete(j);
 	size_t len = text ? strlen(text) : 0;
-	struct stats_buf *b = text ? malloc(sizeof(*b) + len + 1) : NULL;
+	struct stats_buf *b = text ? calloc(1, sizeof(*b) + len + 1) : NULL;
 	if (b) {
 		memcpy(b->text, text, len);
 		b->text[len] = '\n';
@@ -133,9 +138,35 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	return b;
 }
 
+static void stats_hold(struct ckptfs_fs *fs, struct stats_buf *b)
+{
+	pthread_mutex_lock(&fs->stats_mu);
+	b->prev = NULL;
+	b->next = fs->stats_open;
+	if (b->next)
+		b->next->prev = b;
+	fs->stats_open = b;
+	pthread_mutex_unlock(&fs->stats_mu);
+}
+
+static void stats_drop(struct ckptfs_fs *fs, struct stats_buf *b)
+{
+	pthread_mutex_lock(&fs->stats_mu);
+	if (b->prev)
+		b->prev->next = b->next;
+	else
+		fs->stats_open = b->next;
+	if (b->next)
+		b->next->prev = b->prev;
+	pthread_mutex_unlock(&fs->stats_mu);
+	free(b);
+}
+
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct ckptfs_fs *fs = userdata;
+	pthread_mutex_init(&fs->stats_mu, NULL);
+	fs->stats_open = NULL;
 	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 	else
@@ -207,6 +238,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
+		stats_hold(fs, b);
 		fi->fh = (uint64_t)(uintptr_t)b;
 		fi->direct_io = 1;
 		fuse_reply_open(req, fi);
@@ -218,8 +250,21 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	free((void *)(uintptr_t)fi->fh);
+	if (fi->fh)
+		stats_drop(fs_of(req), (struct stats_buf *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
+}
+
+/* The session ends: no RELEASE comes for what is still open. */
+static void ll_destroy(void *userdata)
+{
+	struct ckptfs_fs *fs = userdata;
+	for (struct stats_buf *b = fs->stats_open, *next; b; b = next) {
+		next = b->next;
+		free(b);
+	}
+	fs->stats_open = NULL;
+	pthread_mutex_destroy(&fs->stats_mu);
 }
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -554,6 +599,7 @@ static void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 
 const struct fuse_lowlevel_ops ckptfs_ll_ops = {
 	.init = ll_init,
+	.destroy = ll_destroy,
 	.lookup = ll_lookup,
 	.getattr = ll_getattr,
 	.open = ll_open,

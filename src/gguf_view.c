@@ -388,7 +388,9 @@ static int add_metadata(const struct gguf_view *g, struct gguf_kv *kv, uint32_t 
 		r = read_small(cat, "tokenizer_config.json", GGUF_VOCAB_MAX_BYTES, &tcfg, &cl, err);
 	if (r == 0) {
 		const struct src_file *tf = catalog_file(cat, "tokenizer.json");
-		r = gguf_vocab_add(kv, tok, tl, tcfg, cl, cat->config, n_vocab, a, tf ? tf->path : "tokenizer.json", err);
+		const struct src_file *cf = catalog_file(cat, "tokenizer_config.json");
+		r = gguf_vocab_add(kv, tok, tl, tcfg, cl, cat->config, n_vocab, a, tf ? tf->path : "tokenizer.json",
+				   cf ? cf->path : "tokenizer_config.json", err);
 	}
 	free(tok);
 	free(tcfg);

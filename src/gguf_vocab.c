@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/jsonscan.h"
+
 /* llama.cpp's token types (llama_token_type). */
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
@@ -157,7 +159,8 @@ static const char *pre_name(const cJSON *root, const char *arch)
 }
 
 int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const char *cfg, size_t cfg_len,
-		   const cJSON *config, uint64_t n_vocab, const char *arch, const char *path, struct ckpt_err *err)
+		   const cJSON *config, uint64_t n_vocab, const char *arch, const char *path, const char *cfg_path,
+		   struct ckpt_err *err)
 {
 	if (!tok) {
 		gguf_kv_str(kv, "tokenizer.ggml.model", "none");
@@ -169,17 +172,30 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 	if (n_vocab == 0 || n_vocab > VOCAB_MAX)
 		return ckpt_err_set(err, EINVAL, "%s: a vocabulary of %llu tokens is not supported", path,
 				    (unsigned long long)n_vocab);
+	if (cfg && cfg_len > GGUF_VOCAB_MAX_BYTES)
+		return ckpt_err_set(err, EFBIG, "%s: %zu bytes, more than the %u a tokenizer config may have", cfg_path,
+				    cfg_len, GGUF_VOCAB_MAX_BYTES);
+	struct json_limits tlim = { .max_depth = GGUF_VOCAB_DEPTH,
+				    .max_values = GGUF_VOCAB_VALUES_BASE + (size_t)n_vocab * GGUF_VOCAB_VALUES_PER_TOKEN };
+	/* as config.json (catalog.c): 65536 values plus one per 32 bytes */
+	struct json_limits clim = { .max_depth = GGUF_VOCAB_DEPTH, .max_values = 65536 + cfg_len / 32 };
+	char what[64];
+	snprintf(what, sizeof(what), "tokenizer for %llu tokens", (unsigned long long)n_vocab);
+	int r = json_check(tok, tok_len, &tlim, path, what, err);
+	if (r == 0 && cfg)
+		r = json_check(cfg, cfg_len, &clim, cfg_path, "tokenizer config", err);
+	if (r < 0)
+		return r;
 	struct vocab v = { .n = n_vocab, .path = path, .err = err };
 	cJSON *root = cJSON_ParseWithLength(tok, tok_len);
-	cJSON *tcfg = cfg && cfg_len <= GGUF_VOCAB_MAX_BYTES ? cJSON_ParseWithLength(cfg, cfg_len) : NULL;
+	cJSON *tcfg = cfg ? cJSON_ParseWithLength(cfg, cfg_len) : NULL;
 	char *merge = NULL;
-	int r = 0;
 	const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
 	const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
 	const cJSON *vmap = cJSON_GetObjectItemCaseSensitive(model, "vocab");
 	const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-	if (!root) {
-		r = ckpt_err_set(err, EINVAL, "%s: invalid JSON", path);
+	if (!root || (cfg && !tcfg)) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", root ? cfg_path : path);
 		goto out;
 	}
 	if (cJSON_IsString(type) && strcmp(type->valuestring, "BPE") != 0) {

@@ -471,3 +471,24 @@ int json_number_u64(const struct json_token *tok, uint64_t *v)
 	*v = x;
 	return 0;
 }
+
+int json_check(const char *buf, size_t len, const struct json_limits *lim, const char *path, const char *what,
+	       struct ckpt_err *err)
+{
+	struct json_scanner js;
+	char why[96];
+	if (json_prescan(buf, len, lim, &js, NULL) == 0)
+		return 0;
+	switch (js.problem) {
+	case JSON_SYNTAX:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON near byte %zu", path, js.problem_at);
+	case JSON_TRAILING:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", path, js.problem_at);
+	case JSON_TOO_MANY_VALUES:
+		return ckpt_err_set(err, EINVAL, "%s: more than %zu JSON values in %zu bytes (byte %zu): not a plausible %s",
+				    path, lim->max_values, len, js.problem_at, what);
+	default:
+		return ckpt_err_set(err, EINVAL, "%s: invalid JSON: %s at byte %zu", path,
+				    json_scan_problem(&js, why, sizeof(why)), js.problem_at);
+	}
+}

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ckptfs/expr.h"
+#include "ckptfs/jsonscan.h"
 
 #define CONFIG_NAME "adapter_config.json"
 #define WEIGHTS_NAME "adapter_model.safetensors"
@@ -19,6 +20,13 @@
 #define PREFIX "base_model.model."
 /* An adapter config is a few KiB; the bound keeps a hostile one small. */
 #define CONFIG_MAX (1u << 20)
+/* cJSON spends 64-80 bytes per value, whatever its text: the config is
+ * pre-scanned with config.json's bounds (catalog.c) so that the tree stays
+ * within a few times the file: a real adapter config nests 3 deep and has
+ * a few hundred values, a rank_pattern over every layer some thousands. */
+#define CONFIG_DEPTH 16
+#define CONFIG_VALUES 65536
+#define CONFIG_BYTES_PER_VALUE 32
 
 /* ---- adapter_config.json ---- */
 
@@ -168,18 +176,14 @@ static int parse_config(const cJSON *root, const char *path, struct lora_config 
 int lora_config_parse(const char *text, size_t len, const char *path, struct lora_config *out, struct ckpt_err *err)
 {
 	memset(out, 0, sizeof(*out));
-	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	struct json_limits lim = { .max_depth = CONFIG_DEPTH, .max_values = CONFIG_VALUES + len / CONFIG_BYTES_PER_VALUE };
+	int r = json_check(text, len, &lim, path, "adapter config", err);
+	if (r < 0)
+		return r;
+	cJSON *root = cJSON_ParseWithLength(text, len);
 	if (!root)
-		return ckpt_err_set(err, EINVAL, "%s: invalid JSON", path);
-	for (const char *p = end; p && p < text + len; p++) {
-		if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-			cJSON_Delete(root);
-			return ckpt_err_set(err, EINVAL, "%s: invalid JSON: trailing bytes at byte %zu", path,
-					    (size_t)(p - text));
-		}
-	}
-	int r = parse_config(root, path, out, err);
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
+	r = parse_config(root, path, out, err);
 	cJSON_Delete(root);
 	if (r < 0)
 		lora_config_free(out);

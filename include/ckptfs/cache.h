@@ -8,7 +8,10 @@
  * Disk tier (optional): one file per chunk named by a 128-bit hash of the
  * key and index, holding
  *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes,
- *   one zstd frame with its content checksum
+ *   one zstd frame with its content checksum (at the configured level,
+ *   or with raw literals when that level would save less than a quarter
+ *   of the chunk: such a frame decodes several times slower than one
+ *   with raw literals, often slower than recomputing the chunk)
  * written by a worker thread to a temp file and renamed, so a crash never
  * leaves a half entry under a final name. An entry whose header, key,
  * size or checksum does not match is deleted and recomputed. The directory
@@ -24,8 +27,9 @@
  * nobody without the secret can make an entry the mount accepts. Either way
  * an entry is read only if it is a regular file of the user (opened
  * O_NOFOLLOW|O_NONBLOCK); anything else at its name is a bad entry.
- * Policy: a chunk goes to disk only when computing it took longer than
- * reading it back is expected to take (measured decompression rate); the
+ * Policy: a chunk goes to disk unless computing it took less than half of
+ * what reading it back is expected to take (CPU time of the thread, the
+ * decompression rate measured on this machine, then on real hits); the
  * caller is told (cache_verdict) so it can stop routing a cheap expression
  * through the cache at all: the kernel page cache already keeps its pages.
  */
@@ -58,7 +62,15 @@ struct cache_tier_stats {
 struct cache_stats {
 	struct cache_tier_stats mem, disk;
 	uint64_t computed_chunks, computed_bytes;
-	uint64_t disk_written, disk_skipped_by_policy, disk_bad_entries;
+	/* Every chunk computed while the disk tier is on ends in exactly one of
+	 * these once the writer is idle: written; skipped by the policy; a
+	 * duplicate of one already queued or being written (mem_cache=0 or an
+	 * evicted chunk recomputed before its entry landed); dropped because
+	 * the queue was full or out of memory; failed (the write erred, or the
+	 * tier went off while it waited). */
+	uint64_t disk_written, disk_skipped_by_policy, disk_deduplicated, disk_dropped, disk_failed;
+	uint64_t disk_bad_entries;
+	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */

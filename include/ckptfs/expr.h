@@ -112,11 +112,6 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 /* Fill dst with output bytes [off, off+len). Returns 0 or a negative errno. */
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst);
 
-/* True when e holds an operator whose result the cache should keep on disk
- * whatever one chunk's timing says (a LoRA merge: its cost grows with the
- * rank and competes with the reader for the CPU). */
-bool expr_keep_on_disk(const struct expr *e);
-
 /* If all of e's bytes sit contiguously in one mapped source file, a pointer
  * to them; else NULL. */
 const uint8_t *expr_direct(const struct expr *e);

@@ -3,6 +3,7 @@
 #ifndef CKPTFS_FUSE_OPS_H
 #define CKPTFS_FUSE_OPS_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -24,6 +25,11 @@ struct ckptfs_fs {
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;
+	/* Snapshots of .ckptfs/stats still open: a file open at unmount never
+	 * gets its RELEASE, so the session's destroy frees what is left.
+	 * Set up by the session's init (zeroed before). */
+	pthread_mutex_t stats_mu;
+	struct stats_buf *stats_open;
 };
 
 extern const struct fuse_lowlevel_ops ckptfs_ll_ops;

@@ -29,14 +29,23 @@ struct cJSON;
 
 /* Largest tokenizer.json accepted (Llama 3's is 9 MB, Gemma's 34 MB). */
 #define GGUF_VOCAB_MAX_BYTES (64u << 20)
+#define GGUF_VOCAB_VALUES_BASE 65536u
+#define GGUF_VOCAB_VALUES_PER_TOKEN 16u
+#define GGUF_VOCAB_DEPTH 32u
 
 /* Add the tokenizer metadata for a model of n_vocab embedding rows.
  * tok/tok_len: tokenizer.json (NULL: model "none"); cfg/cfg_len:
  * tokenizer_config.json (may be NULL); config: config.json (for
  * bos/eos_token_id when tokenizer_config.json does not name them; may be
- * NULL); arch: the GGUF architecture ("gpt2" picks pre "gpt-2"); path names
- * tokenizer.json in messages. Returns 0 or a negative errno with err set. */
+ * NULL); arch: the GGUF architecture ("gpt2" picks pre "gpt-2"); path and
+ * cfg_path name the two files in messages. Both are pre-scanned before
+ * cJSON builds a tree (64-80 bytes per value): tokenizer.json may hold
+ * GGUF_VOCAB_VALUES_PER_TOKEN values per embedding row (a vocabulary entry,
+ * a merge as [left, right], an added token's few members) plus
+ * GGUF_VOCAB_VALUES_BASE; tokenizer_config.json, config.json's bound.
+ * Returns 0 or a negative errno with err set. */
 int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const char *cfg, size_t cfg_len,
-		   const struct cJSON *config, uint64_t n_vocab, const char *arch, const char *path, struct ckpt_err *err);
+		   const struct cJSON *config, uint64_t n_vocab, const char *arch, const char *path,
+		   const char *cfg_path, struct ckpt_err *err);
 
 #endif

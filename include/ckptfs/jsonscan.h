@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ckptfs/error.h"
+
 #define JSON_DEPTH_MAX 64
 
 struct json_limits {
@@ -109,6 +111,13 @@ struct json_stats {
  * json_scan_problem and problem_at). */
 int json_prescan(const char *buf, size_t len, const struct json_limits *lim, struct json_scanner *js,
 		 struct json_stats *st);
+
+/* json_prescan() for a parser about to hand a file to cJSON: 0, or
+ * -EINVAL with a message naming path and where it stopped ("PATH: invalid
+ * JSON near byte N", "PATH: more than N JSON values in L bytes (byte B):
+ * not a plausible WHAT", "PATH: invalid JSON: PROBLEM at byte B"). */
+int json_check(const char *buf, size_t len, const struct json_limits *lim, const char *path, const char *what,
+	       struct ckpt_err *err);
 
 /* A key or string token decoded to UTF-8 into out, which must hold
  * tok->len + 1 bytes (decoding never grows a string); returns its length. */

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -56,6 +57,11 @@ static struct cat_tensor ta = { .name = "a", .dtype = CKPT_BF16, .ndim = 2, .sha
 /* b: bf16 [1024,1024] at 1 MiB, 2 MiB; its transpose is the slow expression of the thread test. */
 static struct cat_tensor tb = { .name = "b", .dtype = CKPT_BF16, .ndim = 2, .shape = { 1024, 1024 },
 				.file = &srcf, .offset = 1u << 20, .nbytes = 2u << 20 };
+/* r: bytes 0..127 at random at 3.5 MiB, 64 KiB: Huffman coding (level 1)
+ * saves an eighth of them, no match finder anything. */
+#define R_OFF (7u << 19)
+static struct cat_tensor tr = { .name = "r", .dtype = CKPT_U8, .ndim = 1, .shape = { 65536 },
+				.file = &srcf, .offset = R_OFF, .nbytes = 65536 };
 /* s: bf16 [6,5], 60 bytes, for every-range checks. */
 static struct cat_tensor ts = { .name = "s", .dtype = CKPT_BF16, .ndim = 2, .shape = { 6, 5 },
 				.file = &srcf, .offset = 40000, .nbytes = 60 };
@@ -71,6 +77,10 @@ static void fill_sources(void)
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		/* bf16-like: a random low byte, a narrow exponent (compressible, no NaNs) */
 		src_bytes[i] = (uint8_t)(i & 1 ? 0x3c + (x & 3) : x);
+	}
+	for (size_t i = R_OFF; i < R_OFF + 65536; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		src_bytes[i] = (uint8_t)(x & 0x7f);
 	}
 }
 
@@ -866,6 +876,106 @@ static void copy_file(const char *from, const char *to)
 	free(b);
 }
 
+/* mem_cache=0 with policy=always: a chunk read again before its entry
+ * lands is recomputed, and that copy is a duplicate of the queued one, not
+ * a policy skip. Once the writer is idle every computed chunk is written
+ * or counted as such a duplicate. */
+static void test_disk_accounting(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	struct cache *c = open_cache(CH, 0, dir, 1u << 30, true);
+	uint8_t *got = malloc(CH);
+	assert_non_null(got);
+	/* The same chunk again and again: the first copy is still on its way
+	 * for the next few reads, which compute it again. */
+	for (int i = 0; i < 200; i++) {
+		assert_int_equal(cache_read(c, e, key, 0, CH, got, NULL), 0);
+		assert_memory_equal(got, want, CH);
+	}
+	read_all_check(c, e, key, want, 5000);
+	cache_flush(c);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk_pending, 0);
+	assert_int_equal(s.disk_skipped_by_policy, 0);
+	assert_int_equal(s.disk_dropped, 0);
+	assert_int_equal(s.disk_failed, 0);
+	assert_true(s.disk_written >= BIG_CHUNKS);
+	assert_int_equal(s.disk_written + s.disk_deduplicated, s.computed_chunks);
+	print_message("  200 reads of chunk 0, then all: computed %" PRIu64 ", written %" PRIu64
+		      ", deduplicated %" PRIu64 "\n", s.computed_chunks, s.disk_written, s.disk_deduplicated);
+	cache_close(c);
+	free(got);
+	free(key);
+	free(want);
+	expr_unref(e);
+	rm_rf(dir);
+	free(dir);
+}
+
+/* An entry is worth compressing only if reading it back stays cheap: a
+ * chunk that level 1 shrinks by less than a quarter (bytes 0..127: by an
+ * eighth, all Huffman-coded literals, slow to decode) is stored with raw
+ * literals, while one that compresses well (a bf16->f32 cast: half zeros)
+ * keeps the configured level. Both read back right. */
+static void test_disk_raw_literals(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
+	assert_non_null(er);
+	uint8_t *wr = expected(er), *wa = expected(ea);
+	char *kr = cache_key(er), *ka = cache_key(ea);
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, er, kr, wr, 5000);
+	read_all_check(c, ea, ka, wa, 5000);
+	cache_flush(c);
+	cache_close(c);
+	uint8_t z[2 * CH];
+	for (uint64_t k = 0; k < er->nbytes / CH; k++) {
+		char path[4200];
+		entry_file(dir, kr, k, path, sizeof(path));
+		check_entry(path, kr, k, wr + k * CH, CH);
+		size_t n, l1 = ZSTD_compress(z, sizeof(z), wr + k * CH, CH, 1);
+		uint8_t *b = slurp(path, &n);
+		assert_non_null(b);
+		size_t flen = n - HDR - strlen(kr);
+		if (!(l1 < CH / 8 * 7 + 64 && flen >= CH))
+			fail_msg("chunk %ju of r: level 1 gives %zu bytes, the entry's frame is %zu (raw: %u)", (uintmax_t)k,
+				 l1, flen, CH);
+		free(b);
+	}
+	for (uint64_t k = 0; k < BIG_CHUNKS - 1; k++) {
+		char path[4200];
+		size_t n;
+		entry_file(dir, ka, k, path, sizeof(path));
+		check_entry(path, ka, k, wa + k * CH, CH);
+		uint8_t *b = slurp(path, &n);
+		assert_non_null(b);
+		assert_true(n - HDR - strlen(ka) < CH / 4 * 3);
+		free(b);
+	}
+	/* and a fresh cache reads both from disk, computing nothing */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	read_all_check(c, er, kr, wr, 4096);
+	read_all_check(c, ea, ka, wa, 4096);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.computed_chunks, 0);
+	assert_int_equal(s.disk_bad_entries, 0);
+	cache_close(c);
+	free(kr);
+	free(ka);
+	free(wr);
+	free(wa);
+	expr_unref(er);
+	expr_unref(ea);
+	rm_rf(dir);
+	free(dir);
+}
+
 /* Damaged entries are detected, deleted and recomputed; the reader always gets the right bytes. */
 static void test_disk_corrupt(void **state)
 {
@@ -1617,6 +1727,8 @@ int main(void)
 		cmocka_unit_test_setup(test_enforce_counts, setup),
 		cmocka_unit_test_setup(test_shared, setup),
 		cmocka_unit_test_setup(test_mac_vectors, setup),
+		cmocka_unit_test_setup(test_disk_accounting, setup),
+		cmocka_unit_test_setup(test_disk_raw_literals, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

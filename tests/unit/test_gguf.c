@@ -272,7 +272,7 @@ static int vocab(const char *tok, const char *cfg, uint64_t n, struct gguf_kv *k
 	gguf_kv_init(kv);
 	memset(err, 0, sizeof(*err));
 	return gguf_vocab_add(kv, tok, tok ? strlen(tok) : 0, cfg, cfg ? strlen(cfg) : 0, NULL, n, "llama",
-			      "d/tokenizer.json", err);
+			      "d/tokenizer.json", "d/tokenizer_config.json", err);
 }
 
 #define SPM_TOK                                                                                                   \
@@ -334,7 +334,11 @@ static void test_vocab_hostile(void **state)
 	static const struct {
 		const char *tok, *msg;
 	} cases[] = {
-		{ "{\"model\":", "d/tokenizer.json: invalid JSON" },
+		{ "{\"model\":", "d/tokenizer.json: invalid JSON near byte 8" },
+		{ "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}} x",
+		  "d/tokenizer.json: invalid JSON: trailing bytes at byte 48" },
+		{ "{\"model\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+		  "d/tokenizer.json: invalid JSON: nested deeper than 32 levels at byte 40" },
 		{ "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":9},\"merges\":[]}}",
 		  "d/tokenizer.json: token 'a' has id 9, not an integer below the model's 8 embeddings" },
 		{ "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}}",
@@ -359,6 +363,31 @@ static void test_vocab_hostile(void **state)
 		if (r != -EINVAL || strcmp(err.msg, cases[i].msg) != 0)
 			fail_msg("case %zu: %d '%s', expected '%s'", i, r, err.msg, cases[i].msg);
 		gguf_kv_free(&kv);
+	}
+	/* tokenizer_config.json is scanned too, and named in the message. */
+	assert_int_equal(vocab(SPM_TOK, "{\"bos_token\": \"<s>\",}", 8, &kv, &err), -EINVAL);
+	assert_string_equal(err.msg, "d/tokenizer_config.json: invalid JSON near byte 20");
+	gguf_kv_free(&kv);
+	/* A long list of merges costs a cJSON value each (64-80 bytes): more
+	 * than 65536 + 16 per token of the model's 8 is refused by the
+	 * pre-scan, before any tree is built. */
+	{
+		const size_t n = 70000;
+		static const char head[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[";
+		char *t = malloc(sizeof(head) + 2 * n + 8);
+		assert_non_null(t);
+		size_t len = sizeof(head) - 1;
+		memcpy(t, head, len);
+		for (size_t i = 0; i < n; i++)
+			t[len++] = '0', t[len++] = ',';
+		memcpy(t + len - 1, "]}}", 4);
+		/* values: the two objects, type, vocab, merges: 5; the 65664 + 1st
+		 * is the 65660th zero, at byte 44 + 2 * 65659 */
+		assert_int_equal(vocab(t, NULL, 8, &kv, &err), -EINVAL);
+		assert_string_equal(err.msg, "d/tokenizer.json: more than 65664 JSON values in 140046 bytes (byte 131362): "
+					     "not a plausible tokenizer for 8 tokens");
+		gguf_kv_free(&kv);
+		free(t);
 	}
 	/* A vocabulary size no model has is refused before anything is allocated. */
 	assert_int_equal(vocab(SPM_TOK, NULL, 1ULL << 40, &kv, &err), -EINVAL);

@@ -66,7 +66,9 @@ static const struct {
 	const char *json, *msg;
 } bad_configs[] = {
 	{ "[1]", "a/adapter_config.json: not a JSON object" },
-	{ "{\"r\": 8", "a/adapter_config.json: invalid JSON" },
+	{ "{\"r\": 8", "a/adapter_config.json: invalid JSON near byte 6" },
+	{ "{\"peft_type\": \"LORA\", \"r\": 8, \"x\": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}",
+	  "a/adapter_config.json: invalid JSON: nested deeper than 16 levels at byte 50" },
 	{ "{\"peft_type\": \"LORA\", \"r\": 8} x", "a/adapter_config.json: invalid JSON: trailing bytes at byte 30" },
 	{ "{\"r\": 8}", "a/adapter_config.json: no peft_type string (not a PEFT adapter config)" },
 	{ "{\"peft_type\": \"IA3\", \"r\": 8}",
@@ -125,6 +127,32 @@ static void test_config_bad(void **state)
 		assert_null(c.rank_pattern);
 		assert_null(c.modules_to_save);
 	}
+}
+
+/* A config of a million bytes that is one long array of zeros would be
+ * half a million cJSON values (~40 MB); the pre-scan stops it at the first
+ * value past 65536 + bytes/32, having built nothing. */
+static void test_config_too_many_values(void **state)
+{
+	(void)state;
+	const size_t n = 500000;
+	char *text = malloc(2 * n + 64);
+	assert_non_null(text);
+	size_t len = (size_t)sprintf(text, "{\"peft_type\": \"LORA\", \"r\": 8, \"x\": [");
+	for (size_t i = 0; i < n; i++)
+		text[len++] = '0', text[len++] = ',';
+	text[len - 1] = ']';
+	text[len++] = '}';
+	struct lora_config c;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(lora_config_parse(text, len, "a/adapter_config.json", &c, &err), -EINVAL);
+	/* 65536 + 1000037/32 = 96787 values; the 96788th is the 96784th zero
+	 * (after the object, its two members' values and the array), at
+	 * byte 36 + 2 * 96783 */
+	assert_int_equal(len, 1000037);
+	assert_string_equal(err.msg, "a/adapter_config.json: more than 96787 JSON values in 1000037 bytes (byte 193602): "
+				     "not a plausible adapter config");
+	free(text);
 }
 
 /* ---- the low-rank-add expression ---- */
@@ -313,6 +341,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_bad),
+		cmocka_unit_test(test_config_too_many_values),
 		cmocka_unit_test_setup(test_op_by_hand, lora_reset),
 		cmocka_unit_test_setup(test_op_rounds_once, lora_reset),
 		cmocka_unit_test_setup(test_op_naive, lora_reset),
