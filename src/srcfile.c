@@ -234,8 +234,11 @@ static int open_beneath(int dirfd, const char *rel, int flags)
 	if (fd >= 0)
 		return (int)fd;
 	/* EXDEV also refuses an absolute symlink that points back inside: the
-	 * walk decides those. ENOSYS/EPERM: no openat2, or a seccomp filter. */
-	if (errno != ENOSYS && errno != EPERM && errno != EXDEV)
+	 * walk decides those. ENOSYS/EPERM: no openat2, or a seccomp filter.
+	 * EAGAIN: a rename or mount anywhere on the system raced a ".." of a
+	 * RESOLVE_BENEATH lookup (hub snapshots link through ../../blobs), which
+	 * the kernel leaves to the caller; the walk has no such window. */
+	if (errno != ENOSYS && errno != EPERM && errno != EXDEV && errno != EAGAIN)
 		return -errno;
 #endif
 	return walk_beneath(dirfd, rel, flags);
