@@ -115,11 +115,12 @@ for view in $VIEWS; do
 		if [ -z "$best_v" ] || awk -v a="$VSECS" -v b="$best_v" 'BEGIN { exit !(a < b) }'; then best_v=$VSECS; fi
 		if [ -z "$best_d" ] || awk -v a="$d" -v b="$best_d" 'BEGIN { exit !(a < b) }'; then best_d=$d; fi
 	done
-	ra=$(stats_field "$WORK/stats" readahead/bytes_requested)
-	used=$(stats_field "$WORK/stats" readahead/bytes_used)
+	ra=$(stats_field "$WORK/stats" readahead/source_bytes_requested)
+	ahead=$(stats_field "$WORK/stats" readahead/view_bytes_ahead)
+	used=$(stats_field "$WORK/stats" readahead/view_bytes_used)
 	printf '%-34s %10s %9s %9.2f %9.2f %6sx %s\n' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
 		"$best_v" "$best_d" "$(ratio "$best_d" "$best_v")" \
-		"$(gb "$ra") ahead, $(gb "$used") used"
+		"$(gb "$ra") of source asked; view $(gb "$ahead") ahead, $(gb "$used") used"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

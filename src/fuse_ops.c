@@ -93,6 +93,12 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
 	/* generated text: headers, config.json */
 	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
+	cJSON *ra = cJSON_AddObjectToObject(j, "readahead");
+	cJSON_AddNumberToObject(ra, "window_max", (double)fs->prefetch_max);
+	cJSON_AddNumberToObject(ra, "requests", (double)load(&fs->prefetch.requests));
+	cJSON_AddNumberToObject(ra, "source_bytes_requested", (double)load(&fs->prefetch.source_bytes));
+	cJSON_AddNumberToObject(ra, "view_bytes_ahead", (double)load(&fs->prefetch.view_bytes));
+	cJSON_AddNumberToObject(ra, "view_bytes_used", (double)load(&fs->prefetch.view_used));
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -212,12 +218,21 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_open(req, fi);
 		return;
 	}
+	/* Without memory for it the file is read without read-ahead. */
+	struct prefetch_file *pf = fs->prefetch_max ? malloc(sizeof(*pf)) : NULL;
+	if (pf)
+		prefetch_file_init(pf);
+	fi->fh = (uint64_t)(uintptr_t)pf;
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct ckptfs_fs *fs = fs_of(req);
+	const struct vnode *n = vtree_get(fs->tree, ino);
+	if (n && !n->dynamic && fi->fh)
+		prefetch_file_destroy((struct prefetch_file *)(uintptr_t)fi->fh);
 	free((void *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
@@ -345,6 +360,9 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, EIO);
 		return;
 	}
+	if (fi->fh)
+		prefetch_read((struct prefetch_file *)(uintptr_t)fi->fh, &n->file, (uint64_t)off, size, fs->prefetch_max,
+			      &fs->prefetch);
 	struct vplan plan;
 	vplan_init(&plan);
 	plan.cache = fs->cache;

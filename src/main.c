@@ -27,6 +27,7 @@ struct ckptfs_opts {
 	char *source;
 	struct option_strings views;
 	unsigned readahead_kb;
+	unsigned prefetch_mb;
 	int no_splice;
 	int show_help;
 	int show_version;
@@ -38,6 +39,7 @@ enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY, KEY_LORA };
 
 static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("readahead=%u", readahead_kb, 0),
+	CKPTFS_OPT("prefetch=%u", prefetch_mb, 0),
 	CKPTFS_OPT("no_splice", no_splice, 1),
 	CKPTFS_OPT("layout=%s", views.layout, 0),
 	CKPTFS_OPT("dtype=%s", views.dtype, 0),
@@ -96,6 +98,8 @@ static void usage(const char *prog)
 	       "ckptfs options:\n"
 	       "    -o readahead=KIB       kernel readahead for the mount in KiB (default 1024;\n"
 	       "                           0 keeps the kernel's default)\n"
+	       "    -o prefetch=MIB        bound of the tensor-aware read-ahead of source\n"
+	       "                           bytes per open file (default 64; 0 for none)\n"
 	       "    -o no_splice           copy file bytes through the daemon instead of\n"
 	       "                           splicing them from the source\n"
 	       "    -o layout=NAME|FILE    native layout: a built-in name (llama, phi3, gpt2)\n"
@@ -192,7 +196,7 @@ int main(int argc, char *argv[])
 		return cli_main(argc, argv);
 
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct ckptfs_opts opts = { .readahead_kb = 1024 };
+	struct ckptfs_opts opts = { .readahead_kb = 1024, .prefetch_mb = 64 };
 	struct fuse_cmdline_opts cl = { 0 };
 	struct catalog *cat = NULL;
 	struct vtree tree = { 0 };
@@ -247,6 +251,7 @@ int main(int argc, char *argv[])
 		.splice = !opts.no_splice,
 		.splice_max = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
+		.prefetch_max = (uint64_t)opts.prefetch_mb << 20,
 		.cache = cache,
 	};
 	readstats_init(&fs.stats);

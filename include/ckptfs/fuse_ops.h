@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "ckptfs/catalog.h"
+#include "ckptfs/prefetch.h"
 #include "ckptfs/readstats.h"
 #include "ckptfs/vtree.h"
 
@@ -22,6 +23,8 @@ struct ckptfs_fs {
 	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
+	uint64_t prefetch_max; /* bound of the read-ahead window per open file, 0: none */
+	struct prefetch_stats prefetch;
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;
 };
