@@ -3,6 +3,7 @@
 #
 # Usage: bench/bench-cold.sh [--model-dir DIR] [--ckptfs PATH] [--cache-dir DIR]
 #                            [--runs N] [--views "V1 V2 ..."] [--mount-opts OPTS]
+#                            [--compare PATH]
 #
 # Needs root (/proc/sys/vm/drop_caches). For each view (a directory of the
 # mount, or one file of it) the page cache is dropped, a fresh mount is
@@ -12,18 +13,22 @@
 # (.ckptfs/stats source_bytes_read). Printed: both times, best of N runs,
 # and their ratio (dd time / view time: >= 0.9 is the target), and the
 # source bytes the view read against the model's bytes. Also printed: the
-# read-ahead counters of .ckptfs/stats when the daemon has them.
+# same view read again through a fresh mount with the source still in the
+# page cache (warm: the daemon's own ceiling), the read-ahead counters of
+# .ckptfs/stats when the daemon has them, and with --compare PATH another
+# daemon (e.g. a build of main) measured cold the same way in the same run.
 set -u
 
 BENCH_NAME=bench-cold
-USAGE_LINES=2,15
+USAGE_LINES=2,19
 . "$(dirname "$0")/lib.sh" || exit 1
 
 CKPTFS=$TOP/src/ckptfs
 RUNS=2
 VIEWS="hf native hf@fp16 hf@fp32 tp-4/rank-0 pp-2/stage-1 per-layer/layer-003.safetensors"
 MOUNT_OPTS=
-BENCH_OPTS="$BENCH_OPTS --runs=RUNS --views=VIEWS --mount-opts=MOUNT_OPTS"
+COMPARE=
+BENCH_OPTS="$BENCH_OPTS --runs=RUNS --views=VIEWS --mount-opts=MOUNT_OPTS --compare=COMPARE"
 while [ $# -gt 0 ]; do
 	bench_arg "$@"
 	shift "$NSHIFT"
@@ -82,10 +87,10 @@ direct_read() {
 # view_read VIEW RUN: a fresh mount, read VIEW; sets VSECS, VBYTES and
 # NEED (source bytes the view read); keeps the stats in $WORK/stats.
 view_read() {
-	local view=$1 run=$2 t0 t1 files=() opts
+	local view=$1 run=$2 daemon=${3:-$CKPTFS} t0 t1 files=() opts
 	opts="cache_dir=$WORK/cache-$run"
 	[ -n "$MOUNT_OPTS" ] && opts="$opts,$MOUNT_OPTS"
-	mount_fs "mnt" "$CKPTFS" -f -o "$opts" "$MODEL_DIR" "$WORK/mnt"
+	mount_fs "mnt" "$daemon" -f -o "$opts" "$MODEL_DIR" "$WORK/mnt"
 	if [ -d "$MNT/$view" ]; then
 		while IFS= read -r f; do files+=("$view/$f"); done < <(view_files "$MNT/$view")
 	elif [ -f "$MNT/$view" ]; then
@@ -104,23 +109,37 @@ view_read() {
 }
 
 echo "model: $MODEL_DIR ($(gb "$MODEL_BYTES"), ${#SOURCES[@]} file(s)); runs: $RUNS; load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-34s %10s %9s %9s %9s %7s %s\n' view bytes need/model "view s" "dd s" ratio readahead
+[ -n "$COMPARE" ] && { case $COMPARE in /*) ;; *) COMPARE=$PWD/$COMPARE ;; esac; [ -x "$COMPARE" ] || die "$COMPARE: not an executable"; }
+min() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a < b) ? a : b }'; }
+printf '%-32s %8s %6s %7s %7s %7s %6s' view bytes need "cold s" "warm s" "dd s" ratio
+[ -n "$COMPARE" ] && printf ' %7s %6s' "cmp s" "cmp"
+printf ' %s\n' read-ahead
 for view in $VIEWS; do
-	best_v= best_d=
+	best_v= best_d= best_w= best_c=
 	for run in $(seq "$RUNS"); do
+		if [ -n "$COMPARE" ]; then
+			drop_caches
+			view_read "$view" "$run" "$COMPARE"
+			best_c=$(min "$VSECS" "$best_c")
+		fi
 		drop_caches
 		view_read "$view" "$run"
+		best_v=$(min "$VSECS" "$best_v")
+		cp "$WORK/stats" "$WORK/stats.cold"
+		view_read "$view" "$run"
+		best_w=$(min "$VSECS" "$best_w")
 		drop_caches
 		d=$(direct_read "$NEED")
-		if [ -z "$best_v" ] || awk -v a="$VSECS" -v b="$best_v" 'BEGIN { exit !(a < b) }'; then best_v=$VSECS; fi
-		if [ -z "$best_d" ] || awk -v a="$d" -v b="$best_d" 'BEGIN { exit !(a < b) }'; then best_d=$d; fi
+		best_d=$(min "$d" "$best_d")
 	done
+	cp "$WORK/stats.cold" "$WORK/stats"
 	ra=$(stats_field "$WORK/stats" readahead/source_bytes_requested)
 	ahead=$(stats_field "$WORK/stats" readahead/view_bytes_ahead)
 	used=$(stats_field "$WORK/stats" readahead/view_bytes_used)
-	printf '%-34s %10s %9s %9.2f %9.2f %6sx %s\n' "$view" "$(gb "$VBYTES")" \
+	printf '%-32s %8s %6s %7.2f %7.2f %7.2f %5sx' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
-		"$best_v" "$best_d" "$(ratio "$best_d" "$best_v")" \
-		"$(gb "$ra") of source asked; view $(gb "$ahead") ahead, $(gb "$used") used"
+		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")"
+	[ -n "$COMPARE" ] && printf ' %7.2f %5sx' "$best_c" "$(ratio "$best_d" "$best_c")"
+	printf ' %s asked; view %s ahead, %s used\n' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -23,6 +23,8 @@
 /* Requests larger than this are refused rather than allocated; the kernel
  * never sends more than max_pages (1 MiB) anyway. */
 #define CKPTFS_READ_MAX (16u << 20)
+/* Below this average piece size a reply is copied rather than spliced. */
+#define SPLICE_MIN_PIECE (32u << 10)
 
 static struct ckptfs_fs *fs_of(fuse_req_t req)
 {
@@ -390,6 +392,17 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		got = vfile_read_plan(&n->file, (uint64_t)off, size, scratch, &plan);
 	else
 		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
+	/* Many small source pieces (the strided rows of a row-parallel
+	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
+	 * one copy from the mapping is cheaper then. */
+	if (got > 0 && splice && plan.n > 1 && (uint64_t)got / plan.n < SPLICE_MIN_PIECE) {
+		if (!scratch && !(scratch = thread_scratch(size))) {
+			err = ENOMEM;
+			goto out;
+		}
+		got = vfile_copy_plan_guarded(&plan, scratch, got);
+		splice = false;
+	}
 	if (got < 0) {
 		err = (int)-got;
 		goto out;
