@@ -240,17 +240,19 @@ plain_sshfs() {
 
 echo
 echo "source on sshfs (sshd on 127.0.0.1:$PORT, one sftp connection per mount); load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-32s %8s %6s %7s %7s %6s\n' view bytes need "view s" "plain s" ratio
+printf '%-32s %8s %6s %7s %7s %6s %s\n' view bytes need "view s" "plain s" ratio "server read"
 for view in $SSHFS_VIEWS; do
 	drop_caches
 	sshfs_mount src-ckptfs
 	sm=$SMNT sp=$SMNT_PID
 	view_read "$view" 1 "$CKPTFS" "$sm"
+	srv=$(server_rchar) # the only sftp server alive: this mount's
 	sshfs_umount "$sm" "$sp"
 	drop_caches
 	p=$(plain_sshfs "$NEED")
-	printf '%-32s %8s %6s %7.2f %7.2f %5sx\n' "$view" "$(gb "$VBYTES")" \
-		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" "$VSECS" "$p" "$(ratio "$p" "$VSECS")"
+	printf '%-32s %8s %6s %7.2f %7.2f %5sx %s\n' "$view" "$(gb "$VBYTES")" \
+		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" "$VSECS" "$p" "$(ratio "$p" "$VSECS")" \
+		"$(awk -v a="$srv" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }') of the model"
 done
 
 # One mount reading hf/ over sshfs: the wall time the 4 ranks are held to.

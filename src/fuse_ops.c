@@ -364,7 +364,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	}
 	if (fi->fh)
 		prefetch_read((struct prefetch_file *)(uintptr_t)fi->fh, &n->file, (uint64_t)off, size, fs->prefetch_max,
-			      &fs->prefetch);
+			      &fs->prefetch, fs->prefetch_q);
 	struct vplan plan;
 	vplan_init(&plan);
 	plan.cache = fs->cache;

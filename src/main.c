@@ -279,6 +279,10 @@ int main(int argc, char *argv[])
 		mountinfo_set_readahead(cl.mountpoint, opts.readahead_kb);
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out_unmount;
+	/* A thread only now, after the fork of fuse_daemonize. */
+	static struct prefetch_queue prefetch_q;
+	if (fs.prefetch_max && prefetch_queue_start(&prefetch_q, &fs.prefetch) == 0)
+		fs.prefetch_q = &prefetch_q;
 
 	if (cl.singlethread) {
 		ret = fuse_session_loop(se);
@@ -299,6 +303,8 @@ int main(int argc, char *argv[])
 	 * (and unmounting cleanly) is success. */
 	ret = ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP ? 0 : 1;
 out_unmount:
+	if (fs.prefetch_q)
+		prefetch_queue_stop(fs.prefetch_q);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

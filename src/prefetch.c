@@ -91,6 +91,69 @@ static int advise(void *ctx, const struct src_file *f, uint64_t off, uint64_t le
 	return 0;
 }
 
+static void *queue_main(void *arg)
+{
+	struct prefetch_queue *q = arg;
+	pthread_mutex_lock(&q->mu);
+	for (;;) {
+		while (!q->stop && q->n == 0)
+			pthread_cond_wait(&q->cv, &q->mu);
+		if (q->stop)
+			break;
+		struct prefetch_req r = q->q[q->head];
+		q->head = (q->head + 1) % PREFETCH_QLEN;
+		q->n--;
+		pthread_mutex_unlock(&q->mu);
+		advise(q->st, r.file, r.off, r.len);
+		pthread_mutex_lock(&q->mu);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return NULL;
+}
+
+int prefetch_queue_start(struct prefetch_queue *q, struct prefetch_stats *st)
+{
+	memset(q, 0, sizeof(*q));
+	q->st = st;
+	pthread_mutex_init(&q->mu, NULL);
+	pthread_cond_init(&q->cv, NULL);
+	int r = pthread_create(&q->thread, NULL, queue_main, q);
+	if (r) {
+		pthread_cond_destroy(&q->cv);
+		pthread_mutex_destroy(&q->mu);
+		return -r;
+	}
+	q->started = 1;
+	return 0;
+}
+
+void prefetch_queue_stop(struct prefetch_queue *q)
+{
+	if (!q->started)
+		return;
+	pthread_mutex_lock(&q->mu);
+	q->stop = 1;
+	pthread_cond_signal(&q->cv);
+	pthread_mutex_unlock(&q->mu);
+	pthread_join(q->thread, NULL);
+	pthread_cond_destroy(&q->cv);
+	pthread_mutex_destroy(&q->mu);
+	q->started = 0;
+}
+
+static int enqueue(void *ctx, const struct src_file *f, uint64_t off, uint64_t len)
+{
+	struct prefetch_queue *q = ctx;
+	pthread_mutex_lock(&q->mu);
+	if (q->n < PREFETCH_QLEN) {
+		q->q[(q->head + q->n) % PREFETCH_QLEN] = (struct prefetch_req){ .file = f, .off = off, .len = len };
+		q->n++;
+		pthread_cond_signal(&q->cv);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return 0;
+}
+
 static uint64_t overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1)
 {
 	uint64_t lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
@@ -98,7 +161,7 @@ static uint64_t overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1)
 }
 
 void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off, uint64_t len, uint64_t window_max,
-		   struct prefetch_stats *st)
+		   struct prefetch_stats *st, struct prefetch_queue *q)
 {
 	if (window_max == 0 || off >= vf->size || len == 0)
 		return;
@@ -145,5 +208,14 @@ void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off
 		return;
 	if (to > beyond)
 		__atomic_add_fetch(&st->view_bytes, to - beyond, __ATOMIC_RELAXED);
-	(void)prefetch_ranges(vf, from, to - from, advise, st);
+	/* This read's own bytes now (it needs them anyway), the window behind
+	 * the worker's back. */
+	if (!q || !q->started) {
+		(void)prefetch_ranges(vf, from, to - from, advise, st);
+		return;
+	}
+	if (from < beyond)
+		(void)prefetch_ranges(vf, from, beyond - from, advise, st);
+	if (to > beyond)
+		(void)prefetch_ranges(vf, beyond, to - beyond, enqueue, q);
 }

@@ -25,6 +25,7 @@ struct ckptfs_fs {
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
 	uint64_t prefetch_max; /* bound of the read-ahead window per open file, 0: none */
 	struct prefetch_stats prefetch;
+	struct prefetch_queue *prefetch_q; /* the worker giving advice ahead, or NULL */
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;
 };

@@ -8,7 +8,7 @@
  * below 2 MiB of them, then as many as were read, up to the mount's
  * bound), so a reader hopping between layers or tensors pulls little more
  * than it reads. Ranges of one source file closer than PREFETCH_GAP are
- * merged (strided rows of a row-parallel partition become one request),
+ * merged (rows of a row-parallel partition sharing pages become one request),
  * and requests are cut at PREFETCH_REQ bytes.
  */
 #ifndef CKPTFS_PREFETCH_H
@@ -19,7 +19,9 @@
 
 #include "ckptfs/vfile.h"
 
-#define PREFETCH_GAP (64u << 10)
+#ifndef PREFETCH_GAP
+#define PREFETCH_GAP (4u << 10)
+#endif
 #define PREFETCH_REQ (8u << 20)
 /* Reads closer than this to the end of the previous one count as in
  * sequence: the kernel's own read-ahead sends several reads at once, and
@@ -33,6 +35,30 @@ struct prefetch_stats {
 	uint64_t view_bytes;   /* view bytes advised ahead of the read that advised them */
 	uint64_t view_used;    /* of those, the bytes a later read of the same open file asked for */
 };
+
+/* The advice for bytes ahead of a read goes to a worker thread: on a
+ * network file system (sshfs) posix_fadvise waits for the bytes, and the
+ * read that asked must not wait for its window. A full queue drops advice. */
+#define PREFETCH_QLEN 512
+struct prefetch_req {
+	const struct src_file *file;
+	uint64_t off, len;
+};
+struct prefetch_queue {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct prefetch_req q[PREFETCH_QLEN];
+	size_t head, n;
+	int started, stop;
+	pthread_t thread;
+	struct prefetch_stats *st;
+};
+
+/* Start the worker (after any fork); 0 or a negative errno. Without a
+ * started queue, advice is given inline. */
+int prefetch_queue_start(struct prefetch_queue *q, struct prefetch_stats *st);
+/* Stop and join it; a no-op when it was never started. */
+void prefetch_queue_stop(struct prefetch_queue *q);
 
 struct prefetch_file {
 	pthread_mutex_t mu;
@@ -48,7 +74,7 @@ void prefetch_file_destroy(struct prefetch_file *p);
 /* Before a read of [off, off+len) of vf: advise what it and the window
  * after it need; window_max 0 advises nothing. */
 void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off, uint64_t len, uint64_t window_max,
-		   struct prefetch_stats *st);
+		   struct prefetch_stats *st, struct prefetch_queue *q);
 
 /* The source ranges of view bytes [off, off+len) of vf, merged as above,
  * given to fn (for the advice and for tests). Returns fn's first nonzero. */
