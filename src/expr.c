@@ -493,6 +493,64 @@ void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_spa
 	}
 }
 
+/* off * num / den without overflow, rounded down or up. */
+static uint64_t scale_off(uint64_t off, uint64_t num, uint64_t den, bool up)
+{
+	if (!den)
+		return 0;
+	unsigned __int128 p = (unsigned __int128)off * num;
+	return (uint64_t)((p + (up ? den - 1 : 0)) / den);
+}
+
+int expr_source_ranges(const struct expr *e, uint64_t off, uint64_t len, expr_range_fn fn, void *ctx)
+{
+	if (len == 0 || off >= e->nbytes)
+		return 0;
+	if (len > e->nbytes - off)
+		len = e->nbytes - off;
+	switch (e->op) {
+	case EXPR_SOURCE:
+		return fn(ctx, e->src->file, e->src->offset + off, len);
+	case EXPR_ZEROS:
+		return 0;
+	case EXPR_SLICE:
+	case EXPR_CONCAT:
+	case EXPR_GATHER:
+		while (len > 0) {
+			uint64_t aoff, run;
+			const struct expr *a = piece_locate(e, off, &aoff, &run);
+			uint64_t n = run < len ? run : len;
+			int r = expr_source_ranges(a, aoff, n, fn, ctx);
+			if (r)
+				return r;
+			off += n, len -= n;
+		}
+		return 0;
+	case EXPR_TRANSPOSE:
+		/* Output rows are argument columns: any of them touches every row. */
+		if (e->shape[0] == 1 || e->shape[1] == 1)
+			return expr_source_ranges(e->args[0], off, len, fn, ctx);
+		return expr_source_ranges(e->args[0], 0, e->args[0]->nbytes, fn, ctx);
+	case EXPR_CAST:
+	case EXPR_LORA:
+	case EXPR_Q8_0:
+		/* Row by row (or element by element): the same fraction of each
+		 * argument, rounded outwards. */
+		for (size_t i = 0; i < e->nargs; i++) {
+			const struct expr *a = e->args[i];
+			uint64_t lo = scale_off(off, a->nbytes, e->nbytes, false);
+			uint64_t hi = scale_off(off + len, a->nbytes, e->nbytes, true);
+			if (hi < lo + 1)
+				hi = lo + 1;
+			int r = expr_source_ranges(a, lo, hi - lo, fn, ctx);
+			if (r)
+				return r;
+		}
+		return 0;
+	}
+	return 0;
+}
+
 const uint8_t *expr_direct(const struct expr *e)
 {
 	if (e->nbytes == 0)

@@ -27,6 +27,7 @@ struct ckptfs_opts {
 	char *source;
 	struct option_strings views;
 	unsigned readahead_kb;
+	unsigned prefetch_mb;
 	int no_splice;
 	int show_help;
 	int show_version;
@@ -38,6 +39,7 @@ enum { KEY_HELP, KEY_VERSION, KEY_FSTAB_ONLY, KEY_LORA };
 
 static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("readahead=%u", readahead_kb, 0),
+	CKPTFS_OPT("prefetch=%u", prefetch_mb, 0),
 	CKPTFS_OPT("no_splice", no_splice, 1),
 	CKPTFS_OPT("layout=%s", views.layout, 0),
 	CKPTFS_OPT("dtype=%s", views.dtype, 0),
@@ -97,6 +99,8 @@ static void usage(const char *prog)
 	       "ckptfs options:\n"
 	       "    -o readahead=KIB       kernel readahead for the mount in KiB (default 1024;\n"
 	       "                           0 keeps the kernel's default)\n"
+	       "    -o prefetch=MIB        bound of the tensor-aware read-ahead of source\n"
+	       "                           bytes per open file (default 64; 0 for none)\n"
 	       "    -o no_splice           copy file bytes through the daemon instead of\n"
 	       "                           splicing them from the source\n"
 	       "    -o layout=NAME|FILE    native layout: a built-in name (llama, phi3, gpt2)\n"
@@ -196,7 +200,7 @@ int main(int argc, char *argv[])
 		return cli_main(argc, argv);
 
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct ckptfs_opts opts = { .readahead_kb = 1024 };
+	struct ckptfs_opts opts = { .readahead_kb = 1024, .prefetch_mb = 64 };
 	struct fuse_cmdline_opts cl = { 0 };
 	struct catalog *cat = NULL;
 	struct vtree tree = { 0 };
@@ -251,6 +255,7 @@ int main(int argc, char *argv[])
 		.splice = !opts.no_splice,
 		.splice_max = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
+		.prefetch_max = (uint64_t)opts.prefetch_mb << 20,
 		.cache = cache,
 	};
 	readstats_init(&fs.stats);
@@ -278,6 +283,10 @@ int main(int argc, char *argv[])
 		mountinfo_set_readahead(cl.mountpoint, opts.readahead_kb);
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out_unmount;
+	/* A thread only now, after the fork of fuse_daemonize. */
+	static struct prefetch_queue prefetch_q;
+	if (fs.prefetch_max && prefetch_queue_start(&prefetch_q, &fs.prefetch) == 0)
+		fs.prefetch_q = &prefetch_q;
 
 	if (cl.singlethread) {
 		ret = fuse_session_loop(se);
@@ -298,6 +307,8 @@ int main(int argc, char *argv[])
 	 * (and unmounting cleanly) is success. */
 	ret = ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP ? 0 : 1;
 out_unmount:
+	if (fs.prefetch_q)
+		prefetch_queue_stop(fs.prefetch_q);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

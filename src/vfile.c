@@ -307,6 +307,13 @@ int64_t vfile_read_plan(const struct vfile *vf, uint64_t off, size_t len, void *
 	return n;
 }
 
+int64_t vfile_copy_plan_guarded(const struct vplan *plan, void *buf, int64_t n)
+{
+	volatile int64_t r = -EIO;
+	GUARDED(r = vfile_copy_plan(plan, buf, n), r = -EIO);
+	return r;
+}
+
 int64_t vfile_read(const struct vfile *vf, uint64_t off, size_t len, void *buf)
 {
 	return vfile_read_cached(vf, NULL, off, len, buf);

@@ -109,6 +109,14 @@ void expr_unref(struct expr *e);
 /* Describe the start of [off, off+len): off + len <= e->nbytes, len > 0. */
 void expr_span(const struct expr *e, uint64_t off, uint64_t len, struct expr_span *out);
 
+/* The source byte ranges that output bytes [off, off+len) are made from,
+ * given to fn one by one (in output order, not merged); fn returning
+ * nonzero stops the walk and is returned. For read-ahead: a cast, a
+ * quantisation or a low-rank add reports the proportional rows of each
+ * argument, a transpose all of its argument. */
+typedef int (*expr_range_fn)(void *ctx, const struct src_file *f, uint64_t off, uint64_t len);
+int expr_source_ranges(const struct expr *e, uint64_t off, uint64_t len, expr_range_fn fn, void *ctx);
+
 /* Fill dst with output bytes [off, off+len). Returns 0 or a negative errno. */
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst);
 

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "ckptfs/catalog.h"
+#include "ckptfs/prefetch.h"
 #include "ckptfs/readstats.h"
 #include "ckptfs/vtree.h"
 
@@ -23,6 +24,9 @@ struct ckptfs_fs {
 	size_t splice_max;     /* largest reply that fits libfuse's pipe */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
+	uint64_t prefetch_max; /* bound of the read-ahead window per open file, 0: none */
+	struct prefetch_stats prefetch;
+	struct prefetch_queue *prefetch_q; /* the worker giving advice ahead, or NULL */
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;
 	/* Snapshots of .ckptfs/stats still open: a file open at unmount never

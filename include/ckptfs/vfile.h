@@ -94,6 +94,10 @@ int64_t vfile_plan_guarded(const struct vfile *vf, uint64_t off, size_t len, uin
  * statistics (computed, sourced). */
 int64_t vfile_read_plan(const struct vfile *vf, uint64_t off, size_t len, void *buf, struct vplan *plan);
 
+/* Copy an already made plan of n bytes into buf (computed pieces already
+ * sit at their place in it), inside a guard: -EIO if a source mapping faults. */
+int64_t vfile_copy_plan_guarded(const struct vplan *plan, void *buf, int64_t n);
+
 /* vfile_read with computed bytes through a cache (may be NULL). */
 int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf);
 

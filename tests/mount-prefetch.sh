@@ -1,0 +1,112 @@
+#!/bin/bash
+# mount-prefetch.sh - tensor-aware read-ahead (issue 14): it changes no byte,
+# .ckptfs/stats counts it, and reading one layer reads about that layer.
+#
+# A LLaMA-shaped bf16 checkpoint of ~20 MB (hidden 512, 4 layers: files well
+# past the 2 MiB a sequence must reach before a window opens) is generated
+# with examples/gen-model.py's own builders. hf/, native/, hf@fp16/,
+# tp-4/rank-1/ (row-parallel o/down: strided rows) and pp-2/stage-1/ are read
+# through a mount with -o prefetch=0 and one with the default window; the
+# bytes must be equal, and hf/ equal to the source. The second mount's
+# stats must show read-ahead (view bytes ahead and source bytes asked for,
+# > 0), bytes used <= bytes ahead, and the first none. A fresh mount then
+# reads per-layer/layer-002.safetensors: the source bytes read
+# (source_bytes_read, summed over files) must be that layer's tensor bytes
+# exactly (counted from the source headers with independent code), and the
+# source bytes asked for ahead at most 10% + 256 KiB more.
+set -eu
+
+. "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+mount_test_init
+
+SRC=$TESTDIR/src
+"$PYTHON" - "$srcdir/examples/gen-model.py" "$SRC" <<'PY'
+import importlib.util, os, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
+gm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gm)
+os.makedirs(sys.argv[2])
+c = gm.llama_config(hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=2, intermediate_size=1024, vocab_size=1000,
+                    torch_dtype="bfloat16", tie_word_embeddings=False,
+                    rms_norm_eps=1e-05, max_position_embeddings=256)
+gm._llama_family(sys.argv[2], np.random.default_rng(14), c, "BF16", gm.BF16_SPECIALS)
+PY
+
+VIEWS="hf native hf@fp16 tp-4/rank-1 pp-2/stage-1"
+
+stat_of() { # stat_of MNT KEY/PATH: a number of .ckptfs/stats (an object: its sum)
+    "$PYTHON" -c 'import json,sys
+j=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("/"):
+    j=j[k]
+print(int(sum(j.values())) if isinstance(j, dict) else int(j))' "$1/.ckptfs/stats" "$2"
+}
+
+copy_views() { # copy_views MNT DEST: every file of VIEWS, read with cat
+    local v f
+    for v in $VIEWS; do
+        mkdir -p "$2/$v"
+        for f in "$1/$v"/*; do
+            [ -f "$f" ] || continue
+            cat "$f" >"$2/$v/$(basename "$f")" || fail "reading $f failed"
+        done
+    done
+}
+
+MNT=$TESTDIR/mnt
+mkdir "$MNT"
+
+mount_ckptfs "$SRC" "$MNT" -o cache=off,prefetch=0
+copy_views "$MNT" "$TESTDIR/off"
+[ "$(stat_of "$MNT" readahead/source_bytes_requested)" = 0 ] || fail "prefetch=0 still asked for read-ahead"
+[ "$(stat_of "$MNT" readahead/view_bytes_ahead)" = 0 ] || fail "prefetch=0 still read ahead"
+umount_ckptfs
+
+mount_ckptfs "$SRC" "$MNT" -o cache=off
+copy_views "$MNT" "$TESTDIR/on"
+asked=$(stat_of "$MNT" readahead/source_bytes_requested)
+ahead=$(stat_of "$MNT" readahead/view_bytes_ahead)
+used=$(stat_of "$MNT" readahead/view_bytes_used)
+note "read-ahead: source bytes asked $asked, view bytes ahead $ahead, used $used"
+[ "$asked" -gt 0 ] || fail "no source bytes asked for ahead"
+[ "$ahead" -gt 0 ] || fail "no view bytes read ahead"
+[ "$used" -gt 0 ] || fail "no read-ahead counted as used"
+[ "$used" -le "$ahead" ] || fail "more read-ahead used ($used) than read ahead ($ahead)"
+umount_ckptfs
+
+diff -r "$TESTDIR/off" "$TESTDIR/on" || fail "read-ahead changed bytes"
+n=0
+for f in "$SRC"/*.safetensors; do
+    cmp "$f" "$TESTDIR/on/hf/$(basename "$f")" || fail "hf/$(basename "$f") differs from the source"
+    n=$((n + 1))
+done
+[ "$n" -gt 0 ] || hard_error "no source shards generated"
+note "views equal with and without read-ahead; hf/ equal to the source"
+
+# One layer through a fresh mount.
+layer_bytes=$("$PYTHON" - "$SRC" <<'PY'
+import json, struct, sys, glob
+total = 0
+for path in glob.glob(sys.argv[1] + "/*.safetensors"):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+    for name, t in head.items():
+        if name.startswith("model.layers.2."):
+            total += t["data_offsets"][1] - t["data_offsets"][0]
+print(total)
+PY
+)
+mount_ckptfs "$SRC" "$MNT" -o cache=off
+cat "$MNT/per-layer/layer-002.safetensors" >/dev/null || fail "reading layer-002 failed"
+read_src=$(stat_of "$MNT" source_bytes_read)
+asked=$(stat_of "$MNT" readahead/source_bytes_requested)
+note "layer-002: tensor bytes $layer_bytes, source bytes read $read_src, asked for ahead $asked"
+[ "$read_src" = "$layer_bytes" ] || fail "layer-002 read $read_src source bytes, its tensors are $layer_bytes"
+[ "$asked" -le $((layer_bytes + layer_bytes / 10 + 262144)) ] ||
+    fail "layer-002 asked for $asked source bytes ahead, more than its $layer_bytes + 10% + 256 KiB"
+umount_ckptfs
+note PASS
