@@ -34,6 +34,10 @@ Kinds (HF names under "model.", as trainers' state dicts hold them):
   pp     pp0/ and pp1/ stage directories, 4 ranks each (TP 2 x FSDP 2 grid
          for row-parallel weights), layers split between the stages, the
          torch >= 2.4 era, config.json beside the stages
+  tied   a tied model (no lm_head.weight in HF_DIR): lm_head.weight added as
+         its own copy of model.embed_tokens.weight, as DCP saves both names
+  tied-differs  the same with lm_head.weight = -embed_tokens (a head trained
+         apart under a config that says tied); `verify` does not apply
 Replicated tensors (norms, 0-dim) are one chunk saved by one rank (DCP's
 dedup), spread over the ranks.
 
@@ -406,11 +410,16 @@ def dcp_named(hf):
     out = {}
     cfg_path = os.path.join(hf, "config.json")
     cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-    for n, t in load_hf(hf):
+    hf_tensors = load_hf(hf)
+    names = {n for n, _ in hf_tensors}
+    if cfg.get("tie_word_embeddings", True) and "lm_head.weight" not in names and "model.embed_tokens.weight" in names:
+        # a tied model saved by DCP: the head's own copy of the embedding (kind tied)
+        hf_tensors.append(("lm_head.weight", dict(hf_tensors)["model.embed_tokens.weight"]))
+    for n, t in hf_tensors:
         out[n] = t
         if n.startswith("model.layers.") or n in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
             out[hf_to_kf_key(n)] = t
-            if "num_attention_heads" in cfg:
+            if "num_attention_heads" in cfg and not n.endswith(".bias"):  # torchtitan's Llama has none
                 k, v = hf_to_titan(n, t, cfg)
                 out[k] = v
     return out
@@ -429,6 +438,13 @@ def write(kind, hf, out):
         # dcp.save of a torchtitan model: its own names, wq/wk rows interleaved
         cfg = json.load(open(os.path.join(hf, "config.json")))
         tensors = sorted((hf_to_titan(n, t, cfg) for n, t in tensors), key=lambda x: x[0])
+    if kind in ("tied", "tied-differs"):
+        # dcp.save of a model whose lm_head is tied to embed_tokens: both names
+        # are in the state dict and DCP writes each as its own copy. In
+        # tied-differs the head was trained apart (a wrong config.json).
+        emb = dict(tensors)["model.embed_tokens.weight"]
+        head = emb if kind == "tied" else stlib.T(emb.dtype, emb.shape, -emb.arr)
+        tensors = sorted(tensors + [("lm_head.weight", head)], key=lambda x: x[0])
     if kind == "pp":
         os.makedirs(out)
         def stage(n):
