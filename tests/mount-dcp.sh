@@ -87,6 +87,10 @@ dcp_case tied "$QWEN" "torch DCP (1 directory, 3 shard files, metadata of torch 
 [ -e "$TESTDIR/tied/config.json" ] && grep -q '"tie_word_embeddings": *true' "$TESTDIR/tied/config.json" ||
     fail "tied: the fixture's config.json does not tie the embeddings"
 "$CKPTFS" ls "$TESTDIR/tied" tensors | grep -q "  lm_head\.weight\.npy$" || fail "tied: tensors/ lacks lm_head.weight.npy"
+# torchtitan's names: output.weight saved apart from tok_embeddings.weight
+"$PYTHON" "$FX" tie "$LLAMA" "$TESTDIR/llama-tied" || fail "dcp_fixtures.py tie failed"
+dcp_case titan-tied "$TESTDIR/llama-tied" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
+"$CKPTFS" ls "$TESTDIR/titan-tied" tensors | grep -q "  output\.weight\.npy$" || fail "titan-tied: tensors/ lacks output.weight.npy"
 
 hf_heads() { # hf_heads MNT: prints lm_head.weight's relation to the embedding in MNT/hf/, or "absent"
     "$PYTHON" - "$1/hf" "$srcdir/tests" <<'PY'
