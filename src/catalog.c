@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ckptfs/jsonscan.h"
+#include "ckptfs/tied.h"
 
 #define CONFIG_NAME "config.json"
 /* JSON side files are small; a bound keeps a hostile one from eating memory. */
@@ -540,6 +541,8 @@ int catalog_open_revision(const char *dir, const char *revision, struct catalog 
 	}
 	cat->arch = arch_detect(cat->config);
 	arch_dims(cat->config, cat->arch, &cat->dims);
+	if ((r = tied_mark_head(cat, cat->dims.tied_embeddings, err)) < 0)
+		goto out_close;
 	*out = cat;
 	return 0;
 
@@ -573,7 +576,7 @@ int catalog_use_config(struct catalog *cat, const char *path, struct ckpt_err *e
 	cat->arch = arch_detect(cat->config);
 	memset(&cat->dims, 0, sizeof(cat->dims));
 	arch_dims(cat->config, cat->arch, &cat->dims);
-	return 0;
+	return tied_mark_head(cat, cat->dims.tied_embeddings, err);
 }
 
 void catalog_close(struct catalog *cat)

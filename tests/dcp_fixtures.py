@@ -34,6 +34,12 @@ Kinds (HF names under "model.", as trainers' state dicts hold them):
   pp     pp0/ and pp1/ stage directories, 4 ranks each (TP 2 x FSDP 2 grid
          for row-parallel weights), layers split between the stages, the
          torch >= 2.4 era, config.json beside the stages
+  tied   a tied model (no lm_head.weight in HF_DIR): lm_head.weight added as
+         its own copy of model.embed_tokens.weight, as DCP saves both names
+  tied-differs  the same with lm_head.weight = -embed_tokens (a head trained
+         apart under a config that says tied); `verify` does not apply
+  titan-tied  torchtitan's names for a tied model (`tie` makes one of
+         tiny-llama): output.weight its own copy of tok_embeddings.weight
 Replicated tensors (norms, 0-dim) are one chunk saved by one rank (DCP's
 dedup), spread over the ranks.
 
@@ -406,11 +412,16 @@ def dcp_named(hf):
     out = {}
     cfg_path = os.path.join(hf, "config.json")
     cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-    for n, t in load_hf(hf):
+    hf_tensors = load_hf(hf)
+    names = {n for n, _ in hf_tensors}
+    if cfg.get("tie_word_embeddings", True) and "lm_head.weight" not in names and "model.embed_tokens.weight" in names:
+        # a tied model saved by DCP: the head's own copy of the embedding (kind tied)
+        hf_tensors.append(("lm_head.weight", dict(hf_tensors)["model.embed_tokens.weight"]))
+    for n, t in hf_tensors:
         out[n] = t
         if n.startswith("model.layers.") or n in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
             out[hf_to_kf_key(n)] = t
-            if "num_attention_heads" in cfg:
+            if "num_attention_heads" in cfg and not n.endswith(".bias"):  # torchtitan's Llama has none
                 k, v = hf_to_titan(n, t, cfg)
                 out[k] = v
     return out
@@ -425,10 +436,19 @@ def write(kind, hf, out):
         tensors = sorted(((hf_to_kf_key(n), t) for n, t in tensors), key=lambda x: x[0])
         for n, _ in tensors:
             assert dict(load_hf(hf)).get(kf_to_hf_key(n)) is not None, n
-    if kind == "titan":
+    if kind in ("titan", "titan-tied"):
         # dcp.save of a torchtitan model: its own names, wq/wk rows interleaved
         cfg = json.load(open(os.path.join(hf, "config.json")))
         tensors = sorted((hf_to_titan(n, t, cfg) for n, t in tensors), key=lambda x: x[0])
+    if kind in ("tied", "tied-differs", "titan-tied"):
+        # dcp.save of a model whose lm_head is tied to embed_tokens: both names
+        # are in the state dict and DCP writes each as its own copy. In
+        # tied-differs the head was trained apart (a wrong config.json).
+        en, hn = ("tok_embeddings.weight", "output.weight") if kind == "titan-tied" else \
+            ("model.embed_tokens.weight", "lm_head.weight")
+        emb = dict(tensors)[en]
+        head = stlib.T(emb.dtype, emb.shape, -emb.arr) if kind == "tied-differs" else emb
+        tensors = sorted(tensors + [(hn, head)], key=lambda x: x[0])
     if kind == "pp":
         os.makedirs(out)
         def stage(n):
@@ -483,6 +503,28 @@ HOSTILE = {
     "escape": lambda ns, m, out: move_chunk(ns, m, path="../__1_0.distcp"),
     "short-shard": lambda ns, m, out: move_chunk(ns, m, length_add=1 << 20),
 }
+
+
+def tie(hf, out):
+    """A copy of the HF model HF with tied embeddings: lm_head.weight left out
+    of one model.safetensors, tie_word_embeddings true (what save_pretrained
+    writes for a tied model), the side files as they are."""
+    os.makedirs(out)
+    ts = [(n, t) for n, t in load_hf(hf) if n != "lm_head.weight"]
+    head, blob = {}, bytearray()
+    for n, t in ts:
+        head[n] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": [len(blob), len(blob) + len(t.raw())]}
+        blob += t.raw()
+    h = json.dumps(head).encode()
+    h += b" " * (-len(h) % 8)
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + blob)
+    for f in os.listdir(hf):
+        if not f.endswith(".safetensors") and f != "model.safetensors.index.json":
+            shutil.copy(os.path.join(hf, f), os.path.join(out, f))
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg["tie_word_embeddings"] = True
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=2)
 
 
 def hostile(case, hf, out):
@@ -597,6 +639,8 @@ def main():
         write(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "hostile":
         hostile(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "tie":
+        tie(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "verify":
         verify(sys.argv[2], sys.argv[3])
     else:

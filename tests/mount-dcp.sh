@@ -11,6 +11,10 @@
 #   titan  tiny-llama under torchtitan's names, wq/wk rows interleaved (layouts/torchtitan.json
 #          permutes them back through the inverse of rope_rows(heads, ...), as torchtitan's to_hf does)
 #   pp     tiny-llama in pp0/ and pp1/, 4 ranks each (a TP x FSDP grid)
+#   tied   qwen2 (tied embeddings) with lm_head.weight saved as its own copy, as
+#          DCP does: hf/ drops it as save_pretrained does; under an untied
+#          config.json, or when the head's bytes differ (then README and inspect
+#          say so), both are kept
 # tests/check_dcp.py compares hf/ and tensors/ with numpy, and hf@bf16/,
 # native/, tp-2/, per-layer/, pp-2/ with a mount of the safetensors model the
 # fixture was written from. `ckptfs inspect` names the format and the other
@@ -73,6 +77,58 @@ grep -q "^Naming: *kempnerforge" "$TESTDIR/kf-README" || fail "kf: README does n
 dcp_case titan "$LLAMA" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
 grep -q "^Naming: *torchtitan" "$TESTDIR/titan-README" || fail "titan: README does not say the naming"
 dcp_case pp "$LLAMA" "torch DCP (2 pipeline stages, 8 shard files, metadata of torch >= 2.4)"
+
+# Tied embeddings: DCP saves lm_head.weight as its own copy; hf/ must be the
+# tied model as save_pretrained writes it (check_dcp.py: no lm_head.weight,
+# native/ tp-2/ per-layer/ pp-2/ as the safetensors model's), tensors/ keeps it.
+QWEN=$TESTDIR/qwen2
+gen_model qwen2 "$QWEN"
+dcp_case tied "$QWEN" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)"
+[ -e "$TESTDIR/tied/config.json" ] && grep -q '"tie_word_embeddings": *true' "$TESTDIR/tied/config.json" ||
+    fail "tied: the fixture's config.json does not tie the embeddings"
+"$CKPTFS" ls "$TESTDIR/tied" tensors | grep -q "  lm_head\.weight\.npy$" || fail "tied: tensors/ lacks lm_head.weight.npy"
+# torchtitan's names: output.weight saved apart from tok_embeddings.weight
+"$PYTHON" "$FX" tie "$LLAMA" "$TESTDIR/llama-tied" || fail "dcp_fixtures.py tie failed"
+dcp_case titan-tied "$TESTDIR/llama-tied" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
+"$CKPTFS" ls "$TESTDIR/titan-tied" tensors | grep -q "  output\.weight\.npy$" || fail "titan-tied: tensors/ lacks output.weight.npy"
+
+hf_heads() { # hf_heads MNT: prints lm_head.weight's relation to the embedding in MNT/hf/, or "absent"
+    "$PYTHON" - "$1/hf" "$srcdir/tests" <<'PY'
+import os, sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np, stlib
+d, ts = sys.argv[1], {}
+for f in os.listdir(d):
+    if f.endswith(".safetensors"):
+        _, x = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), True)
+        ts.update({n: t for n, t, _, _ in x})
+e, h = ts["model.embed_tokens.weight"].arr, ts.get("lm_head.weight")
+print("absent" if h is None else "equal" if h.arr.tobytes() == e.tobytes() else
+      "negated" if h.arr.tobytes() == (-e).tobytes() else "other")
+PY
+}
+
+note "=== the same DCP directory under a config.json that unties the embeddings: both kept"
+cp -r "$TESTDIR/tied" "$TESTDIR/untied"
+sed -i 's/"tie_word_embeddings": *true/"tie_word_embeddings": false/' "$TESTDIR/untied/config.json"
+mkdir "$TESTDIR/mnt-untied"
+mount_ckptfs "$TESTDIR/untied" "$TESTDIR/mnt-untied"
+got=$(hf_heads "$TESTDIR/mnt-untied") || fail "untied: reading hf/ failed"
+[ "$got" = equal ] || fail "untied: hf/lm_head.weight is '$got', expected the embedding's copy"
+umount_ckptfs
+
+note "=== a tied config over a head that differs from the embedding: both kept, and said"
+"$PYTHON" "$FX" write tied-differs "$QWEN" "$TESTDIR/differs" || fail "dcp_fixtures.py write tied-differs failed"
+mkdir "$TESTDIR/mnt-differs"
+mount_ckptfs "$TESTDIR/differs" "$TESTDIR/mnt-differs"
+got=$(hf_heads "$TESTDIR/mnt-differs") || fail "differs: reading hf/ failed"
+[ "$got" = negated ] || fail "differs: hf/lm_head.weight is '$got', expected the source's own head"
+WHY="lm_head.weight differs from model.embed_tokens.weight though config.json ties the embeddings: both kept in hf/"
+grep -qF "$WHY" "$TESTDIR/mnt-differs/README" || fail "differs: README does not say why lm_head.weight is kept"
+umount_ckptfs
+out=$("$CKPTFS" inspect "$TESTDIR/differs") || fail "inspect differs failed"
+case $out in *"$WHY"*) ;; *) fail "inspect differs: no '$WHY' in:
+$out" ;; esac
 
 note "=== -o config=FILE (a step directory without config.json)"
 NOCFG=$TESTDIR/nocfg

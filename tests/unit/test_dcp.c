@@ -1,4 +1,5 @@
-/* test_dcp.c -- DCP sources: the chunk tiling check, and the .metadata reader on pickles built here opcode by opcode.
+/* test_dcp.c -- DCP sources: the chunk tiling check, the .metadata reader on pickles built here opcode by opcode,
+ * and tied embeddings saved twice (tied.c).
  * The pickles follow what CPython emits for torch's dataclasses (NEWOBJ + BUILD); each rule is broken once. */
 #include <errno.h>
 #include <setjmp.h>
@@ -14,6 +15,7 @@
 #include "ckptfs/chunks.h"
 #include "ckptfs/dcpsrc.h"
 #include "ckptfs/pickle.h"
+#include "ckptfs/tied.h"
 
 /* ---- chunks_check ---- */
 
@@ -378,6 +380,85 @@ static void test_dcp_globals_need_the_flag(void **state)
 	assert_string_equal(err.msg, "x.pkl: pickle refers to the global 'torch.distributed.checkpoint.metadata.Metadata', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)");
 }
 
+/* ---- tied embeddings saved twice (tied_mark_head) ---- */
+
+/* An embedding [4, 3] f32 at 0 and a head at 48 stored as two chunks of two
+ * rows (at 48 and 72), as DCP saves a tied head under its own name. */
+struct tied_fx {
+	uint8_t buf[96];
+	struct src_file f;
+	struct cat_part parts[2];
+	struct cat_tensor t[2]; /* sorted by name: lm_head.weight, model.embed_tokens.weight */
+	struct catalog cat;
+};
+
+static void tied_fixture(struct tied_fx *x)
+{
+	memset(x, 0, sizeof(*x));
+	for (size_t i = 0; i < 48; i++)
+		x->buf[i] = x->buf[48 + i] = (uint8_t)(i * 7 + 1);
+	x->f = (struct src_file){ .name = "f", .path = "/ckpt/f", .fd = -1, .map = x->buf, .size = sizeof(x->buf) };
+	x->t[1] = (struct cat_tensor){ .name = "model.embed_tokens.weight", .dtype = CKPT_F32, .ndim = 2,
+				       .shape = { 4, 3 }, .file = &x->f, .offset = 0, .nbytes = 48 };
+	x->t[0] = x->t[1];
+	x->t[0].name = "lm_head.weight";
+	x->t[0].offset = 48;
+	x->t[0].nparts = 2;
+	x->t[0].parts = x->parts;
+	for (int k = 0; k < 2; k++) {
+		x->parts[k].t = (struct cat_tensor){ .name = "lm_head.weight", .dtype = CKPT_F32, .ndim = 2,
+						     .shape = { 2, 3 }, .file = &x->f, .offset = 48 + 24 * (uint64_t)k,
+						     .nbytes = 24 };
+		x->parts[k].at[0] = 2 * (uint64_t)k;
+	}
+	x->cat.dir = "/ckpt";
+	x->cat.tensors = x->t;
+	x->cat.ntensors = 2;
+}
+
+static void test_tied_equal_bytes_drop_the_head(void **state)
+{
+	(void)state;
+	struct tied_fx x;
+	tied_fixture(&x);
+	struct ckpt_err err = { 0 };
+	assert_int_equal(tied_mark_head(&x.cat, true, &err), 0);
+	assert_true(x.t[0].hf_dup);
+	assert_false(x.t[1].hf_dup);
+	assert_null(x.cat.contents);
+}
+
+static void test_tied_kept(void **state)
+{
+	(void)state;
+	struct tied_fx x;
+	struct ckpt_err err = { 0 };
+	/* config.json unties them */
+	tied_fixture(&x);
+	assert_int_equal(tied_mark_head(&x.cat, false, &err), 0);
+	assert_false(x.t[0].hf_dup);
+	/* a safetensors source is served as its files */
+	tied_fixture(&x);
+	x.cat.hf_files = true;
+	assert_int_equal(tied_mark_head(&x.cat, true, &err), 0);
+	assert_false(x.t[0].hf_dup);
+	/* another dtype or shape: not the tied copy, and nothing to say */
+	tied_fixture(&x);
+	x.t[0].dtype = x.parts[0].t.dtype = x.parts[1].t.dtype = CKPT_I32;
+	assert_int_equal(tied_mark_head(&x.cat, true, &err), 0);
+	assert_false(x.t[0].hf_dup);
+	assert_null(x.cat.contents);
+	/* one byte apart, in the last chunk's last element: kept, and said */
+	tied_fixture(&x);
+	x.buf[95] ^= 1;
+	assert_int_equal(tied_mark_head(&x.cat, true, &err), 0);
+	assert_false(x.t[0].hf_dup);
+	assert_false(x.t[1].hf_dup);
+	assert_string_equal(x.cat.contents, "lm_head.weight differs from model.embed_tokens.weight though config.json "
+					    "ties the embeddings: both kept in hf/");
+	free(x.cat.contents);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -389,6 +470,8 @@ int main(void)
 		cmocka_unit_test(test_metadata_refused),
 		cmocka_unit_test(test_metadata_truncated),
 		cmocka_unit_test(test_dcp_globals_need_the_flag),
+		cmocka_unit_test(test_tied_equal_bytes_drop_the_head),
+		cmocka_unit_test(test_tied_kept),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
