@@ -223,6 +223,8 @@ int chunks_check(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b
 
 struct expr *chunks_expr(const struct cat_tensor *t)
 {
+	if (t->nparts == 0)
+		return expr_source(t);
 	struct chunk_box *b = calloc(t->nparts, sizeof(*b));
 	if (!b)
 		return NULL;

@@ -2,7 +2,6 @@
  * Each operator maps an output byte range onto ranges of its arguments; nothing evaluates more than asked. */
 #include "ckptfs/expr.h"
 
-#include "ckptfs/chunks.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -85,7 +84,7 @@ static struct expr *source_stored(const struct cat_tensor *t);
 struct expr *expr_source(const struct cat_tensor *t)
 {
 	if (t->nparts > 0)
-		return chunks_expr(t);
+		return NULL; /* its parts' expressions are assembled by chunks_expr */
 	struct expr *e = source_stored(t);
 	if (!e || !t->rope_heads)
 		return e;

@@ -33,8 +33,11 @@ struct chunk_box {
  * "chunk 2 runs past dim 0 (8 + 4 > 10)", or "not a grid". */
 int chunks_check(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b, size_t n, char *why, size_t cap);
 
-/* The expression of a tensor with parts (t->nparts > 0, checked by
- * chunks_check): concats of expr_source of its parts; NULL without memory. */
+/* The expression of a catalog tensor: expr_source of it, or for a tensor
+ * stored in parts (t->nparts > 0, checked by chunks_check) concats of
+ * expr_source of its parts; NULL without memory. Everything that turns
+ * catalog tensors into expressions calls this, so the expression engine
+ * never reaches up into the chunk geometry. */
 struct expr *chunks_expr(const struct cat_tensor *t);
 
 #endif
