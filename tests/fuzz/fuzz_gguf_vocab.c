@@ -56,7 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct gguf_kv kv;
 	struct ckpt_err err = { 0 };
 	gguf_kv_init(&kv);
-	int r = gguf_vocab_add(&kv, tok, tl, cfg, cl, NULL, n_vocab, data[0] & 1 ? "gpt2" : "llama", "t.json", &err);
+	int r = gguf_vocab_add(&kv, tok, tl, cfg, cl, NULL, n_vocab, data[0] & 1 ? "gpt2" : "llama", "t.json",
+				"c.json", &err);
 	if (r < 0) {
 		FUZZ_CHECK(err.code == -r && err.msg[0], "failure %d without a message", r);
 	} else {

@@ -11,7 +11,7 @@
 #   FUZZ_ARGS="..."  more libFuzzer flags, e.g. -jobs or -dict
 #   CC=clang         a clang with libFuzzer (-fsanitize=fuzzer)
 #
-# The harnesses are built straight from src/*.c (all but the FUSE front-end:
+# The harnesses are built straight from src/*/*.c (all but the FUSE front-end:
 # main.c, main_nofuse.c, fuse_ops.c) with ASan and UBSan, no configure needed.
 # Every file under tests/fuzz/regress/<harness>/ is replayed first: each is an
 # input that once crashed, kept as a regression test. Per harness the script
@@ -79,7 +79,7 @@ CFLAGS_F=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$REPO/include" -I"$OUT/include"
 LIBS=(-lcjson -lzstd -lm -lpthread)
 
 srcs=()
-for f in "$REPO"/src/*.c; do
+for f in "$REPO"/src/*/*.c; do
 	case $(basename "$f") in main.c | main_nofuse.c | fuse_ops.c) continue ;; esac
 	srcs+=("$f")
 done

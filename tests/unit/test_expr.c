@@ -6,7 +6,7 @@
  *
  * The reference (struct ref) materialises a whole tensor by index arithmetic: an output
  * element's multi-index is mapped to the argument's multi-index, one element at a time. It
- * shares nothing with src/expr.c; casts use formulas or the compiler's _Float16.
+ * shares nothing with src/engine/expr.c; casts use formulas or the compiler's _Float16.
  */
 #include <errno.h>
 #include <setjmp.h>

@@ -114,7 +114,8 @@ static int read_storage_data(struct mread *r, const struct pk_obj *sd, struct si
 		}
 		s[i].info = obj(r, sd->items[2 * i + 1]);
 	}
-	qsort(s, n, sizeof(*s), cmp_sinfo);
+	if (n > 1)
+		qsort(s, n, sizeof(*s), cmp_sinfo);
 	for (size_t i = 1; i < n; i++)
 		if (cmp_sinfo(&s[i - 1], &s[i]) == 0) {
 			char nm[128];

@@ -758,7 +758,8 @@ static int check_index(struct catalog *cat, struct ckpt_err *err)
 	int r = catalog_read_json(cat->index, &j, err);
 	if (r < 0)
 		return r;
-	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
+	if (cat->ntensors > 1)
+		qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
 	const cJSON *it;
 	size_t listed = 0;
 	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "weight_map"))

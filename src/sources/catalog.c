@@ -335,12 +335,15 @@ static int load_tensors(struct catalog *cat, struct ckpt_err *err)
 		return ckpt_err_set(err, ENOENT,
 				    "%s: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)",
 				    cat->dir);
-	qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
+	if (cat->nshards > 1)
+		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
 	cat->format_name = fmt->name;
 	int r = fmt->load(cat, err);
 	if (r < 0)
 		return r;
-	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
+	/* A source may hold no tensor at all, and then no array (qsort's NULL is UB). */
+	if (cat->ntensors > 1)
+		qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
 	for (size_t i = 0; i < cat->ntensors; i++) {
 		struct cat_tensor *t = &cat->tensors[i];
 		cat->tensor_bytes += t->nbytes;

@@ -138,7 +138,8 @@ static const struct src_file **shards_by_addr(const struct catalog *cat)
 	if (!s)
 		return NULL;
 	memcpy(s, cat->shards, cat->nshards * sizeof(*s));
-	qsort(s, cat->nshards, sizeof(*s), cmp_addr);
+	if (cat->nshards > 1)
+		qsort(s, cat->nshards, sizeof(*s), cmp_addr);
 	return s;
 }
 

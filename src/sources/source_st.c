@@ -103,7 +103,8 @@ static int check_index(struct catalog *cat, const cJSON *index_json, struct ckpt
 	{
 		names[k++] = it->string;
 	}
-	qsort(names, listed, sizeof(*names), cmp_str);
+	if (listed > 1)
+		qsort(names, listed, sizeof(*names), cmp_str);
 	int r = 0;
 	for (size_t i = 0; i < cat->ntensors && r == 0; i++) {
 		const char *key = cat->tensors[i].name;
@@ -173,7 +174,8 @@ static int st_load(struct catalog *cat, struct ckpt_err *err)
 	if (!cat->index)
 		return 0;
 	/* check_index looks tensors up by name: sort now (the catalog sorts again, a no-op). */
-	qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
+	if (cat->ntensors > 1)
+		qsort(cat->tensors, cat->ntensors, sizeof(*cat->tensors), cmp_tensor);
 	for (size_t i = 1; i < cat->ntensors; i++)
 		if (strcmp(cat->tensors[i - 1].name, cat->tensors[i].name) == 0)
 			return ckpt_err_set(err, EINVAL, "%s: duplicate tensor name '%s' (also in %s)",
