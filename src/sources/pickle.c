@@ -499,7 +499,7 @@ static int step(struct parser *p, bool *done)
 	uint8_t op = p->buf[p->pos++];
 	struct pk_obj *o;
 	uint32_t a;
-	size_t from;
+	size_t from = 0;
 	uint64_t len;
 	int r;
 	switch (op) {

@@ -220,7 +220,7 @@ static int read_entry(const uint8_t *buf, uint64_t size, const char *path, const
 int zip_read(const uint8_t *buf, uint64_t size, const char *path, struct zip_archive *out, struct ckpt_err *err)
 {
 	memset(out, 0, sizeof(*out));
-	uint64_t cd_off, cd_len, count;
+	uint64_t cd_off = 0, cd_len = 0, count = 0;
 	int r = read_end(buf, size, path, &cd_off, &cd_len, &count, err);
 	if (r < 0)
 		return r;
@@ -232,7 +232,7 @@ int zip_read(const uint8_t *buf, uint64_t size, const char *path, struct zip_arc
 	}
 	uint64_t p = cd_off;
 	for (uint64_t i = 0; i < count; i++) {
-		uint64_t used;
+		uint64_t used = 0;
 		r = read_entry(buf, size, path, buf + p, cd_off + cd_len - p, cd_off, &out->e[out->n], &used, err);
 		if (r < 0)
 			goto out;
