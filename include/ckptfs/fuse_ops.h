@@ -29,11 +29,12 @@ struct ckptfs_fs {
 	struct prefetch_queue *prefetch_q; /* the worker giving advice ahead, or NULL */
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;
-	/* Snapshots of .ckptfs/stats still open: a file open at unmount never
-	 * gets its RELEASE, so the session's destroy frees what is left.
-	 * Set up by the session's init (zeroed before). */
-	pthread_mutex_t stats_mu;
-	struct stats_buf *stats_open;
+	/* What open files hold (a stats snapshot, a read-ahead state): a file
+	 * open at unmount, a lazy one included, never gets its RELEASE, so the
+	 * session's destroy frees what is left. Set up by the session's init
+	 * (zeroed before). */
+	pthread_mutex_t open_mu;
+	struct open_handle *open_list;
 };
 
 extern const struct fuse_lowlevel_ops ckptfs_ll_ops;

@@ -14,6 +14,12 @@ void prefetch_file_init(struct prefetch_file *p)
 
 void prefetch_file_destroy(struct prefetch_file *p)
 {
+	/* RELEASE follows the file's last read only through the kernel (the
+	 * reply, then the close): taking the lock once orders this thread after
+	 * that read's use of p in a way the thread checkers see, and waits for
+	 * a read that might still hold it. */
+	pthread_mutex_lock(&p->mu);
+	pthread_mutex_unlock(&p->mu);
 	pthread_mutex_destroy(&p->mu);
 }
 

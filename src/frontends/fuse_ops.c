@@ -65,11 +65,24 @@ static void fill_stat(const struct ckptfs_fs *fs, struct vnode *n, struct stat *
 	}
 }
 
+/* What one open file holds, on fs->open_list from OPEN to RELEASE (or to
+ * the session's end). fi->fh points at it. */
+struct open_handle {
+	struct open_handle *prev, *next;
+	bool stats; /* a stats_buf, else a view_handle */
+};
+
 /* A snapshot of the statistics, made at open so one read sees one state. */
 struct stats_buf {
-	struct stats_buf *prev, *next; /* fs->stats_open */
+	struct open_handle h;
 	size_t len;
 	char text[];
+};
+
+/* A view file's read-ahead state. */
+struct view_handle {
+	struct open_handle h;
+	struct prefetch_file pf;
 };
 
 static uint64_t load(const uint64_t *p)
@@ -146,35 +159,42 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	return b;
 }
 
-static void stats_hold(struct ckptfs_fs *fs, struct stats_buf *b)
+static void handle_hold(struct ckptfs_fs *fs, struct open_handle *h)
 {
-	pthread_mutex_lock(&fs->stats_mu);
-	b->prev = NULL;
-	b->next = fs->stats_open;
-	if (b->next)
-		b->next->prev = b;
-	fs->stats_open = b;
-	pthread_mutex_unlock(&fs->stats_mu);
+	pthread_mutex_lock(&fs->open_mu);
+	h->prev = NULL;
+	h->next = fs->open_list;
+	if (h->next)
+		h->next->prev = h;
+	fs->open_list = h;
+	pthread_mutex_unlock(&fs->open_mu);
 }
 
-static void stats_drop(struct ckptfs_fs *fs, struct stats_buf *b)
+static void handle_free(struct open_handle *h)
 {
-	pthread_mutex_lock(&fs->stats_mu);
-	if (b->prev)
-		b->prev->next = b->next;
+	if (!h->stats)
+		prefetch_file_destroy(&((struct view_handle *)h)->pf);
+	free(h);
+}
+
+static void handle_drop(struct ckptfs_fs *fs, struct open_handle *h)
+{
+	pthread_mutex_lock(&fs->open_mu);
+	if (h->prev)
+		h->prev->next = h->next;
 	else
-		fs->stats_open = b->next;
-	if (b->next)
-		b->next->prev = b->prev;
-	pthread_mutex_unlock(&fs->stats_mu);
-	free(b);
+		fs->open_list = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->open_mu);
+	handle_free(h);
 }
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct ckptfs_fs *fs = userdata;
-	pthread_mutex_init(&fs->stats_mu, NULL);
-	fs->stats_open = NULL;
+	pthread_mutex_init(&fs->open_mu, NULL);
+	fs->open_list = NULL;
 	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 	else
@@ -246,31 +266,30 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
-		stats_hold(fs, b);
-		fi->fh = (uint64_t)(uintptr_t)b;
+		b->h.stats = true;
+		handle_hold(fs, &b->h);
+		fi->fh = (uint64_t)(uintptr_t)&b->h;
 		fi->direct_io = 1;
 		fuse_reply_open(req, fi);
 		return;
 	}
 	/* Without memory for it the file is read without read-ahead. */
-	struct prefetch_file *pf = fs->prefetch_max ? malloc(sizeof(*pf)) : NULL;
-	if (pf)
-		prefetch_file_init(pf);
-	fi->fh = (uint64_t)(uintptr_t)pf;
+	struct view_handle *vh = fs->prefetch_max ? malloc(sizeof(*vh)) : NULL;
+	if (vh) {
+		vh->h.stats = false;
+		prefetch_file_init(&vh->pf);
+		handle_hold(fs, &vh->h);
+	}
+	fi->fh = vh ? (uint64_t)(uintptr_t)&vh->h : 0;
 	fi->keep_cache = 1;
 	fuse_reply_open(req, fi);
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct ckptfs_fs *fs = fs_of(req);
-	const struct vnode *n = vtree_get(fs->tree, ino);
-	if (fi->fh && n && n->dynamic) {
-		stats_drop(fs, (struct stats_buf *)(uintptr_t)fi->fh);
-	} else if (fi->fh) {
-		prefetch_file_destroy((struct prefetch_file *)(uintptr_t)fi->fh);
-		free((void *)(uintptr_t)fi->fh);
-	}
+	(void)ino;
+	if (fi->fh)
+		handle_drop(fs_of(req), (struct open_handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -278,12 +297,12 @@ static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void ll_destroy(void *userdata)
 {
 	struct ckptfs_fs *fs = userdata;
-	for (struct stats_buf *b = fs->stats_open, *next; b; b = next) {
-		next = b->next;
-		free(b);
+	for (struct open_handle *h = fs->open_list, *next; h; h = next) {
+		next = h->next;
+		handle_free(h);
 	}
-	fs->stats_open = NULL;
-	pthread_mutex_destroy(&fs->stats_mu);
+	fs->open_list = NULL;
+	pthread_mutex_destroy(&fs->open_mu);
 }
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -380,7 +399,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		/* Reply from this thread's own copy: the kernel wakes the reader as
 		 * soon as it has the bytes, and its close (RELEASE, which frees the
 		 * snapshot on another thread) can overtake this writev's return. */
-		const struct stats_buf *b = (const struct stats_buf *)(uintptr_t)fi->fh;
+		const struct stats_buf *b = (const struct stats_buf *)(uintptr_t)fi->fh; /* h is its first member */
 		size_t o = off < 0 || !b || (uint64_t)off > b->len ? (b ? b->len : 0) : (size_t)off;
 		size_t len = b && size < b->len - o ? size : (b ? b->len - o : 0);
 		uint8_t *copy = len ? thread_scratch(len) : NULL;
@@ -410,7 +429,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	if (fi->fh)
-		prefetch_read((struct prefetch_file *)(uintptr_t)fi->fh, &n->file, (uint64_t)off, size, fs->prefetch_max,
+		prefetch_read(&((struct view_handle *)(uintptr_t)fi->fh)->pf, &n->file, (uint64_t)off, size, fs->prefetch_max,
 			      &fs->prefetch, fs->prefetch_q);
 	struct vplan plan;
 	vplan_init(&plan);
