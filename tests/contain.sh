@@ -74,8 +74,12 @@ case_fifo() {
     mkdir "$src/sub"
     mkfifo "$src/sub/pipe"
     ln -s sub/pipe "$src/extra.json"
-    if mknod "$src/sub/zero" c 1 5 2>/dev/null; then
+    # On a nodev file system (a TMPDIR mounted nodev) the node cannot be
+    # opened at all, so it is never reached: that part needs devices.
+    if mknod "$src/sub/zero" c 1 5 2>/dev/null && head -c 1 "$src/sub/zero" >/dev/null 2>&1; then
         ln -s sub/zero "$src/zero.json"
+    else
+        note "  (no usable device node under $TESTDIR: the device case is left out)"
     fi
     timeout 20 "$CKPTFS" ls "$src" hf >"$TESTDIR/ls" 2>"$TESTDIR/err" || rc=$?
     [ "$rc" -ne 124 ] || fail "symlink to a FIFO: ckptfs ls hangs"
