@@ -14,6 +14,10 @@
 # (source_bytes_read, summed over files) must be that layer's tensor bytes
 # exactly (counted from the source headers with independent code), and the
 # source bytes asked for ahead at most 10% + 256 KiB more.
+# Last, the reply path: hf/ read in 1 MiB O_DIRECT requests (the kernel's
+# largest, unless the daemon asked for smaller ones to fit its splice pipe)
+# must hand at least 90% of its source bytes to the kernel as file ranges
+# (bytes_spliced), and none with -o no_splice.
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -109,4 +113,24 @@ note "layer-002: tensor bytes $layer_bytes, source bytes read $read_src, asked f
 [ "$asked" -le $((layer_bytes + layer_bytes / 10 + 262144)) ] ||
     fail "layer-002 asked for $asked source bytes ahead, more than its $layer_bytes + 10% + 256 KiB"
 umount_ckptfs
+
+# The reply path: large reads of a passthrough file are spliced, not copied.
+hf_file=$(cd "$SRC" && LC_ALL=C ls ./*.safetensors | head -n 1)
+hf_file=${hf_file#./}
+for opts in "cache=off" "cache=off,no_splice"; do
+    mount_ckptfs "$SRC" "$MNT" -o "$opts"
+    dd if="$MNT/hf/$hf_file" of="$TESTDIR/direct.out" bs=1M iflag=direct status=none ||
+        fail "O_DIRECT read of hf/$hf_file failed"
+    cmp "$SRC/$hf_file" "$TESTDIR/direct.out" || fail "O_DIRECT read of hf/$hf_file differs from the source"
+    sourced=$(stat_of "$MNT" bytes_from_source)
+    spliced=$(stat_of "$MNT" bytes_spliced)
+    note "-o $opts: hf/$hf_file in 1 MiB reads: $sourced bytes from the source, $spliced spliced"
+    [ "$sourced" -gt 1048576 ] || hard_error "hf/$hf_file has only $sourced source bytes"
+    case $opts in
+    *no_splice) [ "$spliced" = 0 ] || fail "-o no_splice still spliced $spliced bytes" ;;
+    *) [ $((spliced * 10)) -ge $((sourced * 9)) ] ||
+        fail "only $spliced of $sourced source bytes spliced: large replies were copied" ;;
+    esac
+    umount_ckptfs
+done
 note PASS

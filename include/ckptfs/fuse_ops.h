@@ -21,7 +21,8 @@ struct ckptfs_fs {
 	uid_t uid;
 	gid_t gid;
 	bool splice;           /* hand source ranges to the kernel as fds */
-	size_t splice_max;     /* largest reply that fits libfuse's pipe */
+	size_t pipe_size;      /* libfuse's splice pipe, as large as it can grow */
+	unsigned max_read;     /* the read size asked of the kernel, 0: its own */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
 	uint64_t prefetch_max; /* bound of the read-ahead window per open file, 0: none */
@@ -36,6 +37,10 @@ struct ckptfs_fs {
 	pthread_mutex_t open_mu;
 	struct open_handle *open_list;
 };
+
+/* What libfuse reserves in its splice pipe beyond the data of a one-piece
+ * reply: two pages for the header and one per piece. */
+#define SPLICE_PIPE_RESERVE (3u * 4096u + 64u)
 
 extern const struct fuse_lowlevel_ops ckptfs_ll_ops;
 

@@ -17,19 +17,22 @@
 struct readstats {
 	pthread_mutex_t mu;
 	uint64_t reads, from_source, computed, generated;
+	uint64_t spliced; /* the part of from_source handed to the kernel as fds */
 };
 
 struct readstats_snap {
 	uint64_t reads;
 	uint64_t served; /* from_source + computed + generated */
 	uint64_t from_source, computed, generated;
+	uint64_t spliced;
 };
 
 void readstats_init(struct readstats *s);
 void readstats_destroy(struct readstats *s);
 
-/* Count one read reply made of these parts. */
-void readstats_add(struct readstats *s, uint64_t from_source, uint64_t computed, uint64_t generated);
+/* Count one read reply made of these parts; spliced says how much of
+ * from_source went to the kernel as file ranges rather than copied. */
+void readstats_add(struct readstats *s, uint64_t from_source, uint64_t computed, uint64_t generated, uint64_t spliced);
 
 void readstats_get(struct readstats *s, struct readstats_snap *out);
 

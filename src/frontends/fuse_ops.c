@@ -26,6 +26,15 @@
 /* Below this average piece size a reply is copied rather than spliced. */
 #define SPLICE_MIN_PIECE (32u << 10)
 
+/* Whether a reply of len bytes in npieces pieces fits libfuse's splice pipe:
+ * it reserves a page per piece plus two for the header, and copies the reply
+ * through a fresh buffer (outside any guard) when the pipe cannot hold it. */
+static bool splice_fits(const struct ckptfs_fs *fs, uint64_t len, size_t npieces)
+{
+	return fs->splice && npieces < (1u << 20) &&
+	       len + SPLICE_PIPE_RESERVE + 4096u * ((uint64_t)npieces - 1) <= fs->pipe_size;
+}
+
 static struct ckptfs_fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -106,6 +115,8 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
 	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
 	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
+	/* handed to the kernel as file ranges (splice), not copied */
+	cJSON_AddNumberToObject(j, "bytes_spliced", (double)rs.spliced);
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
 	/* generated text: headers, config.json */
 	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
@@ -195,10 +206,17 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
 	struct ckptfs_fs *fs = userdata;
 	pthread_mutex_init(&fs->open_mu, NULL);
 	fs->open_list = NULL;
-	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
+	/* Without the kernel's consent libfuse would copy a spliced reply
+	 * outside the guard: then every reply is copied here instead. Nothing
+	 * reads fs before init returns. */
+	if (fs->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE)) {
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
-	else
+	} else {
 		conn->want &= ~FUSE_CAP_SPLICE_WRITE;
+		fs->splice = false;
+	}
+	if (fs->max_read)
+		conn->max_read = fs->max_read;
 	if (fs->readahead_kb)
 		conn->max_readahead = fs->readahead_kb * 1024u;
 	/* The kernel may read ahead asynchronously and in parallel. */
@@ -443,7 +461,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * this thread's scratch, inside the guard. Never is libfuse handed a
 	 * pointer into a source mapping: it would touch it outside the guard,
 	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
-	bool splice = fs->splice && size <= fs->splice_max;
+	bool splice = splice_fits(fs, size, 1);
 	/* Scratch is needed only when something is computed or copied; a plain
 	 * passthrough file that is spliced never allocates it. */
 	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
@@ -460,8 +478,10 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	/* Many small source pieces (the strided rows of a row-parallel
 	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
-	 * one copy from the mapping is cheaper then. */
-	if (got > 0 && splice && plan.n > 1 && (uint64_t)got / plan.n < SPLICE_MIN_PIECE) {
+	 * one copy from the mapping is cheaper then, and the only safe way when
+	 * their page overhead no longer fits the pipe. */
+	if (got > 0 && splice && plan.n > 1 &&
+	    ((uint64_t)got / plan.n < SPLICE_MIN_PIECE || !splice_fits(fs, (uint64_t)got, plan.n))) {
 		if (!scratch && !(scratch = thread_scratch(size))) {
 			err = ENOMEM;
 			goto out;
@@ -500,7 +520,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
-	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated);
+	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, splice ? plan.sourced : 0);
 	if (!splice)
 		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
 	else if (plan.n == 0)

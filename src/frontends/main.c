@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
 #include <signal.h>
@@ -180,18 +181,30 @@ static int check_paths(const char *source, const char *mountpoint)
 	return 0;
 }
 
-/* libfuse grows its splice pipe up to fs.pipe-max-size; a reply needs that
- * minus room for the reply header. */
+/* The largest pipe libfuse's splice can count on. It grows its pipe per
+ * reply with F_SETPIPE_SZ, which is capped by fs.pipe-max-size (1 MiB by
+ * default, too small for a 1 MiB read with its header) unless the process has
+ * CAP_SYS_RESOURCE, as a root mount has: so try what a whole 1 MiB reply of
+ * many pieces needs, and fall back to the cap. */
 static size_t pipe_capacity(void)
 {
-	unsigned long max = 1 << 20;
-	FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
-	if (f) {
-		if (fscanf(f, "%lu", &max) != 1)
-			max = 1 << 20;
-		fclose(f);
+	int p[2];
+	if (pipe(p) != 0)
+		return 0;
+	int got = fcntl(p[0], F_SETPIPE_SZ, 2 << 20);
+	if (got < 0) {
+		unsigned long max = 1 << 20;
+		FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
+		if (f) {
+			if (fscanf(f, "%lu", &max) != 1)
+				max = 1 << 20;
+			fclose(f);
+		}
+		got = fcntl(p[0], F_SETPIPE_SZ, max > INT_MAX ? INT_MAX : (int)max);
 	}
-	return max > 4096 ? (size_t)(max - 4096) : 0;
+	close(p[0]);
+	close(p[1]);
+	return got > 0 ? (size_t)got : 0;
 }
 
 int main(int argc, char *argv[])
@@ -253,7 +266,7 @@ int main(int argc, char *argv[])
 		.uid = getuid(),
 		.gid = getgid(),
 		.splice = !opts.no_splice,
-		.splice_max = pipe_capacity(),
+		.pipe_size = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
 		.prefetch_max = (uint64_t)opts.prefetch_mb << 20,
 		.cache = cache,
@@ -270,6 +283,21 @@ int main(int argc, char *argv[])
 	if (fuse_opt_insert_arg(&args, 1, fsname) != 0)
 		goto out_tree;
 
+	/* A read that cannot be spliced is copied twice; one that fits the pipe
+	 * is not copied here at all. So where the pipe cannot hold the kernel's
+	 * largest read (1 MiB, and no CAP_SYS_RESOURCE to grow past
+	 * fs.pipe-max-size), ask for reads that fit it with room for 16 pieces
+	 * (a read across tensors of a converted file). */
+	char maxread[64];
+	const size_t room = SPLICE_PIPE_RESERVE + 15u * 4096u;
+	if (fs.splice && fs.pipe_size > room && fs.pipe_size < (1u << 20) + room) {
+		fs.max_read = (unsigned)((fs.pipe_size - room) & ~(size_t)4095);
+		snprintf(maxread, sizeof(maxread), "-omax_read=%u", fs.max_read);
+		if (fs.max_read >= 65536 && fuse_opt_insert_arg(&args, 1, maxread) != 0)
+			goto out_tree;
+		if (fs.max_read < 65536)
+			fs.max_read = 0;
+	}
 	se = fuse_session_new(&args, &ckptfs_ll_ops, sizeof(ckptfs_ll_ops), &fs);
 	if (!se)
 		goto out_tree;

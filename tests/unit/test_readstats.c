@@ -19,15 +19,17 @@ static void test_sums(void **state)
 	readstats_get(&s, &snap);
 	assert_int_equal(snap.reads, 0);
 	assert_int_equal(snap.served, 0);
-	readstats_add(&s, 1000, 0, 24);   /* a header and a source range */
-	readstats_add(&s, 0, 4096, 0);    /* a computed cast */
-	readstats_add(&s, 0, 0, 0);       /* a read at EOF */
+	readstats_add(&s, 1000, 0, 24, 0);   /* a header and a source range */
+	readstats_add(&s, 0, 4096, 0, 0);    /* a computed cast */
+	readstats_add(&s, 0, 0, 0, 0);       /* a read at EOF */
+	readstats_add(&s, 2000, 0, 0, 2000); /* a spliced source range */
 	readstats_get(&s, &snap);
-	assert_int_equal(snap.reads, 3);
-	assert_int_equal(snap.from_source, 1000);
+	assert_int_equal(snap.reads, 4);
+	assert_int_equal(snap.from_source, 3000);
+	assert_int_equal(snap.spliced, 2000);
 	assert_int_equal(snap.computed, 4096);
 	assert_int_equal(snap.generated, 24);
-	assert_int_equal(snap.served, 1000 + 4096 + 24);
+	assert_int_equal(snap.served, 3000 + 4096 + 24);
 	readstats_destroy(&s);
 }
 
@@ -47,7 +49,7 @@ static void *writer(void *arg)
 {
 	struct shared *sh = arg;
 	for (int i = 0; i < ADDS; i++)
-		readstats_add(&sh->s, 600, 300, 100);
+		readstats_add(&sh->s, 600, 300, 100, 0);
 	pthread_mutex_lock(&sh->mu);
 	sh->writers_left--;
 	pthread_mutex_unlock(&sh->mu);
