@@ -40,7 +40,8 @@
 # (b) and (c) need root, useradd and runuser, and a $TMPDIR the throwaway
 # user can reach; without them those parts are skipped and the test exits 77
 # after the other parts pass.
-# CKPTFS_CASES selects parts by name (default: inside symlinks perms usermount).
+# CKPTFS_CASES selects parts by name (default: inside symlinks perms usermount);
+# CKPTFS_REQUIRE_CASES=1 turns any skipped part into a failure.
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -383,6 +384,10 @@ for c in ${CKPTFS_CASES:-inside symlinks perms usermount}; do
     *) hard_error "unknown case '$c' in CKPTFS_CASES (inside symlinks perms usermount)" ;;
     esac
 done
+# CI sets CKPTFS_REQUIRE_CASES=1 where every part can run: a skip is a failure there.
+if [ -n "$SKIPPED" ] && [ "${CKPTFS_REQUIRE_CASES:-0}" = 1 ]; then
+    fail "CKPTFS_REQUIRE_CASES=1 but parts were skipped:$SKIPPED"
+fi
 case $SKIPPED in
 *"(b)"*) skip "the other parts passed; skipped:$SKIPPED" ;;
 esac
