@@ -72,4 +72,10 @@ void src_file_close(struct src_file *f);
  * mtime), -ESTALE otherwise. */
 int src_file_check(const struct src_file *f);
 
+/* Read a small side file (a JSON config) whole into a NUL-terminated buffer
+ * the caller frees. A file above `max` bytes is refused with EFBIG, naming
+ * the limit "for <what>"; a file that shrinks while read gives EIO. */
+int src_file_read_all(const struct src_file *f, uint32_t max, const char *what, char **out, size_t *len,
+		      struct ckpt_err *err);
+
 #endif

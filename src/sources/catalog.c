@@ -165,31 +165,16 @@ static int side_json_check(const struct src_file *f, const char *buf, size_t len
 /* Read a small JSON file of the catalog into a cJSON tree. */
 int catalog_read_json(const struct src_file *f, cJSON **out, struct ckpt_err *err)
 {
-	if (f->size > SIDE_JSON_MAX)
-		return ckpt_err_set(err, EFBIG, "%s: %llu bytes, larger than the %u-byte limit for JSON", f->path,
-				    (unsigned long long)f->size, SIDE_JSON_MAX);
-	char *buf = malloc((size_t)f->size + 1);
-	if (!buf)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
-	size_t got = 0;
-	while (got < f->size) {
-		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			int r = k < 0 ? ckpt_err_errno(err, errno, f->path, "read")
-				      : ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path);
-			free(buf);
-			return r;
-		}
-		got += (size_t)k;
-	}
-	buf[got] = '\0';
+	char *buf;
+	size_t got;
 	cJSON *j = NULL;
-	int r = side_json_check(f, buf, got, err);
-	if (r == 0 && !(j = cJSON_ParseWithLength(buf, got)))
-		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
-	free(buf);
+	int r = src_file_read_all(f, SIDE_JSON_MAX, "JSON", &buf, &got, err);
+	if (r == 0) {
+		r = side_json_check(f, buf, got, err);
+		if (r == 0 && !(j = cJSON_ParseWithLength(buf, got)))
+			r = ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
+		free(buf);
+	}
 	*out = j;
 	return r;
 }

@@ -385,3 +385,33 @@ int src_file_check(const struct src_file *f)
 		return -ESTALE;
 	return 0;
 }
+
+int src_file_read_all(const struct src_file *f, uint32_t max, const char *what, char **out, size_t *len,
+		      struct ckpt_err *err)
+{
+	*out = NULL;
+	*len = 0;
+	if (f->size > max)
+		return ckpt_err_set(err, EFBIG, "%s: %llu bytes, larger than the %u-byte limit for %s", f->path,
+				    (unsigned long long)f->size, max, what);
+	char *buf = malloc((size_t)f->size + 1);
+	if (!buf)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
+	size_t got = 0;
+	while (got < f->size) {
+		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			int r = k < 0 ? ckpt_err_errno(err, errno, f->path, "read")
+				      : ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path);
+			free(buf);
+			return r;
+		}
+		got += (size_t)k;
+	}
+	buf[got] = '\0';
+	*out = buf;
+	*len = got;
+	return 0;
+}
