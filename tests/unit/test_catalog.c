@@ -161,6 +161,21 @@ static void test_bad_config(void **state)
 	expect_open_fails(d, "%s/config.json: invalid JSON near byte 15");
 }
 
+/* A side file is read whole, so its size is checked before any byte is. */
+static void test_config_too_large(void **state)
+{
+	const char *d = *state;
+	char path[4096];
+	assert_int_equal(st_write(d, "model.safetensors", SHARD1, 8), 0);
+	snprintf(path, sizeof(path), "%s/config.json", d);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	/* sparse: 64 MiB + 1 bytes that are never written */
+	assert_int_equal(ftruncate(fileno(f), (64 << 20) + 1), 0);
+	fclose(f);
+	expect_open_fails(d, "%s/config.json: 67108865 bytes, larger than the 67108864-byte limit for JSON");
+}
+
 static void test_duplicate_across_shards(void **state)
 {
 	const char *d = *state;
@@ -338,6 +353,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_index_unlisted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_bad, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_config_too_large, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_duplicate_across_shards, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_outside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_inside, setup, teardown),
