@@ -70,6 +70,7 @@ struct catalog {
 	uint64_t tensor_bytes;
 	struct cJSON *config;      /* parsed config.json, or one the source generated, or NULL */
 	bool config_generated;     /* config is not the source's config.json (generated, or -o config=) */
+	char *config_note;         /* where a generated config's values came from (shapecfg.h), or NULL */
 	enum ckpt_arch arch;
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */

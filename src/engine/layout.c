@@ -961,7 +961,10 @@ static int invert(struct apply *a, const struct lnode *n, struct expr *cur, stru
 			idx = rope_rows_to_hf(cur->shape[0], groups);
 		if (!idx) {
 			expr_unref(cur);
-			snprintf(a->problem, sizeof(a->problem), "rope_rows cannot be inverted (rows do not split into heads)");
+			snprintf(a->problem, sizeof(a->problem), "%s",
+				 groups == 0 && !rg.on ? "rope_rows needs the number of heads, and there is no config.json "
+							 "to say it (give -o config=FILE or -o head_dim=N)"
+						       : "rope_rows cannot be inverted (rows do not split into heads)");
 			return -EINVAL;
 		}
 		struct expr *e = expr_gather_rows(cur, idx, (size_t)cur->shape[0]);

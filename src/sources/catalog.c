@@ -604,6 +604,7 @@ void catalog_close(struct catalog *cat)
 	free(cat->shards);
 	free(cat->shard_picked);
 	free(cat->contents);
+	free(cat->config_note);
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		free(cat->warnings[i]);
 	for (size_t i = 0; i < cat->nmeta; i++) {

@@ -827,6 +827,8 @@ static int build_readme(struct views *v)
 			v->naming);
 	if (cat->contents)
 		fprintf(m, "Also holds:    %s\n", cat->contents);
+	if (cat->config_note)
+		fprintf(m, "Config:        %s\n", cat->config_note);
 	fprintf(m, "Architecture:  %s", arch_name(cat->arch));
 	if (d->hidden)
 		fprintf(m, " (hidden %" PRIu64 ", %" PRIu64 " layers, %" PRIu64 " heads, %" PRIu64
