@@ -1,8 +1,8 @@
 /* shapecfg.h -- a config.json derived from the tensors' shapes, for a source that has none (a DCP step directory).
  * What the shapes say is derived; what they cannot say is named, never guessed.
  *
- * A LLaMA-family model under HF's, KempnerForge's or torchtitan's (Meta's)
- * names gives:
+ * A LLaMA-family model (its names HF's, or renamed to HF's from a trainer's
+ * by naming.h) gives:
  *   hidden_size, vocab_size      the embedding [vocab, hidden]
  *   num_hidden_layers            the layers holding a q projection (0..L-1)
  *   intermediate_size            the gate projection's rows
@@ -10,9 +10,10 @@
  *   torch_dtype                  the embedding's dtype
  *   model_type                   qwen2 when q has a bias and o none, else llama
  * The number of attention heads is not in any shape (q's rows are heads x
- * head_dim): with head_dim known (-o head_dim=N, or the width of a
- * torchtitan freqs_cis buffer [positions, head_dim/2]) the heads are q's rows
- * / head_dim and the KV heads k's rows / head_dim. rope_theta, rms_norm_eps
+ * head_dim): with head_dim given (-o head_dim=N) the heads are q's rows /
+ * head_dim and the KV heads k's rows / head_dim. (Older torchtitan saved a
+ * freqs_cis buffer [positions, head_dim/2], but as complex64, which ckptfs
+ * does not read: such a checkpoint needs its config given.) rope_theta, rms_norm_eps
  * and max_position_embeddings are in no tensor; the generated config.json
  * writes Meta's and torchtitan's defaults for them and says so.
  * Neither torchtitan nor KempnerForge saves its model arguments in the DCP
@@ -28,10 +29,11 @@
 
 /* For a catalog without config (cat->config == NULL): set cat->config_note
  * to what was derived from where and what could not be, and when the heads
- * are known (head_dim > 0, or found in the tensors) cat->config to the
+ * are known (head_dim > 0) cat->config to the
  * generated config.json, with the architecture and dimensions detected again.
  * Returns 0 (also when the names are not a LLaMA family's: nothing is set),
- * or a negative errno when head_dim does not divide the projections. */
+ * or a negative errno when head_dim does not divide the projections. The
+ * note names the naming the tensors were read under (cat->naming). */
 int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err);
 
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptfs/layout.h"
 #include "ckptfs/shapecfg.h"
 
 int options_parse_size(const char *s, uint64_t *out)
@@ -37,12 +38,7 @@ int options_parse_size(const char *s, uint64_t *out)
 
 const char *options_layout_dir(void)
 {
-	const char *env = getenv("CKPTFS_LAYOUT_DIR");
-	if (env && *env)
-		return env;
-	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
-		return CKPTFS_LAYOUT_DIR;
-	return CKPTFS_SRC_LAYOUT_DIR;
+	return layout_default_dir();
 }
 
 void option_strings_free(struct option_strings *os)

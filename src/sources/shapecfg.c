@@ -9,25 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/naming.h"
 #include "ckptfs/tied.h"
 
 #define MAX_LAYERS 100000
 
-/* Where the dimensions are, per naming; "%u" is the layer. */
+/* Where the dimensions are, in HF's names ("%u" the layer): a trainer's
+ * names are HF's by now (naming.h). */
 struct roles {
-	const char *naming;
-	const char *embed, *head, *q, *k, *gate, *q_bias, *o_bias, *freqs;
+	const char *embed, *head, *q, *k, *gate, *q_bias, *o_bias;
 };
 
-static const struct roles namings[] = {
-	{ "HF", "model.embed_tokens.weight", "lm_head.weight", "model.layers.%u.self_attn.q_proj.weight",
-	  "model.layers.%u.self_attn.k_proj.weight", "model.layers.%u.mlp.gate_proj.weight",
-	  "model.layers.%u.self_attn.q_proj.bias", "model.layers.%u.self_attn.o_proj.bias", NULL },
-	{ "KempnerForge", "token_embedding.embedding.weight", "output_head.proj.weight",
-	  "layers.%u.attention.q_proj.weight", "layers.%u.attention.k_proj.weight", "layers.%u.mlp.gate_proj.weight",
-	  "layers.%u.attention.q_proj.bias", "layers.%u.attention.o_proj.bias", NULL },
-	{ "torchtitan", "tok_embeddings.weight", "output.weight", "layers.%u.attention.wq.weight",
-	  "layers.%u.attention.wk.weight", "layers.%u.feed_forward.w1.weight", NULL, NULL, "freqs_cis" },
+static const struct roles hf_roles = {
+	"model.embed_tokens.weight",		    "lm_head.weight",
+	"model.layers.%u.self_attn.q_proj.weight", "model.layers.%u.self_attn.k_proj.weight",
+	"model.layers.%u.mlp.gate_proj.weight",    "model.layers.%u.self_attn.q_proj.bias",
+	"model.layers.%u.self_attn.o_proj.bias",
 };
 
 /* `name` against a pattern with at most one %u; the layer in *layer. */
@@ -81,38 +78,27 @@ static uint64_t count_layers(const struct catalog *cat, const struct roles *r)
 
 int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err)
 {
-	const struct roles *r = NULL;
-	const struct cat_tensor *emb = NULL;
-	uint64_t layers = 0;
-	for (size_t i = 0; i < sizeof(namings) / sizeof(*namings) && !r; i++) {
-		emb = catalog_find(cat, namings[i].embed);
-		if (is_2d(emb) && (layers = count_layers(cat, &namings[i])) > 0)
-			r = &namings[i];
-	}
-	if (!r)
+	const struct roles *r = &hf_roles;
+	const struct cat_tensor *emb = catalog_find(cat, r->embed);
+	uint64_t layers = is_2d(emb) ? count_layers(cat, r) : 0;
+	if (layers == 0)
 		return 0;
 	const struct cat_tensor *q = layer_tensor(cat, r->q, 0), *k = layer_tensor(cat, r->k, 0),
 				*gate = layer_tensor(cat, r->gate, 0), *head = catalog_find(cat, r->head);
 	uint64_t hidden = emb->shape[1], vocab = emb->shape[0], qrows = q->shape[0], krows = k->shape[0];
 	const char *hd_from = "-o head_dim";
-	if (head_dim == 0 && r->freqs) {
-		const struct cat_tensor *f = catalog_find(cat, r->freqs);
-		if (f && f->ndim == 2 && f->shape[1] > 0) {
-			head_dim = 2 * f->shape[1];
-			hd_from = "2 x the columns of freqs_cis";
-		}
-	}
-	bool qwen2 = r->q_bias && layer_tensor(cat, r->q_bias, 0) && !layer_tensor(cat, r->o_bias, 0);
+	bool qwen2 = layer_tensor(cat, r->q_bias, 0) && !layer_tensor(cat, r->o_bias, 0);
 	bool tied = head == NULL;
 	char *text = NULL;
 	size_t len = 0;
 	FILE *m = open_memstream(&text, &len);
 	if (!m)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
-	fprintf(m, "%s from the %s tensor shapes: hidden_size %" PRIu64 " and vocab_size %" PRIu64
+	fprintf(m, "%s from the tensor shapes%s%s%s: hidden_size %" PRIu64 " and vocab_size %" PRIu64
 		   " (the embedding), num_hidden_layers %" PRIu64 " (layers with q), intermediate_size %" PRIu64
 		   " (gate rows), tie_word_embeddings %s (%s output head), model_type %s (%s)",
-		head_dim ? "config.json derived" : "no config.json generated; derived", r->naming, hidden, vocab, layers, gate->shape[0],
+		head_dim ? "config.json derived" : "no config.json generated; derived",
+		cat->naming[0] ? " (renamed from the " : "", cat->naming, cat->naming[0] ? " naming)" : "", hidden, vocab, layers, gate->shape[0],
 		tied ? "true" : "false", tied ? "no" : "an", qwen2 ? "qwen2" : "llama",
 		qwen2 ? "q has a bias, o none" : "no q bias or an o bias too");
 	int rc = 0;
@@ -171,5 +157,6 @@ int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err
 	cat->arch = arch_detect(c);
 	memset(&cat->dims, 0, sizeof(cat->dims));
 	arch_dims(c, cat->arch, &cat->dims);
-	return tied_mark_head(cat, cat->dims.tied_embeddings, err);
+	rc = naming_resolve_rope(cat, err);
+	return rc < 0 ? rc : tied_mark_head(cat, cat->dims.tied_embeddings, err);
 }

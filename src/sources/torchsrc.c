@@ -672,10 +672,8 @@ int torch_load_file(struct catalog *cat, struct src_file *f, char **contents, cJ
 	const char *trainer = NULL;
 	if (config) {
 		cJSON *args = trainer_args(&t);
-		r = trainer_convert(cat, first, args, f->path, config, &trainer, err);
+		trainer_convert(cat, first, args, config, &trainer);
 		cJSON_Delete(args);
-		if (r < 0)
-			goto out;
 	}
 	r = mark_duplicates(cat, first, err);
 	if (r == 0 && contents)
@@ -821,8 +819,10 @@ static int torch_load_mp(struct catalog *cat, struct ckpt_err *err)
 		r = mp_merge(cat, 0, (const struct src_file *const *)cat->shards, cat->nshards, width, err);
 	const char *trainer = NULL;
 	cJSON *config = NULL;
-	if (r == 0 && (r = trainer_convert(cat, 0, args, cat->shards[0]->path, &config, &trainer, err)) >= 0)
+	if (r == 0) {
+		trainer_convert(cat, 0, args, &config, &trainer);
 		r = mark_duplicates(cat, 0, err);
+	}
 	cJSON_Delete(args);
 	if (r < 0) {
 		free(contents);
