@@ -192,6 +192,26 @@ PY
     wait "$fullpid" || fail "$kind-full: daemon exited with status $?"
 done
 
+note "=== older torchtitan: a complex64 freqs_cis buffer, skipped; its width is the head_dim"
+dcp_case titan-freqs "$LLAMA" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
+cp -r "$TESTDIR/titan-freqs" "$TESTDIR/titan-freqs-bare"
+rm "$TESTDIR/titan-freqs-bare/config.json"
+out=$("$CKPTFS" inspect "$TESTDIR/titan-freqs-bare") || fail "inspect titan-freqs-bare failed"
+for want in "other state: step=10000, model.freqs_cis (complex64 tensor, skipped)" \
+    "config:        config.json derived from the tensor shapes (renamed from the torchtitan naming): $SHAPES, head_dim 16 (2 x the columns of the freqs_cis buffer), num_attention_heads 4 (q rows / head_dim), num_key_value_heads 2"; do
+    case $out in *"$want"*) ;; *) fail "inspect titan-freqs-bare: no '$want' in:
+$out" ;; esac
+done
+mkdir "$TESTDIR/mnt-tf" "$TESTDIR/mnt-tf-bare"
+mount_ckptfs "$TESTDIR/titan-freqs" "$TESTDIR/mnt-tf"
+tfpid=$CKPTFS_PID
+mount_ckptfs "$TESTDIR/titan-freqs-bare" "$TESTDIR/mnt-tf-bare"
+cmp "$TESTDIR/mnt-tf/hf/model.safetensors" "$TESTDIR/mnt-tf-bare/hf/model.safetensors" ||
+    fail "titan-freqs-bare: hf/model.safetensors differs from the one under the real config.json"
+umount_ckptfs
+fusermount3 -u "$TESTDIR/mnt-tf"
+wait "$tfpid" || fail "titan-freqs: daemon exited with status $?"
+
 note "=== stages that overlap, a stage directory without .metadata"
 mkdir -p "$TESTDIR/dup" "$TESTDIR/emptypp/pp0"
 cp -r "$TESTDIR/old" "$TESTDIR/dup/pp0"

@@ -75,6 +75,8 @@ struct catalog {
 	struct cJSON *config;      /* parsed config.json, or one the source generated, or NULL */
 	bool config_generated;     /* config is not the source's config.json (generated, or -o config=) */
 	char *config_note;         /* where a generated config's values came from (shapecfg.h), or NULL */
+	uint64_t head_dim_hint;    /* the head width a source read off a buffer that is no weight
+				      (torchtitan's complex64 freqs_cis), for shapecfg; 0 if none */
 	enum ckpt_arch arch;
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */

@@ -10,10 +10,10 @@
  *   torch_dtype                  the embedding's dtype
  *   model_type                   qwen2 when q has a bias and o none, else llama
  * The number of attention heads is not in any shape (q's rows are heads x
- * head_dim): with head_dim given (-o head_dim=N) the heads are q's rows /
- * head_dim and the KV heads k's rows / head_dim. (Older torchtitan saved a
- * freqs_cis buffer [positions, head_dim/2], but as complex64, which ckptfs
- * does not read: such a checkpoint needs its config given.) rope_theta, rms_norm_eps
+ * head_dim): with head_dim known the heads are q's rows / head_dim and the
+ * KV heads k's rows / head_dim. It is given (-o head_dim=N), or read off
+ * the shape of older torchtitan's freqs_cis buffer [positions, head_dim/2]
+ * (complex64, skipped as a weight: cat->head_dim_hint). rope_theta, rms_norm_eps
  * and max_position_embeddings are in no tensor; the generated config.json
  * writes Meta's and torchtitan's defaults for them and says so.
  * Neither torchtitan nor KempnerForge saves its model arguments in the DCP
@@ -29,7 +29,7 @@
 
 /* For a catalog without config (cat->config == NULL): set cat->config_note
  * to what was derived from where and what could not be, and when the heads
- * are known (head_dim > 0) cat->config to the
+ * are known (head_dim > 0, or cat->head_dim_hint) cat->config to the
  * generated config.json, with the architecture and dimensions detected again.
  * Returns 0 (also when the names are not a LLaMA family's: nothing is set),
  * or a negative errno when head_dim does not divide the projections. The

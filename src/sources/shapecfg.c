@@ -87,6 +87,10 @@ int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err
 				*gate = layer_tensor(cat, r->gate, 0), *head = catalog_find(cat, r->head);
 	uint64_t hidden = emb->shape[1], vocab = emb->shape[0], qrows = q->shape[0], krows = k->shape[0];
 	const char *hd_from = "-o head_dim";
+	if (head_dim == 0 && cat->head_dim_hint) {
+		head_dim = cat->head_dim_hint;
+		hd_from = "2 x the columns of the freqs_cis buffer";
+	}
 	bool qwen2 = layer_tensor(cat, r->q_bias, 0) && !layer_tensor(cat, r->o_bias, 0);
 	bool tied = head == NULL;
 	char *text = NULL;
