@@ -8,9 +8,10 @@ HF_DIR is the safetensors model the DCP fixture was written from
 ckptfs mount of HF_DIR itself.
   hf/        parsed here (stlib): every tensor the fixture wrote, same dtype,
              shape and bytes as numpy read from HF_DIR; nothing else;
-  tensors/   numpy.load of every NAME.npy equals the same arrays (with
-             --naming, NAME and the rows are the trainer's: tensors/ keeps
-             the source's names);
+  tensors/   numpy.load of every NAME.npy equals the same arrays (a
+             trainer's names and rotary row order are HF's by then, as in
+             every view: the catalog renames them, naming.h; with --naming,
+             no file keeps the trainer's name);
   hf@bf16/   tensor by tensor equal to REF_MNT's hf@bf16/ (the cast of the
              same values), over the tensors the fixture wrote;
   native/, tp-2/, per-layer/, pp-2/ (when the architecture has them): every
@@ -59,21 +60,20 @@ def files_below(d):
 def main():
     hf, mnt, ref = sys.argv[1:4]
     expect = dict(dcp_fixtures.load_hf(hf))
-    named = dcp_fixtures.dcp_named(hf)
     cfg = json.load(open(os.path.join(hf, "config.json")))
     naming = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--naming" else None
+    for n, t in expect.items():
+        # the trainer's own names are gone from every view, tensors/ included
+        k = dcp_fixtures.hf_to_kf_key(n) if naming == "kf" else \
+            dcp_fixtures.hf_to_titan(n, t, cfg)[0] if naming == "titan" and not n.endswith(".bias") else n
+        if k != n and os.path.exists(os.path.join(mnt, "tensors", stlib.npy_name(k))):
+            stlib.fail("tensors/: %s keeps the trainer's name" % k)
     got = read_view(os.path.join(mnt, "hf"))
     if sorted(got) != sorted(expect):
         stlib.fail("hf/: tensors %s, expected %s" % (sorted(got), sorted(expect)))
     for n, t in expect.items():
         same("hf/%s" % n, got[n], t)
     for n, t in expect.items():
-        # tensors/ keeps the source's names (and a trainer's row order)
-        if naming == "kf":
-            n = dcp_fixtures.hf_to_kf_key(n)
-        elif naming == "titan":
-            n = dcp_fixtures.hf_to_titan(n, t, cfg)[0]
-        t = named[n]
         a = np.load(os.path.join(mnt, "tensors", stlib.npy_name(n)))
         want = t.arr
         if t.dtype == "BF16":  # tensors/ widens bf16 to float32 exactly

@@ -40,6 +40,8 @@ Kinds (HF names under "model.", as trainers' state dicts hold them):
          apart under a config that says tied); `verify` does not apply
   titan-tied  torchtitan's names for a tied model (`tie` makes one of
          tiny-llama): output.weight its own copy of tok_embeddings.weight
+  titan-freqs  titan plus the complex64 freqs_cis buffer [2 x max positions,
+         head_dim / 2] that older torchtitan saved (persistent=True)
 Replicated tensors (norms, 0-dim) are one chunk saved by one rank (DCP's
 dedup), spread over the ranks.
 
@@ -69,10 +71,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stlib  # noqa: E402
 
 ST_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "C64": "complex64"}
 STORAGE = {"float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
            "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage", "int16": "ShortStorage",
-           "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage"}
+           "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage", "complex64": "ComplexFloatStorage"}
+
+
+def freqs_cis(cfg):
+    """torchtitan's precompute_freqs_cis(head_dim, 2 * max_seq_len, theta), the
+    complex64 buffer older versions saved (persistent=True)."""
+    hd = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    freqs = 1.0 / (cfg.get("rope_theta", 10000.0) ** (np.arange(0, hd, 2)[: hd // 2].astype(np.float32) / hd))
+    ang = np.outer(np.arange(2 * cfg.get("max_position_embeddings", 256), dtype=np.float32), freqs).astype(np.float32)
+    return stlib.T("C64", list(ang.shape), (np.cos(ang) + 1j * np.sin(ang)).astype(np.complex64))
 
 
 def load_hf(d):
@@ -284,7 +295,7 @@ def chunk_1d(n, parts):
 
 def plan_chunks(name, shape, ranks, grid):
     """[(rank, offsets, sizes)]: the chunks one tensor is saved in."""
-    if len(shape) == 0 or "norm" in name or len(shape) == 1 and shape[0] < ranks:
+    if len(shape) == 0 or "norm" in name or name == "freqs_cis" or len(shape) == 1 and shape[0] < ranks:
         return None  # replicated: one chunk, by one rank
     row_parallel = name.endswith("o_proj.weight") or name.endswith("down_proj.weight")
     if len(shape) >= 2 and row_parallel and grid:
@@ -424,6 +435,8 @@ def dcp_named(hf):
             if "num_attention_heads" in cfg and not n.endswith(".bias"):  # torchtitan's Llama has none
                 k, v = hf_to_titan(n, t, cfg)
                 out[k] = v
+    if "num_attention_heads" in cfg:
+        out["freqs_cis"] = freqs_cis(cfg)  # kind titan-freqs
     return out
 
 
@@ -436,10 +449,13 @@ def write(kind, hf, out):
         tensors = sorted(((hf_to_kf_key(n), t) for n, t in tensors), key=lambda x: x[0])
         for n, _ in tensors:
             assert dict(load_hf(hf)).get(kf_to_hf_key(n)) is not None, n
-    if kind in ("titan", "titan-tied"):
+    if kind in ("titan", "titan-tied", "titan-freqs"):
         # dcp.save of a torchtitan model: its own names, wq/wk rows interleaved
         cfg = json.load(open(os.path.join(hf, "config.json")))
         tensors = sorted((hf_to_titan(n, t, cfg) for n, t in tensors), key=lambda x: x[0])
+    if kind == "titan-freqs":
+        # older torchtitan registered freqs_cis with persistent=True: a complex64 buffer in the state dict
+        tensors = sorted(tensors + [("freqs_cis", freqs_cis(cfg))], key=lambda x: x[0])
     if kind in ("tied", "tied-differs", "titan-tied"):
         # dcp.save of a model whose lm_head is tied to embed_tokens: both names
         # are in the state dict and DCP writes each as its own copy. In

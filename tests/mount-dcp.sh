@@ -90,7 +90,7 @@ dcp_case tied "$QWEN" "torch DCP (1 directory, 3 shard files, metadata of torch 
 # torchtitan's names: output.weight saved apart from tok_embeddings.weight
 "$PYTHON" "$FX" tie "$LLAMA" "$TESTDIR/llama-tied" || fail "dcp_fixtures.py tie failed"
 dcp_case titan-tied "$TESTDIR/llama-tied" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
-"$CKPTFS" ls "$TESTDIR/titan-tied" tensors | grep -q "  output\.weight\.npy$" || fail "titan-tied: tensors/ lacks output.weight.npy"
+"$CKPTFS" ls "$TESTDIR/titan-tied" tensors | grep -q "  lm_head\.weight\.npy$" || fail "titan-tied: tensors/ lacks lm_head.weight.npy"
 
 hf_heads() { # hf_heads MNT: prints lm_head.weight's relation to the embedding in MNT/hf/, or "absent"
     "$PYTHON" - "$1/hf" "$srcdir/tests" <<'PY'
@@ -147,6 +147,70 @@ assert os.path.isdir(os.path.join(sys.argv[2], "tp-2"))
 PY
 umount_ckptfs
 expect_refused "ckptfs: $TESTDIR/none.json: No such file or directory" "$NOCFG" -o "config=$TESTDIR/none.json"
+
+note "=== no config.json: what the tensor shapes say is derived, the rest is named"
+for kind in kf titan; do
+    cp -r "$TESTDIR/$kind" "$TESTDIR/$kind-bare"
+    rm "$TESTDIR/$kind-bare/config.json"
+done
+SHAPES="hidden_size 64 and vocab_size 101 (the embedding), num_hidden_layers 2 (layers with q), intermediate_size 160 (gate rows), tie_word_embeddings false (an output head), model_type llama (no q bias or an o bias too)"
+out=$("$CKPTFS" inspect "$TESTDIR/kf-bare") || fail "inspect kf-bare failed"
+want="config:        no config.json generated; derived from the tensor shapes (renamed from the kempnerforge naming): $SHAPES; not derivable: num_attention_heads and num_key_value_heads (q has 64 rows = heads x head_dim, k 32; give -o head_dim=N), rope_theta, rms_norm_eps, max_position_embeddings (give -o config=FILE)"
+case $out in *"$want"*) ;; *) fail "inspect kf-bare: no '$want' in:
+$out" ;; esac
+"$CKPTFS" ls "$TESTDIR/kf-bare" hf | grep -q "  config\.json$" && fail "kf-bare: hf/ has a config.json without the heads"
+# torchtitan's wq/wk rows cannot be reordered without the heads: refused, not served wrong
+expect_refused "ckptfs: $TESTDIR/titan-bare: tensor 'model.layers.0.self_attn.k_proj.weight': the torchtitan naming keeps its rows in the interleaved rotary order of its heads, and no config says how many heads (give -o config=FILE or -o head_dim=N)" "$TESTDIR/titan-bare"
+expect_refused "ckptfs: $TESTDIR/titan-bare: head_dim 24 (-o head_dim) does not divide the projections: q has 64 rows, k 32 (heads x head_dim)" "$TESTDIR/titan-bare" -o head_dim=24
+expect_refused "ckptfs: -o head_dim=16: $TESTDIR/titan has a config, which says the heads" "$TESTDIR/titan" -o head_dim=16
+expect_refused "ckptfs: -o head_dim and -o config: the config says the heads; give one of them" "$TESTDIR/titan-bare" -o head_dim=16 -o "config=$LLAMA/config.json"
+expect_refused "ckptfs: -o head_dim=x: not a number of 1 to 65536" "$TESTDIR/titan-bare" -o head_dim=x
+for kind in kf titan; do
+    out=$("$CKPTFS" inspect -o head_dim=16 "$TESTDIR/$kind-bare") || fail "inspect -o head_dim $kind-bare failed"
+    want="config.json derived from the tensor shapes (renamed from the $([ $kind = kf ] && echo kempnerforge || echo torchtitan) naming): $SHAPES, head_dim 16 (-o head_dim), num_attention_heads 4 (q rows / head_dim), num_key_value_heads 2 (k rows / head_dim); not derivable, written as Meta's and torchtitan's defaults: rope_theta 10000, rms_norm_eps 1e-05, max_position_embeddings 2048 (give -o config=FILE for the real ones)"
+    case $out in *"config:        $want"*) ;; *) fail "inspect $kind-bare -o head_dim: no '$want' in:
+$out" ;; esac
+    # the tensors are those of the mount with the real config.json (checked against numpy above)
+    mkdir "$TESTDIR/mnt-$kind-bare" "$TESTDIR/mnt-$kind-full"
+    mount_ckptfs "$TESTDIR/$kind" "$TESTDIR/mnt-$kind-full"
+    fullpid=$CKPTFS_PID
+    mount_ckptfs "$TESTDIR/$kind-bare" "$TESTDIR/mnt-$kind-bare" -o head_dim=16
+    grep -qF "Config:        $want" "$TESTDIR/mnt-$kind-bare/README" || fail "$kind-bare: README does not say where the config came from"
+    cmp "$TESTDIR/mnt-$kind-full/hf/model.safetensors" "$TESTDIR/mnt-$kind-bare/hf/model.safetensors" ||
+        fail "$kind-bare: hf/model.safetensors differs from the one under the real config.json"
+    "$PYTHON" - "$LLAMA/config.json" "$TESTDIR/mnt-$kind-bare/hf/config.json" <<'PY' || fail "$kind-bare: hf/config.json wrong"
+import json, sys
+real, got = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for k in ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+          "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings", "torch_dtype", "hidden_act", "rms_norm_eps",
+          "rope_theta"):
+    assert got[k] == real[k], (k, got[k], real[k])
+assert got["max_position_embeddings"] == 2048, got
+PY
+    umount_ckptfs
+    fusermount3 -u "$TESTDIR/mnt-$kind-full"
+    wait "$fullpid" || fail "$kind-full: daemon exited with status $?"
+done
+
+note "=== older torchtitan: a complex64 freqs_cis buffer, skipped; its width is the head_dim"
+dcp_case titan-freqs "$LLAMA" "torch DCP (1 directory, 3 shard files, metadata of torch >= 2.4)" --naming titan
+cp -r "$TESTDIR/titan-freqs" "$TESTDIR/titan-freqs-bare"
+rm "$TESTDIR/titan-freqs-bare/config.json"
+out=$("$CKPTFS" inspect "$TESTDIR/titan-freqs-bare") || fail "inspect titan-freqs-bare failed"
+for want in "other state: step=10000, model.freqs_cis (complex64 tensor, skipped)" \
+    "config:        config.json derived from the tensor shapes (renamed from the torchtitan naming): $SHAPES, head_dim 16 (2 x the columns of the freqs_cis buffer), num_attention_heads 4 (q rows / head_dim), num_key_value_heads 2"; do
+    case $out in *"$want"*) ;; *) fail "inspect titan-freqs-bare: no '$want' in:
+$out" ;; esac
+done
+mkdir "$TESTDIR/mnt-tf" "$TESTDIR/mnt-tf-bare"
+mount_ckptfs "$TESTDIR/titan-freqs" "$TESTDIR/mnt-tf"
+tfpid=$CKPTFS_PID
+mount_ckptfs "$TESTDIR/titan-freqs-bare" "$TESTDIR/mnt-tf-bare"
+cmp "$TESTDIR/mnt-tf/hf/model.safetensors" "$TESTDIR/mnt-tf-bare/hf/model.safetensors" ||
+    fail "titan-freqs-bare: hf/model.safetensors differs from the one under the real config.json"
+umount_ckptfs
+fusermount3 -u "$TESTDIR/mnt-tf"
+wait "$tfpid" || fail "titan-freqs: daemon exited with status $?"
 
 note "=== stages that overlap, a stage directory without .metadata"
 mkdir -p "$TESTDIR/dup" "$TESTDIR/emptypp/pp0"

@@ -13,6 +13,11 @@
 #   llama2c, meta  llama2.c's ckpt.pt and Meta's consolidated.00.pth +
 #                  params.json: Meta's names, wq/wk in the interleaved rotary
 #                  order; hf/ must be the original HF model bit for bit
+#   meta-mp, meta3-mp  Meta's model-parallel release in 2 files (LLaMA 1/2 and
+#                  3 cuts of tok_embeddings): merged, hf/ the original bit for
+#                  bit and equal to a numpy run of convert_llama_weights_to_hf
+#                  (tests/check_meta_mp.py); shards that do not fit together
+#                  are refused with one exact line
 # Each is mounted and tests/check_torch.py compares hf/, hf@fp32/ and
 # tensors/ with torch.load, and native/, tp-2/ and per-layer/ with a mount
 # of the safetensors model it was saved from, byte for byte. `ckptfs
@@ -78,6 +83,53 @@ torch_case nanogpt "$GPT2" "$TESTDIR/ref-gpt2" --nanogpt
 # Meta's naming and rotary row order, converted back to HF's: bit for bit the original.
 torch_case llama2c "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
 torch_case meta "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
+# Meta's model-parallel release: the slices merged, bit for bit the original,
+# and every hf/ tensor equal to a numpy run of convert_llama_weights_to_hf.
+mp_case() { # mp_case KIND LLAMA_VERSION
+    torch_case "$1" "$LLAMA" "$TESTDIR/ref-llama" --same-as-ref
+    mkdir "$TESTDIR/mnt-$1-np"
+    mount_ckptfs "$TESTDIR/$1" "$TESTDIR/mnt-$1-np"
+    "$PYTHON" "$srcdir/tests/check_meta_mp.py" "$TESTDIR/$1" "$TESTDIR/mnt-$1-np" "$2" || fail "$1: check_meta_mp.py failed"
+    umount_ckptfs
+}
+mp_case meta-mp 2
+mp_case meta3-mp 3
+out=$("$CKPTFS" inspect "$TESTDIR/meta-mp") || fail "inspect meta-mp failed"
+for want in "format:        torch zip (Meta's model-parallel consolidated.00.pth .. consolidated.01.pth)" \
+    "contents:      2 model-parallel shards merged; Meta/llama2.c LLaMA naming"; do
+    case $out in *"$want"*) ;; *) fail "inspect meta-mp: no '$want' in:
+$out" ;; esac
+done
+
+note "=== model-parallel shards that do not fit together"
+mp_bad() { # mp_bad NAME PYTHON_EDIT WANT: edit the shards of a copy of meta-mp, expect WANT
+    local d=$TESTDIR/mp-$1
+    cp -r "$TESTDIR/meta-mp" "$d"
+    "$PYTHON" - "$d" <<PY || fail "mp_bad $1: editing the shards failed"
+import os, sys, torch
+d = sys.argv[1]
+s0, s1 = (torch.load(os.path.join(d, "consolidated.%02d.pth" % i)) for i in (0, 1))
+$2
+torch.save(s0, os.path.join(d, "consolidated.00.pth"))
+torch.save(s1, os.path.join(d, "consolidated.01.pth"))
+PY
+    expect_refused "ckptfs: $3" "$d"
+}
+mp_bad missing 'del s1["layers.1.ffn_norm.weight"]' \
+    "$TESTDIR/mp-missing/consolidated.01.pth: no tensor 'layers.1.ffn_norm.weight', which consolidated.00.pth holds"
+mp_bad dtype 's1["norm.weight"] = s1["norm.weight"].float()' \
+    "$TESTDIR/mp-dtype/consolidated.01.pth: tensor 'norm.weight' is F32 here and BF16 in consolidated.00.pth"
+mp_bad replicated 's1["norm.weight"] = s1["norm.weight"][:32].clone()' \
+    "$TESTDIR/mp-replicated/consolidated.01.pth: tensor 'norm.weight' is [32] here and [64] in consolidated.00.pth (a replicated tensor)"
+mp_bad offdim 's1["layers.0.attention.wq.weight"] = s1["layers.0.attention.wq.weight"][:, :48].clone()' \
+    "$TESTDIR/mp-offdim/consolidated.01.pth: tensor 'layers.0.attention.wq.weight' is [32, 48] here and [32, 64] in consolidated.00.pth off the split dim 0"
+mp_bad embed 's0["tok_embeddings.weight"] = s0["tok_embeddings.weight"][:, :24].clone(); s1["tok_embeddings.weight"] = s1["tok_embeddings.weight"][:, :24].clone()' \
+    "$TESTDIR/mp-embed/consolidated.00.pth: tensor 'tok_embeddings.weight': [101, 24] in each of 2 shards is a split of neither dim 1 nor dim 0 of a model 64 wide"
+mp_bad onedim 's0["norm.weight"] = s0["norm.weight"][:32].clone(); s1["norm.weight"] = s1["norm.weight"][32:].clone(); s0["output.weight"] = s0["output.weight"][0].clone(); s1["output.weight"] = s1["output.weight"][0].clone()' \
+    "$TESTDIR/mp-onedim/consolidated.00.pth: tensor 'output.weight' is split across the shards but not 2-D"
+cp -r "$TESTDIR/meta-mp" "$TESTDIR/mp-gap"
+cp "$TESTDIR/mp-gap/consolidated.01.pth" "$TESTDIR/mp-gap/consolidated.03.pth"
+expect_refused "ckptfs: $TESTDIR/mp-gap/consolidated.03.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.02.pth is missing)" "$TESTDIR/mp-gap"
 
 note "=== inspect and export"
 out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"

@@ -19,6 +19,11 @@ tests/stlib.py) are saved by torch the way real files hold them:
                 interleaved rotary order, model_args, '_orig_mod.' prefixes
   meta          consolidated.00.pth + params.json (vocab_size -1, rope.freqs),
                 Meta's original LLaMA release layout
+  meta-mp       Meta's LLaMA 1/2 model-parallel release: consolidated.00.pth and
+                .01.pth, each weight cut as fairscale's parallel layers hold it
+                (tok_embeddings along dim 1), params.json, rope.freqs
+  meta3-mp      the same as LLaMA 3 cuts it (tok_embeddings along dim 0),
+                rope_theta 500000 in params.json
   hostile       pytorch_model.bin whose pickle calls os.system (never run:
                 the command would create OUTDIR/pwned)
 Side files (config.json, tokenizer...) are copied except for the trainer files.
@@ -184,6 +189,47 @@ def meta(src, dst):
         json.dump({k: v for k, v in args.items() if k not in ("max_seq_len", "dropout")}, f)
 
 
+def split_mp(sd, n, emb_dim):
+    """Meta's model-parallel files: each weight cut as fairscale's parallel
+    layers hold it (column-parallel wq wk wv w1 w3 output along dim 0,
+    row-parallel wo w2 along dim 1, tok_embeddings along emb_dim), the rest
+    replicated; every slice its own storage, as each rank saved its own."""
+    col = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
+           "feed_forward.w3.weight")
+    shards = [collections.OrderedDict() for _ in range(n)]
+    for k, v in sd.items():
+        d = 0 if k == "output.weight" or k.endswith(col) else \
+            1 if k.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else \
+            emb_dim if k == "tok_embeddings.weight" else None
+        # tensor_split: the tiny model's vocab (101) is odd, so output is cut 51 + 50
+        pieces = [v] * n if d is None else torch.tensor_split(v, n, dim=d)
+        for i, p in enumerate(pieces):
+            shards[i][k] = p.clone()
+    return shards
+
+
+def meta_mp(src, dst):
+    """LLaMA 1/2: consolidated.00.pth + .01.pth, tok_embeddings split along dim 1, rope.freqs."""
+    sd, args = to_meta(src)
+    args["vocab_size"] = -1
+    hd = args["dim"] // args["n_heads"]
+    sd["rope.freqs"] = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    for i, shard in enumerate(split_mp(sd, 2, 1)):
+        torch.save(shard, os.path.join(dst, "consolidated.%02d.pth" % i))
+    with open(os.path.join(dst, "params.json"), "w") as f:
+        json.dump({k: v for k, v in args.items() if k not in ("max_seq_len", "dropout")}, f)
+
+
+def meta3_mp(src, dst):
+    """LLaMA 3: tok_embeddings split along dim 0 (VocabParallelEmbedding), rope_theta in params.json."""
+    sd, args = to_meta(src)
+    for i, shard in enumerate(split_mp(sd, 2, 0)):
+        torch.save(shard, os.path.join(dst, "consolidated.%02d.pth" % i))
+    args["rope_theta"] = 500000.0
+    with open(os.path.join(dst, "params.json"), "w") as f:
+        json.dump({k: v for k, v in args.items() if k not in ("max_seq_len", "dropout")}, f)
+
+
 class Pwn:
     def __init__(self, path):
         self.path = path
@@ -197,7 +243,8 @@ def hostile(src, dst):
 
 
 KINDS = {"gpt2-legacy": gpt2_legacy, "llama-zip": llama_zip, "llama-sharded": llama_sharded,
-         "nanogpt": nanogpt, "llama2c": llama2c, "meta": meta, "hostile": hostile}
+         "nanogpt": nanogpt, "llama2c": llama2c, "meta": meta, "meta-mp": meta_mp, "meta3-mp": meta3_mp,
+         "hostile": hostile}
 
 
 def main():

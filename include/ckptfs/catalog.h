@@ -32,6 +32,8 @@ struct cat_tensor {
 	bool transposed; /* 2-D, stored as its transpose: file bytes are [shape[1], shape[0]] row-major */
 	uint32_t rope_heads; /* nonzero: rows stored in Meta's interleaved rotary order for this many
 				heads, served in HF's half-split order (a gather of rows) */
+	uint8_t rope_group;  /* set by a naming (naming.h): 1 the attention heads, 2 the KV heads;
+				rope_heads follows once the config says how many */
 	bool hf_dup;     /* the same bytes, dtype and shape as another tensor (tied weights): the HF
 			    safetensors conversion writes that other one only */
 	size_t nparts;   /* > 0: stored in chunks (DCP) that tile it exactly (chunks.h); file and
@@ -61,6 +63,8 @@ struct catalog {
 	const struct src_file *index; /* the index naming the shards (model.safetensors.index.json,
 					 pytorch_model.bin.index.json), or NULL */
 	const char *format_name;   /* the source format's name: "safetensors", "torch" */
+	char naming[32];           /* the trainer naming the tensors were renamed from (a layout file's
+				      name, naming.h), or ""; a source may set it to force one */
 	char format[160];          /* the source format, for README and inspect: "safetensors, 2 files + ..." */
 	char *contents;            /* what else the files hold besides weights (inspect), or NULL */
 	bool hf_files;             /* the tensor files are HF safetensors already: hf/ may pass them through */
@@ -70,6 +74,9 @@ struct catalog {
 	uint64_t tensor_bytes;
 	struct cJSON *config;      /* parsed config.json, or one the source generated, or NULL */
 	bool config_generated;     /* config is not the source's config.json (generated, or -o config=) */
+	char *config_note;         /* where a generated config's values came from (shapecfg.h), or NULL */
+	uint64_t head_dim_hint;    /* the head width a source read off a buffer that is no weight
+				      (torchtitan's complex64 freqs_cis), for shapecfg; 0 if none */
 	enum ckpt_arch arch;
 	struct model_dims dims;
 	size_t nmeta;              /* __metadata__ of the first shard */

@@ -21,6 +21,8 @@
  *                 complete torch.save zip at [offset, offset+length) of the
  *                 file, offsets inside it relative to the item; bytes items
  *                 (step, optimizer param groups) are torch.save of the object.
+ * Tensors of a dtype ckptfs does not serve (complex64/128: torchtitan's
+ * freqs_cis) are skipped, listed by inspect.
  * Refused by name: transform_descriptors (compression), items that are not
  * torch.save archives (the safetensors serialization), relative paths that
  * are not a plain file name, chunks that do not tile their tensor.
@@ -46,6 +48,8 @@ struct dcp_chunk {
 struct dcp_entry {
 	char *fqn;
 	bool is_tensor;    /* else a bytes item: one chunk, box unused */
+	const char *skipped; /* a tensor of a dtype ckptfs does not serve ("complex64"): shape read,
+				no chunks; NULL otherwise */
 	enum ckpt_dtype dtype;
 	uint32_t ndim;
 	uint64_t shape[ST_MAX_DIMS];

@@ -75,6 +75,12 @@ struct expr_span {
  * gets NULL here and is assembled by chunks_expr, which sits above this
  * module. */
 struct expr *expr_source(const struct cat_tensor *t);
+
+/* Rows of e (2-D or 1-D) in Meta's interleaved rotary order for `heads`
+ * heads, served in HF's half-split order (convert_llama_weights_to_hf's
+ * permute, a gather of rows); NULL (e released) when the rows do not split
+ * into heads of an even width. */
+struct expr *expr_rope_to_hf(struct expr *e, uint32_t heads);
 struct expr *expr_cast(struct expr *arg, enum ckpt_dtype to);
 /* The same, converting arg's own values: a cast of a low-rank add normally
  * merges straight into `to` (one rounding); this one rounds to arg's dtype

@@ -7,6 +7,8 @@
  *     "architectures": ["llama", "mistral", ...],   which model_types it serves
  *     "defaults": {"prefix": ""},                    placeholder values when inverting
  *     "drop": ["{prefix}h.{layer}.attn.bias"],       HF tensors that are not weights
+ *     "ignore": ["rope.freqs"],                      the layout's own tensors that are not weights
+ *                                                    (a trainer naming read back: dropped)
  *     "rules": [
  *       {"out": "layers.{layer}.attn.kv.weight",
  *        "expr": "concat(0, model.layers.{layer}.self_attn.k_proj.weight, model.layers.{layer}.self_attn.v_proj.weight)"}
@@ -68,5 +70,23 @@ bool layout_name_match(const char *pattern, const char *name);
 /* How many tensors of `s` are named as the layout's outputs (not counting
  * names that are the same in both layouts), and how many as its inputs. */
 void layout_classify(const struct layout *l, const struct tset *s, size_t *as_output, size_t *as_input);
+
+/* A trainer naming (layouts/torchtitan.json, kempnerforge.json,
+ * nanogpt.json) only renames: each rule is NAME, transpose(NAME) or
+ * rope_rows(heads | kv_heads, NAME). Read back, a tensor of the layout gets
+ * its HF name in hf and what its bytes need in op. */
+enum layout_rename_op { LAYOUT_KEEP, LAYOUT_TRANSPOSE, LAYOUT_ROPE_HEADS, LAYOUT_ROPE_KV_HEADS };
+
+/* 1 when a rule's output is `name` (hf and op filled), 0 when none is, or
+ * -EINVAL when that rule is more than a rename. */
+int layout_rename(const struct layout *l, const char *name, char *hf, size_t cap, enum layout_rename_op *op,
+		  struct ckpt_err *err);
+
+/* Whether `name` is one of the layout's "ignore" patterns. */
+bool layout_ignores(const struct layout *l, const char *name);
+
+/* Where the built-in layouts are: $CKPTFS_LAYOUT_DIR, the installed ones,
+ * else the source tree's. */
+const char *layout_default_dir(void);
 
 #endif

@@ -18,6 +18,8 @@
  * The state dict is the top-level dict, or its entry 'state_dict',
  * 'model_state_dict', 'model' or 'module'; names lose the prefixes 'module.'
  * (DDP) and '_orig_mod.' (torch.compile).
+ * Meta's consolidated.00.pth, .01.pth, ... (two or more) are one model cut
+ * in tensor-parallel slices, merged by mpshards.h.
  */
 #ifndef CKPTFS_TORCHSRC_H
 #define CKPTFS_TORCHSRC_H

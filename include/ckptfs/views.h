@@ -38,6 +38,7 @@ struct view_opts {
 	const char *lora;       /* PEFT adapter directories merged into every view, '\n'-separated, in order */
 	double lora_scale;      /* replaces every LoRA scale when not NaN (-o lora_scale=) */
 	const char *config;     /* -o config=FILE: the config.json to use (catalog_use_config) */
+	uint64_t head_dim;      /* -o head_dim=N: for a config derived from shapes (shapecfg.h); 0 unknown */
 };
 
 /* Largest tensor-parallel and pipeline sizes offered. */

@@ -236,5 +236,8 @@ struct expr *chunks_expr(const struct cat_tensor *t)
 	struct expr *e = NULL;
 	int r = run(&c, t->shape, t->nparts, &e);
 	free(b);
-	return r == 0 ? e : NULL;
+	if (r < 0)
+		return NULL;
+	/* Meta's model-parallel shards: the rotary row order is the whole tensor's. */
+	return t->rope_heads ? expr_rope_to_hf(e, t->rope_heads) : e;
 }

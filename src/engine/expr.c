@@ -78,18 +78,23 @@ static struct expr *lora_map(struct expr *e, enum ckpt_dtype dtype, enum lora_ch
 
 static struct expr *source_stored(const struct cat_tensor *t);
 
-/* Row r of head h of HF's half-split order is row 2b + a of that head in
- * the interleaved order, for r = a * hd/2 + b (convert_llama_weights_to_hf's
- * permute, run on the row index). */
 struct expr *expr_source(const struct cat_tensor *t)
 {
 	if (t->nparts > 0)
 		return NULL; /* its parts' expressions are assembled by chunks_expr */
 	struct expr *e = source_stored(t);
-	if (!e || !t->rope_heads)
-		return e;
-	uint64_t rows = t->shape[0], hd = t->ndim ? rows / t->rope_heads : 0;
-	if (t->ndim < 1 || hd == 0 || hd % 2 || hd * t->rope_heads != rows) {
+	return e && t->rope_heads ? expr_rope_to_hf(e, t->rope_heads) : e;
+}
+
+/* Row r of head h of HF's half-split order is row 2b + a of that head in
+ * the interleaved order, for r = a * hd/2 + b (convert_llama_weights_to_hf's
+ * permute, run on the row index). */
+struct expr *expr_rope_to_hf(struct expr *e, uint32_t heads)
+{
+	if (!e)
+		return NULL;
+	uint64_t rows = e->ndim ? e->shape[0] : 0, hd = heads ? rows / heads : 0;
+	if (e->ndim < 1 || hd == 0 || hd % 2 || hd * heads != rows) {
 		expr_unref(e);
 		return NULL;
 	}
@@ -98,7 +103,7 @@ struct expr *expr_source(const struct cat_tensor *t)
 		expr_unref(e);
 		return NULL;
 	}
-	for (uint64_t h = 0; h < t->rope_heads; h++)
+	for (uint64_t h = 0; h < heads; h++)
 		for (uint64_t a = 0; a < 2; a++)
 			for (uint64_t b = 0; b < hd / 2; b++)
 				idx[h * hd + a * (hd / 2) + b] = h * hd + 2 * b + a;

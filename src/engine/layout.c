@@ -53,8 +53,8 @@ struct lrule {
 
 struct layout {
 	char *path, *name;
-	size_t narch, ndrop, nrules;
-	char **arch, **drop;
+	size_t narch, ndrop, nignore, nrules;
+	char **arch, **drop, **ignore;
 	struct lrule *rules;
 	struct tset_meta defaults;
 };
@@ -449,9 +449,12 @@ void layout_free(struct layout *l)
 		free(l->arch[i]);
 	for (size_t i = 0; i < l->ndrop; i++)
 		free(l->drop[i]);
+	for (size_t i = 0; i < l->nignore; i++)
+		free(l->ignore[i]);
 	free(l->rules);
 	free(l->arch);
 	free(l->drop);
+	free(l->ignore);
 	tset_meta_clear(&l->defaults);
 	free(l->path);
 	free(l->name);
@@ -520,12 +523,15 @@ int layout_parse(const char *json, size_t len, const char *path, struct layout *
 	if ((r = string_list(cJSON_GetObjectItemCaseSensitive(root, "architectures"), path, "architectures", &l->arch,
 			     &l->narch, err)) < 0 ||
 	    (r = string_list(cJSON_GetObjectItemCaseSensitive(root, "drop"), path, "drop", &l->drop, &l->ndrop,
+			     err)) < 0 ||
+	    (r = string_list(cJSON_GetObjectItemCaseSensitive(root, "ignore"), path, "ignore", &l->ignore, &l->nignore,
 			     err)) < 0)
 		goto out;
-	for (size_t i = 0; i < l->ndrop; i++) {
-		const char *why = pattern_problem(l->drop[i]);
+	for (size_t i = 0; i < l->ndrop + l->nignore; i++) {
+		const char *pat = i < l->ndrop ? l->drop[i] : l->ignore[i - l->ndrop];
+		const char *why = pattern_problem(pat);
 		if (why) {
-			r = ckpt_err_set(err, EINVAL, "%s: drop '%s': %s", path, l->drop[i], why);
+			r = ckpt_err_set(err, EINVAL, "%s: %s '%s': %s", path, i < l->ndrop ? "drop" : "ignore", pat, why);
 			goto out;
 		}
 	}
@@ -961,7 +967,10 @@ static int invert(struct apply *a, const struct lnode *n, struct expr *cur, stru
 			idx = rope_rows_to_hf(cur->shape[0], groups);
 		if (!idx) {
 			expr_unref(cur);
-			snprintf(a->problem, sizeof(a->problem), "rope_rows cannot be inverted (rows do not split into heads)");
+			snprintf(a->problem, sizeof(a->problem), "%s",
+				 groups == 0 && !rg.on ? "rope_rows needs the number of heads, and there is no config.json "
+							 "to say it (give -o config=FILE or -o head_dim=N)"
+						       : "rope_rows cannot be inverted (rows do not split into heads)");
 			return -EINVAL;
 		}
 		struct expr *e = expr_gather_rows(cur, idx, (size_t)cur->shape[0]);
@@ -1124,4 +1133,62 @@ void layout_classify(const struct layout *l, const struct tset *s, size_t *as_ou
 		*as_output += o;
 		*as_input += in;
 	}
+}
+
+bool layout_ignores(const struct layout *l, const char *name)
+{
+	for (size_t i = 0; i < l->nignore; i++) {
+		struct binds b = { 0 };
+		if (match(l->ignore[i], name, &b))
+			return true;
+	}
+	return false;
+}
+
+/* heads or kv_heads alone, as a rope_rows group count. */
+static int rope_group(const struct lbound *g)
+{
+	if (g->frac || g->factor != 1 || g->nsyms != 1)
+		return -1;
+	return g->syms[0] == SYM_HEADS ? LAYOUT_ROPE_HEADS : g->syms[0] == SYM_KV_HEADS ? LAYOUT_ROPE_KV_HEADS : -1;
+}
+
+int layout_rename(const struct layout *l, const char *name, char *hf, size_t cap, enum layout_rename_op *op,
+		  struct ckpt_err *err)
+{
+	for (size_t ri = 0; ri < l->nrules; ri++) {
+		struct binds b = { 0 };
+		const struct lrule *rule = &l->rules[ri];
+		if (!match(rule->out, name, &b))
+			continue;
+		const struct lnode *n = rule->expr;
+		int how = LAYOUT_KEEP;
+		if (n->kind == LN_TRANSPOSE) {
+			how = LAYOUT_TRANSPOSE;
+			n = n->kids[0];
+		} else if (n->kind == LN_ROPE_ROWS) {
+			how = rope_group(&n->start);
+			n = n->kids[0];
+		}
+		if (how < 0 || n->kind != LN_NAME)
+			return ckpt_err_set(err, EINVAL,
+					    "%s: rule %zu (%s): not a rename (NAME, transpose(NAME) or rope_rows(heads|kv_heads, NAME)), for tensor '%s'",
+					    l->path, ri + 1, rule->out, name);
+		if (subst(n->name, &b, NULL, &l->defaults, hf, cap) < 0)
+			return ckpt_err_set(err, EINVAL, "%s: rule %zu (%s): no name for tensor '%s'", l->path, ri + 1,
+					    rule->out, name);
+		*op = (enum layout_rename_op)how;
+		return 1;
+	}
+	return 0;
+}
+
+const char *layout_default_dir(void)
+{
+	const char *env = getenv("CKPTFS_LAYOUT_DIR");
+	if (env && *env)
+		return env;
+	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
+		return CKPTFS_LAYOUT_DIR;
+	return CKPTFS_SRC_LAYOUT_DIR;
 }

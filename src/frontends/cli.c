@@ -79,6 +79,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "tp=", offsetof(struct option_strings, tp) },
 					{ "revision=", offsetof(struct option_strings, revision) },
 					{ "config=", offsetof(struct option_strings, config) },
+					{ "head_dim=", offsetof(struct option_strings, head_dim) },
 					{ "cache=", offsetof(struct option_strings, cache) },
 					{ "cache_dir=", offsetof(struct option_strings, cache_dir) },
 					{ "cache_size=", offsetof(struct option_strings, cache_size) },
@@ -161,6 +162,8 @@ static int cmd_inspect(struct cli *c)
 	cJSON_AddStringToObject(j, "format_detail", cat->format);
 	if (cat->contents)
 		cJSON_AddStringToObject(j, "contents", cat->contents);
+	if (cat->config_note)
+		cJSON_AddStringToObject(j, "config", cat->config_note);
 	cJSON_AddNumberToObject(j, "files", (double)cat->nshards);
 	cJSON_AddBoolToObject(j, "sharded", cat->index != NULL);
 	cJSON_AddStringToObject(j, "architecture", arch_name(cat->arch));
@@ -201,6 +204,8 @@ static int cmd_inspect(struct cli *c)
 		printf("format:        %s\n", cat->format);
 		if (cat->contents)
 			printf("contents:      %s\n", cat->contents);
+		if (cat->config_note)
+			printf("config:        %s\n", cat->config_note);
 		printf("architecture:  %s%s%s%s\n", arch_name(cat->arch), mt ? " (model_type " : "", mt ? mt : "",
 		       mt ? ")" : "");
 		printf("dims:          hidden %" PRIu64 ", layers %" PRIu64 ", heads %" PRIu64 ", kv_heads %" PRIu64

@@ -49,6 +49,7 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("tp=%s", views.tp, 0),
 	CKPTFS_OPT("revision=%s", views.revision, 0),
 	CKPTFS_OPT("config=%s", views.config, 0),
+	CKPTFS_OPT("head_dim=%s", views.head_dim, 0),
 	CKPTFS_OPT("cache=%s", views.cache, 0),
 	CKPTFS_OPT("cache_dir=%s", views.cache_dir, 0),
 	CKPTFS_OPT("cache_size=%s", views.cache_size, 0),
@@ -114,6 +115,9 @@ static void usage(const char *prog)
 	       "    -o revision=REV        snapshot of a hub repository source (default refs/main)\n"
 	       "    -o config=FILE         the model's config.json, used instead of the source's\n"
 	       "                           (a DCP step directory usually has none)\n"
+	       "    -o head_dim=N          without a config.json: the attention head width, so\n"
+	       "                           the heads follow from q's and k's rows (the rest of\n"
+	       "                           the config is derived from the tensor shapes)\n"
 	       "    -o cache=on|off        keep computed chunks (default on)\n"
 	       "    -o cache_dir=DIR       disk cache directory (default $XDG_CACHE_HOME/ckptfs\n"
 	       "                           or ~/.cache/ckptfs; 'none' for memory only)\n"

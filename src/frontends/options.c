@@ -3,11 +3,15 @@
 #include "ckptfs/options.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "ckptfs/layout.h"
+#include "ckptfs/shapecfg.h"
 
 int options_parse_size(const char *s, uint64_t *out)
 {
@@ -34,12 +38,7 @@ int options_parse_size(const char *s, uint64_t *out)
 
 const char *options_layout_dir(void)
 {
-	const char *env = getenv("CKPTFS_LAYOUT_DIR");
-	if (env && *env)
-		return env;
-	if (access(CKPTFS_LAYOUT_DIR "/llama.json", R_OK) == 0)
-		return CKPTFS_LAYOUT_DIR;
-	return CKPTFS_SRC_LAYOUT_DIR;
+	return layout_default_dir();
 }
 
 void option_strings_free(struct option_strings *os)
@@ -51,6 +50,7 @@ void option_strings_free(struct option_strings *os)
 	free(os->tp);
 	free(os->revision);
 	free(os->config);
+	free(os->head_dim);
 	free(os->cache);
 	free(os->cache_dir);
 	free(os->cache_size);
@@ -89,6 +89,14 @@ int options_to_views(struct view_opts *vo, const struct option_strings *os, stru
 			return ckpt_err_set(err, EINVAL, "-o dtype=%s: not one of fp32, fp16, bf16", dtype);
 		vo->dtype = (int)d;
 	}
+	if (os->head_dim) {
+		char *end;
+		errno = 0;
+		unsigned long long h = strtoull(os->head_dim, &end, 10);
+		if (errno || end == os->head_dim || *end || *os->head_dim == '-' || h == 0 || h > 65536)
+			return ckpt_err_set(err, EINVAL, "-o head_dim=%s: not a number of 1 to 65536", os->head_dim);
+		vo->head_dim = h;
+	}
 	if (shard_size && options_parse_size(shard_size, &vo->shard_size) < 0)
 		return ckpt_err_set(err, EINVAL, "-o shard_size=%s: not a size such as 5G or 512MiB", shard_size);
 	bool native = false;
@@ -126,7 +134,16 @@ int options_open_views(const char *source, const struct view_opts *vo, struct ca
 	int r = catalog_open_revision(source, vo->revision, cat, err);
 	if (r < 0)
 		return r;
-	if (vo->config && (r = catalog_use_config(*cat, vo->config, err)) < 0) {
+	if (vo->head_dim && (*cat)->config && !vo->config)
+		r = ckpt_err_set(err, EINVAL, "-o head_dim=%" PRIu64 ": %s has a config, which says the heads", vo->head_dim,
+				 (*cat)->dir);
+	else if (vo->head_dim && vo->config)
+		r = ckpt_err_set(err, EINVAL, "-o head_dim and -o config: the config says the heads; give one of them");
+	else if (vo->config)
+		r = catalog_use_config(*cat, vo->config, err);
+	else if (!(*cat)->config)
+		r = shapecfg_derive(*cat, vo->head_dim, err);
+	if (r < 0) {
 		catalog_close(*cat);
 		*cat = NULL;
 		return r;

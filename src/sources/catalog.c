@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "ckptfs/jsonscan.h"
+#include "ckptfs/layout.h"
+#include "ckptfs/naming.h"
 #include "ckptfs/tied.h"
 
 #define CONFIG_NAME "config.json"
@@ -324,6 +326,9 @@ static int load_tensors(struct catalog *cat, struct ckpt_err *err)
 		qsort(cat->shards, cat->nshards, sizeof(*cat->shards), cmp_file_ptr);
 	cat->format_name = fmt->name;
 	int r = fmt->load(cat, err);
+	/* Trainer names to HF's, whatever the format held them (naming.h). */
+	if (r == 0)
+		r = naming_apply(cat, layout_default_dir(), err);
 	if (r < 0)
 		return r;
 	/* A source may hold no tensor at all, and then no array (qsort's NULL is UB). */
@@ -529,7 +534,7 @@ int catalog_open_revision(const char *dir, const char *revision, struct catalog 
 	}
 	cat->arch = arch_detect(cat->config);
 	arch_dims(cat->config, cat->arch, &cat->dims);
-	if ((r = tied_mark_head(cat, cat->dims.tied_embeddings, err)) < 0)
+	if ((r = naming_resolve_rope(cat, err)) < 0 || (r = tied_mark_head(cat, cat->dims.tied_embeddings, err)) < 0)
 		goto out_close;
 	*out = cat;
 	return 0;
@@ -564,7 +569,8 @@ int catalog_use_config(struct catalog *cat, const char *path, struct ckpt_err *e
 	cat->arch = arch_detect(cat->config);
 	memset(&cat->dims, 0, sizeof(cat->dims));
 	arch_dims(cat->config, cat->arch, &cat->dims);
-	return tied_mark_head(cat, cat->dims.tied_embeddings, err);
+	int rr = naming_resolve_rope(cat, err);
+	return rr < 0 ? rr : tied_mark_head(cat, cat->dims.tied_embeddings, err);
 }
 
 void catalog_close(struct catalog *cat)
@@ -589,6 +595,7 @@ void catalog_close(struct catalog *cat)
 	free(cat->shards);
 	free(cat->shard_picked);
 	free(cat->contents);
+	free(cat->config_note);
 	for (size_t i = 0; i < cat->nwarnings; i++)
 		free(cat->warnings[i]);
 	for (size_t i = 0; i < cat->nmeta; i++) {

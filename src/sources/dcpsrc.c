@@ -175,8 +175,10 @@ static const struct pk_obj *find_info(const struct sinfo *s, size_t n, const str
 	return f ? f->info : NULL;
 }
 
-/* TensorProperties: (dtype, layout, requires_grad, memory format, pin_memory). */
-static int read_props(struct mread *r, const char *name, const struct pk_obj *p, enum ckpt_dtype *dtype)
+/* TensorProperties: (dtype, layout, requires_grad, memory format, pin_memory).
+ * 1 for a dtype ckptfs does not serve (complex), its name in *skipped. */
+static int read_props(struct mread *r, const char *name, const struct pk_obj *p, enum ckpt_dtype *dtype,
+		      const char **skipped)
 {
 	if (!p || p->kind != PK_CALL || p->glob != PKG_DCP_TENSOR_PROPS || !p->has_state)
 		return ckpt_err_set(r->err, EINVAL, "%s: '%s': properties are not a TensorProperties", r->path, name);
@@ -186,8 +188,12 @@ static int read_props(struct mread *r, const char *name, const struct pk_obj *p,
 	const struct pk_obj *dt = pk_item(&r->d, st, 0), *lay = pk_item(&r->d, st, 1), *mf = pk_item(&r->d, st, 3);
 	if (st->kind != PK_TUPLE || st->n != 5)
 		return ckpt_err_set(r->err, EINVAL, "%s: '%s': TensorProperties state is not a 5-tuple", r->path, name);
-	if (dt->kind != PK_GLOBAL || dt->glob != PKG_TORCH_DTYPE || dt->storage_dtype < 0)
+	if (dt->kind != PK_GLOBAL || dt->glob != PKG_TORCH_DTYPE)
 		return ckpt_err_set(r->err, EINVAL, "%s: '%s': a dtype that is not supported", r->path, name);
+	if (dt->storage_dtype < 0) {
+		*skipped = strcmp(dt->s, "torch.complex64") == 0 ? "complex64" : "complex128"; /* a whitelist name */
+		return 1;
+	}
 	*dtype = (enum ckpt_dtype)dt->storage_dtype;
 	const struct pk_obj *la = lay->kind == PK_CALL ? obj(r, lay->args) : NULL;
 	if (!la || lay->glob != PKG_TORCH_GET_LAYOUT || !pk_str_is(pk_item(&r->d, la, 0), "torch.strided"))
@@ -215,12 +221,14 @@ static int read_tensor(struct mread *r, struct dcp_entry *e, const struct pk_obj
 {
 	const struct pk_obj *props = pk_dict_get(&r->d, st, "properties"), *size = pk_dict_get(&r->d, st, "size"),
 			    *chunks = pk_dict_get(&r->d, st, "chunks");
-	int rc = read_props(r, e->fqn, props, &e->dtype);
+	int rc = read_props(r, e->fqn, props, &e->dtype, &e->skipped);
 	if (rc < 0)
 		return rc;
 	if (ints(r, size, e->shape, &e->ndim) < 0)
 		return ckpt_err_set(r->err, EINVAL, "%s: '%s': size is not a torch.Size of at most %d dimensions", r->path,
 				    e->fqn, ST_MAX_DIMS);
+	if (rc == 1)
+		return 0; /* listed by inspect, never read */
 	uint64_t numel;
 	if (st_shape_numel(e->shape, e->ndim, &numel) < 0)
 		return ckpt_err_set(r->err, EINVAL, "%s: '%s': its size overflows", r->path, e->fqn);
@@ -699,10 +707,16 @@ static int dcp_load(struct catalog *cat, struct ckpt_err *err)
 				noptim++;
 				continue;
 			}
-			if (!e->is_tensor || (model_prefix && !has_prefix(e->fqn, "model."))) {
+			const char *local = model_prefix && has_prefix(e->fqn, "model.") ? e->fqn + 6 : e->fqn;
+			/* torchtitan's rotary buffer [positions, head_dim / 2], complex64 */
+			if (e->skipped && strcmp(local, "freqs_cis") == 0 && e->ndim == 2 && e->shape[1] > 0 &&
+			    e->shape[1] <= 65536)
+				cat->head_dim_hint = 2 * e->shape[1];
+			if (!e->is_tensor || e->skipped || (model_prefix && !has_prefix(e->fqn, "model."))) {
 				if (m && ftell(m) < CONTENTS_MAX) {
-					fprintf(m, "%s %s%s", nother++ ? "," : (model_prefix ? "; other state:" : "other state:"),
-						e->fqn, e->is_tensor ? " (tensor, skipped)" : "");
+					fprintf(m, "%s %s%s%s%s", nother++ ? "," : (model_prefix ? "; other state:" : "other state:"),
+						e->fqn, e->skipped ? " (" : e->is_tensor ? " (tensor, skipped)" : "",
+						e->skipped ? e->skipped : "", e->skipped ? " tensor, skipped)" : "");
 					struct src_file *f;
 					struct ckpt_err ignored = { 0 }; /* a note for inspect, never an error */
 					if (!e->is_tensor && shard_of(cat, &st[i], e->chunks[0].file, &f, &ignored) == 0)
@@ -710,7 +724,7 @@ static int dcp_load(struct catalog *cat, struct ckpt_err *err)
 				}
 				continue;
 			}
-			r = add_entry(cat, &st[i], e, model_prefix ? e->fqn + 6 : e->fqn, err);
+			r = add_entry(cat, &st[i], e, local, err);
 		}
 	}
 	if (m) {

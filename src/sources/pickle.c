@@ -45,6 +45,10 @@ static const struct {
 	{ "torch.int8", PKG_TORCH_DTYPE, CKPT_I8 },
 	{ "torch.uint8", PKG_TORCH_DTYPE, CKPT_U8 },
 	{ "torch.bool", PKG_TORCH_DTYPE, CKPT_BOOL },
+	/* Named so a DCP entry of these can be skipped by name (torchtitan's
+	 * complex64 freqs_cis buffer), never served. */
+	{ "torch.complex64", PKG_TORCH_DTYPE, -1 },
+	{ "torch.complex128", PKG_TORCH_DTYPE, -1 },
 	{ "torch.device", PKG_TORCH_DEVICE, -1 },
 	{ "numpy.core.multiarray.scalar", PKG_NUMPY_SCALAR, -1 },
 	{ "numpy._core.multiarray.scalar", PKG_NUMPY_SCALAR, -1 },

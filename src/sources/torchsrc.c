@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ckptfs/guard.h"
+#include "ckptfs/mpshards.h"
 #include "ckptfs/pickle.h"
 #include "ckptfs/source.h"
 #include "ckptfs/trainer.h"
@@ -671,10 +672,8 @@ int torch_load_file(struct catalog *cat, struct src_file *f, char **contents, cJ
 	const char *trainer = NULL;
 	if (config) {
 		cJSON *args = trainer_args(&t);
-		r = trainer_convert(cat, first, args, f->path, config, &trainer, err);
+		trainer_convert(cat, first, args, config, &trainer);
 		cJSON_Delete(args);
-		if (r < 0)
-			goto out;
 	}
 	r = mark_duplicates(cat, first, err);
 	if (r == 0 && contents)
@@ -729,6 +728,16 @@ static int torch_pick(struct catalog *cat, struct ckpt_err *err)
 	}
 	if (catalog_present(cat, SINGLE_NAME))
 		return catalog_unusable(cat, SINGLE_NAME, err);
+	int mp = mp_shard_count(cat, err);
+	if (mp < 0)
+		return mp;
+	for (int i = 0; i < mp; i++) {
+		char name[64];
+		mp_shard_name((size_t)i, name, sizeof(name));
+		catalog_add_shard(cat, (struct src_file *)catalog_file(cat, name));
+	}
+	if (mp > 0)
+		return 1;
 	/* What HF's Trainer saves beside the weights: never a state dict of the model. */
 	static const char *const not_weights[] = { "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
 						   "rng_state" };
@@ -791,8 +800,54 @@ static int load_guarded(struct catalog *cat, struct src_file *f, char **contents
 	return r;
 }
 
+/* Meta's model-parallel release: every consolidated.NN.pth loaded, the
+ * slices merged (mpshards.h), then renamed as one file would be. */
+static int torch_load_mp(struct catalog *cat, struct ckpt_err *err)
+{
+	char *contents = NULL;
+	int r = 0;
+	for (size_t i = 0; i < cat->nshards && r == 0; i++)
+		r = load_guarded(cat, cat->shards[i], i == 0 ? &contents : NULL, NULL, err);
+	const char *kind = cat->format;
+	cJSON *args = NULL;
+	const struct src_file *pj = catalog_file(cat, "params.json");
+	if (r == 0 && pj && (r = catalog_read_json(pj, &args, err)) == 0 && !cJSON_IsObject(args))
+		r = ckpt_err_set(err, EINVAL, "%s: not a JSON object", pj->path);
+	const cJSON *dim = cJSON_GetObjectItemCaseSensitive(args, "dim");
+	uint64_t width = cJSON_IsNumber(dim) && dim->valuedouble >= 1 && dim->valuedouble < 1e12 ? (uint64_t)dim->valuedouble : 0;
+	if (r == 0)
+		r = mp_merge(cat, 0, (const struct src_file *const *)cat->shards, cat->nshards, width, err);
+	const char *trainer = NULL;
+	cJSON *config = NULL;
+	if (r == 0) {
+		trainer_convert(cat, 0, args, &config, &trainer);
+		r = mark_duplicates(cat, 0, err);
+	}
+	cJSON_Delete(args);
+	if (r < 0) {
+		free(contents);
+		cJSON_Delete(config);
+		return r;
+	}
+	cat->config = config;
+	cat->config_generated = config != NULL;
+	char *text = NULL;
+	if (asprintf(&text, "%s%s%zu model-parallel shards merged%s%s", contents ? contents : "", contents ? "; " : "",
+		     cat->nshards, trainer ? "; " : "", trainer ? trainer : "") < 0)
+		text = NULL;
+	free(contents);
+	cat->contents = text;
+	bool zip = strcmp(kind, "torch zip") == 0;
+	snprintf(cat->format, sizeof(cat->format), "torch %s (Meta's model-parallel consolidated.00.pth .. %.24s)",
+		 zip ? "zip" : "legacy", cat->shards[cat->nshards - 1]->name);
+	cat->hf_files = false;
+	return 0;
+}
+
 static int torch_load(struct catalog *cat, struct ckpt_err *err)
 {
+	if (cat->nshards >= 2 && !cat->index && strcmp(cat->shards[0]->name, "consolidated.00.pth") == 0)
+		return torch_load_mp(cat, err);
 	int r = 0;
 	const char *kind = NULL;
 	for (size_t i = 0; i < cat->nshards && r == 0; i++) {

@@ -12,6 +12,7 @@
 #include "ckptfs/gguf_view.h"
 #include "ckptfs/layout.h"
 #include "ckptfs/lora.h"
+#include "ckptfs/naming.h"
 #include "ckptfs/npy.h"
 #include "ckptfs/partition.h"
 #include "ckptfs/stwrite.h"
@@ -31,7 +32,6 @@ struct views {
 	const struct view_opts *o;
 	struct layout *layout;
 	bool native_source;
-	char naming[32];    /* the trainer naming the source was renamed from, or "" */
 	struct tset all, src, hf, native; /* all: every source tensor (tensors/); src: without tied copies */
 	struct tset_meta binds; /* text placeholders of the layout, kept in native metadata */
 	char note[256];         /* why native/ is not offered, for the README */
@@ -695,43 +695,6 @@ static int pick_layout(struct views *v)
 	return layout_load(path, &v->layout, v->err);
 }
 
-/* Trainer namings, layout files of the layout directory: a source whose
- * names are all outputs of one of them is renamed to HF through its inverse
- * before anything else, so every view starts from HF names. */
-static const char *const source_namings[] = { "kempnerforge", "torchtitan" };
-
-static int apply_naming(struct views *v)
-{
-	for (size_t i = 0; i < sizeof(source_namings) / sizeof(*source_namings); i++) {
-		char path[4096];
-		struct layout *l;
-		struct ckpt_err e;
-		snprintf(path, sizeof(path), "%s/%s.json", v->o->layout_dir ? v->o->layout_dir : ".", source_namings[i]);
-		if (layout_load(path, &l, &e) < 0)
-			continue; /* not installed: not offered */
-		size_t as_out, as_in;
-		layout_classify(l, &v->src, &as_out, &as_in);
-		/* Every name, so two namings that share some (norm.weight) never mix. */
-		if (as_out == 0 || as_out != v->src.n || as_in > 0) {
-			layout_free(l);
-			continue;
-		}
-		struct tset hf;
-		tset_init(&hf);
-		int r = layout_inverse(l, &v->src, &v->cat->dims, NULL, &hf, v->err);
-		layout_free(l);
-		if (r < 0) {
-			tset_destroy(&hf);
-			return r;
-		}
-		tset_destroy(&v->src);
-		v->src = hf;
-		snprintf(v->naming, sizeof(v->naming), "%s", source_namings[i]);
-		return 0;
-	}
-	return 0;
-}
-
 /* A second set with the same members. */
 static int copy_set(struct tset *out, const struct tset *in)
 {
@@ -781,7 +744,7 @@ static int derive_sets(struct views *v)
 		r = tset_from_catalog_hf(&v->src, v->cat, true);
 	if (r < 0)
 		return oom(v, "the tensor list");
-	if ((r = apply_naming(v)) < 0 || (r = merge_lora(v)) < 0)
+	if ((r = naming_check_rope(v->cat, v->err)) < 0 || (r = merge_lora(v)) < 0)
 		return r;
 	if (!v->layout) {
 		tset_init(&v->native);
@@ -822,11 +785,13 @@ static int build_readme(struct views *v)
 	if (cat->revision)
 		fprintf(m, "Revision:      %s of the Hugging Face hub repository %s\n", cat->revision, cat->root);
 	fprintf(m, "Format:        %s layout, %s\n", v->native_source ? "native" : "HuggingFace", cat->format);
-	if (v->naming[0])
-		fprintf(m, "Naming:        %s (the trainer's names, renamed to HF by its layout %s.json)\n", v->naming,
-			v->naming);
+	if (cat->naming[0])
+		fprintf(m, "Naming:        %s (the trainer's names, renamed to HF by its layout %s.json)\n", cat->naming,
+			cat->naming);
 	if (cat->contents)
 		fprintf(m, "Also holds:    %s\n", cat->contents);
+	if (cat->config_note)
+		fprintf(m, "Config:        %s\n", cat->config_note);
 	fprintf(m, "Architecture:  %s", arch_name(cat->arch));
 	if (d->hidden)
 		fprintf(m, " (hidden %" PRIu64 ", %" PRIu64 " layers, %" PRIu64 " heads, %" PRIu64

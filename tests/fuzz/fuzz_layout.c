@@ -1,6 +1,6 @@
 /* fuzz_layout.c -- libFuzzer target: the input as a layout file into layout_parse, then the layout applied both ways.
  * An accepted layout runs forward over a small fixed HF set (LLaMA, Mixtral, GPT-2 and Phi-3 names plus odd
- * shapes), inverse over what came out and over a fixed native set; every expression produced is read with
+ * shapes), inverse over what came out and over a fixed native set, each name read back as a trainer naming (layout_rename); every expression produced is read with
  * expr_read (whole when small, else its head, middle and tail) and walked with expr_span, whose file spans
  * must hold the very bytes expr_read computed. Tensors are fake cat_tensors over one in-memory "file", as in
  * tests/unit/test_vfile.c. */
@@ -210,6 +210,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t as_out, as_in;
 	layout_classify(l, &hf, &as_out, &as_in);
 	layout_classify(l, &native, &as_out, &as_in);
+	/* Read as a trainer naming (naming.h): every name of both sets. */
+	for (size_t i = 0; i < hf.n + native.n; i++) {
+		const char *name = i < hf.n ? hf.e[i].name : native.e[i - hf.n].name;
+		char out[512];
+		enum layout_rename_op op;
+		int rr = layout_rename(l, name, out, sizeof(out), &op, &err);
+		FUZZ_CHECK(rr <= 1 && (rr >= 0 || err.msg[0]), "layout_rename: bad return or no message");
+		FUZZ_CHECK(rr != 1 || (strlen(out) < sizeof(out) && op <= LAYOUT_ROPE_KV_HEADS), "layout_rename: bad output");
+		(void)layout_ignores(l, name);
+	}
 
 	struct tset fw, back, inv, refw;
 	struct tset_meta binds = { 0 };

@@ -232,6 +232,49 @@ static void test_regress_huge_layer_number(void **state)
 	tmpdir_remove(dir);
 }
 
+/* A trainer naming read back one tensor at a time: renames, transposes,
+ * rotary groups, ignored names, and a rule that is more than a rename. */
+static void test_rename(void **state)
+{
+	(void)state;
+	const char *json = "{\"name\":\"n\",\"ignore\":[\"rope.freqs\"],\"rules\":["
+			   "{\"out\":\"tok.weight\",\"expr\":\"model.embed_tokens.weight\"},"
+			   "{\"out\":\"layers.{layer}.wq.weight\",\"expr\":\"rope_rows(heads, model.layers.{layer}.q.weight)\"},"
+			   "{\"out\":\"layers.{layer}.wk.weight\",\"expr\":\"rope_rows(kv_heads, model.layers.{layer}.k.weight)\"},"
+			   "{\"out\":\"layers.{layer}.fc.weight\",\"expr\":\"transpose(layers.{layer}.fc.weight)\"},"
+			   "{\"out\":\"layers.{layer}.kv.weight\",\"expr\":\"concat(0, a.{layer}, b.{layer})\"},"
+			   "{\"out\":\"layers.{layer}.wx.weight\",\"expr\":\"rope_rows(2*heads, x.{layer})\"}]}";
+	struct layout *l;
+	struct ckpt_err err = { 0 };
+	assert_int_equal(layout_parse(json, strlen(json), "n.json", &l, &err), 0);
+	char hf[128];
+	enum layout_rename_op op;
+	assert_int_equal(layout_rename(l, "tok.weight", hf, sizeof(hf), &op, &err), 1);
+	assert_string_equal(hf, "model.embed_tokens.weight");
+	assert_int_equal(op, LAYOUT_KEEP);
+	assert_int_equal(layout_rename(l, "layers.12.wq.weight", hf, sizeof(hf), &op, &err), 1);
+	assert_string_equal(hf, "model.layers.12.q.weight");
+	assert_int_equal(op, LAYOUT_ROPE_HEADS);
+	assert_int_equal(layout_rename(l, "layers.0.wk.weight", hf, sizeof(hf), &op, &err), 1);
+	assert_int_equal(op, LAYOUT_ROPE_KV_HEADS);
+	assert_int_equal(layout_rename(l, "layers.3.fc.weight", hf, sizeof(hf), &op, &err), 1);
+	assert_string_equal(hf, "layers.3.fc.weight");
+	assert_int_equal(op, LAYOUT_TRANSPOSE);
+	assert_int_equal(layout_rename(l, "rope.freqs", hf, sizeof(hf), &op, &err), 0);
+	assert_true(layout_ignores(l, "rope.freqs"));
+	assert_false(layout_ignores(l, "tok.weight"));
+	assert_int_equal(layout_rename(l, "layers.x.wq.weight", hf, sizeof(hf), &op, &err), 0);
+	assert_int_equal(layout_rename(l, "layers.1.kv.weight", hf, sizeof(hf), &op, &err), -EINVAL);
+	assert_string_equal(err.msg, "n.json: rule 5 (layers.{layer}.kv.weight): not a rename (NAME, transpose(NAME) or rope_rows(heads|kv_heads, NAME)), for tensor 'layers.1.kv.weight'");
+	assert_int_equal(layout_rename(l, "layers.1.wx.weight", hf, sizeof(hf), &op, &err), -EINVAL);
+	assert_string_equal(err.msg, "n.json: rule 6 (layers.{layer}.wx.weight): not a rename (NAME, transpose(NAME) or rope_rows(heads|kv_heads, NAME)), for tensor 'layers.1.wx.weight'");
+	layout_free(l);
+	expect_parse_error("{\"name\":\"x\",\"ignore\":\"rope.freqs\",\"rules\":[{\"out\":\"a\",\"expr\":\"b\"}]}",
+			   "l.json: \"ignore\" is not a list of strings");
+	expect_parse_error("{\"name\":\"x\",\"ignore\":[\"x{a}{layer}\"],\"rules\":[{\"out\":\"a\",\"expr\":\"b\"}]}",
+			   "l.json: ignore 'x{a}{layer}': two placeholders touch, so where the first ends is ambiguous");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -241,6 +284,7 @@ int main(void)
 		cmocka_unit_test(test_regress_slice_bound_leak),
 		cmocka_unit_test(test_regress_match_backtracking),
 		cmocka_unit_test(test_regress_huge_layer_number),
+		cmocka_unit_test(test_rename),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "ckptfs/catalog.h"
+#include "ckptfs/naming.h"
 #include "ckptfs/torchsrc.h"
 
 struct buf {
@@ -303,10 +304,25 @@ static void test_llama2c(void **state)
 	cJSON *config = NULL;
 	assert_int_equal(load_cfg(&b, &cat, &contents, &config, &err), 0);
 	assert_int_equal(cat.ntensors, 4);
+	/* The trainer is told by its record; its naming renames in the catalog (naming.h). */
+	assert_string_equal(cat.naming, "torchtitan");
+	assert_true(get(&cat, "output.weight")->hf_dup);
+	assert_int_equal(naming_apply(&cat, CKPTFS_SRC_LAYOUT_DIR, &err), 0);
+	assert_int_equal(cat.ntensors, 4);
+	assert_int_equal(get(&cat, "model.layers.0.self_attn.q_proj.weight")->rope_group, 1);
+	assert_int_equal(get(&cat, "model.layers.0.self_attn.q_proj.weight")->rope_heads, 0); /* heads: not yet */
+	assert_int_equal(naming_check_rope(&cat, &err), -EINVAL);
+	assert_string_equal(err.msg, "d: tensor 'model.layers.0.self_attn.q_proj.weight': the torchtitan naming keeps its rows in the interleaved rotary order of its heads, and no config says how many heads (give -o config=FILE or -o head_dim=N)");
+	cat.dims.heads = cat.dims.kv_heads = 1;
+	assert_int_equal(naming_resolve_rope(&cat, &err), 0);
+	assert_int_equal(naming_check_rope(&cat, &err), 0);
 	assert_int_equal(get(&cat, "model.layers.0.self_attn.q_proj.weight")->rope_heads, 1);
 	assert_int_equal(get(&cat, "model.layers.0.mlp.gate_proj.weight")->rope_heads, 0);
 	assert_true(get(&cat, "lm_head.weight")->hf_dup);
 	assert_false(get(&cat, "model.embed_tokens.weight")->hf_dup);
+	cat.dims.heads = 3; /* 4 rows do not split into 3 heads of an even width */
+	assert_int_equal(naming_resolve_rope(&cat, &err), -EINVAL);
+	assert_string_equal(err.msg, "d/t.bin: tensor 'model.layers.0.self_attn.q_proj.weight': 4 rows do not split into 3 heads");
 	assert_non_null(config);
 	assert_string_equal(cJSON_GetObjectItem(config, "model_type")->valuestring, "llama");
 	assert_int_equal(cJSON_GetObjectItem(config, "intermediate_size")->valueint, 4);

@@ -1,0 +1,208 @@
+#!/bin/bash
+# bench-meta-mp.sh: Meta's model-parallel release (consolidated.00.pth, .01.pth + params.json) as a source:
+# mount time, first read of hf/ against reading the .pth files, and against the conversion people run.
+#
+# Usage: bench/bench-meta-mp.sh [--runs N] [--cache-dir DIR] [--ckptfs PATH]
+#
+# Run as root from the top of a built tree, after bench/bench-torch.sh has
+# written its LLaMA-shaped model (Llama-3.2-1B shapes, bf16, ~2.5 GB) into
+# ${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench/torch-2048-16/zip/. Its tensors
+# are saved once by torch as Meta's release in 2 files under Meta's names,
+# wq/wk rows in the interleaved rotary order, every weight cut as fairscale's
+# parallel layers hold it (meta-mp/ beside it; delete it when done). Every
+# figure is the best of N runs (default 3), from the same run, page cache warm:
+#  1. mount time: `ckptfs -f` started until the mount answers (both pickles
+#     parsed, the slices merged);
+#  2. first read of hf/model.safetensors through a fresh mount, 1 MiB reads,
+#     against cat of the two .pth files (target >= 0.9x; the merged tensors
+#     and the row permutation are computed, not spliced);
+#  3. the conversion people run (transformers' convert_llama_weights_to_hf:
+#     torch.load of every file, torch.cat, the permutation, a safetensors
+#     write): its wall time and peak RSS against ckptfs's time to mount and
+#     read all of hf/ and the daemon's peak RssAnon during the read.
+set -eu
+TOP=$(pwd)
+CKPTFS=$TOP/src/ckptfs
+PY=/usr/bin/python3
+RUNS=3
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench
+while [ $# -gt 0 ]; do
+    case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --cache-dir) CACHE=$2; shift 2 ;;
+    --ckptfs) CKPTFS=$2; shift 2 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench-meta-mp.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -x "$CKPTFS" ] || { echo "bench-meta-mp.sh: no $CKPTFS (build first)" >&2; exit 2; }
+SRCBIN=$CACHE/torch-2048-16/zip/pytorch_model.bin
+[ -f "$SRCBIN" ] || { echo "bench-meta-mp.sh: no $SRCBIN (run bench/bench-torch.sh once)" >&2; exit 2; }
+MODEL=$CACHE/torch-2048-16/meta-mp
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-meta-mp.XXXXXX")
+MNT=$WORK/mnt
+mkdir "$MNT"
+DAEMON=
+cleanup() {
+    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
+    [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ ! -f "$MODEL/consolidated.01.pth" ]; then
+    echo "bench-meta-mp: writing Meta's release into $MODEL (once)"
+    mkdir -p "$MODEL"
+    $PY - "$SRCBIN" "$MODEL" <<'PY'
+import collections, json, os, sys, torch
+sd = torch.load(sys.argv[1], map_location="cpu")
+d = sd["model.embed_tokens.weight"].shape[1]
+L = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("model.layers."))
+heads, kv = d // 64, sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // 64
+def unpermute(w, h):
+    r, c = w.shape
+    return w.view(h, 2, r // h // 2, c).transpose(1, 2).reshape(r, c)
+meta = collections.OrderedDict()
+meta["tok_embeddings.weight"] = sd["model.embed_tokens.weight"]
+for i in range(L):
+    p, q = "model.layers.%d." % i, "layers.%d." % i
+    meta[q + "attention.wq.weight"] = unpermute(sd[p + "self_attn.q_proj.weight"], heads)
+    meta[q + "attention.wk.weight"] = unpermute(sd[p + "self_attn.k_proj.weight"], kv)
+    meta[q + "attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
+    meta[q + "attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
+    meta[q + "feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
+    meta[q + "feed_forward.w2.weight"] = sd[p + "mlp.down_proj.weight"]
+    meta[q + "feed_forward.w3.weight"] = sd[p + "mlp.up_proj.weight"]
+    meta[q + "attention_norm.weight"] = sd[p + "input_layernorm.weight"]
+    meta[q + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+meta["norm.weight"] = sd["model.norm.weight"]
+meta["output.weight"] = sd["model.embed_tokens.weight"]
+del sd
+col = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
+       "feed_forward.w3.weight")
+for r in range(2):
+    shard = collections.OrderedDict()
+    for k, v in meta.items():
+        dim = 0 if k == "output.weight" or k.endswith(col) or k == "tok_embeddings.weight" else \
+            1 if k.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else None
+        shard[k] = v.clone() if dim is None else torch.chunk(v, 2, dim=dim)[r].clone()
+    torch.save(shard, os.path.join(sys.argv[2], "consolidated.%02d.pth" % r))
+json.dump({"dim": d, "n_layers": L, "n_heads": heads, "n_kv_heads": kv, "vocab_size": meta["tok_embeddings.weight"].shape[0],
+           "multiple_of": 256, "norm_eps": 1e-5, "rope_theta": 500000.0}, open(os.path.join(sys.argv[2], "params.json"), "w"))
+PY
+fi
+
+# transformers' convert_llama_weights_to_hf for N files, written as one safetensors file
+cat >"$WORK/convert.py" <<'PY'
+import json, os, struct, sys, torch
+src, out = sys.argv[1], sys.argv[2]
+params = json.load(open(os.path.join(src, "params.json")))
+files = sorted(f for f in os.listdir(src) if f.endswith(".pth"))
+loaded = [torch.load(os.path.join(src, f), map_location="cpu") for f in files]
+h, kv = params["n_heads"], params["n_kv_heads"]
+def permute(w, n):
+    r, c = w.shape
+    return w.view(n, r // n // 2, 2, c).transpose(1, 2).reshape(r, c)
+cat = lambda k, d: torch.cat([s[k] for s in loaded], dim=d)
+sd = {"model.embed_tokens.weight": cat("tok_embeddings.weight", 0), "model.norm.weight": loaded[0]["norm.weight"],
+      "lm_head.weight": cat("output.weight", 0)}
+for i in range(params["n_layers"]):
+    p, q = "model.layers.%d." % i, "layers.%d." % i
+    sd[p + "self_attn.q_proj.weight"] = permute(cat(q + "attention.wq.weight", 0), h)
+    sd[p + "self_attn.k_proj.weight"] = permute(cat(q + "attention.wk.weight", 0), kv)
+    sd[p + "self_attn.v_proj.weight"] = cat(q + "attention.wv.weight", 0)
+    sd[p + "self_attn.o_proj.weight"] = cat(q + "attention.wo.weight", 1)
+    sd[p + "mlp.gate_proj.weight"] = cat(q + "feed_forward.w1.weight", 0)
+    sd[p + "mlp.down_proj.weight"] = cat(q + "feed_forward.w2.weight", 1)
+    sd[p + "mlp.up_proj.weight"] = cat(q + "feed_forward.w3.weight", 0)
+    sd[p + "input_layernorm.weight"] = loaded[0][q + "attention_norm.weight"]
+    sd[p + "post_attention_layernorm.weight"] = loaded[0][q + "ffn_norm.weight"]
+del loaded
+names = sorted(sd)
+hdr, off = {"__metadata__": {"format": "pt"}}, 0
+for k in names:
+    n = sd[k].numel() * 2
+    hdr[k] = {"dtype": "BF16", "shape": list(sd[k].shape), "data_offsets": [off, off + n]}
+    off += n
+hb = json.dumps(hdr, separators=(",", ":")).encode()
+hb += b" " * (-len(hb) % 8)
+with open(out, "wb") as f:
+    f.write(struct.pack("<Q", len(hb)) + hb)
+    for k in names:
+        f.write(sd[k].contiguous().view(torch.int16).numpy().tobytes())
+PY
+
+now() { date +%s.%N; }
+best() { sort -g | head -n 1; }
+mount_src() {
+    local t0 t1
+    t0=$(now)
+    "$CKPTFS" -f "$1" "$MNT" >"$WORK/daemon.log" 2>&1 &
+    DAEMON=$!
+    until mountpoint -q "$MNT" && stat "$MNT/hf" >/dev/null 2>&1; do
+        kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/daemon.log" >&2; exit 1; }
+        sleep 0.002
+    done
+    t1=$(now)
+    MOUNT_S=$(echo "$t1 - $t0" | bc -l)
+}
+umount_src() {
+    fusermount3 -u "$MNT"
+    wait "$DAEMON" || true
+    DAEMON=
+}
+sample_rss() {
+    local pid=$1 flag=$2 peak=0 v
+    while [ -e "$flag" ]; do
+        v=$(awk '/^RssAnon/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+        sleep 0.01
+    done
+    echo "$peak"
+}
+
+SIZE=$(cat "$MODEL"/consolidated.*.pth | wc -c)
+cat "$MODEL"/consolidated.*.pth >/dev/null # warm
+mt=() rd=() base=() full=() rss=()
+for _ in $(seq "$RUNS"); do
+    mount_src "$MODEL"
+    mt+=("$MOUNT_S")
+    touch "$WORK/flag"
+    sample_rss "$DAEMON" "$WORK/flag" >"$WORK/rss" &
+    SAMPLER=$!
+    s=$(now)
+    dd if="$MNT/hf/model.safetensors" of=/dev/null bs=1M 2>/dev/null
+    e=$(now)
+    rm -f "$WORK/flag"
+    wait "$SAMPLER"
+    rss+=("$(cat "$WORK/rss")")
+    rd+=("$(echo "$e - $s" | bc -l)")
+    full+=("$(echo "$e - $s + ${mt[-1]}" | bc -l)")
+    umount_src
+    s=$(now)
+    cat "$MODEL"/consolidated.*.pth >/dev/null
+    e=$(now)
+    base+=("$(echo "$e - $s" | bc -l)")
+done
+MT=$(printf '%s\n' "${mt[@]}" | best)
+RD=$(printf '%s\n' "${rd[@]}" | best)
+BASE=$(printf '%s\n' "${base[@]}" | best)
+FULL=$(printf '%s\n' "${full[@]}" | best)
+RSS=$(printf '%s\n' "${rss[@]}" | sort -g | head -n 1)
+ct=() cm=()
+for _ in $(seq "$RUNS"); do
+    /usr/bin/time -f "%e %M" -o "$WORK/time" $PY "$WORK/convert.py" "$MODEL" "$WORK/out.safetensors"
+    read -r t m <"$WORK/time"
+    ct+=("$t") cm+=("$m")
+    rm -f "$WORK/out.safetensors"
+done
+CT=$(printf '%s\n' "${ct[@]}" | best)
+CM=$(printf '%s\n' "${cm[@]}" | best)
+printf 'bench-meta-mp %.2f GB in 2 files: mount %.0f ms\n' "$(echo "$SIZE / 1000000000" | bc -l)" "$(echo "$MT * 1000" | bc -l)"
+printf 'bench-meta-mp first read of hf/model.safetensors %.2f GB/s, cat of the .pth files %.2f GB/s: %.2fx\n' \
+    "$(echo "$SIZE / $RD / 1000000000" | bc -l)" "$(echo "$SIZE / $BASE / 1000000000" | bc -l)" "$(echo "$BASE / $RD" | bc -l)"
+printf 'bench-meta-mp mount + read all of hf/ %.2f s, convert_llama_weights_to_hf (torch) %.2f s: %.3fx the time (target <= 0.2)\n' \
+    "$FULL" "$CT" "$(echo "$FULL / $CT" | bc -l)"
+printf 'bench-meta-mp peak memory: ckptfs daemon %.0f MB RssAnon, the conversion %.0f MB max RSS: %.3fx (target <= 0.1)\n' \
+    "$(echo "$RSS / 1024" | bc -l)" "$(echo "$CM / 1024" | bc -l)" "$(echo "$RSS / $CM" | bc -l)"
+echo "bench-meta-mp load: $(uptime)"
