@@ -480,8 +480,12 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
 	 * one copy from the mapping is cheaper then, and the only safe way when
 	 * their page overhead no longer fits the pipe. */
-	if (got > 0 && splice && plan.n > 1 &&
-	    ((uint64_t)got / plan.n < SPLICE_MIN_PIECE || !splice_fits(fs, (uint64_t)got, plan.n))) {
+	/* A reply of our own memory only (computed, generated) gains nothing
+	 * from the pipe: libfuse would write it into pipe pages that the kernel
+	 * then copies again; writev copies it once. */
+	if (got > 0 && splice &&
+	    (plan.sourced == 0 || (plan.n > 1 && ((uint64_t)got / plan.n < SPLICE_MIN_PIECE ||
+						   !splice_fits(fs, (uint64_t)got, plan.n))))) {
 		if (!scratch && !(scratch = thread_scratch(size))) {
 			err = ENOMEM;
 			goto out;
