@@ -4,9 +4,11 @@
 #include "config.h"
 #include "ckptfs/fuse_ops.h"
 #include "ckptfs/cache.h"
+#include "ckptfs/views.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <fcntl.h>
@@ -110,6 +112,10 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *sources = cJSON_AddObjectToObject(j, "source_bytes_read");
 	for (size_t i = 0; i < fs->cat->nfiles; i++)
 		cJSON_AddNumberToObject(sources, fs->cat->files[i].name, (double)load(&fs->cat->files[i].bytes_read));
+	char extra[PATH_MAX];
+	const struct src_file *f;
+	for (size_t i = 0; (f = views_extra_source(fs->tree, i, extra, sizeof(extra))); i++)
+		cJSON_AddNumberToObject(sources, extra, (double)load(&f->bytes_read));
 	struct readstats_snap rs;
 	readstats_get(&fs->stats, &rs);
 	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);

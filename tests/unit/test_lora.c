@@ -114,6 +114,53 @@ static const struct {
 	  "a/adapter_config.json: modules_to_save holds something other than a module name" },
 };
 
+/* target_modules as PEFT's check_target_module_exists: list entries match
+ * the name or a dotted suffix; a string must match the whole name. */
+static void test_config_targets(void **state)
+{
+	(void)state;
+	struct lora_config c;
+	struct ckpt_err err;
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": [\"q_proj\", \"mlp.up_proj\"]}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "model.layers.0.self_attn.q_proj"));
+	assert_true(lora_config_targets(&c, "q_proj"));
+	assert_true(lora_config_targets(&c, "model.layers.3.mlp.up_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.self_attn.xq_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.self_attn.v_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.other.up_proj"));
+	lora_config_free(&c);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": []}", &c, &err), 0);
+	assert_false(lora_config_targets(&c, "q_proj"));
+	lora_config_free(&c);
+	/* a regex: fullmatch, with Python's \d and (?:) */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\":"
+			       " \"model\\\\.layers\\\\.\\\\d+\\\\.self_attn\\\\.(?:q|v)_proj\"}", &c, &err),
+			 0);
+	assert_true(lora_config_targets(&c, "model.layers.12.self_attn.v_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.12.self_attn.k_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.x.self_attn.q_proj"));
+	assert_false(lora_config_targets(&c, "base.model.layers.1.self_attn.q_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.1.self_attn.q_proj.x"));
+	lora_config_free(&c);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"q_proj|v_proj\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "v_proj"));
+	assert_false(lora_config_targets(&c, "a.v_proj"));
+	lora_config_free(&c);
+	/* absent, or PEFT's all-linear shorthand: every module */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"all-linear\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "anything.at.all"));
+	lora_config_free(&c);
+	/* what POSIX cannot do as Python does, by name */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"(a)\\\\1\"}", &c, &err), -ENOTSUP);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '(a)\\1' has a backreference, which ckptfs "
+				     "cannot match as Python does");
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"[\\\\d]\"}", &c, &err), -ENOTSUP);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"(q\"}", &c, &err), -EINVAL);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '(q' is not a valid regular expression");
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": [\"q\", 3]}", &c, &err), -EINVAL);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules holds something other than a module name");
+}
+
 static void test_config_bad(void **state)
 {
 	(void)state;
@@ -488,6 +535,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
+		cmocka_unit_test(test_config_targets),
 		cmocka_unit_test(test_config_bad),
 		cmocka_unit_test(test_config_too_many_values),
 		cmocka_unit_test_setup(test_op_by_hand, lora_reset),
