@@ -14,6 +14,8 @@
  * process-wide, like the BLAS's own threads, started on the first large
  * read (so after fuse_daemonize's fork), and each part runs under its own
  * SIGBUS guard (a source truncated under the mount fails the read with EIO).
+ * Their CPU time is lent to the caller (cputime.h): the cache's policy
+ * weighs a chunk by all the CPU its computation took.
  */
 #ifndef CKPTFS_LOWRANK_H
 #define CKPTFS_LOWRANK_H

@@ -12,6 +12,7 @@
 
 #include "ckptfs/blas.h"
 #include "ckptfs/cast.h"
+#include "ckptfs/cputime.h"
 #include "ckptfs/guard.h"
 #include "ckptfs/srcfile.h"
 
@@ -377,6 +378,7 @@ struct helper {
 	uint64_t off, len;
 	uint8_t *dst;
 	int result;
+	uint64_t spent; /* its CPU time on the job, lent to the caller */
 };
 
 static struct {
@@ -395,9 +397,12 @@ static void *helper_main(void *arg)
 			pthread_cond_wait(&h->cv, &pool.mu);
 		pthread_mutex_unlock(&pool.mu);
 		volatile int r = -EIO;
+		uint64_t t0 = cputime_thread_ns();
 		GUARDED(r = eval_range(h->e, h->q, h->off, h->len, h->dst), r = -EIO);
+		uint64_t spent = cputime_thread_ns() - t0;
 		pthread_mutex_lock(&pool.mu);
 		h->result = r;
+		h->spent = spent;
 		h->state = HELPER_DONE;
 		pthread_cond_broadcast(&h->cv);
 	}
@@ -490,6 +495,7 @@ int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 			pthread_cond_wait(&h->cv, &pool.mu);
 		if (r == 0)
 			r = h->result;
+		cputime_lend(h->spent);
 		h->state = HELPER_IDLE;
 	}
 	pthread_mutex_unlock(&pool.mu);
