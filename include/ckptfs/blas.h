@@ -16,7 +16,8 @@
 
 /* Call first thing in main. Where OpenBLAS fell back to its generic
  * kernels on a CPU with AVX2 or AVX-512, and OPENBLAS_CORETYPE is unset,
- * sets it (Haswell or SkylakeX) and re-executes /proc/self/exe with argv;
+ * sets it (Haswell or SkylakeX) and re-executes the program (the file
+ * /proc/self/exe links to) with argv;
  * returns when there is nothing to do or the exec failed. */
 void blas_select_core(char **argv);
 

@@ -30,10 +30,15 @@ void blas_select_core(char **argv)
 		core = "SkylakeX";
 	else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 		core = "Haswell";
-	/* Set even when the exec fails: then no later attempt loops. */
-	if (!core || setenv(CORETYPE_ENV, core, 0) != 0)
+	/* Set even when the exec fails: then no later attempt loops. The
+	 * path is read rather than exec'd as /proc/self/exe, which under a
+	 * tool such as valgrind names the tool, not this program. */
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (!core || n <= 0 || setenv(CORETYPE_ENV, core, 0) != 0)
 		return;
-	execv("/proc/self/exe", argv);
+	self[n] = '\0';
+	execv(self, argv);
 #else
 	(void)argv;
 #endif
