@@ -105,6 +105,8 @@ read_view() {
 
 LORA="-o lora=$ADAPTER,cache_dir=none"
 echo "bench-lora: $MODEL_DIR ($(du -sh "$MODEL_DIR" | cut -f1)), adapter r=$R ($(du -sh "$ADAPTER" | cut -f1)), $(nproc) CPUs, $RUNS runs"
+echo "$("$CKPTFS" --version | grep '^BLAS')"
+echo "load at start:$(uptime | sed 's/.*load average://')"
 
 echo "-- 1. mount time"
 MB='' ML=''
@@ -220,3 +222,4 @@ for _ in $(seq "$RUNS"); do
 done
 r4=$(ratio "$W2" "$W1")
 echo "second mount, disk tier warm: $(fmt "$W2")  (first mount: $(fmt "$W1"); ratio $r4, target >= 2: $(verdict "$r4" 2)); cache $(du -sh "$WORK/cache" | cut -f1)"
+echo "load at end:$(uptime | sed 's/.*load average://')"

@@ -114,7 +114,8 @@ def cmd_adapter(a):
     cfg = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": a.r, "lora_alpha": a.alpha,
         "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": a.fan_in_fan_out,
-        "use_rslora": a.rslora, "use_dora": False, "target_modules": targets,
+        "use_rslora": a.rslora, "use_dora": False,
+        "target_modules": targets + ([a.embed.split(".")[-1]] if a.embed else []),
         "rank_pattern": rp, "alpha_pattern": ap, "modules_to_save": saves or None,
         "base_model_name_or_path": os.path.abspath(a.base), "inference_mode": True,
     }

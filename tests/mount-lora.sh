@@ -49,6 +49,22 @@ for f in adapter_config.json adapter_model.safetensors README.md; do
 done
 grep -q "^LoRA: .*ad1 merged into every view" "$TESTDIR/m/README" || fail "README does not name the adapter"
 umount_ckptfs
+# .ckptfs/stats counts the adapter's file beside the base's: a fresh mount
+# reading hf/ once (no disk tier: the mount above filled it) reads every
+# tensor of the adapter at least once.
+mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,cache_dir=none"
+cat "$TESTDIR/m/hf/"*.safetensors >/dev/null
+"$PYTHON" - "$TESTDIR/m/.ckptfs/stats" "$TESTDIR/ad1/adapter_model.safetensors" <<'PYEOF' || fail "stats do not count the adapter's bytes"
+import json, os, struct, sys
+src = json.load(open(sys.argv[1]))["source_bytes_read"]
+with open(sys.argv[2], "rb") as f:
+    data = os.path.getsize(sys.argv[2]) - 8 - struct.unpack("<Q", f.read(8))[0]
+got = src.get("adapter/adapter_model.safetensors")
+print("  stats: adapter/adapter_model.safetensors: %s bytes read (its tensors: %d)" % (got, data))
+base = sum(v for k, v in src.items() if not k.startswith("adapter"))
+sys.exit(0 if got is not None and got >= data and base > 0 else 1)
+PYEOF
+umount_ckptfs
 
 note "=== stacked"
 mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,lora=$TESTDIR/ad2"
@@ -170,6 +186,29 @@ EDIT_ST='dt, a = t["base_model.model.'$Q'.lora_B.weight"]; t["base_model.model.'
 bad shape "adapter_model.safetensors: module '$Q': lora_B [32, 8] and lora_A [8, 64] make a [32, 64] delta but the base weight '$Q.weight' is [64, 64]"
 EDIT_ST='dt, a = t["base_model.model.'$Q'.lora_A.weight"]; t["base_model.model.'$Q'.lora_A.weight"] = (dt, a[:4])'
 bad rank "adapter_model.safetensors: module '$Q': lora_A [4, 64] and lora_B [64, 8] do not have rank r=8"
+V=model.layers.0.self_attn.v_proj
+# target_modules as PEFT matches it: a list entry is the name or a dotted
+# suffix of it; a string is a regex the whole name must match (fullmatch).
+EDIT_CFG='c["target_modules"] = ["q_proj"]'
+bad targets "adapter_model.safetensors: module '$V' does not match target_modules of $TESTDIR/bad-targets/adapter_config.json"
+EDIT_CFG='c["target_modules"] = "q_proj|v_proj"'
+bad target-regex "adapter_model.safetensors: module '$Q' does not match target_modules of $TESTDIR/bad-target-regex/adapter_config.json"
+EDIT_CFG='c["target_modules"] = r"model\.layers\.\d+\.self_attn\.(?=q)._proj"'
+bad target-lookahead "adapter_config.json: target_modules regex 'model\.layers\.\d+\.self_attn\.(?=q)._proj' has a (? group other than (?:, which ckptfs cannot match as Python does"
+# ... and those PEFT would have applied are accepted
+for tm in '"model\\.layers\\.\\d+\\.self_attn\\.(?:q|v)_proj"' \
+    '["self_attn.q_proj", "model.layers.0.self_attn.v_proj", "layers.1.self_attn.v_proj"]' '"all-linear"'; do
+    rm -rf "$TESTDIR/ok-targets"
+    cp -r "$TESTDIR/bad-targets" "$TESTDIR/ok-targets"
+    "$PYTHON" -c 'import json, sys
+p = sys.argv[1] + "/adapter_config.json"
+c = json.load(open(p))
+c["target_modules"] = json.loads(sys.argv[2])
+json.dump(c, open(p, "w"))' "$TESTDIR/ok-targets" "$tm"
+    "$CKPTFS" inspect -o "lora=$TESTDIR/ok-targets" "$TESTDIR/llama" | grep -q "^lora: *4 modules merged into every view" ||
+        fail "target_modules $tm: not accepted"
+    note "  target_modules $tm: accepted"
+done
 EDIT_ST='del t["base_model.model.'$Q'.lora_B.weight"]'
 bad unpaired "adapter_model.safetensors: module '$Q': lora_A without lora_B"
 EDIT_ST='dt, a = t["base_model.model.'$Q'.lora_A.weight"]; t["base_model.model.'$Q'.lora_magnitude_vector"] = (dt, a[0])'

@@ -10,7 +10,8 @@
  *                         Conv1D; the delta is transposed); rank_pattern and
  *                         alpha_pattern (per-module r and alpha, keyed by a
  *                         module name or a dotted suffix of it);
- *                         modules_to_save; bias "none" only. use_dora,
+ *                         modules_to_save; target_modules (every LoRA
+ *                         module must match it); bias "none" only. use_dora,
  *                         lora_bias and layer_replication are refused.
  *   adapter tensors       base_model.model.MODULE.lora_A[.ADAPTER].weight [r, in]
  *                         base_model.model.MODULE.lora_B[.ADAPTER].weight [out, r]
@@ -58,12 +59,24 @@ struct lora_config {
 	size_t nrank, nalpha, nsave;
 	struct lora_pattern *rank_pattern, *alpha_pattern;
 	char **modules_to_save;
+	/* target_modules: a list (ntargets names), or a regular expression
+	 * (target_regex, a compiled regex_t), or absent / "all-linear" (any) */
+	size_t ntargets;
+	char **targets;
+	void *target_regex;
 };
 
 /* Parse adapter_config.json text (len bytes, not NUL-terminated); `path`
  * names it in errors. */
 int lora_config_parse(const char *text, size_t len, const char *path, struct lora_config *out, struct ckpt_err *err);
 void lora_config_free(struct lora_config *c);
+
+/* Whether module `module` (its name without base_model.model.) is one
+ * target_modules names, as PEFT decides: a list entry equal to it or to a
+ * dotted suffix of it; a string is a regular expression the whole name
+ * must match (Python's re.fullmatch; \d, \w, \s and (?:...) are
+ * translated to POSIX ERE, other Python-only syntax is refused at parse). */
+bool lora_config_targets(const struct lora_config *c, const char *module);
 
 /* The rank and scale of module `module` (its name without base_model.model.). */
 void lora_config_module(const struct lora_config *c, const char *module, uint64_t *r, double *scale);

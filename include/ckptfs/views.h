@@ -58,6 +58,11 @@ struct views_info {
 int views_build(struct vtree *t, const struct catalog *cat, const struct view_opts *o, struct views_info *info,
 		struct ckpt_err *err);
 
+/* Source file i (from 0) of the mount beyond the checkpoint's own (an
+ * adapter's), named as the mount shows it ("adapter/adapter_model.safetensors",
+ * "adapter-2/..."), for .ckptfs/stats; NULL past the last. */
+const struct src_file *views_extra_source(const struct vtree *t, size_t i, char *name, size_t cap);
+
 /* The file name of a tensor in tensors/ (without ".npy"); returns the
  * length, or -ENAMETOOLONG when it does not fit in cap. */
 int views_tensor_filename(const char *name, char *buf, size_t cap);

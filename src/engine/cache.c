@@ -1,6 +1,7 @@
 /* cache.c -- memory LRU and on-disk zstd cache of computed chunks.
  * One mutex guards the memory tier; one worker thread owns every disk write so the read path never waits on compression. */
 #include "ckptfs/cache.h"
+#include "ckptfs/cputime.h"
 #include "ckptfs/guard.h"
 #include "ckptfs/mac.h"
 #include "ckptfs/srcfile.h"
@@ -132,9 +133,7 @@ void cache_entry_name(const char *key, uint64_t chunk, char out[33])
  * neither. */
 static uint64_t now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	return cputime_thread_ns(); /* with what helper threads spent for it */
 }
 
 /* ---- the identity of an expression ---- */

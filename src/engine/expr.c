@@ -13,12 +13,9 @@
 #include "config.h"
 
 #include <limits.h>
-#include <pthread.h>
 
 #include "ckptfs/cast.h"
-#ifdef HAVE_CBLAS
-#include <cblas.h>
-#endif
+#include "ckptfs/lowrank.h"
 #include "ckptfs/quant.h"
 
 /* Elements converted per step of a cast: small enough for the stack. */
@@ -749,145 +746,6 @@ static int read_transpose(const struct expr *e, uint64_t off, uint64_t len, uint
 	return 0;
 }
 
-/* ---- low-rank add: evaluation ---- */
-
-/* Output elements per row block of a low-rank add: 1 MiB of fp32. */
-#define LORA_BLOCK_ELEMS (256u << 10)
-
-#ifdef HAVE_OPENBLAS
-static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-
-/* FUSE already reads on several threads, and a row block is a small
- * product: OpenBLAS's own threads would only contend with them. */
-static void blas_init(void)
-{
-	openblas_set_num_threads(1);
-}
-#endif
-
-/* acc[m x n] += s * (p[m x k] @ q[k x n]), all row-major fp32. */
-static void lora_gemm(size_t m, size_t n, size_t k, float s, const float *p, const float *q, float *acc, float *row)
-{
-#ifdef HAVE_CBLAS
-	if (m <= INT_MAX && n <= INT_MAX && k <= INT_MAX) {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, s, p, (int)k, q, (int)n,
-			    1.0f, acc, (int)n);
-		return;
-	}
-#endif
-	/* Portable: each row's dot products in fp32, then scaled and added. */
-	for (size_t i = 0; i < m; i++) {
-		memset(row, 0, n * sizeof(*row));
-		for (size_t t = 0; t < k; t++) {
-			float a = p[i * k + t];
-			const float *qr = q + t * n;
-			for (size_t j = 0; j < n; j++)
-				row[j] += a * qr[j];
-		}
-		for (size_t j = 0; j < n; j++)
-			acc[i * n + j] += s * row[j];
-	}
-}
-
-/* Elements [first, first+n) of x widened to fp32 into out; tmp holds n elements of x. */
-static int read_f32(const struct expr *x, uint64_t first, uint64_t n, float *out, void *tmp)
-{
-	size_t sz = dtype_size(x->dtype);
-	if (x->dtype == CKPT_F32)
-		return expr_read(x, first * sz, n * sz, out);
-	/* A mapped source is widened where it lies (reads run under the
-	 * caller's SIGBUS guard, as every read of a mapping does). */
-	const uint8_t *direct = x->op == EXPR_SOURCE ? expr_direct(x) : NULL;
-	if (direct) {
-		src_file_count(x->src->file, n * sz);
-		return cast_run(CKPT_F32, out, x->dtype, direct + first * sz, (size_t)n);
-	}
-	int r = expr_read(x, first * sz, n * sz, tmp);
-	return r < 0 ? r : cast_run(CKPT_F32, out, x->dtype, tmp, (size_t)n);
-}
-
-static int read_lora(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
-{
-#ifdef HAVE_OPENBLAS
-	pthread_once(&blas_once, blas_init);
-#endif
-	const size_t nterms = e->nargs / 2, osz = dtype_size(e->dtype);
-	const uint64_t C = e->shape[1], row_bytes = C * osz;
-	const uint64_t first = off / row_bytes, last = (off + len + row_bytes - 1) / row_bytes;
-	uint64_t block = C < LORA_BLOCK_ELEMS ? LORA_BLOCK_ELEMS / C : 1;
-	if (block > last - first)
-		block = last - first;
-	/* Sizes are bounded by the arguments' byte counts, checked at construction. */
-	uint64_t qelems = 0, rmax = 0;
-	for (size_t k = 0; k < nterms; k++) {
-		uint64_t rk = e->args[1 + 2 * k]->shape[1];
-		qelems += rk * C;
-		rmax = rk > rmax ? rk : rmax;
-	}
-	uint64_t tmp_elems = block * C;
-	tmp_elems = rmax * C > tmp_elems ? rmax * C : tmp_elems;
-	tmp_elems = block * rmax > tmp_elems ? block * rmax : tmp_elems;
-	float *acc = malloc((size_t)(block * C) * sizeof(float));
-	float *p = malloc((size_t)(block * rmax) * sizeof(float));
-	float *row = malloc((size_t)C * sizeof(float));
-	void *tmp = malloc((size_t)tmp_elems * 8);
-	uint8_t *out = malloc((size_t)(block * row_bytes));
-	int r = acc && p && row && tmp && out ? 0 : -ENOMEM;
-	/* All of every q serves each row block: widened once, kept with the node
-	 * (r x cols floats, small beside the rows it serves). Racing first
-	 * readers each make one; the first published wins. */
-	float *q = __atomic_load_n(&e->qf32, __ATOMIC_ACQUIRE);
-	uint64_t qoff = 0;
-	if (!q && r == 0) {
-		float *mine = malloc((size_t)qelems * sizeof(float));
-		r = mine ? 0 : -ENOMEM;
-		for (size_t k = 0; k < nterms && r == 0; k++) {
-			const struct expr *qk = e->args[2 + 2 * k];
-			r = read_f32(qk, 0, qk->shape[0] * C, mine + qoff, tmp);
-			qoff += qk->shape[0] * C;
-		}
-		float *expected = NULL;
-		if (r == 0 && __atomic_compare_exchange_n(&((struct expr *)e)->qf32, &expected, mine, false,
-							  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-			q = mine;
-		} else {
-			free(mine);
-			q = expected;
-		}
-	}
-	for (uint64_t i = first; i < last && r == 0; i += block) {
-		uint64_t nr = last - i < block ? last - i : block;
-		if ((r = read_f32(e->args[0], i * C, nr * C, acc, tmp)) < 0)
-			break;
-		qoff = 0;
-		for (size_t k = 0; k < nterms && r == 0; k++) {
-			const struct expr *pk = e->args[1 + 2 * k];
-			uint64_t rk = pk->shape[1];
-			if ((r = read_f32(pk, i * rk, nr * rk, p, tmp)) < 0)
-				break;
-			lora_gemm((size_t)nr, (size_t)C, (size_t)rk, e->scale[k], p, q + qoff, acc, row);
-			qoff += rk * C;
-		}
-		/* The part of these rows inside [off, off+len): whole rows are
-		 * rounded straight into dst, a cut row through `out`. */
-		uint64_t b0 = i * row_bytes, b1 = (i + nr) * row_bytes;
-		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > off + len ? off + len : b1;
-		if (r == 0 && c0 == b0 && c1 == b1) {
-			r = cast_run(e->dtype, dst + (c0 - off), CKPT_F32, acc, (size_t)(nr * C));
-		} else if (r == 0) {
-			r = cast_run(e->dtype, out, CKPT_F32, acc, (size_t)(nr * C));
-			if (r == 0)
-				memcpy(dst + (c0 - off), out + (c0 - b0), (size_t)(c1 - c0));
-		}
-	}
-	free(acc);
-	free(p);
-	free(row);
-	free(tmp);
-	free(out);
-	return r;
-}
-
 /* Blocks per step of a quantisation: 4096 values of at most 8 bytes on the stack. */
 #define Q8_BATCH 128
 
@@ -952,7 +810,7 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 	case EXPR_GATHER:
 		return read_piecewise(e, off, len, dst);
 	case EXPR_LORA:
-		return read_lora(e, off, len, dst);
+		return lowrank_read(e, off, len, dst);
 	}
 	return -EINVAL;
 }

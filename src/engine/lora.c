@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,9 +40,16 @@ void lora_config_free(struct lora_config *c)
 		free(c->alpha_pattern[i].key);
 	for (size_t i = 0; i < c->nsave; i++)
 		free(c->modules_to_save[i]);
+	for (size_t i = 0; i < c->ntargets; i++)
+		free(c->targets[i]);
 	free(c->rank_pattern);
 	free(c->alpha_pattern);
 	free(c->modules_to_save);
+	free(c->targets);
+	if (c->target_regex) {
+		regfree(c->target_regex);
+		free(c->target_regex);
+	}
 	memset(c, 0, sizeof(*c));
 }
 
@@ -105,6 +113,75 @@ static int get_patterns(const cJSON *root, const char *key, bool ranks, struct l
 	return 0;
 }
 
+/* A target_modules regular expression is Python's (re.fullmatch); the
+ * longest real ones are a few hundred bytes. */
+#define TARGET_REGEX_MAX 4096
+
+/* Compile target_modules regex `py` as POSIX ERE anchored at both ends:
+ * \d \w \s (outside brackets) and (?: are rewritten; other (? groups and
+ * backreferences, which POSIX lacks or which cost exponential time, are refused. */
+static int target_regex(struct lora_config *c, const char *py, const char *path, struct ckpt_err *err)
+{
+	size_t n = strlen(py);
+	if (n > TARGET_REGEX_MAX)
+		return ckpt_err_set(err, EINVAL, "%s: target_modules regex is %zu bytes, more than %d", path, n,
+				    TARGET_REGEX_MAX);
+	char *ere = malloc(n * 11 + 8); /* \w becomes [A-Za-z0-9_], 11 bytes for 2 */
+	if (!ere)
+		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
+	size_t o = 0;
+	bool bracket = false;
+	ere[o++] = '^', ere[o++] = '(';
+	for (size_t i = 0; i < n; i++) {
+		char ch = py[i];
+		const char *bad = NULL;
+		if (ch == '\\' && i + 1 < n) {
+			char e = py[++i];
+			const char *rep = e == 'd' ? "[0-9]" : e == 'w' ? "[A-Za-z0-9_]" : e == 's' ? "[[:space:]]" : NULL;
+			if (e >= '0' && e <= '9')
+				bad = "a backreference";
+			else if (rep && bracket)
+				bad = "a class escape inside brackets";
+			if (!bad && rep) {
+				memcpy(ere + o, rep, strlen(rep));
+				o += strlen(rep);
+			} else if (!bad) {
+				ere[o++] = '\\', ere[o++] = e;
+			}
+		} else if (!bracket && ch == '(' && i + 1 < n && py[i + 1] == '?') {
+			if (i + 2 < n && py[i + 2] == ':') {
+				ere[o++] = '(';
+				i += 2;
+			} else {
+				bad = "a (? group other than (?:";
+			}
+		} else {
+			if (ch == '[' && !bracket)
+				bracket = true;
+			else if (ch == ']' && bracket && !(o > 0 && (ere[o - 1] == '[' || (ere[o - 1] == '^' && o > 1 && ere[o - 2] == '['))))
+				bracket = false;
+			ere[o++] = ch;
+		}
+		if (bad) {
+			free(ere);
+			return ckpt_err_set(err, ENOTSUP, "%s: target_modules regex '%.200s' has %s, which ckptfs cannot match as Python does",
+					    path, py, bad);
+		}
+	}
+	ere[o++] = ')', ere[o++] = '$', ere[o] = '\0';
+	regex_t *re = malloc(sizeof(*re));
+	int rc = re ? regcomp(re, ere, REG_EXTENDED | REG_NOSUB) : REG_ESPACE;
+	free(ere);
+	if (rc != 0) {
+		free(re);
+		return rc == REG_ESPACE ? ckpt_err_set(err, ENOMEM, "%s: out of memory", path)
+					: ckpt_err_set(err, EINVAL, "%s: target_modules regex '%.200s' is not a valid regular expression",
+						       path, py);
+	}
+	c->target_regex = re;
+	return 0;
+}
+
 static int parse_config(const cJSON *root, const char *path, struct lora_config *c, struct ckpt_err *err)
 {
 	if (!cJSON_IsObject(root))
@@ -153,6 +230,22 @@ static int parse_config(const cJSON *root, const char *path, struct lora_config 
 	v = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
 	if (v && !cJSON_IsNull(v) && !cJSON_IsString(v) && !cJSON_IsArray(v))
 		return ckpt_err_set(err, EINVAL, "%s: target_modules is not a string or a list", path);
+	if (cJSON_IsString(v) && strcmp(v->valuestring, "all-linear") != 0 && (r = target_regex(c, v->valuestring, path, err)) < 0)
+		return r;
+	if (cJSON_IsArray(v)) {
+		size_t count = (size_t)cJSON_GetArraySize(v);
+		if (!(c->targets = calloc(count ? count : 1, sizeof(char *))))
+			return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
+		const cJSON *it;
+		cJSON_ArrayForEach(it, v)
+		{
+			if (!cJSON_IsString(it) || !it->valuestring[0])
+				return ckpt_err_set(err, EINVAL, "%s: target_modules holds something other than a module name", path);
+			if (!(c->targets[c->ntargets] = strdup(it->valuestring)))
+				return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
+			c->ntargets++;
+		}
+	}
 	v = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
 	if (v && !cJSON_IsNull(v)) {
 		if (!cJSON_IsArray(v))
@@ -205,6 +298,22 @@ static const struct lora_pattern *pattern_find(const struct lora_pattern *p, siz
 			best = &p[i], bl = kl;
 	}
 	return best;
+}
+
+bool lora_config_targets(const struct lora_config *c, const char *module)
+{
+	if (c->target_regex)
+		return regexec(c->target_regex, module, 0, NULL, 0) == 0;
+	if (!c->targets)
+		return true; /* absent, or "all-linear" */
+	size_t ml = strlen(module);
+	for (size_t i = 0; i < c->ntargets; i++) {
+		const char *t = c->targets[i];
+		size_t tl = strlen(t);
+		if (tl <= ml && strcmp(module + ml - tl, t) == 0 && (tl == ml || module[ml - tl - 1] == '.'))
+			return true;
+	}
+	return false;
 }
 
 void lora_config_module(const struct lora_config *c, const char *module, uint64_t *r, double *scale)
@@ -453,6 +562,9 @@ static int merge_pair(struct tset *set, const struct lora_adapter *a, enum ckpt_
 	if (!w)
 		return ckpt_err_set(err, ENOENT, "%s: module '%.200s': the base model has no tensor '%.200s.weight'", path,
 				    module, module);
+	if (!lora_config_targets(&a->cfg, module))
+		return ckpt_err_set(err, EINVAL, "%s: module '%.200s' does not match target_modules of %s", path, module,
+				    a->config_path);
 	uint64_t r;
 	double s;
 	lora_config_module(&a->cfg, module, &r, &s);

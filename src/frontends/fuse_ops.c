@@ -4,9 +4,11 @@
 #include "config.h"
 #include "ckptfs/fuse_ops.h"
 #include "ckptfs/cache.h"
+#include "ckptfs/views.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <fcntl.h>
@@ -110,6 +112,10 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *sources = cJSON_AddObjectToObject(j, "source_bytes_read");
 	for (size_t i = 0; i < fs->cat->nfiles; i++)
 		cJSON_AddNumberToObject(sources, fs->cat->files[i].name, (double)load(&fs->cat->files[i].bytes_read));
+	char extra[PATH_MAX];
+	const struct src_file *f;
+	for (size_t i = 0; (f = views_extra_source(fs->tree, i, extra, sizeof(extra))); i++)
+		cJSON_AddNumberToObject(sources, extra, (double)load(&f->bytes_read));
 	struct readstats_snap rs;
 	readstats_get(&fs->stats, &rs);
 	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
@@ -480,8 +486,12 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
 	 * one copy from the mapping is cheaper then, and the only safe way when
 	 * their page overhead no longer fits the pipe. */
-	if (got > 0 && splice && plan.n > 1 &&
-	    ((uint64_t)got / plan.n < SPLICE_MIN_PIECE || !splice_fits(fs, (uint64_t)got, plan.n))) {
+	/* A reply of our own memory only (computed, generated) gains nothing
+	 * from the pipe: libfuse would write it into pipe pages that the kernel
+	 * then copies again; writev copies it once. */
+	if (got > 0 && splice &&
+	    (plan.sourced == 0 || (plan.n > 1 && ((uint64_t)got / plan.n < SPLICE_MIN_PIECE ||
+						   !splice_fits(fs, (uint64_t)got, plan.n))))) {
 		if (!scratch && !(scratch = thread_scratch(size))) {
 			err = ENOMEM;
 			goto out;

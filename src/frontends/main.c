@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptfs/blas.h"
 #include "ckptfs/catalog.h"
 #include "ckptfs/cli.h"
 #include "ckptfs/fuse_ops.h"
@@ -213,6 +214,7 @@ static size_t pipe_capacity(void)
 
 int main(int argc, char *argv[])
 {
+	blas_select_core(argv);
 	if (argc > 1 && cli_is_command(argv[1]))
 		return cli_main(argc, argv);
 
@@ -230,6 +232,8 @@ int main(int argc, char *argv[])
 	if (opts.show_version) {
 		printf("ckptfs %s\n", PACKAGE_VERSION);
 		printf("FUSE library version %s\n", fuse_pkgversion());
+		char blas[128];
+		printf("BLAS: %s\n", blas_describe(blas, sizeof(blas)));
 		ret = 0;
 		goto out_args;
 	}

@@ -5,10 +5,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ckptfs/blas.h"
 #include "ckptfs/cli.h"
 
 int main(int argc, char *argv[])
 {
+	blas_select_core(argv);
 	if (argc > 1 && cli_is_command(argv[1]))
 		return cli_main(argc, argv);
 	if (argc > 1 && (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0)) {

@@ -663,6 +663,30 @@ out:
 	return r;
 }
 
+/* The adapter directories' names, as views_build makes them. */
+static void adapter_dir_name(size_t i, char *buf, size_t cap)
+{
+	snprintf(buf, cap, i ? "adapter-%zu" : "adapter", i + 1);
+}
+
+const struct src_file *views_extra_source(const struct vtree *t, size_t i, char *name, size_t cap)
+{
+	if (t->builder != views_fill_dir)
+		return NULL;
+	const struct views *v = t->ctx;
+	for (size_t a = 0; a < v->nadapters; a++) {
+		const struct catalog *ac = v->adapters[a]->cat;
+		if (i < ac->nfiles) {
+			char dir[32];
+			adapter_dir_name(a, dir, sizeof(dir));
+			snprintf(name, cap, "%s/%s", dir, ac->files[i].name);
+			return &ac->files[i];
+		}
+		i -= ac->nfiles;
+	}
+	return NULL;
+}
+
 static void views_free(void *ctx)
 {
 	struct views *v = ctx;
@@ -893,7 +917,7 @@ int views_build(struct vtree *t, const struct catalog *cat, const struct view_op
 		r = add_partitions(v);
 	for (size_t i = 0; i < v->nadapters && r == 0; i++) {
 		char name[32];
-		snprintf(name, sizeof(name), i ? "adapter-%zu" : "adapter", i + 1);
+		adapter_dir_name(i, name, sizeof(name));
 		struct vnode *dir = vtree_add_dir(t, vtree_root(t), name);
 		const struct catalog *ac = v->adapters[i]->cat;
 		for (size_t k = 0; k < ac->nfiles && r == 0; k++)

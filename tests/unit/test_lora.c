@@ -114,6 +114,53 @@ static const struct {
 	  "a/adapter_config.json: modules_to_save holds something other than a module name" },
 };
 
+/* target_modules as PEFT's check_target_module_exists: list entries match
+ * the name or a dotted suffix; a string must match the whole name. */
+static void test_config_targets(void **state)
+{
+	(void)state;
+	struct lora_config c;
+	struct ckpt_err err;
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": [\"q_proj\", \"mlp.up_proj\"]}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "model.layers.0.self_attn.q_proj"));
+	assert_true(lora_config_targets(&c, "q_proj"));
+	assert_true(lora_config_targets(&c, "model.layers.3.mlp.up_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.self_attn.xq_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.self_attn.v_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.other.up_proj"));
+	lora_config_free(&c);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": []}", &c, &err), 0);
+	assert_false(lora_config_targets(&c, "q_proj"));
+	lora_config_free(&c);
+	/* a regex: fullmatch, with Python's \d and (?:) */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\":"
+			       " \"model\\\\.layers\\\\.\\\\d+\\\\.self_attn\\\\.(?:q|v)_proj\"}", &c, &err),
+			 0);
+	assert_true(lora_config_targets(&c, "model.layers.12.self_attn.v_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.12.self_attn.k_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.x.self_attn.q_proj"));
+	assert_false(lora_config_targets(&c, "base.model.layers.1.self_attn.q_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.1.self_attn.q_proj.x"));
+	lora_config_free(&c);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"q_proj|v_proj\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "v_proj"));
+	assert_false(lora_config_targets(&c, "a.v_proj"));
+	lora_config_free(&c);
+	/* absent, or PEFT's all-linear shorthand: every module */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"all-linear\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "anything.at.all"));
+	lora_config_free(&c);
+	/* what POSIX cannot do as Python does, by name */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"(a)\\\\1\"}", &c, &err), -ENOTSUP);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '(a)\\1' has a backreference, which ckptfs "
+				     "cannot match as Python does");
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"[\\\\d]\"}", &c, &err), -ENOTSUP);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"(q\"}", &c, &err), -EINVAL);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '(q' is not a valid regular expression");
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": [\"q\", 3]}", &c, &err), -EINVAL);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules holds something other than a module name");
+}
+
 static void test_config_bad(void **state)
 {
 	(void)state;
@@ -323,6 +370,154 @@ static void test_op_naive(void **state)
 	expr_unref(e);
 }
 
+/* ---- a larger merge: tiles, helper threads, cut rows, every output path ---- */
+
+enum { BR = 301, BC = 700, BK = 16 }; /* 1400-byte bf16 rows: 46 rows a tile, a whole read is split */
+static uint8_t big[BR * BC * 4 + 2 * (BR + BC) * BK * 4];
+static size_t big_used;
+static struct src_file big_file = { .name = "big", .path = "d/big", .fd = -1, .map = big, .size = sizeof(big) };
+
+static struct expr *big_mat(uint64_t rows, uint64_t cols, uint32_t *x, enum ckpt_dtype dt)
+{
+	struct cat_tensor *t = &ts[nts++];
+	size_t n = (size_t)(rows * cols), esz = dtype_size(dt);
+	t->name = "big";
+	t->dtype = dt;
+	t->ndim = 2;
+	t->shape[0] = rows;
+	t->shape[1] = cols;
+	t->file = &big_file;
+	t->offset = big_used;
+	t->nbytes = n * esz;
+	for (size_t i = 0; i < n; i++) {
+		float v = (float)((*x = *x * 1103515245u + 12345u) >> 8) / 16777216.0f - 0.5f;
+		if (dt == CKPT_BF16) {
+			uint16_t h = cast_f32_to_bf16(v);
+			memcpy(big + big_used + 2 * i, &h, 2);
+		} else {
+			memcpy(big + big_used + 4 * i, &v, 4);
+		}
+	}
+	big_used += n * esz;
+	assert_true(big_used <= sizeof(big));
+	return expr_source(t);
+}
+
+/* The value of element (i, j) of a matrix expression, widened. */
+static double elem(const struct expr *m, uint64_t i, uint64_t j)
+{
+	float f;
+	struct expr *one = expr_cast(expr_slice(expr_slice(expr_ref((struct expr *)m), 0, i, i + 1), 1, j, j + 1), CKPT_F32);
+	assert_int_equal(expr_read(one, 0, 4, &f), 0);
+	expr_unref(one);
+	return f;
+}
+
+/* A whole read of e against W + sum s_k P_k Q_k in float64: within the
+ * error of the fp32 accumulation, plus one unit in the last place of a
+ * 16-bit output; then reads at odd offsets and lengths
+ * (cut rows, tile edges, ranges split among threads) are the same bytes. */
+static void check_big(struct expr *e, const struct expr *w, const struct expr **p, const struct expr **q, const float *s,
+		      size_t nterms)
+{
+	const uint64_t R = e->shape[0], C = e->shape[1];
+	const size_t esz = dtype_size(e->dtype);
+	uint8_t *all = malloc((size_t)e->nbytes), *part = malloc((size_t)e->nbytes);
+	assert_non_null(all);
+	assert_non_null(part);
+	assert_int_equal(expr_read(e, 0, e->nbytes, all), 0);
+	/* a sample of elements: every row, some columns */
+	for (uint64_t i = 0; i < R; i++) {
+		for (uint64_t j = i % 7; j < C; j += 97) {
+			double ref = elem(w, i, j), mag = fabs(ref);
+			for (size_t k = 0; k < nterms; k++) {
+				double d = 0, dm = 0;
+				for (uint64_t t = 0; t < p[k]->shape[1]; t++) {
+					double pq = elem(p[k], i, t) * elem(q[k], t, j);
+					d += pq, dm += fabs(pq);
+				}
+				ref += s[k] * d, mag += fabs(s[k]) * dm;
+			}
+			/* the fp32 accumulation: an r-term dot product, the scale and the adds */
+			double tol = (BK + 2 * nterms + 1) * 0x1p-24 * mag, got;
+			if (e->dtype == CKPT_F32) {
+				float f;
+				memcpy(&f, all + (i * C + j) * 4, 4);
+				got = f;
+			} else {
+				uint16_t h;
+				memcpy(&h, all + (i * C + j) * 2, 2);
+				got = e->dtype == CKPT_BF16 ? cast_bf16_to_f32(h) : cast_f16_to_f32(h);
+				tol += ldexp(1, ilogb(ref) - (e->dtype == CKPT_BF16 ? 7 : 10));
+			}
+			if (fabs(got - ref) > tol)
+				fail_msg("(%llu, %llu): %.9g, reference %.9g", (unsigned long long)i, (unsigned long long)j, got, ref);
+		}
+	}
+	const uint64_t row = C * esz;
+	const uint64_t ranges[][2] = { { 0, e->nbytes },	   { 3, e->nbytes - 5 },	{ row - 1, 2 },
+				       { 45 * row + 7, row * 3 }, { 46 * row - 2, 300000 },	{ e->nbytes - 1, 1 },
+				       { 17, 2 * row - 20 },	   { 100 * row, 150 * row + 3 } };
+	for (size_t k = 0; k < sizeof(ranges) / sizeof(ranges[0]); k++) {
+		uint64_t off = ranges[k][0], len = ranges[k][1];
+		if (off + len > e->nbytes)
+			len = e->nbytes - off;
+		memset(part, 0xA5, (size_t)len);
+		assert_int_equal(expr_read(e, off, len, part), 0);
+		if (memcmp(part, all + off, (size_t)len) != 0)
+			fail_msg("bytes [%llu, +%llu) differ from the whole read's", (unsigned long long)off,
+				 (unsigned long long)len);
+	}
+	free(all);
+	free(part);
+}
+
+static void test_op_big(void **state)
+{
+	(void)state;
+	uint32_t x = 7;
+	big_used = 0;
+	struct expr *w = big_mat(BR, BC, &x, CKPT_BF16), *b = big_mat(BR, BK, &x, CKPT_F32), *a = big_mat(BK, BC, &x, CKPT_F32);
+	struct expr *e = expr_lora(expr_ref(w), expr_ref(b), expr_ref(a), 0.75f);
+	assert_non_null(e);
+	const struct expr *p[2] = { b }, *q[2] = { a };
+	float s[2] = { 0.75f, -1.5f };
+	/* BF16 from a mapped BF16 W: the epilogue widens and rounds */
+	check_big(e, w, p, q, s, 1);
+	/* F32 and F16 outputs (F16 through fp32 and cast_run) */
+	struct expr *f32 = expr_cast(expr_ref(e), CKPT_F32), *f16 = expr_cast(expr_ref(e), CKPT_F16);
+	assert_int_equal(f32->op, EXPR_LORA);
+	check_big(f32, w, p, q, s, 1);
+	check_big(f16, w, p, q, s, 1);
+	/* a second term (W widened first, then each term added) */
+	struct expr *b2 = big_mat(BR, BK, &x, CKPT_BF16), *a2 = big_mat(BK, BC, &x, CKPT_BF16);
+	struct expr *st = expr_lora(expr_ref(e), expr_ref(b2), expr_ref(a2), -1.5f);
+	p[1] = b2, q[1] = a2;
+	check_big(st, w, p, q, s, 2);
+	/* W that is not a plain source (rows gathered): read into a buffer first */
+	uint64_t idx[BR];
+	for (size_t i = 0; i < BR; i++)
+		idx[i] = BR - 1 - i;
+	struct expr *g = expr_gather_rows(expr_ref(e), idx, BR);
+	assert_int_equal(g->op, EXPR_LORA);
+	assert_int_not_equal(g->args[0]->op, EXPR_SOURCE);
+	struct expr *gw = expr_gather_rows(expr_ref(w), idx, BR), *gb = expr_gather_rows(expr_ref(b), idx, BR);
+	p[0] = gb;
+	check_big(g, gw, p, q, s, 1);
+	expr_unref(gw);
+	expr_unref(gb);
+	expr_unref(g);
+	expr_unref(st);
+	expr_unref(b2);
+	expr_unref(a2);
+	expr_unref(f32);
+	expr_unref(f16);
+	expr_unref(e);
+	expr_unref(w);
+	expr_unref(b);
+	expr_unref(a);
+}
+
 static void test_op_refused(void **state)
 {
 	(void)state;
@@ -340,12 +535,14 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
+		cmocka_unit_test(test_config_targets),
 		cmocka_unit_test(test_config_bad),
 		cmocka_unit_test(test_config_too_many_values),
 		cmocka_unit_test_setup(test_op_by_hand, lora_reset),
 		cmocka_unit_test_setup(test_op_rounds_once, lora_reset),
 		cmocka_unit_test_setup(test_op_naive, lora_reset),
 		cmocka_unit_test_setup(test_op_refused, lora_reset),
+		cmocka_unit_test_setup(test_op_big, lora_reset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
