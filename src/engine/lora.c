@@ -338,31 +338,6 @@ void lora_adapter_close(struct lora_adapter *a)
 	free(a);
 }
 
-static int read_small(const struct src_file *f, char **out, struct ckpt_err *err)
-{
-	if (f->size > CONFIG_MAX)
-		return ckpt_err_set(err, EFBIG, "%s: %llu bytes, larger than the %u-byte limit for an adapter config", f->path,
-				    (unsigned long long)f->size, CONFIG_MAX);
-	char *buf = malloc((size_t)f->size + 1);
-	if (!buf)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
-	size_t got = 0;
-	while (got < f->size) {
-		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			free(buf);
-			return k < 0 ? ckpt_err_errno(err, errno, f->path, "read")
-				     : ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path);
-		}
-		got += (size_t)k;
-	}
-	buf[got] = '\0';
-	*out = buf;
-	return 0;
-}
-
 int lora_adapter_open(const char *dir, struct lora_adapter **out, struct ckpt_err *err)
 {
 	*out = NULL;
@@ -408,9 +383,10 @@ int lora_adapter_open(const char *dir, struct lora_adapter **out, struct ckpt_er
 		}
 	}
 	char *text = NULL;
-	if ((r = read_small(cf, &text, err)) < 0)
+	size_t tlen;
+	if ((r = src_file_read_all(cf, CONFIG_MAX, "an adapter config", &text, &tlen, err)) < 0)
 		goto out_close;
-	r = lora_config_parse(text, (size_t)cf->size, cf->path, &a->cfg, err);
+	r = lora_config_parse(text, tlen, cf->path, &a->cfg, err);
 	free(text);
 	if (r < 0)
 		goto out_close;
