@@ -132,34 +132,7 @@ with open(out, "wb") as f:
         f.write(sd[k].contiguous().view(torch.int16).numpy().tobytes())
 PY
 
-now() { date +%s.%N; }
-best() { sort -g | head -n 1; }
-mount_src() {
-    local t0 t1
-    t0=$(now)
-    "$CKPTFS" -f "$1" "$MNT" >"$WORK/daemon.log" 2>&1 &
-    DAEMON=$!
-    until mountpoint -q "$MNT" && stat "$MNT/hf" >/dev/null 2>&1; do
-        kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/daemon.log" >&2; exit 1; }
-        sleep 0.002
-    done
-    t1=$(now)
-    MOUNT_S=$(echo "$t1 - $t0" | bc -l)
-}
-umount_src() {
-    fusermount3 -u "$MNT"
-    wait "$DAEMON" || true
-    DAEMON=
-}
-sample_rss() {
-    local pid=$1 flag=$2 peak=0 v
-    while [ -e "$flag" ]; do
-        v=$(awk '/^RssAnon/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-        [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-        sleep 0.01
-    done
-    echo "$peak"
-}
+. "$(dirname "$0")/peer.sh"
 
 SIZE=$(cat "$MODEL"/consolidated.*.pth | wc -c)
 cat "$MODEL"/consolidated.*.pth >/dev/null # warm
