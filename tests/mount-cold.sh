@@ -20,7 +20,7 @@
 #    the source pages cached after the read (all that was asked of the
 #    storage: read-ahead, splice and gathers) at most the pages of rank 1's
 #    bytes + 1/16, both counted from the source header with independent code
-#    (the rows of down_proj are 4 pages, a rank's piece 1 of them: reading
+#    (a down_proj row is 8 pages, a rank's piece 2 of them: reading
 #    other ranks' rows would be about twice that).
 set -eu
 
