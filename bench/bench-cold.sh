@@ -197,7 +197,7 @@ kill -0 "$SSHD_PID" 2>/dev/null || { cat "$SSH/sshd.log" >&2; die "sshd did not 
 # sshfs_mount NAME: a fresh sshfs mount of MODEL_DIR at $WORK/NAME; sets
 # SMNT, SMNT_PID (MNT and MNT_PID are left as they were).
 sshfs_mount() {
-	local m=$MNT p=$MNT_PID
+	local m=${MNT:-} p=${MNT_PID:-}
 	mount_fs "$1" sshfs -f -o ro,port="$PORT",IdentityFile="$SSH/id",StrictHostKeyChecking=no \
 		-o UserKnownHostsFile=/dev/null,LogLevel=ERROR,max_conns=1 \
 		"root@127.0.0.1:$MODEL_DIR" "$WORK/$1"
@@ -310,15 +310,16 @@ r0=$(server_rchar)
 for k in 0 1 2 3; do
 	old=" $(pgrep -d ' ' -f /usr/lib/openssh/sftp-server) "
 	sshfs_mount "src-node$k"
-	# this mount's sftp server: the one that was not there before
-	for p in $(pgrep -f /usr/lib/openssh/sftp-server); do
-		case $old in *" $p "*) ;; *) servers[$k]=$p ;; esac
-	done
 	smnts+=("$SMNT") spids+=("$SMNT_PID")
 	m=$MNT p=$MNT_PID
 	mount_fs "node$k" "$CKPTFS" -f -o "cache_dir=$WORK/cache-node$k${MOUNT_OPTS:+,$MOUNT_OPTS}" "$SMNT" "$WORK/node$k"
 	cmnts+=("$MNT") cpids+=("$MNT_PID")
 	MNT=$m MNT_PID=$p
+	# this mount's sftp server (sshfs connects on first use: ckptfs's
+	# mount read the headers): the one that was not there before
+	for q in $(pgrep -f /usr/lib/openssh/sftp-server); do
+		case $old in *" $q "*) ;; *) servers[$k]=$q ;; esac
+	done
 done
 t0=$(now)
 rpids=()
