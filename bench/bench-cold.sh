@@ -14,8 +14,8 @@
 # and their ratio (dd time / view time: >= 0.9 is the target), and the
 # source bytes the view read against the model's bytes. Also printed: the
 # same view read again through a fresh mount with the source still in the
-# page cache (warm: the daemon's own ceiling), the read-ahead counters of
-# .ckptfs/stats when the daemon has them, and with --compare PATH another
+# page cache (warm: the daemon's own ceiling), the read-ahead and gather
+# counters of .ckptfs/stats when the daemon has them, and with --compare PATH another
 # daemon (e.g. a build of main) measured cold the same way in the same run.
 #
 # Shared storage (unless --sshfs no; needs sshd and sshfs): an sshd on
@@ -149,11 +149,15 @@ for view in $VIEWS; do
 	ra=$(stats_field "$WORK/stats" readahead/source_bytes_requested)
 	ahead=$(stats_field "$WORK/stats" readahead/view_bytes_ahead)
 	used=$(stats_field "$WORK/stats" readahead/view_bytes_used)
+	greq=$(stats_field "$WORK/stats" gather/requests)
+	gbytes=$(stats_field "$WORK/stats" gather/source_bytes_read)
 	printf '%-32s %8s %6s %7.2f %7.2f %7.2f %5sx' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
 		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")"
 	[ -n "$COMPARE" ] && printf ' %7.2f %5sx' "$best_c" "$(ratio "$best_d" "$best_c")"
-	printf ' %s asked; view %s ahead, %s used\n' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
+	printf ' %s asked; view %s ahead, %s used' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
+	[ "$greq" -gt 0 ] && printf '; gathered %s in %s preads' "$(gb "$gbytes")" "$greq"
+	printf '\n'
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
