@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/vfs.h>
 
 void prefetch_file_init(struct prefetch_file *p)
 {
@@ -52,28 +51,10 @@ static uint64_t sysfs_num(const char *path)
 
 void prefetch_conf_for(struct prefetch_conf *c, int fd)
 {
-	static const long remote[] = {
-		0x65735546,         /* FUSE (sshfs, s3fs, gcsfuse, ...) */
-		0x6969,             /* NFS */
-		(long)0xff534d42,   /* CIFS */
-		(long)0xfe534d42,   /* SMB2 */
-		0x0bd00bd0,         /* Lustre */
-		0x00c36400,         /* Ceph */
-		0x01021997,         /* 9p */
-		0x47504653,         /* GPFS */
-		0x19830326,         /* BeeGFS */
-	};
-	struct statfs sf;
 	struct stat st;
-	c->gap = PREFETCH_GAP_LOCAL;
+	c->gap = PREFETCH_GAP_PAGES;
 	c->req = 128u << 10;
-	if (fd < 0)
-		return;
-	if (fstatfs(fd, &sf) == 0)
-		for (size_t i = 0; i < sizeof(remote) / sizeof(remote[0]); i++)
-			if ((long)sf.f_type == remote[i])
-				c->gap = 4095;
-	if (fstat(fd, &st) < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)
 		return;
 	/* A whole disk, a partition (its disk's queue), or a bdi of its own (FUSE, NFS). */
 	unsigned ma = major(st.st_dev), mi = minor(st.st_dev);

@@ -105,8 +105,8 @@ static void usage(const char *prog)
 	       "    -o prefetch=MIB        bound of the tensor-aware read-ahead of source\n"
 	       "                           bytes per open file (default 64; 0 for none)\n"
 	       "    -o read_gap=BYTES      source pieces closer than this are read (and read\n"
-	       "                           ahead) as one request (default 65536; 4095 on a\n"
-	       "                           network file system: only the pages pieces touch)\n"
+	       "                           ahead) as one request (default 4095: only the pages\n"
+	       "                           pieces touch; a rotating disk may prefer 65536)\n"
 	       "    -o no_splice           copy file bytes through the daemon instead of\n"
 	       "                           splicing them from the source\n"
 	       "    -o layout=NAME|FILE    native layout: a built-in name (llama, phi3, gpt2)\n"
@@ -280,6 +280,13 @@ int main(int argc, char *argv[])
 	prefetch_conf_for(&fs.prefetch_conf, cat->nfiles ? cat->files[0].fd : -1);
 	if (opts.read_gap != UINT_MAX)
 		fs.prefetch_conf.gap = opts.read_gap;
+	/* The read-ahead knows what each view needs; the kernel's own, on the
+	 * source files, would read on past a tensor into bytes no view asked
+	 * for (another rank's rows: up to read_ahead_kb, 8 MiB on a local disk,
+	 * at every jump). Advice still reads ahead. */
+	for (size_t i = 0; fs.prefetch_conf.window_max && i < cat->nfiles; i++)
+		if (cat->files[i].fd >= 0)
+			(void)posix_fadvise(cat->files[i].fd, 0, 0, POSIX_FADV_RANDOM);
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
 	char fsname[PATH_MAX + 64], dirname[PATH_MAX];
