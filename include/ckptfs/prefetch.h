@@ -19,6 +19,7 @@
 #define CKPTFS_PREFETCH_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ckptfs/vfile.h"
@@ -36,11 +37,13 @@ struct prefetch_conf {
 	uint64_t window_max; /* bound of the window per open file; 0: no read-ahead */
 	uint64_t gap;        /* source ranges of one file closer than this are one request */
 	uint64_t req;        /* largest advice given in one call */
+	bool block;          /* the source is on a block device (not a network file system) */
 };
 
-/* gap and req for a source on the device of fd: PREFETCH_GAP_PAGES, and
+/* gap, req and block for a source on the device of fd: PREFETCH_GAP_PAGES,
  * req from the device's read-ahead bound in sysfs (128 KiB when it cannot
- * be found), at most PREFETCH_REQ. */
+ * be found), at most PREFETCH_REQ; block when that bound is a block
+ * device's queue. */
 void prefetch_conf_for(struct prefetch_conf *c, int fd);
 /* Reads closer than this to the end of the previous one count as in
  * sequence: the kernel's own read-ahead sends several reads at once, and

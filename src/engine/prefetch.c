@@ -54,6 +54,7 @@ void prefetch_conf_for(struct prefetch_conf *c, int fd)
 	struct stat st;
 	c->gap = PREFETCH_GAP_PAGES;
 	c->req = 128u << 10;
+	c->block = false;
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return;
 	/* A whole disk, a partition (its disk's queue), or a bdi of its own (FUSE, NFS). */
@@ -76,6 +77,7 @@ void prefetch_conf_for(struct prefetch_conf *c, int fd)
 		if (req < (128u << 10))
 			req = 128u << 10;
 		c->req = req < PREFETCH_REQ ? req : PREFETCH_REQ;
+		c->block = i < 2;
 		return;
 	}
 }
