@@ -143,6 +143,7 @@ static void gather_open(struct gather_fixture *g)
 	snprintf(g->path, sizeof(g->path), "test_vfile_gather.XXXXXX");
 	int fd = mkstemp(g->path);
 	assert_true(fd >= 0);
+	unlink(g->path); /* nothing left behind, even by a failed assertion */
 	size_t size = G_OFF + (size_t)G_ROWS * G_ROW + 100;
 	g->bytes = malloc(size);
 	assert_non_null(g->bytes);
@@ -164,7 +165,6 @@ static void gather_close(struct gather_fixture *g)
 {
 	munmap((void *)g->f.map, g->f.size);
 	close(g->f.fd);
-	unlink(g->path);
 	free(g->bytes);
 }
 
