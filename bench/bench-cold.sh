@@ -14,8 +14,8 @@
 # and their ratio (dd time / view time: >= 0.9 is the target), and the
 # source bytes the view read against the model's bytes. Also printed: the
 # same view read again through a fresh mount with the source still in the
-# page cache (warm: the daemon's own ceiling), the read-ahead counters of
-# .ckptfs/stats when the daemon has them, and with --compare PATH another
+# page cache (warm: the daemon's own ceiling), the read-ahead and gather
+# counters of .ckptfs/stats when the daemon has them, and with --compare PATH another
 # daemon (e.g. a build of main) measured cold the same way in the same run.
 #
 # Shared storage (unless --sshfs no; needs sshd and sshfs): an sshd on
@@ -25,8 +25,10 @@
 # fresh sshfs mount (page cache dropped before each). Then 4 machines
 # sharing that storage: 4 sshfs mounts, a ckptfs mount over each, reading
 # tp-4/rank-0..3 at once: the bytes the sftp servers read (their
-# /proc/PID/io rchar) against the model, and the wall time against one
-# mount reading hf/ over sshfs.
+# /proc/PID/io rchar) against the model, each rank's against the source
+# pages its bytes touch (the floor for any reader through a page cache,
+# counted from the headers), and the wall time against one mount reading
+# hf/ over sshfs.
 set -u
 
 BENCH_NAME=bench-cold
@@ -147,11 +149,15 @@ for view in $VIEWS; do
 	ra=$(stats_field "$WORK/stats" readahead/source_bytes_requested)
 	ahead=$(stats_field "$WORK/stats" readahead/view_bytes_ahead)
 	used=$(stats_field "$WORK/stats" readahead/view_bytes_used)
+	greq=$(stats_field "$WORK/stats" gather/requests)
+	gbytes=$(stats_field "$WORK/stats" gather/source_bytes_read)
 	printf '%-32s %8s %6s %7.2f %7.2f %7.2f %5sx' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
 		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")"
 	[ -n "$COMPARE" ] && printf ' %7.2f %5sx' "$best_c" "$(ratio "$best_d" "$best_c")"
-	printf ' %s asked; view %s ahead, %s used\n' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
+	printf ' %s asked; view %s ahead, %s used' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
+	[ "$greq" -gt 0 ] && printf '; gathered %s in %s preads' "$(gb "$gbytes")" "$greq"
+	printf '\n'
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -195,7 +201,7 @@ kill -0 "$SSHD_PID" 2>/dev/null || { cat "$SSH/sshd.log" >&2; die "sshd did not 
 # sshfs_mount NAME: a fresh sshfs mount of MODEL_DIR at $WORK/NAME; sets
 # SMNT, SMNT_PID (MNT and MNT_PID are left as they were).
 sshfs_mount() {
-	local m=$MNT p=$MNT_PID
+	local m=${MNT:-} p=${MNT_PID:-}
 	mount_fs "$1" sshfs -f -o ro,port="$PORT",IdentityFile="$SSH/id",StrictHostKeyChecking=no \
 		-o UserKnownHostsFile=/dev/null,LogLevel=ERROR,max_conns=1 \
 		"root@127.0.0.1:$MODEL_DIR" "$WORK/$1"
@@ -263,17 +269,61 @@ view_read hf 1 "$CKPTFS" "$sm"
 hf_secs=$VSECS
 sshfs_umount "$sm" "$sp"
 
+# page_floor: for each rank of tp-4, the bytes of the source pages its
+# bytes touch (LLaMA names: o_proj/down_proj split by columns, the other
+# matrices by rows, vectors whole), from the headers: what any reader
+# through a page cache must pull. Prints the four, space separated.
+page_floor() {
+	"$PYTHON" - "${SOURCES[@]}" <<'PY'
+import json, struct, sys
+pg, ranks = 4096, 4
+pages = [set() for _ in range(ranks)]
+size_of = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1}
+for fi, path in enumerate(sys.argv[1:]):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+    base = 8 + n
+    for name, t in head.items():
+        if name == "__metadata__":
+            continue
+        lo = base + t["data_offsets"][0]
+        size = t["data_offsets"][1] - t["data_offsets"][0]
+        def touch(k, a, m):
+            pages[k].update((fi, p) for p in range(a // pg, (a + m - 1) // pg + 1))
+        for k in range(ranks):
+            if len(t["shape"]) != 2:
+                touch(k, lo, size)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                rows, cols = t["shape"]
+                row = cols * size_of.get(t["dtype"], 2)
+                piece = row // ranks
+                for r in range(rows):
+                    touch(k, lo + r * row + k * piece, piece)
+            else:
+                part = size // ranks
+                touch(k, lo + k * part, part)
+print(" ".join(str(len(p) * pg) for p in pages))
+PY
+}
+
 # 4 machines: 4 sshfs mounts, a ckptfs over each, the 4 ranks at once.
 drop_caches
-smnts=() spids=() cmnts=() cpids=()
+smnts=() spids=() cmnts=() cpids=() servers=()
 r0=$(server_rchar)
 for k in 0 1 2 3; do
+	old=" $(pgrep -d ' ' -f /usr/lib/openssh/sftp-server) "
 	sshfs_mount "src-node$k"
 	smnts+=("$SMNT") spids+=("$SMNT_PID")
 	m=$MNT p=$MNT_PID
 	mount_fs "node$k" "$CKPTFS" -f -o "cache_dir=$WORK/cache-node$k${MOUNT_OPTS:+,$MOUNT_OPTS}" "$SMNT" "$WORK/node$k"
 	cmnts+=("$MNT") cpids+=("$MNT_PID")
 	MNT=$m MNT_PID=$p
+	# this mount's sftp server (sshfs connects on first use: ckptfs's
+	# mount read the headers): the one that was not there before
+	for q in $(pgrep -f /usr/lib/openssh/sftp-server); do
+		case $old in *" $q "*) ;; *) servers[$k]=$q ;; esac
+	done
 done
 t0=$(now)
 rpids=()
@@ -286,6 +336,10 @@ t1=$(now)
 wall=$(elapsed "$t0" "$t1")
 served=$(server_rchar)
 srv=$((served - r0))
+per_rank=()
+for k in 0 1 2 3; do
+	per_rank[$k]=$(awk '/^rchar/ { print $2 }' "/proc/${servers[$k]:-0}/io" 2>/dev/null || echo 0)
+done
 need4=0
 for k in 0 1 2 3; do
 	need4=$((need4 + $(stats_field <(cat "${cmnts[$k]}/.ckptfs/stats") source_bytes_read)))
@@ -299,4 +353,13 @@ echo "4 mounts over 4 sshfs mounts reading tp-4/rank-0..3 at once: wall $(printf
 	"(one mount reading hf/ over sshfs: $(printf %.2f "$hf_secs") s, ratio $(ratio "$wall" "$hf_secs"), target <= 1.2)"
 echo "  sftp servers read $(gb "$srv") = $(awk -v a="$srv" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x the model" \
 	"(target <= 1.3); the ranks' stats: source bytes read $(gb "$need4") = $(awk -v a="$need4" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x"
+read -r -a floor < <(page_floor)
+floor_sum=0
+for k in 0 1 2 3; do
+	floor_sum=$((floor_sum + ${floor[$k]:-0}))
+	echo "  rank-$k: its sftp server read $(gb "${per_rank[$k]}") ($(awk -v a="${per_rank[$k]}" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')x the model);" \
+		"the source pages its bytes touch: $(gb "${floor[$k]:-0}")"
+done
+echo "  at page granularity the 4 ranks must pull $(awk -v a="$floor_sum" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x the model" \
+	"(pieces of o_proj/down_proj rows share pages with other ranks' pieces)"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

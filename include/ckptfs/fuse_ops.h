@@ -25,8 +25,9 @@ struct ckptfs_fs {
 	unsigned max_read;     /* the read size asked of the kernel, 0: its own */
 	unsigned readahead_kb; /* what to ask of the kernel, 0 to leave it */
 	struct cache *cache;   /* computed chunks, or NULL with -o cache=off */
-	uint64_t prefetch_max; /* bound of the read-ahead window per open file, 0: none */
+	struct prefetch_conf prefetch_conf; /* read-ahead window bound (0: none), merge gap, request size */
 	struct prefetch_stats prefetch;
+	struct vgather_stats gather; /* source pieces read with pread by copied replies */
 	struct prefetch_queue *prefetch_q; /* the worker giving advice ahead, or NULL */
 	/* Statistics for .ckptfs/stats, counted by every read. */
 	struct readstats stats;

@@ -98,6 +98,26 @@ int64_t vfile_read_plan(const struct vfile *vf, uint64_t off, size_t len, void *
  * sit at their place in it), inside a guard: -EIO if a source mapping faults. */
 int64_t vfile_copy_plan_guarded(const struct vplan *plan, void *buf, int64_t n);
 
+/* What gathers read from the source with pread (updated atomically). */
+struct vgather_stats {
+	uint64_t requests; /* pread calls */
+	uint64_t bytes;    /* bytes they read, the gaps between pieces included */
+	uint64_t mapped;   /* piece bytes copied from the mapping instead (already cached) */
+};
+
+/* Copy a plan of n bytes into buf like vfile_copy_plan_guarded, reading the
+ * source pieces that are not all in the page cache with pread instead of
+ * faulting a page at a time through the mapping: consecutive pieces of one
+ * file at most gap bytes apart are read as one span into span (span_cap
+ * bytes), so the strided rows of a row-parallel partition arrive in few
+ * large requests. A larger gap reads more bytes in fewer requests (a local
+ * disk); a gap under a page reads only the pages the pieces touch (shared
+ * storage, where every byte is pulled over the network). Pieces whose span
+ * is cached are copied from the mapping, inside a guard. Returns n or a
+ * negative errno (-EIO for a short read: a source cut short). */
+int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_t *span, size_t span_cap, uint64_t gap,
+			  struct vgather_stats *st);
+
 /* vfile_read with computed bytes through a cache (may be NULL). */
 int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf);
 

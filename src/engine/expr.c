@@ -583,15 +583,34 @@ static int read_cast(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	uint64_t end = off + len;
 	uint64_t first = off / osz;
 	uint64_t last = (end + osz - 1) / osz;
+	/* A source argument is converted where it is mapped, and a batch wholly
+	 * inside [off, end) straight into dst: two copies fewer per element
+	 * (perf of a cold hf@fp32 read: memmove was a fifth of the daemon). */
+	const uint8_t *map = NULL;
+	if (a->op == EXPR_SOURCE) {
+		if (!a->src->file->map)
+			return -EIO;
+		map = a->src->file->map + a->src->offset; /* the catalog checked offset + nbytes <= size */
+	}
 	for (uint64_t i = first; i < last; i += CAST_BATCH) {
 		uint64_t n = last - i < CAST_BATCH ? last - i : CAST_BATCH;
-		int r = expr_read(a, i * isz, n * isz, in);
-		if (r < 0)
+		const uint8_t *src = in;
+		int r;
+		if (map) {
+			src = map + i * isz;
+			src_file_count(a->src->file, n * isz);
+		} else if ((r = expr_read(a, i * isz, n * isz, in)) < 0) {
 			return r;
-		if ((r = cast_run(e->dtype, tmp, a->dtype, in, (size_t)n)) < 0)
+		}
+		uint64_t b0 = i * osz, b1 = (i + n) * osz;
+		if (b0 >= off && b1 <= end) {
+			if ((r = cast_run(e->dtype, dst + (b0 - off), a->dtype, src, (size_t)n)) < 0)
+				return r;
+			continue;
+		}
+		if ((r = cast_run(e->dtype, tmp, a->dtype, src, (size_t)n)) < 0)
 			return r;
 		/* Copy the part of this batch's output that lies inside [off, end). */
-		uint64_t b0 = i * osz, b1 = (i + n) * osz;
 		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > end ? end : b1;
 		memcpy(dst + (c0 - off), tmp + (c0 - b0), (size_t)(c1 - c0));
 	}

@@ -4,7 +4,10 @@
 
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 void prefetch_file_init(struct prefetch_file *p)
 {
@@ -23,20 +26,67 @@ void prefetch_file_destroy(struct prefetch_file *p)
 	pthread_mutex_destroy(&p->mu);
 }
 
-/* Ranges are merged per source file while they stay within PREFETCH_GAP of
- * each other; a merged range goes out in pieces of at most PREFETCH_REQ. */
+/* Ranges are merged per source file while they stay within gap of each
+ * other; a merged range goes out in pieces of at most req. */
 struct merger {
 	expr_range_fn fn;
 	void *ctx;
 	const struct src_file *file;
 	uint64_t lo, hi;
+	uint64_t gap, req;
 };
+
+/* A number from a sysfs file, or 0. */
+static uint64_t sysfs_num(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	unsigned long long v = 0;
+	if (f) {
+		if (fscanf(f, "%llu", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v;
+}
+
+void prefetch_conf_for(struct prefetch_conf *c, int fd)
+{
+	struct stat st;
+	c->gap = PREFETCH_GAP_PAGES;
+	c->req = 128u << 10;
+	c->block = false;
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return;
+	/* A whole disk, a partition (its disk's queue), or a bdi of its own (FUSE, NFS). */
+	unsigned ma = major(st.st_dev), mi = minor(st.st_dev);
+	for (int i = 0; i < 3; i++) {
+		char dir[128], path[160];
+		if (i == 0)
+			snprintf(dir, sizeof(dir), "/sys/dev/block/%u:%u/queue/", ma, mi);
+		else if (i == 1)
+			snprintf(dir, sizeof(dir), "/sys/dev/block/%u:%u/../queue/", ma, mi);
+		else
+			snprintf(dir, sizeof(dir), "/sys/class/bdi/%u:%u/", ma, mi);
+		snprintf(path, sizeof(path), "%sread_ahead_kb", dir);
+		uint64_t ra = sysfs_num(path) << 10;
+		if (!ra)
+			continue;
+		snprintf(path, sizeof(path), "%smax_sectors_kb", dir);
+		uint64_t io = sysfs_num(path) << 10;
+		uint64_t req = ra > io ? ra : io;
+		if (req < (128u << 10))
+			req = 128u << 10;
+		c->req = req < PREFETCH_REQ ? req : PREFETCH_REQ;
+		c->block = i < 2;
+		return;
+	}
+}
 
 static int merger_flush(struct merger *m)
 {
 	int r = 0;
 	for (uint64_t o = m->lo; m->file && o < m->hi && r == 0;) {
-		uint64_t n = m->hi - o < PREFETCH_REQ ? m->hi - o : PREFETCH_REQ;
+		uint64_t n = m->hi - o < m->req ? m->hi - o : m->req;
 		r = m->fn(m->ctx, m->file, o, n);
 		o += n;
 	}
@@ -48,12 +98,12 @@ static int merger_add(void *ctx, const struct src_file *f, uint64_t off, uint64_
 {
 	struct merger *m = ctx;
 	uint64_t end = off + len;
-	if (m->file == f && off <= m->hi + PREFETCH_GAP && end + PREFETCH_GAP >= m->lo) {
+	if (m->file == f && off <= m->hi + m->gap && end + m->gap >= m->lo) {
 		if (off < m->lo)
 			m->lo = off;
 		if (end > m->hi)
 			m->hi = end;
-		return m->hi - m->lo < PREFETCH_REQ ? 0 : merger_flush(m);
+		return m->hi - m->lo < m->req ? 0 : merger_flush(m);
 	}
 	int r = merger_flush(m);
 	if (r)
@@ -64,9 +114,10 @@ static int merger_add(void *ctx, const struct src_file *f, uint64_t off, uint64_
 	return 0;
 }
 
-int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, expr_range_fn fn, void *ctx)
+int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, const struct prefetch_conf *c, expr_range_fn fn,
+		    void *ctx)
 {
-	struct merger m = { .fn = fn, .ctx = ctx };
+	struct merger m = { .fn = fn, .ctx = ctx, .gap = c->gap, .req = c->req ? c->req : PREFETCH_REQ };
 	if (off >= vf->size || len == 0)
 		return 0;
 	if (len > vf->size - off)
@@ -110,17 +161,18 @@ static void *queue_main(void *arg)
 		q->head = (q->head + 1) % PREFETCH_QLEN;
 		q->n--;
 		pthread_mutex_unlock(&q->mu);
-		advise(q->st, r.file, r.off, r.len);
+		(void)prefetch_ranges(r.vf, r.off, r.len, q->conf, advise, q->st);
 		pthread_mutex_lock(&q->mu);
 	}
 	pthread_mutex_unlock(&q->mu);
 	return NULL;
 }
 
-int prefetch_queue_start(struct prefetch_queue *q, struct prefetch_stats *st)
+int prefetch_queue_start(struct prefetch_queue *q, struct prefetch_stats *st, const struct prefetch_conf *conf)
 {
 	memset(q, 0, sizeof(*q));
 	q->st = st;
+	q->conf = conf;
 	pthread_mutex_init(&q->mu, NULL);
 	pthread_cond_init(&q->cv, NULL);
 	int r = pthread_create(&q->thread, NULL, queue_main, q);
@@ -147,17 +199,17 @@ void prefetch_queue_stop(struct prefetch_queue *q)
 	q->started = 0;
 }
 
-static int enqueue(void *ctx, const struct src_file *f, uint64_t off, uint64_t len)
+/* View bytes, not source ranges: a window over strided rows is thousands
+ * of ranges, which overflowed the queue and were dropped. */
+static void enqueue(struct prefetch_queue *q, const struct vfile *vf, uint64_t off, uint64_t len)
 {
-	struct prefetch_queue *q = ctx;
 	pthread_mutex_lock(&q->mu);
 	if (q->n < PREFETCH_QLEN) {
-		q->q[(q->head + q->n) % PREFETCH_QLEN] = (struct prefetch_req){ .file = f, .off = off, .len = len };
+		q->q[(q->head + q->n) % PREFETCH_QLEN] = (struct prefetch_req){ .vf = vf, .off = off, .len = len };
 		q->n++;
 		pthread_cond_signal(&q->cv);
 	}
 	pthread_mutex_unlock(&q->mu);
-	return 0;
 }
 
 static uint64_t overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1)
@@ -166,9 +218,10 @@ static uint64_t overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1)
 	return hi > lo ? hi - lo : 0;
 }
 
-void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off, uint64_t len, uint64_t window_max,
-		   struct prefetch_stats *st, struct prefetch_queue *q)
+void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off, uint64_t len,
+		   const struct prefetch_conf *c, struct prefetch_stats *st, struct prefetch_queue *q)
 {
+	const uint64_t window_max = c->window_max;
 	if (window_max == 0 || off >= vf->size || len == 0)
 		return;
 	if (len > vf->size - off)
@@ -217,11 +270,16 @@ void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off
 	/* This read's own bytes now (it needs them anyway), the window behind
 	 * the worker's back. */
 	if (!q || !q->started) {
-		(void)prefetch_ranges(vf, from, to - from, advise, st);
+		(void)prefetch_ranges(vf, from, to - from, c, advise, st);
 		return;
 	}
 	if (from < beyond)
-		(void)prefetch_ranges(vf, from, beyond - from, advise, st);
-	if (to > beyond)
-		(void)prefetch_ranges(vf, beyond, to - beyond, enqueue, q);
+		(void)prefetch_ranges(vf, from, beyond - from, c, advise, st);
+	/* In pieces, so the worker's first advice goes out before it has
+	 * walked the whole window. */
+	for (uint64_t o = beyond; o < to;) {
+		uint64_t n = to - o < PREFETCH_REQ ? to - o : PREFETCH_REQ;
+		enqueue(q, vf, o, n);
+		o += n;
+	}
 }

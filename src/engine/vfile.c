@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 void vfile_init(struct vfile *vf)
 {
@@ -326,5 +328,111 @@ int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t 
 	plan.cache = cache;
 	int64_t n = vfile_read_plan(vf, off, len, buf, &plan);
 	vplan_destroy(&plan);
+	return n;
+}
+
+static int pread_full(int fd, uint8_t *dst, size_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t r = pread(fd, dst, len, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -EIO;
+		dst += r, len -= (size_t)r, off += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* Whether every page of f[off, off+len) is in the page cache (a failed
+ * question counts as not: then the bytes are read). */
+static bool span_resident(const struct src_file *f, uint64_t off, uint64_t len)
+{
+	if (!f->map)
+		return false;
+	const uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t lo = off / pg * pg, hi = off + len;
+	unsigned char vec[256];
+	while (lo < hi) {
+		uint64_t pages = (hi - lo + pg - 1) / pg;
+		if (pages > sizeof(vec))
+			pages = sizeof(vec);
+		if (mincore((void *)(f->map + lo), (size_t)(pages * pg), vec) < 0)
+			return false;
+		for (uint64_t i = 0; i < pages; i++)
+			if (!(vec[i] & 1))
+				return false;
+		lo += pages * pg;
+	}
+	return true;
+}
+
+static void copy_pieces(const struct vpiece *p, size_t k, uint8_t *out)
+{
+	for (size_t i = 0; i < k; i++) {
+		memcpy(out, p[i].file->map + p[i].file_off, p[i].len); /* callers guard this */
+		out += p[i].len;
+	}
+}
+
+static int copy_mapped(const struct vpiece *p, size_t k, uint8_t *out)
+{
+	volatile int r = 0;
+	GUARDED(copy_pieces(p, k, out), r = -EIO);
+	return r;
+}
+
+int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_t *span, size_t span_cap, uint64_t gap,
+			  struct vgather_stats *st)
+{
+	uint8_t *out = buf;
+	for (size_t i = 0; i < plan->n;) {
+		const struct vpiece *p = &plan->p[i];
+		if (!p->file) {
+			if (p->mem != out)
+				memmove(out, p->mem, p->len);
+			out += p->len;
+			i++;
+			continue;
+		}
+		const struct src_file *f = p->file;
+		/* The run of pieces read as one span: ascending in the file,
+		 * each at most gap after the last, within span_cap. */
+		uint64_t lo = p->file_off, hi = lo + p->len;
+		size_t j = i + 1;
+		while (j < plan->n && plan->p[j].file == f && plan->p[j].file_off >= hi &&
+		       plan->p[j].file_off - hi <= gap && plan->p[j].file_off + plan->p[j].len - lo <= span_cap)
+		{
+			hi = plan->p[j].file_off + plan->p[j].len;
+			j++;
+		}
+		if (lo > f->size || hi > f->size)
+			return -EIO;
+		int r;
+		if (span_resident(f, lo, hi - lo)) {
+			r = copy_mapped(p, j - i, out);
+			for (size_t k = i; k < j; k++) {
+				out += plan->p[k].len;
+				if (r == 0)
+					__atomic_add_fetch(&st->mapped, plan->p[k].len, __ATOMIC_RELAXED);
+			}
+		} else if (j == i + 1) { /* one piece: straight to its place */
+			r = pread_full(f->fd, out, p->len, lo);
+			out += p->len;
+			__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&st->bytes, hi - lo, __ATOMIC_RELAXED);
+		} else {
+			__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&st->bytes, hi - lo, __ATOMIC_RELAXED);
+			r = pread_full(f->fd, span, (size_t)(hi - lo), lo);
+			for (size_t k = i; r == 0 && k < j; k++) {
+				memcpy(out, span + (plan->p[k].file_off - lo), plan->p[k].len);
+				out += plan->p[k].len;
+			}
+		}
+		if (r < 0)
+			return r;
+		i = j;
+	}
 	return n;
 }

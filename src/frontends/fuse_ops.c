@@ -127,11 +127,18 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	/* generated text: headers, config.json */
 	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
 	cJSON *ra = cJSON_AddObjectToObject(j, "readahead");
-	cJSON_AddNumberToObject(ra, "window_max", (double)fs->prefetch_max);
+	cJSON_AddNumberToObject(ra, "window_max", (double)fs->prefetch_conf.window_max);
+	cJSON_AddNumberToObject(ra, "gap", (double)fs->prefetch_conf.gap);
+	cJSON_AddNumberToObject(ra, "request_max", (double)fs->prefetch_conf.req);
 	cJSON_AddNumberToObject(ra, "requests", (double)load(&fs->prefetch.requests));
 	cJSON_AddNumberToObject(ra, "source_bytes_requested", (double)load(&fs->prefetch.source_bytes));
 	cJSON_AddNumberToObject(ra, "view_bytes_ahead", (double)load(&fs->prefetch.view_bytes));
 	cJSON_AddNumberToObject(ra, "view_bytes_used", (double)load(&fs->prefetch.view_used));
+	/* strided source pieces of copied replies, read with pread */
+	cJSON *ga = cJSON_AddObjectToObject(j, "gather");
+	cJSON_AddNumberToObject(ga, "requests", (double)load(&fs->gather.requests));
+	cJSON_AddNumberToObject(ga, "source_bytes_read", (double)load(&fs->gather.bytes));
+	cJSON_AddNumberToObject(ga, "bytes_from_cache", (double)load(&fs->gather.mapped));
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -298,7 +305,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	/* Without memory for it the file is read without read-ahead. */
-	struct view_handle *vh = fs->prefetch_max ? malloc(sizeof(*vh)) : NULL;
+	struct view_handle *vh = fs->prefetch_conf.window_max ? malloc(sizeof(*vh)) : NULL;
 	if (vh) {
 		vh->h.stats = false;
 		prefetch_file_init(&vh->pf);
@@ -383,8 +390,11 @@ static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 /* Each worker thread keeps one scratch buffer for computed bytes. A fresh
  * 1 MiB malloc per request is an mmap and 256 page faults each time
  * (glibc maps large blocks), which measured slower than the cast itself. */
-static pthread_key_t scratch_key;
+static pthread_key_t scratch_key[2];
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+enum { SCRATCH_REPLY, SCRATCH_SPAN }; /* the reply; source spans a gather reads */
+/* A gather's span buffer: a 1 MiB reply of a tp-4 o_proj covers 4 MiB of rows. */
+#define GATHER_SPAN_MAX (4u << 20)
 
 struct scratch {
 	size_t cap;
@@ -393,22 +403,28 @@ struct scratch {
 
 static void scratch_key_make(void)
 {
-	pthread_key_create(&scratch_key, free);
+	pthread_key_create(&scratch_key[SCRATCH_REPLY], free);
+	pthread_key_create(&scratch_key[SCRATCH_SPAN], free);
 }
 
-static uint8_t *thread_scratch(size_t size)
+static uint8_t *thread_buf(int which, size_t size)
 {
 	pthread_once(&scratch_once, scratch_key_make);
-	struct scratch *s = pthread_getspecific(scratch_key);
+	struct scratch *s = pthread_getspecific(scratch_key[which]);
 	if (s && s->cap >= size)
 		return s->data;
 	free(s);
 	s = malloc(sizeof(*s) + size);
-	pthread_setspecific(scratch_key, s);
+	pthread_setspecific(scratch_key[which], s);
 	if (!s)
 		return NULL;
 	s->cap = size;
 	return s->data;
+}
+
+static uint8_t *thread_scratch(size_t size)
+{
+	return thread_buf(SCRATCH_REPLY, size);
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -453,8 +469,8 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	if (fi->fh)
-		prefetch_read(&((struct view_handle *)(uintptr_t)fi->fh)->pf, &n->file, (uint64_t)off, size, fs->prefetch_max,
-			      &fs->prefetch, fs->prefetch_q);
+		prefetch_read(&((struct view_handle *)(uintptr_t)fi->fh)->pf, &n->file, (uint64_t)off, size,
+			      &fs->prefetch_conf, &fs->prefetch, fs->prefetch_q);
 	struct vplan plan;
 	vplan_init(&plan);
 	plan.cache = fs->cache;
@@ -484,18 +500,30 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	/* Many small source pieces (the strided rows of a row-parallel
 	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
-	 * one copy from the mapping is cheaper then, and the only safe way when
-	 * their page overhead no longer fits the pipe. */
-	/* A reply of our own memory only (computed, generated) gains nothing
-	 * from the pipe: libfuse would write it into pipe pages that the kernel
-	 * then copies again; writev copies it once. */
-	if (got > 0 && splice &&
-	    (plan.sourced == 0 || (plan.n > 1 && ((uint64_t)got / plan.n < SPLICE_MIN_PIECE ||
-						   !splice_fits(fs, (uint64_t)got, plan.n))))) {
+	 * one copy is cheaper then, and the only safe way when their page
+	 * overhead no longer fits the pipe. The copy reads pieces not in the
+	 * page cache with pread of their covering spans: through the mapping a
+	 * cold source faulted a page per row, and the fault's read-around
+	 * pulled other ranks' rows. */
+	if (got > 0 && splice && plan.n > 1 &&
+	    ((uint64_t)got / plan.n < SPLICE_MIN_PIECE || !splice_fits(fs, (uint64_t)got, plan.n))) {
 		if (!scratch && !(scratch = thread_scratch(size))) {
 			err = ENOMEM;
 			goto out;
 		}
+		uint8_t *span = thread_buf(SCRATCH_SPAN, GATHER_SPAN_MAX);
+		if (span)
+			got = vfile_gather_plan(&plan, scratch, got, span, GATHER_SPAN_MAX, fs->prefetch_conf.gap,
+						&fs->gather);
+		else
+			got = vfile_copy_plan_guarded(&plan, scratch, got);
+		splice = false;
+	}
+	/* Nothing from a source file (a cast, a header): splicing memory costs
+	 * a write into the pipe and a second copy out of it into the page cache
+	 * under the pipe's lock (perf of a cold hf@fp32 read: 37% of the
+	 * daemon's time); a plain reply copies once. */
+	if (got > 0 && splice && plan.sourced == 0) {
 		got = vfile_copy_plan_guarded(&plan, scratch, got);
 		splice = false;
 	}

@@ -1,0 +1,159 @@
+#!/bin/bash
+# mount-cold.sh - row-parallel partitions read from a cold source (issue 14):
+# their strided rows arrive by pread of covering spans, not a page fault per
+# row, with the same bytes; on shared storage only the pages the rows touch.
+#
+# A bf16 LLaMA-shaped checkpoint (hidden 256, intermediate 16384: a tp-4
+# down_proj row is 32 KiB, a rank's piece of it 8 KiB, so whole pages of a
+# row belong to other ranks) is generated with examples/gen-model.py's own
+# builders. Its pages are dropped from the page cache (posix_fadvise
+# DONTNEED on the test's own file; checked with mincore, skipped where the
+# file system keeps them, e.g. tmpfs), then tp-4/rank-1/ is read:
+#  - bytes equal to the same files read with the source cached (copied from
+#    the mapping, the path the gather replaces);
+#  - .ckptfs/stats gather counts pread requests and their bytes, both > 0;
+#  - with -o read_gap=65536 (for a rotating disk) the rows of a
+#    tensor come in few large requests: at most 4 per MiB of gathered view
+#    bytes + 8 (a request per row would be 128 per MiB here);
+#  - with -o read_gap=4095 (the default) the bytes
+#    the gathers read are at most the pages the rank's row pieces touch, and
+#    the source pages cached after the read (all that was asked of the
+#    storage: read-ahead, splice and gathers) at most the pages of rank 1's
+#    bytes + 1/16, both counted from the source header with independent code
+#    (a down_proj row is 8 pages, a rank's piece 2 of them: reading
+#    other ranks' rows would be about twice that).
+set -eu
+
+. "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+mount_test_init
+
+SRC=$TESTDIR/src
+"$PYTHON" - "$srcdir/examples/gen-model.py" "$SRC" <<'PY'
+import importlib.util, os, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
+gm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gm)
+os.makedirs(sys.argv[2])
+c = gm.llama_config(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, intermediate_size=16384, vocab_size=512,
+                    torch_dtype="bfloat16", tie_word_embeddings=False,
+                    rms_norm_eps=1e-05, max_position_embeddings=256)
+gm._llama_family(sys.argv[2], np.random.default_rng(41), c, "BF16", gm.BF16_SPECIALS)
+PY
+
+stat_of() { # stat_of MNT KEY/PATH: a number of .ckptfs/stats (an object: its sum)
+    "$PYTHON" -c 'import json,sys
+j=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("/"):
+    j=j[k]
+print(int(sum(j.values())) if isinstance(j, dict) else int(j))' "$1/.ckptfs/stats" "$2"
+}
+
+# cached_pages [drop]: how many pages of the source the page cache holds
+# (after dropping them with "drop": the pages a mapping holds stay).
+cached_pages() {
+    "$PYTHON" - "$SRC/model.safetensors" "${1:-}" <<'PY'
+import ctypes, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+if sys.argv[2] == "drop":
+    os.fdatasync(fd)  # dirty pages stay cached
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+vec = (ctypes.c_ubyte * pages)()
+if addr in (None, ctypes.c_void_p(-1).value) or libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+    print(pages)  # cannot tell: as if nothing was dropped
+else:
+    print(sum(v & 1 for v in vec))
+PY
+}
+
+# From the source header, with independent code: the pages the row pieces
+# of rank 1's row-parallel tensors touch and their bytes, and the pages all
+# of rank 1's bytes touch (column parts are contiguous row blocks, norms
+# whole).
+read -r share_pages share_bytes rank_pages < <("$PYTHON" - "$SRC/model.safetensors" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    head = json.loads(f.read(n))
+base, pg, rank, ranks = 8 + n, 4096, 1, 4
+row_pages, all_pages, nbytes = set(), set(), 0
+def touch(s, lo, n):
+    s.update(range(lo // pg, (lo + n - 1) // pg + 1))
+for name, t in head.items():
+    if name == "__metadata__":
+        continue
+    start = base + t["data_offsets"][0]
+    size = t["data_offsets"][1] - t["data_offsets"][0]
+    if len(t["shape"]) == 1:
+        touch(all_pages, start, size)
+        continue
+    rows, cols = t["shape"]
+    row = cols * 2
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        piece = row // ranks
+        for r in range(rows):
+            lo = start + r * row + rank * piece
+            touch(row_pages, lo, piece)
+            touch(all_pages, lo, piece)
+            nbytes += piece
+    else:  # q, k, v, gate, up, embed, lm_head: a quarter of the rows
+        part = size // ranks
+        touch(all_pages, start + rank * part, part)
+print(len(row_pages) * pg, nbytes, len(all_pages) * pg)
+PY
+)
+[ "$share_bytes" -gt 0 ] || hard_error "no row-parallel tensors in the fixture"
+
+MNT=$TESTDIR/mnt
+mkdir "$MNT"
+
+# The reference: the source cached, rows copied from the mapping.
+cat "$SRC/model.safetensors" >/dev/null
+mount_ckptfs "$SRC" "$MNT" -o cache=off,prefetch=0
+mkdir "$TESTDIR/warm"
+for f in "$MNT"/tp-4/rank-1/*; do cat "$f" >"$TESTDIR/warm/$(basename "$f")"; done
+[ "$(stat_of "$MNT" gather/requests)" = 0 ] || fail "a cached source was read with pread"
+umount_ckptfs
+
+for gap in 65536 4095; do
+    mount_ckptfs "$SRC" "$MNT" -o "cache=off,read_gap=$gap"
+    left=$(cached_pages drop)
+    if [ "$left" -gt 16 ]; then
+        umount_ckptfs
+        skip "the file system keeps $left pages of the source cached (tmpfs?): no cold read to test"
+    fi
+    mkdir "$TESTDIR/cold-$gap"
+    for f in "$MNT"/tp-4/rank-1/*; do cat "$f" >"$TESTDIR/cold-$gap/$(basename "$f")"; done
+    resident=$(($(cached_pages) * 4096))
+    requests=$(stat_of "$MNT" gather/requests)
+    bytes=$(stat_of "$MNT" gather/source_bytes_read)
+    gap_set=$(stat_of "$MNT" readahead/gap)
+    note "read_gap=$gap ($gap_set): $requests gather requests, $bytes bytes; rank-1 row pieces $share_bytes bytes on $share_pages bytes of pages; source now cached $resident bytes, rank-1's pages $rank_pages"
+    umount_ckptfs
+    diff -r "$TESTDIR/warm" "$TESTDIR/cold-$gap" || fail "read_gap=$gap: a cold read changed the bytes"
+    [ "$gap_set" = "$gap" ] || fail "-o read_gap=$gap: the stats say the gap is $gap_set"
+    [ "$requests" -gt 0 ] && [ "$bytes" -gt 0 ] || fail "read_gap=$gap: the cold read gathered nothing with pread"
+    case $gap in
+    65536)
+        max=$((share_bytes * 4 / 1048576 + 8))
+        [ "$requests" -le "$max" ] || fail "$requests gather requests for $share_bytes bytes of rows (at most $max)"
+        ;;
+    *)
+        [ "$bytes" -le "$share_pages" ] ||
+            fail "read_gap=$gap: gathers read $bytes bytes, more than the $share_pages bytes of pages the pieces touch"
+        # What the storage was asked for in all (read-ahead, splice, gathers):
+        # rank 1's pages and little more, not the other ranks' rows.
+        [ "$resident" -le $((rank_pages + rank_pages / 16)) ] ||
+            fail "read_gap=$gap: $resident source bytes cached after the read, rank 1's pages are $rank_pages (+1/16)"
+        ;;
+    esac
+done
+note PASS
