@@ -23,7 +23,13 @@
 #define ENTRY_MAGIC "CKPTFSC1"
 /* An entry of a shared directory: the same, followed by its HMAC-SHA256. */
 #define ENTRY_MAGIC_MAC "CKPTFSM1"
+/* An entry stored as it is (a chunk that does not compress, in a directory
+ * of the user alone): the same header, then the chunk's bytes from the
+ * next page boundary, so a hit can be handed to the kernel as a range of
+ * the entry file (splice) instead of being read and copied. */
+#define ENTRY_MAGIC_RAW "CKPTFSR1"
 #define ENTRY_HDR (8 + 4 + 8 + 8)
+#define RAW_ALIGN 4096u
 #define BUCKETS 4096
 /* Opening and reading a small file costs about this much beyond decoding. */
 #define DISK_OVERHEAD_NS 30000.0
@@ -194,6 +200,12 @@ char *cache_key(const struct expr *e)
 
 /* ---- disk tier ---- */
 
+/* Where the bytes of a raw entry with a key of klen bytes start. */
+static size_t raw_data_off(size_t klen)
+{
+	return (ENTRY_HDR + klen + RAW_ALIGN - 1) / RAW_ALIGN * RAW_ALIGN;
+}
+
 /* Turn the disk tier off with one warning line: "why" says what is wrong. */
 static void disk_off_because(struct cache *c, const char *why)
 {
@@ -322,6 +334,78 @@ static void dctx_put(struct cache *c, ZSTD_DCtx *z)
 		ZSTD_freeDCtx(z);
 }
 
+/* Whether fd (of size st_size) is a raw entry of chunk `chunk` (len bytes)
+ * of key: the offset of its bytes; -ENOENT when it is another kind of
+ * entry; -EBADMSG when it claims to be raw and is not this chunk whole
+ * (a short file among them: it would be served short). */
+static int64_t raw_entry_check(const struct cache *c, int fd, off_t st_size, const char *key, uint64_t chunk,
+			       size_t len)
+{
+	size_t klen = strlen(key), doff = raw_data_off(klen);
+	uint8_t small[ENTRY_HDR + 1024], *h = ENTRY_HDR + klen <= sizeof(small) ? small : malloc(ENTRY_HDR + klen);
+	if (!h)
+		return -ENOMEM;
+	int64_t r = -EBADMSG;
+	ssize_t got = pread(fd, h, ENTRY_HDR + klen, 0);
+	if (got >= 8 && memcmp(h, ENTRY_MAGIC_RAW, 8) != 0) {
+		r = -ENOENT;
+	} else if (got == (ssize_t)(ENTRY_HDR + klen) && !c->keyed) {
+		uint32_t hk;
+		uint64_t hc, hl;
+		memcpy(&hk, h + 8, 4);
+		memcpy(&hc, h + 12, 8);
+		memcpy(&hl, h + 20, 8);
+		if (hk == klen && hc == chunk && hl == len && memcmp(h + ENTRY_HDR, key, klen) == 0 &&
+		    (uint64_t)st_size == (uint64_t)doff + len)
+			r = (int64_t)doff;
+	}
+	if (h != small)
+		free(h);
+	return r;
+}
+
+static void count_bad_entry(struct cache *c, const char *name)
+{
+	unlinkat(c->dirfd, name, 0);
+	pthread_mutex_lock(&c->mu);
+	c->st.disk_bad_entries++;
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void count_disk_hit(struct cache *c, size_t len, uint64_t dt, bool spliced)
+{
+	pthread_mutex_lock(&c->mu);
+	c->st.disk.hits++;
+	c->st.disk.bytes_out += len;
+	if (spliced) {
+		c->st.disk_spliced++;
+		c->st.disk_bytes_spliced += len;
+	}
+	if (dt) {
+		double m = (double)len * 1e3 / (double)dt;
+		c->st.decompress_mbps = c->st.decompress_mbps ? 0.8 * c->st.decompress_mbps + 0.2 * m : m;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Read a raw entry's bytes straight into dst: 0, -ENOENT when the entry is
+ * not raw, or -EBADMSG. */
+static int raw_load(struct cache *c, int fd, off_t st_size, const char *key, uint64_t chunk, uint8_t *dst, size_t len)
+{
+	int64_t doff = raw_entry_check(c, fd, st_size, key, chunk, len);
+	if (doff < 0)
+		return (int)doff;
+	for (size_t done = 0; done < len;) {
+		ssize_t k = pread(fd, dst + done, len - done, (off_t)((uint64_t)doff + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -EBADMSG;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
 /* Read a chunk back; 0 on a hit. A bad entry is deleted. */
 static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *dst, size_t len)
 {
@@ -340,7 +424,22 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	ZSTD_DCtx *dz = NULL;
 	int r = -EBADMSG;
 	size_t max = ENTRY_HDR + klen + ZSTD_compressBound(len) + tail;
-	if (fd < 0 || st.st_uid != c->uid || st.st_size < (off_t)(ENTRY_HDR + tail) || (uint64_t)st.st_size > max)
+	if (fd < 0 || st.st_uid != c->uid)
+		goto bad;
+	if (!c->keyed) {
+		r = raw_load(c, fd, st.st_size, key, chunk, dst, len);
+		if (r == 0) {
+			futimens(fd, NULL);
+			count_disk_hit(c, len, now_ns() - t0, false);
+			goto out;
+		}
+		if (r != -ENOENT && r != -ENOMEM)
+			goto bad;
+		if (r == -ENOMEM)
+			goto out;
+		r = -EBADMSG;
+	}
+	if (st.st_size < (off_t)(ENTRY_HDR + tail) || (uint64_t)st.st_size > max)
 		goto bad;
 	buf = io_get(c, (size_t)st.st_size);
 	dz = dctx_get(c);
@@ -373,21 +472,10 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	r = 0;
 	/* A hit makes the entry young again for every process sharing the directory. */
 	futimens(fd, NULL);
-	uint64_t dt = now_ns() - t0;
-	pthread_mutex_lock(&c->mu);
-	c->st.disk.hits++;
-	c->st.disk.bytes_out += len;
-	if (dt) {
-		double m = (double)len * 1e3 / (double)dt;
-		c->st.decompress_mbps = c->st.decompress_mbps ? 0.8 * c->st.decompress_mbps + 0.2 * m : m;
-	}
-	pthread_mutex_unlock(&c->mu);
+	count_disk_hit(c, len, now_ns() - t0, false);
 	goto out;
 bad:
-	unlinkat(c->dirfd, name, 0);
-	pthread_mutex_lock(&c->mu);
-	c->st.disk_bad_entries++;
-	pthread_mutex_unlock(&c->mu);
+	count_bad_entry(c, name);
 out:
 	io_put(c, buf, (size_t)st.st_size);
 	dctx_put(c, dz);
@@ -501,7 +589,7 @@ struct writer {
  * reading such an entry back would cost more than the bytes it saves
  * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key for
  * REPROBE_EVERY chunks so a stream of them is compressed once each. */
-static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap)
+static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap, bool *raw)
 {
 	bool same = w->key && strcmp(w->key, j->key) == 0;
 	if (!same) {
@@ -510,11 +598,16 @@ static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out
 		w->fast = false;
 		w->since_probe = 0;
 	}
+	/* *raw (when the caller allows it) asks for the chunk as it is: no frame
+	 * to decode, and a hit can be spliced. */
 	if (w->fast && w->zfast && ++w->since_probe < REPROBE_EVERY)
-		return ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
+		return *raw ? 0 : ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	w->since_probe = 0;
 	size_t zl = ZSTD_compress2(w->z, out, cap, j->data, j->len);
 	w->fast = !ZSTD_isError(zl) && w->zfast && zl * MIN_SAVING_DEN > j->len * (MIN_SAVING_DEN - MIN_SAVING_NUM);
+	if (w->fast && *raw)
+		return 0;
+	*raw = false;
 	if (w->fast)
 		zl = ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	return zl;
@@ -523,30 +616,40 @@ static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out
 static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 {
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
-	uint8_t *buf = malloc(ENTRY_HDR + klen + bound + MAC_LEN);
+	/* room for a frame, or for a raw entry's padding */
+	uint8_t *buf = malloc(ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN);
 	if (!buf)
 		return false;
-	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound);
+	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
+	bool raw = !c->keyed;
+	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound, &raw);
 	if (ZSTD_isError(zl)) {
 		free(buf);
 		return false;
 	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
-	memcpy(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
+	memcpy(buf, raw ? ENTRY_MAGIC_RAW : c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
 	memcpy(buf + 8, &hk, 4);
 	memcpy(buf + 12, &j->chunk, 8);
 	memcpy(buf + 20, &hl, 8);
 	memcpy(buf + ENTRY_HDR, j->key, klen);
-	size_t total = ENTRY_HDR + klen + zl;
-	if (c->keyed) {
+	size_t total = ENTRY_HDR + klen + zl, head = total;
+	if (raw) {
+		head = raw_data_off(klen);
+		memset(buf + ENTRY_HDR + klen, 0, head - ENTRY_HDR - klen);
+		total = head + j->len;
+	} else if (c->keyed) {
 		entry_mac(c, buf, total, buf + total);
 		total += MAC_LEN;
+		head = total;
 	}
 	char tmp[40], name[40];
 	entry_file_name(c, j->key, j->chunk, name);
 	int fd = tmp_create(c, tmp);
-	int r = fd < 0 ? fd : write_all(fd, buf, total);
+	int r = fd < 0 ? fd : write_all(fd, buf, head);
+	if (r == 0 && raw)
+		r = write_all(fd, j->data, j->len);
 	if (fd >= 0 && close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && renameat(c->dirfd, tmp, c->dirfd, name) < 0)
@@ -936,6 +1039,49 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 		out += n, off += n, len -= n;
 	}
 	return 0;
+}
+
+int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, int *fd,
+		   uint64_t *fd_off)
+{
+	*fd = -1;
+	if (off >= e->nbytes || len == 0 || c->keyed)
+		return -ENOENT;
+	uint64_t k = off / c->o.chunk, in = off % c->o.chunk;
+	size_t clen = (size_t)(e->nbytes - k * c->o.chunk < c->o.chunk ? e->nbytes - k * c->o.chunk : c->o.chunk);
+	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL);
+	pthread_mutex_lock(&c->mu);
+	/* A chunk in memory (or being made) is copied from there: no syscalls. */
+	bool skip = !c->st.disk_enabled || mem_find(c, key, k, h);
+	pthread_mutex_unlock(&c->mu);
+	if (skip)
+		return -ENOENT;
+	char name[40];
+	entry_file_name(c, key, k, name);
+	struct stat st = { 0 };
+	int f = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
+	if (f == -ENOENT || f == -ENOTDIR)
+		return -ENOENT;
+	int64_t doff = f < 0 || st.st_uid != c->uid ? -EBADMSG : raw_entry_check(c, f, st.st_size, key, k, clen);
+	if (doff < 0) {
+		if (f >= 0)
+			close(f);
+		/* A compressed entry is cache_read's; a bad one goes now. */
+		if (doff == -EBADMSG)
+			count_bad_entry(c, name);
+		return -ENOENT;
+	}
+	futimens(f, NULL);
+	uint64_t n = clen - in < len ? clen - in : len;
+	count_disk_hit(c, (size_t)n, 0, true);
+	*fd = f;
+	*fd_off = (uint64_t)doff + in;
+	return (int64_t)n;
+}
+
+size_t cache_chunk_size(const struct cache *c)
+{
+	return c->o.chunk;
 }
 
 /* ---- life cycle ---- */

@@ -149,6 +149,9 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddNumberToObject(disk, "failed", (double)cs.disk_failed);
 		cJSON_AddNumberToObject(disk, "pending", (double)cs.disk_pending);
 		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
+		/* hits handed to the kernel as ranges of raw entries */
+		cJSON_AddNumberToObject(disk, "spliced_hits", (double)cs.disk_spliced);
+		cJSON_AddNumberToObject(disk, "bytes_spliced", (double)cs.disk_bytes_spliced);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
 		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
@@ -462,6 +465,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * pointer into a source mapping: it would touch it outside the guard,
 	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
 	bool splice = splice_fits(fs, size, 1);
+	plan.cache_ranges = splice;
 	/* Scratch is needed only when something is computed or copied; a plain
 	 * passthrough file that is spliced never allocates it. */
 	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
@@ -506,9 +510,9 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			struct fuse_buf *b = &bv->buf[i];
 			memset(b, 0, sizeof(*b));
 			b->size = p->len;
-			if (p->file) {
+			if (p->file || p->cache_fd1 > 0) {
 				b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-				b->fd = p->file->fd;
+				b->fd = p->file ? p->file->fd : p->cache_fd1 - 1;
 				b->pos = (off_t)p->file_off;
 			} else {
 				b->mem = (void *)p->mem; /* generated or computed: our own memory */
@@ -520,7 +524,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
-	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, splice ? plan.sourced : 0);
+	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, splice ? plan.sourced + plan.cache_spliced : 0);
 	if (!splice)
 		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
 	else if (plan.n == 0)
