@@ -78,8 +78,8 @@ struct cache_stats {
 	uint64_t disk_bad_entries;
 	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
-	/* disk hits served as ranges of raw entries (cache_span), a part of disk.hits */
-	uint64_t disk_spliced, disk_bytes_spliced;
+	/* disk hits handed out as ranges of raw entry files (cache_span), a part of disk.hits */
+	uint64_t disk_range_hits, disk_range_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
 };

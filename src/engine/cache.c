@@ -372,14 +372,14 @@ static void count_bad_entry(struct cache *c, const char *name)
 	pthread_mutex_unlock(&c->mu);
 }
 
-static void count_disk_hit(struct cache *c, size_t len, uint64_t dt, bool spliced)
+static void count_disk_hit(struct cache *c, size_t len, uint64_t dt, bool range)
 {
 	pthread_mutex_lock(&c->mu);
 	c->st.disk.hits++;
 	c->st.disk.bytes_out += len;
-	if (spliced) {
-		c->st.disk_spliced++;
-		c->st.disk_bytes_spliced += len;
+	if (range) {
+		c->st.disk_range_hits++;
+		c->st.disk_range_bytes += len;
 	}
 	if (dt) {
 		double m = (double)len * 1e3 / (double)dt;

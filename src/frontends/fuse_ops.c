@@ -115,7 +115,8 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
 	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
 	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
-	/* handed to the kernel as file ranges (splice), not copied */
+	/* handed to the kernel as file ranges (splice), not copied: source
+	 * ranges, and ranges of raw cache entries among the computed bytes */
 	cJSON_AddNumberToObject(j, "bytes_spliced", (double)rs.spliced);
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
 	/* generated text: headers, config.json */
@@ -149,9 +150,10 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddNumberToObject(disk, "failed", (double)cs.disk_failed);
 		cJSON_AddNumberToObject(disk, "pending", (double)cs.disk_pending);
 		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
-		/* hits handed to the kernel as ranges of raw entries */
-		cJSON_AddNumberToObject(disk, "spliced_hits", (double)cs.disk_spliced);
-		cJSON_AddNumberToObject(disk, "bytes_spliced", (double)cs.disk_bytes_spliced);
+		/* hits handed out as ranges of raw entry files: spliced to the
+		 * kernel (counted in bytes_spliced) unless the reply is copied */
+		cJSON_AddNumberToObject(disk, "range_hits", (double)cs.disk_range_hits);
+		cJSON_AddNumberToObject(disk, "range_bytes", (double)cs.disk_range_bytes);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
 		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);

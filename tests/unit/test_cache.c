@@ -1034,8 +1034,8 @@ static void test_disk_span(void **state)
 	/* compressed entries are not spans; cache_read decodes them */
 	assert_int_equal(cache_span(c, ea, ka, 0, CH, &fd, &fo), -ENOENT);
 	struct cache_stats s = stats(c);
-	assert_int_equal(s.disk_spliced, er->nbytes / CH);
-	assert_int_equal(s.disk_bytes_spliced, spliced);
+	assert_int_equal(s.disk_range_hits, er->nbytes / CH);
+	assert_int_equal(s.disk_range_bytes, spliced);
 	assert_int_equal(s.disk.hits, er->nbytes / CH);
 	assert_int_equal(s.disk_bad_entries, 0);
 	assert_int_equal(s.computed_chunks, 0);
