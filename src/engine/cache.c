@@ -33,7 +33,7 @@
 #define BUCKETS 4096
 /* Opening and reading a small file costs about this much beyond decoding. */
 #define DISK_OVERHEAD_NS 30000.0
-/* Bound on chunk copies waiting to be written, so a slow disk costs cache
+/* Bound on chunks waiting to be written, so a slow disk costs cache
  * entries, never unbounded memory. */
 #define CACHE_QUEUE_MAX (32u << 20)
 /* Chunk buffers kept for reuse. */
@@ -68,10 +68,14 @@ struct centry {
 	struct centry *hnext;
 };
 
+/* A chunk for the writer: its memory entry, pinned until written, so the
+ * reader hands it over without copying it (the memory tier may exceed its
+ * bound by the queue's bytes meanwhile). */
 struct job {
 	char *key;
 	uint64_t chunk;
-	uint8_t *data;
+	struct centry *entry;
+	const uint8_t *data; /* entry->data */
 	size_t len;
 	struct job *next;
 };
@@ -674,6 +678,8 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 	return true;
 }
 
+static void mem_evict(struct cache *c);
+
 static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
@@ -717,8 +723,9 @@ static void *writer_main(void *arg)
 			c->st.disk_failed++;
 		c->st.disk_pending--;
 		c->qbusy--;
+		j->entry->pins--;
+		mem_evict(c);
 		free(j->key);
-		free(j->data);
 		free(j);
 		if (!c->qhead && !c->qbusy)
 			pthread_cond_broadcast(&c->qidle);
@@ -730,26 +737,33 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* Queue a copy of a computed chunk for the writer; never blocks on I/O. */
-static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const uint8_t *data, size_t len)
+/* Give up a job that will not be written: its entry's pin, then itself. Called locked. */
+static void job_drop(struct cache *c, struct job *j)
+{
+	j->entry->pins--;
+	mem_evict(c);
+	free(j->key);
+	free(j);
+}
+
+/* Queue a computed chunk (its entry x, which the caller pinned for the
+ * job) for the writer; never blocks on I/O. */
+static void disk_queue(struct cache *c, const char *key, uint64_t chunk, struct centry *x)
 {
 	struct job *j = calloc(1, sizeof(*j));
-	if (j) {
+	if (j)
 		j->key = strdup(key);
-		j->data = malloc(len);
-	}
-	if (!j || !j->key || !j->data) {
-		if (j) {
-			free(j->key);
-			free(j->data);
-		}
+	if (!j || !j->key) {
 		free(j);
 		pthread_mutex_lock(&c->mu);
+		x->pins--;
 		c->st.disk_dropped++;
 		pthread_mutex_unlock(&c->mu);
 		return;
 	}
-	memcpy(j->data, data, len);
+	size_t len = x->len;
+	j->entry = x;
+	j->data = x->data;
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
@@ -764,10 +778,8 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 			c->st.disk_deduplicated++;
 		else
 			c->st.disk_dropped++;
+		job_drop(c, j);
 		pthread_mutex_unlock(&c->mu);
-		free(j->key);
-		free(j->data);
-		free(j);
 		return;
 	}
 	/* The writer starts with the first job, not in cache_open: a daemon
@@ -777,10 +789,8 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 		if (pthread_create(&c->writer, NULL, writer_main, c) == 0) {
 			c->writer_running = true;
 		} else {
+			job_drop(c, j);
 			pthread_mutex_unlock(&c->mu);
-			free(j->key);
-			free(j->data);
-			free(j);
 			disk_off(c, "no writer thread", EAGAIN);
 			pthread_mutex_lock(&c->mu);
 			c->st.disk_failed++;
@@ -1004,11 +1014,13 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 		if (c->st.disk_enabled && !store)
 			c->st.disk_skipped_by_policy++;
 	}
+	if (store)
+		x->pins++; /* the writer's, until the chunk is on disk */
 	pthread_cond_broadcast(&c->cv);
 	mem_evict(c);
 	pthread_mutex_unlock(&c->mu);
 	if (store)
-		disk_queue(c, key, k, x->data, len);
+		disk_queue(c, key, k, x);
 	*out = x;
 	return 0;
 }
@@ -1274,8 +1286,7 @@ void cache_close(struct cache *c)
 	}
 	for (struct job *j = c->qhead, *next; j; j = next) {
 		next = j->next;
-		free(j->key);
-		free(j->data);
+		free(j->key); /* its entry is freed above */
 		free(j);
 	}
 	for (size_t i = 0; i < c->npool; i++)
