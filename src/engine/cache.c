@@ -36,6 +36,12 @@
 /* Bound on chunks waiting to be written, so a slow disk costs cache
  * entries, never unbounded memory. */
 #define CACHE_QUEUE_MAX (32u << 20)
+/* How long a reader waits for room in a full queue before it drops its
+ * chunk. A dropped chunk is computed again by every later mount (for a
+ * quantised model, 1/5 of it measured so on a loaded machine), so the
+ * reader yields to a writer that is merely behind; a writer stuck on a
+ * dead disk costs each reader this much at most. */
+#define QUEUE_WAIT_NS 200000000LL
 /* Chunk buffers kept for reuse. */
 #define CACHE_POOL 32
 /* Entry read buffers and decoding contexts kept for reuse (one per reader
@@ -96,7 +102,7 @@ struct cache {
 	/* the disk writer */
 	pthread_t writer;
 	bool writer_running, stop;
-	pthread_cond_t qcv, qidle;
+	pthread_cond_t qcv, qidle, qroom;
 	struct job *qhead, *qtail;
 	const struct job *qcur; /* the job the writer is storing */
 	unsigned qbusy;
@@ -727,6 +733,7 @@ static void *writer_main(void *arg)
 		mem_evict(c);
 		free(j->key);
 		free(j);
+		pthread_cond_broadcast(&c->qroom);
 		if (!c->qhead && !c->qbusy)
 			pthread_cond_broadcast(&c->qidle);
 	}
@@ -767,9 +774,21 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, struct 
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
-	bool queued = c->qcur && c->qcur->chunk == chunk && strcmp(c->qcur->key, key) == 0;
-	for (const struct job *q = c->qhead; q && !queued; q = q->next)
-		queued = q->chunk == chunk && strcmp(q->key, key) == 0;
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += QUEUE_WAIT_NS % 1000000000LL;
+	until.tv_sec += QUEUE_WAIT_NS / 1000000000LL + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	bool queued;
+	for (;;) {
+		queued = c->qcur && c->qcur->chunk == chunk && strcmp(c->qcur->key, key) == 0;
+		for (const struct job *q = c->qhead; q && !queued; q = q->next)
+			queued = q->chunk == chunk && strcmp(q->key, key) == 0;
+		if (queued || c->qbytes + len <= CACHE_QUEUE_MAX || !c->writer_running || c->stop)
+			break;
+		if (pthread_cond_timedwait(&c->qroom, &c->mu, &until) == ETIMEDOUT)
+			break;
+	}
 	if (queued || c->qbytes + len > CACHE_QUEUE_MAX) {
 		/* Already on its way (the same bytes: a recomputation before the
 		 * entry landed), or the writer is behind: skip this chunk rather
@@ -1240,6 +1259,11 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	pthread_cond_init(&c->cv, NULL);
 	pthread_cond_init(&c->qcv, NULL);
 	pthread_cond_init(&c->qidle, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->qroom, &ca);
+	pthread_condattr_destroy(&ca);
 	if (o->dir) {
 		c->dir = strdup(o->dir);
 		int r = c->dir ? mkdir_p(c->dir) : -ENOMEM;
@@ -1300,6 +1324,7 @@ void cache_close(struct cache *c)
 	pthread_cond_destroy(&c->cv);
 	pthread_cond_destroy(&c->qcv);
 	pthread_cond_destroy(&c->qidle);
+	pthread_cond_destroy(&c->qroom);
 	if (c->dirfd >= 0)
 		close(c->dirfd);
 	free(c->dir);
