@@ -125,7 +125,7 @@ ttft_peer() {
 }
 
 minf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-sub0() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; printf "%.1f", d > 0 ? d : 0 }'; }
+sub0() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; printf "%.1f", (d > 0) ? d : 0 }'; }
 
 echo "bench-gguf: $SRC ($(gb "$(stat -c %s "$SRC/model.safetensors")") bf16), llama.cpp from $NLC_DIR, best of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for v in f16 q8_0; do
