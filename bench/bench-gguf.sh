@@ -12,9 +12,9 @@
 # Source page cache warm throughout (the cold case is the view's cache).
 #  1. time to first token: from starting the mount to llama.cpp having
 #     loaded gguf@f16/ (gguf@q8_0/) from it, mapped (llama.cpp's default,
-#     also the faster way over FUSE here: its WILLNEED advice turns into
-#     parallel kernel read-ahead, where --no-mmap reads one tensor at a
-#     time), and produced one token for a short prompt: with an empty cache
+#     also the faster way over FUSE here: its WILLNEED advice makes the
+#     kernel read the file ahead in asynchronous requests, where --no-mmap
+#     reads one tensor at a time), and produced one token for a short prompt: with an empty cache
 #     dir (cold), then a new mount on the same cache dir (warm: Q8_0 chunks
 #     from the disk tier); against the peer path: bench/gguf-convert-numpy.py
 #     writing the GGUF (a numpy re-implementation of convert_hf_to_gguf.py),
