@@ -86,6 +86,19 @@ struct job {
 	struct job *next;
 };
 
+/* Raw entries opened lately, so the next reads of the same chunk (a
+ * 1 MiB request rarely starts on a chunk boundary: each chunk is wanted
+ * by two or three of them) cost one dup instead of open, fstat, a header
+ * read, futimens and close. Named by the 128-bit hash of key and index,
+ * as the entry files themselves are; the key was checked at open. */
+#define SPAN_SLOTS 16
+struct span_slot {
+	uint64_t h1, h2;
+	int fd; /* -1: empty */
+	uint64_t doff, used;
+	size_t clen;
+};
+
 struct cache {
 	struct cache_opts o;
 	char *dir;
@@ -115,6 +128,8 @@ struct cache {
 	uint8_t *io[IO_POOL];
 	ZSTD_DCtx *dctx[IO_POOL];
 	uint64_t disk_used;
+	struct span_slot spans[SPAN_SLOTS]; /* under mu */
+	uint64_t span_clock;
 };
 
 static uint64_t fnv(const void *p, size_t n, uint64_t h)
@@ -1080,13 +1095,31 @@ int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint6
 		return -ENOENT;
 	uint64_t k = off / c->o.chunk, in = off % c->o.chunk;
 	size_t clen = (size_t)(e->nbytes - k * c->o.chunk < c->o.chunk ? e->nbytes - k * c->o.chunk : c->o.chunk);
-	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL);
+	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL), h2 = key_hash(key, k, 0x84222325cbf29ce4ULL);
+	uint64_t n = clen - in < len ? clen - in : len;
 	pthread_mutex_lock(&c->mu);
 	/* A chunk in memory (or being made) is copied from there: no syscalls. */
 	bool skip = !c->st.disk_enabled || mem_find(c, key, k, h);
+	int dupfd = -1;
+	uint64_t doff0 = 0;
+	for (int i = 0; i < SPAN_SLOTS && !skip; i++) {
+		struct span_slot *sl = &c->spans[i];
+		if (sl->fd >= 0 && sl->h1 == h && sl->h2 == h2 && sl->clen == clen) {
+			dupfd = fcntl(sl->fd, F_DUPFD_CLOEXEC, 0);
+			doff0 = sl->doff;
+			sl->used = ++c->span_clock;
+			break;
+		}
+	}
 	pthread_mutex_unlock(&c->mu);
 	if (skip)
 		return -ENOENT;
+	if (dupfd >= 0) {
+		count_disk_hit(c, (size_t)n, 0, true);
+		*fd = dupfd;
+		*fd_off = doff0 + in;
+		return (int64_t)n;
+	}
 	char name[40];
 	entry_file_name(c, key, k, name);
 	struct stat st = { 0 };
@@ -1103,7 +1136,21 @@ int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint6
 		return -ENOENT;
 	}
 	futimens(f, NULL);
-	uint64_t n = clen - in < len ? clen - in : len;
+	/* kept for the next reads of this chunk: the oldest slot makes room */
+	int keep = fcntl(f, F_DUPFD_CLOEXEC, 0);
+	if (keep >= 0) {
+		pthread_mutex_lock(&c->mu);
+		struct span_slot *sl = &c->spans[0];
+		for (int i = 1; i < SPAN_SLOTS; i++)
+			if (c->spans[i].used < sl->used)
+				sl = &c->spans[i];
+		int old = sl->fd;
+		*sl = (struct span_slot){ .h1 = h, .h2 = h2, .fd = keep, .doff = (uint64_t)doff, .clen = clen,
+					  .used = ++c->span_clock };
+		pthread_mutex_unlock(&c->mu);
+		if (old >= 0)
+			close(old);
+	}
 	count_disk_hit(c, (size_t)n, 0, true);
 	*fd = f;
 	*fd_off = (uint64_t)doff + in;
@@ -1253,6 +1300,8 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	c->io_cap = ENTRY_HDR + 4096 + ZSTD_compressBound(c->o.chunk) + MAC_LEN;
 	c->lru.next = c->lru.prev = &c->lru;
 	c->dirfd = -1;
+	for (int i = 0; i < SPAN_SLOTS; i++)
+		c->spans[i].fd = -1;
 	c->uid = geteuid();
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
@@ -1319,6 +1368,9 @@ void cache_close(struct cache *c)
 		free(c->io[i]);
 	for (size_t i = 0; i < c->ndctx; i++)
 		ZSTD_freeDCtx(c->dctx[i]);
+	for (int i = 0; i < SPAN_SLOTS; i++)
+		if (c->spans[i].fd >= 0)
+			close(c->spans[i].fd);
 	pthread_mutex_destroy(&c->pool_mu);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);

@@ -989,8 +989,9 @@ static void test_disk_raw_literals(void **state)
 }
 
 /* A raw entry's hit is a range of its file (cache_span): the bytes there
- * are the chunk's, the hit is counted as spliced, and the descriptor stays
- * good after the entry is evicted (unlinked). A chunk in the memory tier,
+ * are the chunk's, the hit is counted as a range hit, and the descriptor
+ * (and the cache's own, kept for the next reads of the chunk) stays good
+ * after the entry is evicted (unlinked). A chunk in the memory tier,
  * a compressed entry and a missing one are not spans; a raw entry cut
  * short is a bad entry (it would be served short), deleted. */
 static void test_disk_span(void **state)
@@ -1029,16 +1030,26 @@ static void test_disk_span(void **state)
 		close(fd);
 		spliced += (uint64_t)n;
 	}
-	/* evicted: no span, and cache_read computes */
-	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	/* the cache keeps the entries it opened lately: the next span of a
+	 * chunk is served from there, evicted or not, with the same bytes */
+	assert_int_equal(cache_span(c, er, kr, 5, CH, &fd, &fo), CH - 5);
+	assert_int_equal(pread(fd, got, CH - 5, (off_t)fo), CH - 5);
+	assert_memory_equal(got, wr + 5, CH - 5);
+	close(fd);
+	spliced += CH - 5;
 	/* compressed entries are not spans; cache_read decodes them */
 	assert_int_equal(cache_span(c, ea, ka, 0, CH, &fd, &fo), -ENOENT);
 	struct cache_stats s = stats(c);
-	assert_int_equal(s.disk_range_hits, er->nbytes / CH);
+	assert_int_equal(s.disk_range_hits, er->nbytes / CH + 1);
 	assert_int_equal(s.disk_range_bytes, spliced);
-	assert_int_equal(s.disk.hits, er->nbytes / CH);
+	assert_int_equal(s.disk.hits, er->nbytes / CH + 1);
 	assert_int_equal(s.disk_bad_entries, 0);
 	assert_int_equal(s.computed_chunks, 0);
+	cache_close(c);
+	/* a new cache finds them evicted: no span, and cache_read computes */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(fd, -1);
 	cache_close(c);
 
 	/* a raw entry cut short: deleted, then computed by cache_read */
