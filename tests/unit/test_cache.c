@@ -993,7 +993,8 @@ static void test_disk_raw_literals(void **state)
  * (and the cache's own, kept for the next reads of the chunk) stays good
  * after the entry is evicted (unlinked). A chunk in the memory tier,
  * a compressed entry and a missing one are not spans; a raw entry cut
- * short is a bad entry (it would be served short), deleted. */
+ * short (it would be served short) or another chunk's is a bad entry,
+ * deleted. */
 static void test_disk_span(void **state)
 {
 	(void)state;
@@ -1062,14 +1063,28 @@ static void test_disk_span(void **state)
 	struct stat st;
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(truncate(path, st.st_size - 1), 0);
+	/* and chunk 3's entry copied over chunk 2's: same size, another index */
+	char p2[4200], p3[4200];
+	entry_file(dir, kr, 2, p2, sizeof(p2));
+	entry_file(dir, kr, 3, p3, sizeof(p3));
+	size_t n3;
+	uint8_t *b3 = slurp(p3, &n3);
+	assert_non_null(b3);
+	FILE *f2 = fopen(p2, "wb");
+	assert_non_null(f2);
+	assert_int_equal(fwrite(b3, 1, n3, f2), n3);
+	fclose(f2);
+	free(b3);
 	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
 	assert_int_equal(cache_span(c, er, kr, CH, CH, &fd, &fo), -ENOENT);
 	assert_int_equal(fd, -1);
 	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(cache_span(c, er, kr, 2 * CH + 1, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(access(p2, F_OK), -1);
 	s = stats(c);
-	assert_int_equal(s.disk_bad_entries, 1);
+	assert_int_equal(s.disk_bad_entries, 2);
 	read_all_check(c, er, kr, wr, CH);
-	assert_int_equal(stats(c).computed_chunks, 1);
+	assert_int_equal(stats(c).computed_chunks, 2);
 	cache_close(c);
 	free(kr);
 	free(ka);
