@@ -154,6 +154,17 @@ elif cmd == "corrupt":     # corrupt DIR: damage 4 entries, print the 3 damaged 
     names.sort(key=lambda n: (-os.path.getsize(os.path.join(d, n)), n))
     if len(names) < 4:
         sys.exit("only %d entries in %s" % (len(names), d))
+    # the flipped one is compressed (its frame's checksum catches a flip; a
+    # raw entry, CKPTFSR1, has none by design and is checked by its header,
+    # key and exact size), the truncated one the biggest other entry
+    def magic(n):
+        with open(os.path.join(d, n), "rb") as f:
+            return f.read(8)
+    zst = [n for n in names if magic(n) == b"CKPTFSC1"]
+    if not zst:
+        sys.exit("no compressed entry in %s" % d)
+    names.remove(zst[0])
+    names.insert(0, zst[0])
     flip, trunc = (os.path.join(d, n) for n in names[:2])
     # the copied pair: two other entries of the same chunk index and raw size
     # (tensors of one shape), so that only the key tells them apart

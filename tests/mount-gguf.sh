@@ -18,7 +18,9 @@
 #   - `ckptfs export SRC gguf@f16/ OUT` and `ckptfs cat SRC
 #     gguf@q8_0/model.gguf` give the mounted bytes;
 #   - gguf@q8_0/ is computed once: a second mount on the same cache_dir
-#     serves it from the disk cache (disk hits, no chunk computed);
+#     serves it from the disk cache (disk hits, no chunk computed), hits on
+#     its raw entries handed out as file ranges for splice (range_hits;
+#     none with -o no_splice), the bytes equal to the computed ones;
 #   - llama.cpp (node-llama-cpp's prebuilt CPU binaries, never built) loads
 #     gguf/, gguf@q8_0/ (and the LLaMA's gguf@f32/ and gguf@f16/) straight
 #     from the mount, tokenizes a prompt into the ids the tokenizer gives,
@@ -123,21 +125,38 @@ for model in llama llama3 qwen2 gpt2; do
     fi
     umount_ckptfs
 
-    # The quantised chunks went to the disk cache: a new mount serves them from there.
+    # The quantised chunks went to the disk cache: a new mount serves them
+    # from there. Q8_0 bytes do not compress by a quarter, so their entries
+    # are raw and a hit is a range of its entry file for splice (unless
+    # -o no_splice: then read and copied); the bytes equal the computed ones.
+    raw=$(grep -l '^CKPTFSR1' "$TESTDIR/cache-$model"/*.zst 2>/dev/null | wc -l)
+    [ "$raw" -gt 0 ] || fail "no raw (CKPTFSR1) entry in the cache of $model"
     mkdir "$mnt-again"
-    mount_ckptfs "$src" "$mnt-again" -o cache_dir="$TESTDIR/cache-$model",cache_policy=always
-    cmp "$mnt-again/gguf@q8_0/model.gguf" "$TESTDIR/cat-$model.gguf" || fail "gguf@q8_0 from the cache differs"
-    # (a command substitution, so the stats file is closed before the unmount)
-    counts=$("$PYTHON" -c '
+    for opts in "" ",no_splice"; do
+        mount_ckptfs "$src" "$mnt-again" -o cache_dir="$TESTDIR/cache-$model",cache_policy=always$opts
+        dd if="$mnt-again/gguf@q8_0/model.gguf" of="$TESTDIR/again.gguf" bs=1M iflag=direct status=none ||
+            fail "O_DIRECT read of gguf@q8_0 failed"
+        cmp "$TESTDIR/again.gguf" "$TESTDIR/cat-$model.gguf" || fail "gguf@q8_0 from the cache$opts differs"
+        # (a command substitution, so the stats file is closed before the unmount)
+        counts=$("$PYTHON" -c '
 import json, sys
 with open(sys.argv[1]) as f:
-    c = json.load(f)["cache"]
-print(c["disk"]["hits"], c["computed_chunks"])' "$mnt-again/.ckptfs/stats") || fail "cannot read .ckptfs/stats"
-    read -r hits computed <<<"$counts"
-    [ "$hits" -gt 0 ] && [ "$computed" -eq 0 ] ||
-        fail "second mount: $hits disk hits, $computed chunks computed (expected hits, none computed)"
-    note "second mount: gguf@q8_0 served from the disk cache ($hits disk hits, 0 chunks computed)"
-    umount_ckptfs
+    s = json.load(f)
+c = s["cache"]
+print(c["disk"]["hits"], c["computed_chunks"], c["disk"]["range_hits"], c["disk"]["range_bytes"], s["bytes_spliced"])' "$mnt-again/.ckptfs/stats") || fail "cannot read .ckptfs/stats"
+        read -r hits computed ranges range_bytes spliced <<<"$counts"
+        [ "$hits" -gt 0 ] && [ "$computed" -eq 0 ] ||
+            fail "second mount$opts: $hits disk hits, $computed chunks computed (expected hits, none computed)"
+        case $opts in
+        *no_splice) [ "$ranges" = 0 ] && [ "$spliced" = 0 ] ||
+            fail "-o no_splice: $ranges cache hits as file ranges, $spliced bytes spliced" ;;
+        # (these tiny files' replies are mostly copied: pieces under 32 KiB)
+        *) [ "$ranges" -gt 0 ] && [ "$range_bytes" -gt 0 ] ||
+            fail "second mount: $ranges of $hits disk hits as file ranges ($range_bytes bytes)" ;;
+        esac
+        note "second mount${opts:+ ($opts)}: gguf@q8_0 served from the disk cache ($hits disk hits, 0 chunks computed; $raw raw entries, $ranges hits as file ranges, $range_bytes bytes; $spliced bytes spliced)"
+        umount_ckptfs
+    done
 done
 
 note "=== bad inputs"

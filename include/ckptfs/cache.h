@@ -11,7 +11,13 @@
  *   one zstd frame with its content checksum (at the configured level,
  *   or with raw literals when that level would save less than a quarter
  *   of the chunk: such a frame decodes several times slower than one
- *   with raw literals, often slower than recomputing the chunk)
+ *   with raw literals, often slower than recomputing the chunk);
+ * or, for such a chunk in a directory of the user alone, "CKPTFSR1", the
+ *   same fields and key, zeros to the next 4 KiB boundary and the chunk's
+ *   bytes as they are: a hit is then a range of the file, handed to the
+ *   kernel by splice (no decoding, no copy), checked by its header, key
+ *   and exact size but not by a checksum (reading the bytes to check them
+ *   would cost what splicing saves; the directory is the user's own)
  * written by a worker thread to a temp file and renamed, so a crash never
  * leaves a half entry under a final name. An entry whose header, key,
  * size or checksum does not match is deleted and recomputed. The directory
@@ -72,6 +78,8 @@ struct cache_stats {
 	uint64_t disk_bad_entries;
 	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
+	/* disk hits handed out as ranges of raw entry files (cache_span), a part of disk.hits */
+	uint64_t disk_range_hits, disk_range_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
 };
@@ -95,6 +103,20 @@ enum cache_verdict { CACHE_UNKNOWN, CACHE_CHEAP, CACHE_DEAR };
  * to be computed. Returns 0 or a negative errno. */
 int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst,
 	       enum cache_verdict *verdict);
+
+/* A hit on a raw disk entry, for a caller that can hand file ranges to the
+ * kernel (splice) rather than copy bytes: when the chunk holding byte off
+ * of e is not in the memory tier and its disk entry holds it raw, *fd is a
+ * new descriptor of that entry (the caller closes it; an eviction's unlink
+ * meanwhile is harmless), *fd_off the entry's offset of byte off, and the
+ * result the bytes available there: up to len, not past the chunk's end.
+ * The entry was checked whole (header, key, exact size). -ENOENT
+ * otherwise: read those bytes with cache_read. */
+int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, int *fd,
+		   uint64_t *fd_off);
+
+/* Bytes per chunk. */
+size_t cache_chunk_size(const struct cache *c);
 
 void cache_get_stats(struct cache *c, struct cache_stats *out);
 

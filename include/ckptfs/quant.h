@@ -11,10 +11,16 @@
 
 /* Quantise n values (a multiple of 32) into n/32*34 bytes: per block the
  * f16 scale (little-endian) then 32 int8. Vector code where the CPU has
- * AVX2, the same bytes as the scalar code (tests/unit/test_gguf.c). */
+ * AVX2 and F16C, the same bytes as the scalar code (tests/unit/test_gguf.c). */
 void q8_0_quantize(const float *x, uint8_t *out, size_t n);
 
 /* The scalar code alone, for tests. */
 void q8_0_quantize_scalar(const float *x, uint8_t *out, size_t n);
+
+/* The same bytes as q8_0_quantize of the exact f32 widening of n bf16
+ * values (little-endian, 2n bytes), without the widened copy: the vector
+ * code widens in registers. */
+void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n);
+void q8_0_quantize_bf16_scalar(const uint8_t *x, uint8_t *out, size_t n);
 
 #endif

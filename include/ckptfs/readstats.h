@@ -17,7 +17,9 @@
 struct readstats {
 	pthread_mutex_t mu;
 	uint64_t reads, from_source, computed, generated;
-	uint64_t spliced; /* the part of from_source handed to the kernel as fds */
+	/* handed to the kernel as fds: source ranges (a part of from_source)
+	 * and ranges of raw cache entries (a part of computed) */
+	uint64_t spliced;
 };
 
 struct readstats_snap {
@@ -30,8 +32,9 @@ struct readstats_snap {
 void readstats_init(struct readstats *s);
 void readstats_destroy(struct readstats *s);
 
-/* Count one read reply made of these parts; spliced says how much of
- * from_source went to the kernel as file ranges rather than copied. */
+/* Count one read reply made of these parts; spliced says how much of it
+ * went to the kernel as file ranges (of sources or cache entries) rather
+ * than copied. */
 void readstats_add(struct readstats *s, uint64_t from_source, uint64_t computed, uint64_t generated, uint64_t spliced);
 
 void readstats_get(struct readstats *s, struct readstats_snap *out);

@@ -13,6 +13,7 @@
 #ifndef CKPTFS_VFILE_H
 #define CKPTFS_VFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,12 +51,17 @@ struct vpiece {
 	const struct src_file *file;
 	uint64_t file_off;
 	size_t len;
+	/* a range of a raw cache entry (file_off in it): fd + 1, owned by the
+	 * plan, 0 for none */
+	int cache_fd1;
 };
 
 struct cache;
 
 struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
+	bool cache_ranges;   /* the caller splices: cache hits may be entry file ranges */
+	size_t cache_spliced; /* computed bytes planned as such ranges */
 	size_t n, cap;
 	struct vpiece *p;
 	size_t computed;  /* bytes that had to be computed */

@@ -24,13 +24,25 @@
 #define ENTRY_MAGIC "CKPTFSC1"
 /* An entry of a shared directory: the same, followed by its HMAC-SHA256. */
 #define ENTRY_MAGIC_MAC "CKPTFSM1"
+/* An entry stored as it is (a chunk that does not compress, in a directory
+ * of the user alone): the same header, then the chunk's bytes from the
+ * next page boundary, so a hit can be handed to the kernel as a range of
+ * the entry file (splice) instead of being read and copied. */
+#define ENTRY_MAGIC_RAW "CKPTFSR1"
 #define ENTRY_HDR (8 + 4 + 8 + 8)
+#define RAW_ALIGN 4096u
 #define BUCKETS 4096
 /* Opening and reading a small file costs about this much beyond decoding. */
 #define DISK_OVERHEAD_NS 30000.0
-/* Bound on chunk copies waiting to be written, so a slow disk costs cache
+/* Bound on chunks waiting to be written, so a slow disk costs cache
  * entries, never unbounded memory. */
 #define CACHE_QUEUE_MAX (32u << 20)
+/* How long a reader waits for room in a full queue before it drops its
+ * chunk. A dropped chunk is computed again by every later mount (for a
+ * quantised model, 1/5 of it measured so on a loaded machine), so the
+ * reader yields to a writer that is merely behind; a writer stuck on a
+ * dead disk costs each reader this much at most. */
+#define QUEUE_WAIT_NS 200000000LL
 /* Chunk buffers kept for reuse. */
 #define CACHE_POOL 32
 /* Entry read buffers and decoding contexts kept for reuse (one per reader
@@ -63,12 +75,29 @@ struct centry {
 	struct centry *hnext;
 };
 
+/* A chunk for the writer: its memory entry, pinned until written, so the
+ * reader hands it over without copying it (the memory tier may exceed its
+ * bound by the queue's bytes meanwhile). */
 struct job {
 	char *key;
 	uint64_t chunk;
-	uint8_t *data;
+	struct centry *entry;
+	const uint8_t *data; /* entry->data */
 	size_t len;
 	struct job *next;
+};
+
+/* Raw entries opened lately, so the next reads of the same chunk (a
+ * 1 MiB request rarely starts on a chunk boundary: each chunk is wanted
+ * by two or three of them) cost one dup instead of open, fstat, a header
+ * read, futimens and close. Named by the 128-bit hash of key and index,
+ * as the entry files themselves are; the key was checked at open. */
+#define SPAN_SLOTS 16
+struct span_slot {
+	uint64_t h1, h2;
+	int fd; /* -1: empty */
+	uint64_t doff, used;
+	size_t clen;
 };
 
 struct cache {
@@ -87,7 +116,7 @@ struct cache {
 	/* the disk writer */
 	pthread_t writer;
 	bool writer_running, stop;
-	pthread_cond_t qcv, qidle;
+	pthread_cond_t qcv, qidle, qroom;
 	struct job *qhead, *qtail;
 	const struct job *qcur; /* the job the writer is storing */
 	unsigned qbusy;
@@ -100,6 +129,8 @@ struct cache {
 	uint8_t *io[IO_POOL];
 	ZSTD_DCtx *dctx[IO_POOL];
 	uint64_t disk_used;
+	struct span_slot spans[SPAN_SLOTS]; /* under mu */
+	uint64_t span_clock;
 };
 
 static uint64_t fnv(const void *p, size_t n, uint64_t h)
@@ -192,6 +223,12 @@ char *cache_key(const struct expr *e)
 }
 
 /* ---- disk tier ---- */
+
+/* Where the bytes of a raw entry with a key of klen bytes start. */
+static size_t raw_data_off(size_t klen)
+{
+	return (ENTRY_HDR + klen + RAW_ALIGN - 1) / RAW_ALIGN * RAW_ALIGN;
+}
 
 /* Turn the disk tier off with one warning line: "why" says what is wrong. */
 static void disk_off_because(struct cache *c, const char *why)
@@ -321,6 +358,78 @@ static void dctx_put(struct cache *c, ZSTD_DCtx *z)
 		ZSTD_freeDCtx(z);
 }
 
+/* Whether fd (of size st_size) is a raw entry of chunk `chunk` (len bytes)
+ * of key: the offset of its bytes; -ENOENT when it is another kind of
+ * entry; -EBADMSG when it claims to be raw and is not this chunk whole
+ * (a short file among them: it would be served short). */
+static int64_t raw_entry_check(const struct cache *c, int fd, off_t st_size, const char *key, uint64_t chunk,
+			       size_t len)
+{
+	size_t klen = strlen(key), doff = raw_data_off(klen);
+	uint8_t small[ENTRY_HDR + 1024], *h = ENTRY_HDR + klen <= sizeof(small) ? small : malloc(ENTRY_HDR + klen);
+	if (!h)
+		return -ENOMEM;
+	int64_t r = -EBADMSG;
+	ssize_t got = pread(fd, h, ENTRY_HDR + klen, 0);
+	if (got >= 8 && memcmp(h, ENTRY_MAGIC_RAW, 8) != 0) {
+		r = -ENOENT;
+	} else if (got == (ssize_t)(ENTRY_HDR + klen) && !c->keyed) {
+		uint32_t hk;
+		uint64_t hc, hl;
+		memcpy(&hk, h + 8, 4);
+		memcpy(&hc, h + 12, 8);
+		memcpy(&hl, h + 20, 8);
+		if (hk == klen && hc == chunk && hl == len && memcmp(h + ENTRY_HDR, key, klen) == 0 &&
+		    (uint64_t)st_size == (uint64_t)doff + len)
+			r = (int64_t)doff;
+	}
+	if (h != small)
+		free(h);
+	return r;
+}
+
+static void count_bad_entry(struct cache *c, const char *name)
+{
+	unlinkat(c->dirfd, name, 0);
+	pthread_mutex_lock(&c->mu);
+	c->st.disk_bad_entries++;
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void count_disk_hit(struct cache *c, size_t len, uint64_t dt, bool range)
+{
+	pthread_mutex_lock(&c->mu);
+	c->st.disk.hits++;
+	c->st.disk.bytes_out += len;
+	if (range) {
+		c->st.disk_range_hits++;
+		c->st.disk_range_bytes += len;
+	}
+	if (dt) {
+		double m = (double)len * 1e3 / (double)dt;
+		c->st.decompress_mbps = c->st.decompress_mbps ? 0.8 * c->st.decompress_mbps + 0.2 * m : m;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Read a raw entry's bytes straight into dst: 0, -ENOENT when the entry is
+ * not raw, or -EBADMSG. */
+static int raw_load(struct cache *c, int fd, off_t st_size, const char *key, uint64_t chunk, uint8_t *dst, size_t len)
+{
+	int64_t doff = raw_entry_check(c, fd, st_size, key, chunk, len);
+	if (doff < 0)
+		return (int)doff;
+	for (size_t done = 0; done < len;) {
+		ssize_t k = pread(fd, dst + done, len - done, (off_t)((uint64_t)doff + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -EBADMSG;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
 /* Read a chunk back; 0 on a hit. A bad entry is deleted. */
 static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *dst, size_t len)
 {
@@ -339,7 +448,22 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	ZSTD_DCtx *dz = NULL;
 	int r = -EBADMSG;
 	size_t max = ENTRY_HDR + klen + ZSTD_compressBound(len) + tail;
-	if (fd < 0 || st.st_uid != c->uid || st.st_size < (off_t)(ENTRY_HDR + tail) || (uint64_t)st.st_size > max)
+	if (fd < 0 || st.st_uid != c->uid)
+		goto bad;
+	if (!c->keyed) {
+		r = raw_load(c, fd, st.st_size, key, chunk, dst, len);
+		if (r == 0) {
+			futimens(fd, NULL);
+			count_disk_hit(c, len, now_ns() - t0, false);
+			goto out;
+		}
+		if (r != -ENOENT && r != -ENOMEM)
+			goto bad;
+		if (r == -ENOMEM)
+			goto out;
+		r = -EBADMSG;
+	}
+	if (st.st_size < (off_t)(ENTRY_HDR + tail) || (uint64_t)st.st_size > max)
 		goto bad;
 	buf = io_get(c, (size_t)st.st_size);
 	dz = dctx_get(c);
@@ -372,21 +496,10 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	r = 0;
 	/* A hit makes the entry young again for every process sharing the directory. */
 	futimens(fd, NULL);
-	uint64_t dt = now_ns() - t0;
-	pthread_mutex_lock(&c->mu);
-	c->st.disk.hits++;
-	c->st.disk.bytes_out += len;
-	if (dt) {
-		double m = (double)len * 1e3 / (double)dt;
-		c->st.decompress_mbps = c->st.decompress_mbps ? 0.8 * c->st.decompress_mbps + 0.2 * m : m;
-	}
-	pthread_mutex_unlock(&c->mu);
+	count_disk_hit(c, len, now_ns() - t0, false);
 	goto out;
 bad:
-	unlinkat(c->dirfd, name, 0);
-	pthread_mutex_lock(&c->mu);
-	c->st.disk_bad_entries++;
-	pthread_mutex_unlock(&c->mu);
+	count_bad_entry(c, name);
 out:
 	io_put(c, buf, (size_t)st.st_size);
 	dctx_put(c, dz);
@@ -500,7 +613,7 @@ struct writer {
  * reading such an entry back would cost more than the bytes it saves
  * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key for
  * REPROBE_EVERY chunks so a stream of them is compressed once each. */
-static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap)
+static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap, bool *raw)
 {
 	bool same = w->key && strcmp(w->key, j->key) == 0;
 	if (!same) {
@@ -509,11 +622,16 @@ static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out
 		w->fast = false;
 		w->since_probe = 0;
 	}
+	/* *raw (when the caller allows it) asks for the chunk as it is: no frame
+	 * to decode, and a hit can be spliced. */
 	if (w->fast && w->zfast && ++w->since_probe < REPROBE_EVERY)
-		return ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
+		return *raw ? 0 : ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	w->since_probe = 0;
 	size_t zl = ZSTD_compress2(w->z, out, cap, j->data, j->len);
 	w->fast = !ZSTD_isError(zl) && w->zfast && zl * MIN_SAVING_DEN > j->len * (MIN_SAVING_DEN - MIN_SAVING_NUM);
+	if (w->fast && *raw)
+		return 0;
+	*raw = false;
 	if (w->fast)
 		zl = ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	return zl;
@@ -522,30 +640,40 @@ static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out
 static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 {
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
-	uint8_t *buf = malloc(ENTRY_HDR + klen + bound + MAC_LEN);
+	/* room for a frame, or for a raw entry's padding */
+	uint8_t *buf = malloc(ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN);
 	if (!buf)
 		return false;
-	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound);
+	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
+	bool raw = !c->keyed;
+	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound, &raw);
 	if (ZSTD_isError(zl)) {
 		free(buf);
 		return false;
 	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
-	memcpy(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
+	memcpy(buf, raw ? ENTRY_MAGIC_RAW : c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
 	memcpy(buf + 8, &hk, 4);
 	memcpy(buf + 12, &j->chunk, 8);
 	memcpy(buf + 20, &hl, 8);
 	memcpy(buf + ENTRY_HDR, j->key, klen);
-	size_t total = ENTRY_HDR + klen + zl;
-	if (c->keyed) {
+	size_t total = ENTRY_HDR + klen + zl, head = total;
+	if (raw) {
+		head = raw_data_off(klen);
+		memset(buf + ENTRY_HDR + klen, 0, head - ENTRY_HDR - klen);
+		total = head + j->len;
+	} else if (c->keyed) {
 		entry_mac(c, buf, total, buf + total);
 		total += MAC_LEN;
+		head = total;
 	}
 	char tmp[40], name[40];
 	entry_file_name(c, j->key, j->chunk, name);
 	int fd = tmp_create(c, tmp);
-	int r = fd < 0 ? fd : write_all(fd, buf, total);
+	int r = fd < 0 ? fd : write_all(fd, buf, head);
+	if (r == 0 && raw)
+		r = write_all(fd, j->data, j->len);
 	if (fd >= 0 && close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r == 0 && renameat(c->dirfd, tmp, c->dirfd, name) < 0)
@@ -569,6 +697,8 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		disk_enforce(c, true);
 	return true;
 }
+
+static void mem_evict(struct cache *c);
 
 static void *writer_main(void *arg)
 {
@@ -613,9 +743,11 @@ static void *writer_main(void *arg)
 			c->st.disk_failed++;
 		c->st.disk_pending--;
 		c->qbusy--;
+		j->entry->pins--;
+		mem_evict(c);
 		free(j->key);
-		free(j->data);
 		free(j);
+		pthread_cond_broadcast(&c->qroom);
 		if (!c->qhead && !c->qbusy)
 			pthread_cond_broadcast(&c->qidle);
 	}
@@ -626,32 +758,51 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* Queue a copy of a computed chunk for the writer; never blocks on I/O. */
-static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const uint8_t *data, size_t len)
+/* Give up a job that will not be written: its entry's pin, then itself. Called locked. */
+static void job_drop(struct cache *c, struct job *j)
+{
+	j->entry->pins--;
+	mem_evict(c);
+	free(j->key);
+	free(j);
+}
+
+/* Queue a computed chunk (its entry x, which the caller pinned for the
+ * job) for the writer; never blocks on I/O. */
+static void disk_queue(struct cache *c, const char *key, uint64_t chunk, struct centry *x)
 {
 	struct job *j = calloc(1, sizeof(*j));
-	if (j) {
+	if (j)
 		j->key = strdup(key);
-		j->data = malloc(len);
-	}
-	if (!j || !j->key || !j->data) {
-		if (j) {
-			free(j->key);
-			free(j->data);
-		}
+	if (!j || !j->key) {
 		free(j);
 		pthread_mutex_lock(&c->mu);
+		x->pins--;
 		c->st.disk_dropped++;
 		pthread_mutex_unlock(&c->mu);
 		return;
 	}
-	memcpy(j->data, data, len);
+	size_t len = x->len;
+	j->entry = x;
+	j->data = x->data;
 	j->chunk = chunk;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
-	bool queued = c->qcur && c->qcur->chunk == chunk && strcmp(c->qcur->key, key) == 0;
-	for (const struct job *q = c->qhead; q && !queued; q = q->next)
-		queued = q->chunk == chunk && strcmp(q->key, key) == 0;
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += QUEUE_WAIT_NS % 1000000000LL;
+	until.tv_sec += QUEUE_WAIT_NS / 1000000000LL + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	bool queued;
+	for (;;) {
+		queued = c->qcur && c->qcur->chunk == chunk && strcmp(c->qcur->key, key) == 0;
+		for (const struct job *q = c->qhead; q && !queued; q = q->next)
+			queued = q->chunk == chunk && strcmp(q->key, key) == 0;
+		if (queued || c->qbytes + len <= CACHE_QUEUE_MAX || !c->writer_running || c->stop)
+			break;
+		if (pthread_cond_timedwait(&c->qroom, &c->mu, &until) == ETIMEDOUT)
+			break;
+	}
 	if (queued || c->qbytes + len > CACHE_QUEUE_MAX) {
 		/* Already on its way (the same bytes: a recomputation before the
 		 * entry landed), or the writer is behind: skip this chunk rather
@@ -660,10 +811,8 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 			c->st.disk_deduplicated++;
 		else
 			c->st.disk_dropped++;
+		job_drop(c, j);
 		pthread_mutex_unlock(&c->mu);
-		free(j->key);
-		free(j->data);
-		free(j);
 		return;
 	}
 	/* The writer starts with the first job, not in cache_open: a daemon
@@ -673,10 +822,8 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, const u
 		if (pthread_create(&c->writer, NULL, writer_main, c) == 0) {
 			c->writer_running = true;
 		} else {
+			job_drop(c, j);
 			pthread_mutex_unlock(&c->mu);
-			free(j->key);
-			free(j->data);
-			free(j);
 			disk_off(c, "no writer thread", EAGAIN);
 			pthread_mutex_lock(&c->mu);
 			c->st.disk_failed++;
@@ -900,11 +1047,13 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 		if (c->st.disk_enabled && !store)
 			c->st.disk_skipped_by_policy++;
 	}
+	if (store)
+		x->pins++; /* the writer's, until the chunk is on disk */
 	pthread_cond_broadcast(&c->cv);
 	mem_evict(c);
 	pthread_mutex_unlock(&c->mu);
 	if (store)
-		disk_queue(c, key, k, x->data, len);
+		disk_queue(c, key, k, x);
 	*out = x;
 	return 0;
 }
@@ -935,6 +1084,81 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 		out += n, off += n, len -= n;
 	}
 	return 0;
+}
+
+int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, int *fd,
+		   uint64_t *fd_off)
+{
+	*fd = -1;
+	if (off >= e->nbytes || len == 0 || c->keyed)
+		return -ENOENT;
+	uint64_t k = off / c->o.chunk, in = off % c->o.chunk;
+	size_t clen = (size_t)(e->nbytes - k * c->o.chunk < c->o.chunk ? e->nbytes - k * c->o.chunk : c->o.chunk);
+	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL), h2 = key_hash(key, k, 0x84222325cbf29ce4ULL);
+	uint64_t n = clen - in < len ? clen - in : len;
+	pthread_mutex_lock(&c->mu);
+	/* A chunk in memory (or being made) is copied from there: no syscalls. */
+	bool skip = !c->st.disk_enabled || mem_find(c, key, k, h);
+	int dupfd = -1;
+	uint64_t doff0 = 0;
+	for (int i = 0; i < SPAN_SLOTS && !skip; i++) {
+		struct span_slot *sl = &c->spans[i];
+		if (sl->fd >= 0 && sl->h1 == h && sl->h2 == h2 && sl->clen == clen) {
+			dupfd = fcntl(sl->fd, F_DUPFD_CLOEXEC, 0);
+			doff0 = sl->doff;
+			sl->used = ++c->span_clock;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (skip)
+		return -ENOENT;
+	if (dupfd >= 0) {
+		count_disk_hit(c, (size_t)n, 0, true);
+		*fd = dupfd;
+		*fd_off = doff0 + in;
+		return (int64_t)n;
+	}
+	char name[40];
+	entry_file_name(c, key, k, name);
+	struct stat st = { 0 };
+	int f = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
+	if (f == -ENOENT || f == -ENOTDIR)
+		return -ENOENT;
+	int64_t doff = f < 0 || st.st_uid != c->uid ? -EBADMSG : raw_entry_check(c, f, st.st_size, key, k, clen);
+	if (doff < 0) {
+		if (f >= 0)
+			close(f);
+		/* A compressed entry is cache_read's; a bad one goes now. */
+		if (doff == -EBADMSG)
+			count_bad_entry(c, name);
+		return -ENOENT;
+	}
+	futimens(f, NULL);
+	/* kept for the next reads of this chunk: the oldest slot makes room */
+	int keep = fcntl(f, F_DUPFD_CLOEXEC, 0);
+	if (keep >= 0) {
+		pthread_mutex_lock(&c->mu);
+		struct span_slot *sl = &c->spans[0];
+		for (int i = 1; i < SPAN_SLOTS; i++)
+			if (c->spans[i].used < sl->used)
+				sl = &c->spans[i];
+		int old = sl->fd;
+		*sl = (struct span_slot){ .h1 = h, .h2 = h2, .fd = keep, .doff = (uint64_t)doff, .clen = clen,
+					  .used = ++c->span_clock };
+		pthread_mutex_unlock(&c->mu);
+		if (old >= 0)
+			close(old);
+	}
+	count_disk_hit(c, (size_t)n, 0, true);
+	*fd = f;
+	*fd_off = (uint64_t)doff + in;
+	return (int64_t)n;
+}
+
+size_t cache_chunk_size(const struct cache *c)
+{
+	return c->o.chunk;
 }
 
 /* ---- life cycle ---- */
@@ -1075,12 +1299,19 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	c->io_cap = ENTRY_HDR + 4096 + ZSTD_compressBound(c->o.chunk) + MAC_LEN;
 	c->lru.next = c->lru.prev = &c->lru;
 	c->dirfd = -1;
+	for (int i = 0; i < SPAN_SLOTS; i++)
+		c->spans[i].fd = -1;
 	c->uid = geteuid();
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	pthread_cond_init(&c->qcv, NULL);
 	pthread_cond_init(&c->qidle, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->qroom, &ca);
+	pthread_condattr_destroy(&ca);
 	if (o->dir) {
 		c->dir = strdup(o->dir);
 		int r = c->dir ? mkdir_p(c->dir) : -ENOMEM;
@@ -1127,8 +1358,7 @@ void cache_close(struct cache *c)
 	}
 	for (struct job *j = c->qhead, *next; j; j = next) {
 		next = j->next;
-		free(j->key);
-		free(j->data);
+		free(j->key); /* its entry is freed above */
 		free(j);
 	}
 	for (size_t i = 0; i < c->npool; i++)
@@ -1137,11 +1367,15 @@ void cache_close(struct cache *c)
 		free(c->io[i]);
 	for (size_t i = 0; i < c->ndctx; i++)
 		ZSTD_freeDCtx(c->dctx[i]);
+	for (int i = 0; i < SPAN_SLOTS; i++)
+		if (c->spans[i].fd >= 0)
+			close(c->spans[i].fd);
 	pthread_mutex_destroy(&c->pool_mu);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
 	pthread_cond_destroy(&c->qcv);
 	pthread_cond_destroy(&c->qidle);
+	pthread_cond_destroy(&c->qroom);
 	if (c->dirfd >= 0)
 		close(c->dirfd);
 	free(c->dir);

@@ -794,14 +794,26 @@ static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 		} else {
 			r = expr_read(a, b * Q8_0_BLOCK * isz, nv * isz, in);
 		}
-		if (r == 0)
-			r = cast_run(CKPT_F32, x, a->dtype, src, nv);
 		if (r < 0)
 			return r;
-		q8_0_quantize(x, q, nv);
 		uint64_t b0 = b * Q8_0_BLOCK_BYTES, b1 = (b + nb) * Q8_0_BLOCK_BYTES;
 		uint64_t c0 = b0 < off ? off : b0, c1 = b1 > end ? end : b1;
-		memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
+		/* whole blocks wanted: straight into dst */
+		uint8_t *qo = c0 == b0 && c1 == b1 ? dst + (b0 - off) : q;
+		/* bf16 (the usual source) is widened inside the quantiser, f32
+		 * needs no widening; other types are widened here first */
+		if (a->dtype == CKPT_BF16) {
+			q8_0_quantize_bf16(src, qo, nv);
+		} else if (a->dtype == CKPT_F32 && ((uintptr_t)src & 3) == 0) {
+			q8_0_quantize((const float *)(const void *)src, qo, nv);
+		} else {
+			r = cast_run(CKPT_F32, x, a->dtype, src, nv);
+			if (r < 0)
+				return r;
+			q8_0_quantize(x, qo, nv);
+		}
+		if (qo == q)
+			memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
 	}
 	return 0;
 }

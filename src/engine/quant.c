@@ -1,4 +1,4 @@
-/* quant.c -- Q8_0 quantisation, scalar and AVX2, both bit for bit ggml's quantize_row_q8_0_ref.
+/* quant.c -- Q8_0 quantisation, scalar and AVX2 (+F16C), of f32 or straight from bf16, bit for bit ggml's quantize_row_q8_0_ref.
  * The vector path takes blocks of finite values and a finite 1/d; any other block goes the scalar way. */
 #include "ckptfs/quant.h"
 
@@ -49,19 +49,31 @@ void q8_0_quantize_scalar(const float *x, uint8_t *out, size_t n)
 		block_scalar(x + b * Q8_0_BLOCK, out + b * Q8_0_BLOCK_BYTES);
 }
 
+void q8_0_quantize_bf16_scalar(const uint8_t *x, uint8_t *out, size_t n)
+{
+	float w[Q8_0_BLOCK];
+	for (size_t b = 0; b < n / Q8_0_BLOCK; b++) {
+		for (int j = 0; j < Q8_0_BLOCK; j++) {
+			const uint8_t *p = x + (b * Q8_0_BLOCK + (size_t)j) * 2;
+			w[j] = cast_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+		}
+		block_scalar(w, out + b * Q8_0_BLOCK_BYTES);
+	}
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-/* One block: 0 when done, -1 when it holds a NaN or infinity (the caller
- * then takes the scalar path, whose NaN order rules vectors do not keep). */
-__attribute__((target("avx2"))) static int block_avx2(const float *x, uint8_t *out)
+/* One block of 32 values in v: 0 when done, -1 when it holds a NaN or
+ * infinity (the caller then takes the scalar path, whose NaN order rules
+ * vectors do not keep). */
+__attribute__((target("avx2,f16c"), always_inline)) static inline int block_avx2_v(const __m256 *v, uint8_t *out)
 {
 	const __m256 sign = _mm256_set1_ps(-0.0f);
-	__m256 v[4], a = _mm256_setzero_ps();
+	__m256 a = _mm256_setzero_ps();
 	__m256 inf = _mm256_set1_ps(INFINITY);
 	__m256 bad = _mm256_setzero_ps();
 	for (int k = 0; k < 4; k++) {
-		v[k] = _mm256_loadu_ps(x + 8 * k);
 		__m256 ab = _mm256_andnot_ps(sign, v[k]);
 		bad = _mm256_or_ps(bad, _mm256_cmp_ps(ab, inf, _CMP_NLT_UQ)); /* NaN or inf */
 		a = _mm256_max_ps(a, ab);
@@ -77,7 +89,10 @@ __attribute__((target("avx2"))) static int block_avx2(const float *x, uint8_t *o
 	const float id = d != 0.0f ? 1.0f / d : 0.0f;
 	if (!(id < INFINITY)) /* d subnormal: x * id overflows, whose int8 is x86's, not a saturation */
 		return -1;
-	put_scale(out, d);
+	/* d is finite and not negative here: F16C's round to nearest even is
+	 * ggml's conversion (and cast_f32_to_f16's) bit for bit. */
+	uint16_t h = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+	out[0] = (uint8_t)h, out[1] = (uint8_t)(h >> 8);
 	const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), mhalf = _mm256_set1_ps(-0.5f);
 	const __m256 one = _mm256_set1_ps(1.0f);
 	__m256i q[4];
@@ -97,13 +112,32 @@ __attribute__((target("avx2"))) static int block_avx2(const float *x, uint8_t *o
 	return 0;
 }
 
+__attribute__((target("avx2,f16c"))) static int block_avx2(const float *x, uint8_t *out)
+{
+	__m256 v[4];
+	for (int k = 0; k < 4; k++)
+		v[k] = _mm256_loadu_ps(x + 8 * k);
+	return block_avx2_v(v, out);
+}
+
+/* bf16 is the top half of an f32: widening is a shift, exact. */
+__attribute__((target("avx2,f16c"))) static int block_avx2_bf16(const uint8_t *x, uint8_t *out)
+{
+	__m256 v[4];
+	for (int k = 0; k < 4; k++) {
+		__m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(x + 16 * k)));
+		v[k] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+	}
+	return block_avx2_v(v, out);
+}
+
 static int have_avx2(void)
 {
 	static int known = -1;
 	int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
 	if (k < 0) {
 		__builtin_cpu_init();
-		k = __builtin_cpu_supports("avx2") ? 1 : 0;
+		k = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? 1 : 0;
 		__atomic_store_n(&known, k, __ATOMIC_RELAXED);
 	}
 	return k;
@@ -119,9 +153,25 @@ void q8_0_quantize(const float *x, uint8_t *out, size_t n)
 		if (block_avx2(x + b * Q8_0_BLOCK, out + b * Q8_0_BLOCK_BYTES) < 0)
 			block_scalar(x + b * Q8_0_BLOCK, out + b * Q8_0_BLOCK_BYTES);
 }
+
+void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n)
+{
+	if (!have_avx2()) {
+		q8_0_quantize_bf16_scalar(x, out, n);
+		return;
+	}
+	for (size_t b = 0; b < n / Q8_0_BLOCK; b++)
+		if (block_avx2_bf16(x + b * Q8_0_BLOCK * 2, out + b * Q8_0_BLOCK_BYTES) < 0)
+			q8_0_quantize_bf16_scalar(x + b * Q8_0_BLOCK * 2, out + b * Q8_0_BLOCK_BYTES, Q8_0_BLOCK);
+}
 #else
 void q8_0_quantize(const float *x, uint8_t *out, size_t n)
 {
 	q8_0_quantize_scalar(x, out, n);
+}
+
+void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n)
+{
+	q8_0_quantize_bf16_scalar(x, out, n);
 }
 #endif

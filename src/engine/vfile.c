@@ -154,8 +154,19 @@ void vplan_init(struct vplan *p)
 	memset(p, 0, sizeof(*p));
 }
 
+/* Close the cache entries a plan holds open. */
+static void vplan_close_fds(struct vplan *p)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (p->p[i].cache_fd1 > 0) {
+			close(p->p[i].cache_fd1 - 1);
+			p->p[i].cache_fd1 = 0;
+		}
+}
+
 void vplan_destroy(struct vplan *p)
 {
+	vplan_close_fds(p);
 	free(p->p);
 	memset(p, 0, sizeof(*p));
 }
@@ -184,6 +195,19 @@ static int vplan_push(struct vplan *p, const void *mem, const struct src_file *f
 		p->cap = cap;
 	}
 	p->p[p->n++] = (struct vpiece){ .mem = mem, .file = f, .file_off = file_off, .len = len };
+	return 0;
+}
+
+/* Append a range of a cache entry; the plan owns fd from here (also on failure). */
+static int vplan_push_fd(struct vplan *p, int fd, uint64_t fd_off, size_t len)
+{
+	int r = vplan_push(p, NULL, NULL, 0, len);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	p->p[p->n - 1].cache_fd1 = fd + 1;
+	p->p[p->n - 1].file_off = fd_off;
 	return 0;
 }
 
@@ -220,9 +244,49 @@ static int extent_compute(const struct extent *x, struct cache *cache, uint64_t 
 	return r;
 }
 
+/* Computed bytes [in, in+len) of extent x into dst, or, where the cache
+ * holds them raw on disk and the caller splices, as ranges of its entries. */
+static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint64_t in, uint64_t len, uint8_t *dst)
+{
+	struct cache *c = plan->cache;
+	const char *key = c && plan->cache_ranges && __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP
+				  ? extent_key(x)
+				  : NULL;
+	if (!key) {
+		int r = extent_compute(x, c, in, len, dst);
+		return r < 0 ? r : vplan_push(plan, dst, NULL, 0, (size_t)len);
+	}
+	/* chunk by chunk: each is either a range of its entry or computed bytes */
+	size_t chunk = cache_chunk_size(c);
+	for (uint64_t got = 0; got < len;) {
+		uint64_t o = in + got, n = chunk - o % chunk;
+		if (n > len - got)
+			n = len - got;
+		int fd;
+		uint64_t fd_off;
+		int64_t k = cache_span(c, x->expr, key, o, n, &fd, &fd_off);
+		int r;
+		if (k > 0) {
+			n = (uint64_t)k;
+			r = vplan_push_fd(plan, fd, fd_off, (size_t)n);
+			plan->cache_spliced += (size_t)n;
+		} else {
+			r = extent_compute(x, c, o, n, dst + got);
+			if (r == 0)
+				r = vplan_push(plan, dst + got, NULL, 0, (size_t)n);
+		}
+		if (r < 0)
+			return r;
+		got += n;
+	}
+	return 0;
+}
+
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
 {
+	vplan_close_fds(plan);
 	plan->n = 0;
+	plan->cache_spliced = 0;
 	plan->computed = 0;
 	plan->sourced = 0;
 	plan->generated = 0;
@@ -259,10 +323,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 					src_file_count(sp.file, sp.len);
 					plan->sourced += (size_t)sp.len;
 				} else {
-					uint8_t *dst = scratch + done + got;
-					r = extent_compute(x, plan->cache, in + got, sp.len, dst);
-					if (r == 0)
-						r = vplan_push(plan, dst, NULL, 0, (size_t)sp.len);
+					r = extent_plan_computed(x, plan, in + got, sp.len, scratch + done + got);
 					plan->computed += (size_t)sp.len;
 				}
 				got += sp.len;
@@ -276,13 +337,32 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
 	return (int64_t)done;
 }
 
+/* A range of a raw cache entry: the entry was checked whole when it was
+ * opened, so a short read means it changed since, and the reply fails. */
+static int read_cache_piece(const struct vpiece *p, uint8_t *out)
+{
+	for (size_t d = 0; d < p->len;) {
+		ssize_t k = pread(p->cache_fd1 - 1, out + d, p->len - d, (off_t)(p->file_off + d));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -EIO;
+		d += (size_t)k;
+	}
+	return 0;
+}
+
 /* Pieces are in request order; computed ones already sit at their place in buf. */
 static int64_t vfile_copy_plan(const struct vplan *plan, void *buf, int64_t n)
 {
 	uint8_t *out = buf;
 	for (size_t i = 0; n > 0 && i < plan->n; i++) {
 		const struct vpiece *p = &plan->p[i];
-		if (p->file) {
+		if (p->cache_fd1 > 0) {
+			int r = read_cache_piece(p, out);
+			if (r < 0)
+				return r;
+		} else if (p->file) {
 			const struct src_file *f = p->file;
 			if (!f->map || p->file_off > f->size || p->len > f->size - p->file_off)
 				return -EIO;
@@ -388,9 +468,14 @@ int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_
 	uint8_t *out = buf;
 	for (size_t i = 0; i < plan->n;) {
 		const struct vpiece *p = &plan->p[i];
-		if (!p->file) {
-			if (p->mem != out)
+		if (p->cache_fd1 > 0 || !p->file) {
+			if (p->cache_fd1 > 0) {
+				int r = read_cache_piece(p, out);
+				if (r < 0)
+					return r;
+			} else if (p->mem != out) {
 				memmove(out, p->mem, p->len);
+			}
 			out += p->len;
 			i++;
 			continue;

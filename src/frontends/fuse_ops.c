@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 
 /* Contents never change while mounted, so the kernel may cache names and
  * attributes for as long as it likes. */
@@ -121,7 +122,8 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
 	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
 	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
-	/* handed to the kernel as file ranges (splice), not copied */
+	/* handed to the kernel as file ranges (splice), not copied: source
+	 * ranges, and ranges of raw cache entries among the computed bytes */
 	cJSON_AddNumberToObject(j, "bytes_spliced", (double)rs.spliced);
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
 	/* generated text: headers, config.json */
@@ -162,6 +164,10 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddNumberToObject(disk, "failed", (double)cs.disk_failed);
 		cJSON_AddNumberToObject(disk, "pending", (double)cs.disk_pending);
 		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
+		/* hits handed out as ranges of raw entry files: spliced to the
+		 * kernel (counted in bytes_spliced) unless the reply is copied */
+		cJSON_AddNumberToObject(disk, "range_hits", (double)cs.disk_range_hits);
+		cJSON_AddNumberToObject(disk, "range_bytes", (double)cs.disk_range_bytes);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
 		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
@@ -484,6 +490,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * pointer into a source mapping: it would touch it outside the guard,
 	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
 	bool splice = splice_fits(fs, size, 1);
+	plan.cache_ranges = splice;
 	/* Scratch is needed only when something is computed or copied; a plain
 	 * passthrough file that is spliced never allocates it. */
 	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {
@@ -519,16 +526,39 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			got = vfile_copy_plan_guarded(&plan, scratch, got);
 		splice = false;
 	}
-	/* Nothing from a source file (a cast, a header): splicing memory costs
-	 * a write into the pipe and a second copy out of it into the page cache
-	 * under the pipe's lock (perf of a cold hf@fp32 read: 37% of the
-	 * daemon's time); a plain reply copies once. */
-	if (got > 0 && splice && plan.sourced == 0) {
-		got = vfile_copy_plan_guarded(&plan, scratch, got);
-		splice = false;
-	}
 	if (got < 0) {
 		err = (int)-got;
+		goto out;
+	}
+	/* A reply of memory alone (a cast, a header) gains nothing from splice:
+	 * libfuse would copy it into its pipe and the kernel out of it again
+	 * into the page cache, under the pipe's lock (perf of a cold hf@fp32
+	 * read: 37% of the daemon's time), where writev copies it once. */
+	bool any_fd = false;
+	for (size_t i = 0; splice && i < plan.n && !any_fd; i++)
+		any_fd = plan.p[i].file || plan.p[i].cache_fd1 > 0;
+	if (splice && !any_fd && plan.n > 64) { /* too many pieces for one iovec: gather them */
+		got = vfile_copy_plan_guarded(&plan, scratch, got);
+		splice = false;
+		if (got < 0) {
+			err = (int)-got;
+			goto out;
+		}
+	}
+	if (splice && !any_fd && plan.n > 0) {
+		struct iovec *iov = malloc(plan.n * sizeof(*iov));
+		if (!iov) {
+			err = ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < plan.n; i++)
+			iov[i] = (struct iovec){ .iov_base = (void *)plan.p[i].mem, .iov_len = plan.p[i].len };
+		struct vnode *top = vtree_top(fs->tree, n);
+		if (top)
+			__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
+		readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, 0);
+		fuse_reply_iov(req, iov, (int)plan.n);
+		free(iov);
 		goto out;
 	}
 	if (splice) {
@@ -544,9 +574,9 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			struct fuse_buf *b = &bv->buf[i];
 			memset(b, 0, sizeof(*b));
 			b->size = p->len;
-			if (p->file) {
+			if (p->file || p->cache_fd1 > 0) {
 				b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-				b->fd = p->file->fd;
+				b->fd = p->file ? p->file->fd : p->cache_fd1 - 1;
 				b->pos = (off_t)p->file_off;
 			} else {
 				b->mem = (void *)p->mem; /* generated or computed: our own memory */
@@ -558,7 +588,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct vnode *top = vtree_top(fs->tree, n);
 	if (top)
 		__atomic_add_fetch(&top->served, (uint64_t)got, __ATOMIC_RELAXED);
-	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, splice ? plan.sourced : 0);
+	readstats_add(&fs->stats, plan.sourced, plan.computed, plan.generated, splice ? plan.sourced + plan.cache_spliced : 0);
 	if (!splice)
 		fuse_reply_buf(req, (const char *)scratch, (size_t)got);
 	else if (plan.n == 0)

@@ -8,7 +8,7 @@
  * the cache. Chunks are made small (a few KiB) so a small expression has many of them.
  * The on-disk entry is parsed here from its documented layout (include/ckptfs/cache.h):
  *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes, one zstd frame
- *   with a content checksum
+ *   with a content checksum; or "CKPTFSR1", the same, zeros to a 4 KiB boundary, the bytes
  * (integers little-endian, the byte order of every machine ckptfs is built for).
  */
 #ifndef _GNU_SOURCE
@@ -272,11 +272,23 @@ static void check_entry(const char *path, const char *key, uint64_t chunk, const
 		fail_msg("entry %s (chunk %ju) is missing", path, (uintmax_t)chunk);
 	size_t klen = strlen(key);
 	assert_true(n > HDR + klen);
-	assert_memory_equal(b, "CKPTFSC1", 8);
+	bool is_raw = memcmp(b, "CKPTFSR1", 8) == 0;
+	if (!is_raw)
+		assert_memory_equal(b, "CKPTFSC1", 8);
 	assert_int_equal(le32(b + 8), klen);
 	assert_int_equal(le64(b + 12), chunk);
 	assert_int_equal(le64(b + 20), raw);
 	assert_memory_equal(b + HDR, key, klen);
+	if (is_raw) {
+		/* zeros to the next 4 KiB boundary, then the bytes, nothing after */
+		size_t doff = (HDR + klen + 4095) / 4096 * 4096;
+		assert_int_equal(n, doff + raw);
+		for (size_t i = HDR + klen; i < doff; i++)
+			assert_int_equal(b[i], 0);
+		assert_memory_equal(b + doff, want, raw);
+		free(b);
+		return;
+	}
 	const uint8_t *fr = b + HDR + klen;
 	size_t flen = n - HDR - klen;
 	/* zstd frame magic, then the frame header descriptor: bit 2 is Content_Checksum_flag */
@@ -918,9 +930,10 @@ static void test_disk_accounting(void **state)
 
 /* An entry is worth compressing only if reading it back stays cheap: a
  * chunk that level 1 shrinks by less than a quarter (bytes 0..127: by an
- * eighth, all Huffman-coded literals, slow to decode) is stored with raw
- * literals, while one that compresses well (a bf16->f32 cast: half zeros)
- * keeps the configured level. Both read back right. */
+ * eighth, all Huffman-coded literals, slow to decode) is stored as it is
+ * (a raw entry, in a directory of the user alone), while one that
+ * compresses well (a bf16->f32 cast: half zeros) keeps the configured
+ * level. Both read back right. */
 static void test_disk_raw_literals(void **state)
 {
 	(void)state;
@@ -942,10 +955,8 @@ static void test_disk_raw_literals(void **state)
 		size_t n, l1 = ZSTD_compress(z, sizeof(z), wr + k * CH, CH, 1);
 		uint8_t *b = slurp(path, &n);
 		assert_non_null(b);
-		size_t flen = n - HDR - strlen(kr);
-		if (!(l1 < CH / 8 * 7 + 64 && flen >= CH))
-			fail_msg("chunk %ju of r: level 1 gives %zu bytes, the entry's frame is %zu (raw: %u)", (uintmax_t)k,
-				 l1, flen, CH);
+		if (!(l1 < CH / 8 * 7 + 64 && memcmp(b, "CKPTFSR1", 8) == 0))
+			fail_msg("chunk %ju of r: level 1 gives %zu bytes, the entry is not raw (%.8s)", (uintmax_t)k, l1, b);
 		free(b);
 	}
 	for (uint64_t k = 0; k < BIG_CHUNKS - 1; k++) {
@@ -955,6 +966,7 @@ static void test_disk_raw_literals(void **state)
 		check_entry(path, ka, k, wa + k * CH, CH);
 		uint8_t *b = slurp(path, &n);
 		assert_non_null(b);
+		assert_memory_equal(b, "CKPTFSC1", 8);
 		assert_true(n - HDR - strlen(ka) < CH / 4 * 3);
 		free(b);
 	}
@@ -965,6 +977,114 @@ static void test_disk_raw_literals(void **state)
 	struct cache_stats s = stats(c);
 	assert_int_equal(s.computed_chunks, 0);
 	assert_int_equal(s.disk_bad_entries, 0);
+	cache_close(c);
+	free(kr);
+	free(ka);
+	free(wr);
+	free(wa);
+	expr_unref(er);
+	expr_unref(ea);
+	rm_rf(dir);
+	free(dir);
+}
+
+/* A raw entry's hit is a range of its file (cache_span): the bytes there
+ * are the chunk's, the hit is counted as a range hit, and the descriptor
+ * (and the cache's own, kept for the next reads of the chunk) stays good
+ * after the entry is evicted (unlinked). A chunk in the memory tier,
+ * a compressed entry and a missing one are not spans; a raw entry cut
+ * short (it would be served short) or another chunk's is a bad entry,
+ * deleted. */
+static void test_disk_span(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
+	assert_non_null(er);
+	uint8_t *wr = expected(er), *wa = expected(ea);
+	char *kr = cache_key(er), *ka = cache_key(ea);
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, er, kr, wr, 5000);
+	read_all_check(c, ea, ka, wa, 5000);
+	int fd;
+	uint64_t fo;
+	/* in memory here: copied from there */
+	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(fd, -1);
+	cache_flush(c);
+	cache_close(c);
+
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	uint8_t got[CH];
+	uint64_t spliced = 0;
+	for (uint64_t off = 100; off < er->nbytes; off += CH) {
+		uint64_t want_n = CH - off % CH < 3 * CH ? CH - off % CH : 3 * CH;
+		int64_t n = cache_span(c, er, kr, off, 3 * CH, &fd, &fo);
+		assert_int_equal(n, want_n); /* up to the chunk's end */
+		assert_true(fd >= 0);
+		assert_int_equal(fo % CH, off % CH); /* the bytes start page-aligned in the entry */
+		char path[4200];
+		entry_file(dir, kr, off / CH, path, sizeof(path));
+		assert_int_equal(unlink(path), 0); /* evicted meanwhile: the open file still reads */
+		assert_int_equal(pread(fd, got, (size_t)n, (off_t)fo), n);
+		assert_memory_equal(got, wr + off, (size_t)n);
+		close(fd);
+		spliced += (uint64_t)n;
+	}
+	/* the cache keeps the entries it opened lately: the next span of a
+	 * chunk is served from there, evicted or not, with the same bytes */
+	assert_int_equal(cache_span(c, er, kr, 5, CH, &fd, &fo), CH - 5);
+	assert_int_equal(pread(fd, got, CH - 5, (off_t)fo), CH - 5);
+	assert_memory_equal(got, wr + 5, CH - 5);
+	close(fd);
+	spliced += CH - 5;
+	/* compressed entries are not spans; cache_read decodes them */
+	assert_int_equal(cache_span(c, ea, ka, 0, CH, &fd, &fo), -ENOENT);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk_range_hits, er->nbytes / CH + 1);
+	assert_int_equal(s.disk_range_bytes, spliced);
+	assert_int_equal(s.disk.hits, er->nbytes / CH + 1);
+	assert_int_equal(s.disk_bad_entries, 0);
+	assert_int_equal(s.computed_chunks, 0);
+	cache_close(c);
+	/* a new cache finds them evicted: no span, and cache_read computes */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(fd, -1);
+	cache_close(c);
+
+	/* a raw entry cut short: deleted, then computed by cache_read */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, er, kr, wr, CH);
+	cache_flush(c);
+	cache_close(c);
+	char path[4200];
+	entry_file(dir, kr, 1, path, sizeof(path));
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(truncate(path, st.st_size - 1), 0);
+	/* and chunk 3's entry copied over chunk 2's: same size, another index */
+	char p2[4200], p3[4200];
+	entry_file(dir, kr, 2, p2, sizeof(p2));
+	entry_file(dir, kr, 3, p3, sizeof(p3));
+	size_t n3;
+	uint8_t *b3 = slurp(p3, &n3);
+	assert_non_null(b3);
+	FILE *f2 = fopen(p2, "wb");
+	assert_non_null(f2);
+	assert_int_equal(fwrite(b3, 1, n3, f2), n3);
+	fclose(f2);
+	free(b3);
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	assert_int_equal(cache_span(c, er, kr, CH, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(fd, -1);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(cache_span(c, er, kr, 2 * CH + 1, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(access(p2, F_OK), -1);
+	s = stats(c);
+	assert_int_equal(s.disk_bad_entries, 2);
+	read_all_check(c, er, kr, wr, CH);
+	assert_int_equal(stats(c).computed_chunks, 2);
 	cache_close(c);
 	free(kr);
 	free(ka);
@@ -1729,6 +1849,7 @@ int main(void)
 		cmocka_unit_test_setup(test_mac_vectors, setup),
 		cmocka_unit_test_setup(test_disk_accounting, setup),
 		cmocka_unit_test_setup(test_disk_raw_literals, setup),
+		cmocka_unit_test_setup(test_disk_span, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

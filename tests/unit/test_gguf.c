@@ -145,6 +145,49 @@ static void test_q8_0_vector_scalar(void **state)
 	free(b);
 }
 
+/* Straight from bf16 (vector and scalar) against widening first: every
+ * kind of block, NaNs, infinities and subnormal scales included. */
+static void test_q8_0_bf16(void **state)
+{
+	(void)state;
+	enum { NB = 20000 };
+	uint8_t *x = malloc(NB * 32 * 2 + 1), *a = malloc(NB * 34), *b = malloc(NB * 34), *c = malloc(NB * 34);
+	float *w = malloc(NB * 32 * sizeof(float));
+	assert_non_null(x);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_non_null(c);
+	assert_non_null(w);
+	uint64_t st = 0x9abcdef1;
+	for (size_t i = 0; i < NB * 32; i++) {
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		uint32_t r = (uint32_t)(st >> 32);
+		size_t blk = i / 32;
+		uint16_t h;
+		if (blk % 5 == 0) /* any bit pattern */
+			h = (uint16_t)r;
+		else if (blk % 5 == 1) /* tiny: subnormal scales */
+			h = (uint16_t)((r & 0x807f) | (uint16_t)((r >> 16) % 3) << 7);
+		else /* weights: exponents around 1 */
+			h = cast_f32_to_bf16(ldexpf((float)((int32_t)r) / 2147483648.0f, (int)(blk % 12) - 10));
+		/* odd offset: the source mapping need not be aligned */
+		x[1 + 2 * i] = (uint8_t)h, x[2 + 2 * i] = (uint8_t)(h >> 8);
+		w[i] = cast_bf16_to_f32(h);
+	}
+	q8_0_quantize_scalar(w, a, NB * 32);
+	q8_0_quantize_bf16(x + 1, b, NB * 32);
+	q8_0_quantize_bf16_scalar(x + 1, c, NB * 32);
+	for (size_t i = 0; i < NB * 34; i++)
+		if (a[i] != b[i] || a[i] != c[i])
+			fail_msg("block %zu byte %zu: %#x from f32, %#x from bf16, %#x from bf16 (scalar)", i / 34, i % 34,
+				 a[i], b[i], c[i]);
+	free(x);
+	free(w);
+	free(a);
+	free(b);
+	free(c);
+}
+
 /* A source tensor in a fake mapped file. */
 static uint8_t file_bytes[1 << 16];
 static struct src_file file = { .name = "m.safetensors", .path = "d/m.safetensors", .fd = -1, .map = file_bytes,
@@ -451,7 +494,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_q8_0_matches_ggml), cmocka_unit_test(test_q8_0_rounding),
-		cmocka_unit_test(test_q8_0_vector_scalar),  cmocka_unit_test(test_q8_0_expr_ranges),
+		cmocka_unit_test(test_q8_0_vector_scalar),
+		cmocka_unit_test(test_q8_0_bf16),  cmocka_unit_test(test_q8_0_expr_ranges),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
 		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_rope_rows),
 	};
