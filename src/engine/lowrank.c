@@ -388,6 +388,16 @@ static struct {
 } pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
+/* eval_range under its own SIGBUS guard. Not inlined: the jump back would
+ * clobber a caller's locals that live in registers (gcc -Wclobbered). */
+static __attribute__((noinline)) int eval_guarded(const struct expr *e, const float *q, uint64_t off, uint64_t len,
+						  uint8_t *dst)
+{
+	volatile int r = -EIO;
+	GUARDED(r = eval_range(e, q, off, len, dst), r = -EIO);
+	return r;
+}
+
 static void *helper_main(void *arg)
 {
 	struct helper *h = arg;
@@ -396,9 +406,8 @@ static void *helper_main(void *arg)
 		while (h->state != HELPER_JOB)
 			pthread_cond_wait(&h->cv, &pool.mu);
 		pthread_mutex_unlock(&pool.mu);
-		volatile int r = -EIO;
 		uint64_t t0 = cputime_thread_ns();
-		GUARDED(r = eval_range(h->e, h->q, h->off, h->len, h->dst), r = -EIO);
+		int r = eval_guarded(h->e, h->q, h->off, h->len, h->dst);
 		uint64_t spent = cputime_thread_ns() - t0;
 		pthread_mutex_lock(&pool.mu);
 		h->result = r;
@@ -484,10 +493,8 @@ int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 	pthread_mutex_unlock(&pool.mu);
 	/* Guarded here too: a fault must not jump past the wait while helpers
 	 * still write into dst. */
-	volatile int own = -EIO;
-	GUARDED(own = eval_range(e, q, off, PART_AT(1) - off, dst), own = -EIO);
+	r = eval_guarded(e, q, off, PART_AT(1) - off, dst);
 #undef PART_AT
-	r = own;
 	pthread_mutex_lock(&pool.mu);
 	for (size_t t = 0; t < taken; t++) {
 		struct helper *h = mine[t];
