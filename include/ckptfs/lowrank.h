@@ -26,8 +26,15 @@
 
 #define LOWRANK_HELPERS_MAX 7
 
+/* How the operands are read: the expression evaluator passes its own
+ * functions, so this kernel never calls back up into it. */
+struct lowrank_io {
+	int (*read)(const struct expr *x, uint64_t off, uint64_t len, void *dst);
+	const uint8_t *(*direct)(const struct expr *x); /* a source's bytes where they lie, or NULL */
+};
+
 /* Output bytes [off, off+len) of low-rank add e (EXPR_LORA, 2-D) into dst.
  * Returns 0 or a negative errno. */
-int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst);
+int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst);
 
 #endif

@@ -818,6 +818,9 @@ static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *
 	return 0;
 }
 
+/* The low-rank kernel reads its operands through these (see lowrank.h). */
+static const struct lowrank_io lowrank_operands = { .read = expr_read, .direct = expr_direct };
+
 int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 {
 	if (off > e->nbytes || len > e->nbytes - off)
@@ -841,7 +844,7 @@ int expr_read(const struct expr *e, uint64_t off, uint64_t len, void *dst)
 	case EXPR_GATHER:
 		return read_piecewise(e, off, len, dst);
 	case EXPR_LORA:
-		return lowrank_read(e, off, len, dst);
+		return lowrank_read(&lowrank_operands, e, off, len, dst);
 	}
 	return -EINVAL;
 }

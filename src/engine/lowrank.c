@@ -31,19 +31,20 @@
 #endif
 
 /* Elements [first, first+n) of x widened to fp32 into out; tmp holds n elements of x. */
-static int read_f32(const struct expr *x, uint64_t first, uint64_t n, float *out, void *tmp)
+static int read_f32(const struct lowrank_io *io, const struct expr *x, uint64_t first, uint64_t n, float *out,
+		    void *tmp)
 {
 	size_t sz = dtype_size(x->dtype);
 	if (x->dtype == CKPT_F32)
-		return expr_read(x, first * sz, n * sz, out);
+		return io->read(x, first * sz, n * sz, out);
 	/* A mapped source is widened where it lies (reads run under the
 	 * caller's SIGBUS guard, as every read of a mapping does). */
-	const uint8_t *direct = x->op == EXPR_SOURCE ? expr_direct(x) : NULL;
+	const uint8_t *direct = x->op == EXPR_SOURCE ? io->direct(x) : NULL;
 	if (direct) {
 		src_file_count(x->src->file, n * sz);
 		return cast_run(CKPT_F32, out, x->dtype, direct + first * sz, (size_t)n);
 	}
-	int r = expr_read(x, first * sz, n * sz, tmp);
+	int r = io->read(x, first * sz, n * sz, tmp);
 	return r < 0 ? r : cast_run(CKPT_F32, out, x->dtype, tmp, (size_t)n);
 }
 
@@ -51,7 +52,7 @@ static int read_f32(const struct expr *x, uint64_t first, uint64_t n, float *out
  * tile, so it is made once and kept with the node (r x cols floats, small
  * beside the rows it serves). Racing first readers each make one; the
  * first published wins. */
-static int q_widened(const struct expr *e, const float **out)
+static int q_widened(const struct lowrank_io *io, const struct expr *e, const float **out)
 {
 	float *q = __atomic_load_n(&e->qf32, __ATOMIC_ACQUIRE);
 	if (q) {
@@ -73,7 +74,7 @@ static int q_widened(const struct expr *e, const float **out)
 	uint64_t qoff = 0;
 	for (size_t k = 0; k < nterms && r == 0; k++) {
 		const struct expr *qk = e->args[2 + 2 * k];
-		r = read_f32(qk, 0, qk->shape[0] * C, mine + qoff, tmp);
+		r = read_f32(io, qk, 0, qk->shape[0] * C, mine + qoff, tmp);
 		qoff += qk->shape[0] * C;
 	}
 	free(tmp);
@@ -301,7 +302,8 @@ static uint64_t tile_rows(const struct expr *e)
 /* Output bytes [off, off+len) of e on this thread. Tiles start at
  * multiples of tile_rows (whatever the range), so a row is always
  * multiplied in the same company: its bytes do not depend on the read. */
-static int eval_range(const struct expr *e, const float *q, uint64_t off, uint64_t len, uint8_t *dst)
+static int eval_range(const struct lowrank_io *io, const struct expr *e, const float *q, uint64_t off, uint64_t len,
+		      uint8_t *dst)
 {
 	const size_t nterms = e->nargs / 2;
 	const uint64_t R = e->shape[0], C = e->shape[1], row_bytes = C * dtype_size(e->dtype);
@@ -313,7 +315,7 @@ static int eval_range(const struct expr *e, const float *q, uint64_t off, uint64
 		rmax = rk > rmax ? rk : rmax;
 	}
 	const struct expr *w = e->args[0];
-	const uint8_t *wmap = w->op == EXPR_SOURCE ? expr_direct(w) : NULL;
+	const uint8_t *wmap = w->op == EXPR_SOURCE ? io->direct(w) : NULL;
 	/* W is used in its own type when it is BF16 or F32 (the epilogue widens
 	 * it) and there is one term; else widened into acc first. */
 	bool w_raw = nterms == 1 && (w->dtype == CKPT_BF16 || w->dtype == CKPT_F32);
@@ -337,16 +339,16 @@ static int eval_range(const struct expr *e, const float *q, uint64_t off, uint64
 			src_file_count(w->src->file, nr * C * wsz);
 			base = wmap + i * C * wsz, bdt = w->dtype;
 		} else if (w_raw) {
-			r = expr_read(w, i * C * wsz, nr * C * wsz, buf.wraw);
+			r = io->read(w, i * C * wsz, nr * C * wsz, buf.wraw);
 			base = buf.wraw, bdt = w->dtype;
 		} else {
-			r = read_f32(w, i * C, nr * C, buf.acc, buf.tmp);
+			r = read_f32(io, w, i * C, nr * C, buf.acc, buf.tmp);
 		}
 		uint64_t qoff = 0;
 		for (size_t k = 0; k < nterms && r == 0; k++) {
 			const struct expr *pk = e->args[1 + 2 * k];
 			uint64_t rk = pk->shape[1];
-			if ((r = read_f32(pk, i * rk, nr * rk, buf.p, buf.tmp)) < 0)
+			if ((r = read_f32(io, pk, i * rk, nr * rk, buf.p, buf.tmp)) < 0)
 				break;
 			blas_product((size_t)nr, (size_t)C, (size_t)rk, buf.p, q + qoff, buf.d);
 			qoff += rk * C;
@@ -373,6 +375,7 @@ struct helper {
 	pthread_t th;
 	pthread_cond_t cv; /* state changes, both ways */
 	enum helper_state state;
+	const struct lowrank_io *io;
 	const struct expr *e;
 	const float *q;
 	uint64_t off, len;
@@ -390,11 +393,11 @@ static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
 /* eval_range under its own SIGBUS guard. Not inlined: the jump back would
  * clobber a caller's locals that live in registers (gcc -Wclobbered). */
-static __attribute__((noinline)) int eval_guarded(const struct expr *e, const float *q, uint64_t off, uint64_t len,
-						  uint8_t *dst)
+static __attribute__((noinline)) int eval_guarded(const struct lowrank_io *io, const struct expr *e, const float *q,
+						  uint64_t off, uint64_t len, uint8_t *dst)
 {
 	volatile int r = -EIO;
-	GUARDED(r = eval_range(e, q, off, len, dst), r = -EIO);
+	GUARDED(r = eval_range(io, e, q, off, len, dst), r = -EIO);
 	return r;
 }
 
@@ -407,7 +410,7 @@ static void *helper_main(void *arg)
 			pthread_cond_wait(&h->cv, &pool.mu);
 		pthread_mutex_unlock(&pool.mu);
 		uint64_t t0 = cputime_thread_ns();
-		int r = eval_guarded(h->e, h->q, h->off, h->len, h->dst);
+		int r = eval_guarded(h->io, h->e, h->q, h->off, h->len, h->dst);
 		uint64_t spent = cputime_thread_ns() - t0;
 		pthread_mutex_lock(&pool.mu);
 		h->result = r;
@@ -457,10 +460,10 @@ static void pool_start(void)
 	pthread_mutex_unlock(&pool.mu);
 }
 
-int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 {
 	const float *q;
-	int r = q_widened(e, &q);
+	int r = q_widened(io, e, &q);
 	if (r < 0)
 		return r;
 	const uint64_t row_bytes = e->shape[1] * dtype_size(e->dtype), tile = tile_rows(e), end = off + len;
@@ -469,7 +472,7 @@ int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 	if (parts > t1 - t0)
 		parts = t1 - t0;
 	if (parts < 2)
-		return eval_range(e, q, off, len, dst);
+		return eval_range(io, e, q, off, len, dst);
 	pthread_once(&pool_once, pool_start);
 	/* Take the idle helpers it needs; busy ones are not waited for. */
 	struct helper *mine[LOWRANK_HELPERS_MAX];
@@ -485,7 +488,7 @@ int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 	for (size_t t = 0; t < taken; t++) {
 		struct helper *h = mine[t];
 		uint64_t a = PART_AT(t + 1), b = PART_AT(t + 2);
-		h->e = e, h->q = q;
+		h->io = io, h->e = e, h->q = q;
 		h->off = a, h->len = b - a, h->dst = dst + (a - off);
 		h->state = HELPER_JOB;
 		pthread_cond_broadcast(&h->cv);
@@ -493,7 +496,7 @@ int lowrank_read(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 	pthread_mutex_unlock(&pool.mu);
 	/* Guarded here too: a fault must not jump past the wait while helpers
 	 * still write into dst. */
-	r = eval_guarded(e, q, off, PART_AT(1) - off, dst);
+	r = eval_guarded(io, e, q, off, PART_AT(1) - off, dst);
 #undef PART_AT
 	pthread_mutex_lock(&pool.mu);
 	for (size_t t = 0; t < taken; t++) {
