@@ -130,6 +130,11 @@ mp_bad onedim 's0["norm.weight"] = s0["norm.weight"][:32].clone(); s1["norm.weig
 cp -r "$TESTDIR/meta-mp" "$TESTDIR/mp-gap"
 cp "$TESTDIR/mp-gap/consolidated.01.pth" "$TESTDIR/mp-gap/consolidated.03.pth"
 expect_refused "ckptfs: $TESTDIR/mp-gap/consolidated.03.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.02.pth is missing)" "$TESTDIR/mp-gap"
+# rank 01 missing: 00 alone before the gap must not be merged with 02 as if whole
+mkdir "$TESTDIR/mp-hole"
+cp "$TESTDIR/meta-mp/params.json" "$TESTDIR/meta-mp/consolidated.00.pth" "$TESTDIR/mp-hole/"
+cp "$TESTDIR/meta-mp/consolidated.01.pth" "$TESTDIR/mp-hole/consolidated.02.pth"
+expect_refused "ckptfs: $TESTDIR/mp-hole/consolidated.02.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.01.pth is missing)" "$TESTDIR/mp-hole"
 
 note "=== inspect and export"
 out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"

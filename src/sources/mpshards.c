@@ -38,9 +38,9 @@ int mp_shard_count(const struct catalog *cat, struct ckpt_err *err)
 		if (n == MP_MAX || !catalog_file(cat, name))
 			break;
 	}
-	if (n < 2)
-		return 0;
-	/* A consolidated.NN.pth past the first gap would be left out silently. */
+	/* A consolidated.NN.pth past the first gap would be left out silently,
+	 * or, with consolidated.00.pth alone before the gap, the files would be
+	 * taken as unrelated checkpoints: a release missing a rank is refused. */
 	for (size_t i = 0; i < cat->nfiles; i++) {
 		const char *s = cat->files[i].name;
 		unsigned k;
@@ -52,7 +52,7 @@ int mp_shard_count(const struct catalog *cat, struct ckpt_err *err)
 	}
 	if (n == MP_MAX)
 		return ckpt_err_set(err, EINVAL, "%s: more than %d consolidated.NN.pth shards", cat->dir, MP_MAX - 1);
-	return (int)n;
+	return n < 2 ? 0 : (int)n;
 }
 
 struct slot {

@@ -846,7 +846,11 @@ static int torch_load_mp(struct catalog *cat, struct ckpt_err *err)
 
 static int torch_load(struct catalog *cat, struct ckpt_err *err)
 {
-	if (cat->nshards >= 2 && !cat->index && strcmp(cat->shards[0]->name, "consolidated.00.pth") == 0)
+	/* Merged only when the picker took a whole numbered release. */
+	int mp = cat->index ? 0 : mp_shard_count(cat, err);
+	if (mp < 0)
+		return mp;
+	if (mp >= 2 && cat->nshards == (size_t)mp)
 		return torch_load_mp(cat, err);
 	int r = 0;
 	const char *kind = NULL;
