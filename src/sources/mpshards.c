@@ -155,12 +155,15 @@ static int merge_one(struct catalog *cat, const struct slot *g, size_t n, const 
 		parts[k].t = *t;
 		parts[k].t.hf_dup = false;
 		parts[k].at[d] = at;
-		if (__builtin_add_overflow(at, t->shape[d], &at) || __builtin_add_overflow(bytes, t->nbytes, &bytes) ||
-		    !(parts[k].t.name = strdup(t->name))) {
+		bool overflow = __builtin_add_overflow(at, t->shape[d], &at) || __builtin_add_overflow(bytes, t->nbytes, &bytes);
+		if (overflow || !(parts[k].t.name = strdup(t->name))) {
 			for (size_t i = 0; i < k; i++)
 				free(parts[i].t.name);
 			free(parts);
-			return ckpt_err_set(err, ENOMEM, "%s: out of memory or a size that overflows", cat->dir);
+			if (overflow)
+				return ckpt_err_set(err, EOVERFLOW, "%s: tensor '%s': its shards' sizes overflow when merged",
+						    files[k]->path, t->name);
+			return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
 		}
 	}
 	t0->shape[d] = at;
