@@ -3,7 +3,9 @@
 #include "ckptfs/lora.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <regex.h>
@@ -120,6 +122,8 @@ static int get_patterns(const cJSON *root, const char *key, bool ranks, struct l
 /* Compile target_modules regex `py` as POSIX ERE anchored at both ends:
  * \d \w \s (outside brackets) and (?: are rewritten; other (? groups and
  * backreferences, which POSIX lacks or which cost exponential time, are refused. */
+static const char INVALID_RE[] = "unbalanced";
+
 static int target_regex(struct lora_config *c, const char *py, const char *path, struct ckpt_err *err)
 {
 	size_t n = strlen(py);
@@ -131,6 +135,10 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	size_t o = 0;
 	bool bracket = false;
+	/* Groups are counted so that the pattern cannot close the anchoring
+	 * group early ("a)|(.*" would match every module); counted repeats are
+	 * bounded, since nested ones make regcomp's automaton explode. */
+	unsigned depth = 0, repeats = 0;
 	ere[o++] = '^', ere[o++] = '(';
 	for (size_t i = 0; i < n; i++) {
 		char ch = py[i];
@@ -140,27 +148,59 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 			const char *rep = e == 'd' ? "[0-9]" : e == 'w' ? "[A-Za-z0-9_]" : e == 's' ? "[[:space:]]" : NULL;
 			if (e >= '0' && e <= '9')
 				bad = "a backreference";
-			else if (rep && bracket)
-				bad = "a class escape inside brackets";
+			else if (bracket)
+				bad = "an escape inside brackets"; /* a backslash is literal there in POSIX */
+			else if (!rep && (isalnum((unsigned char)e) || e == '_'))
+				bad = "an escape other than \\d, \\w, \\s or of punctuation";
 			if (!bad && rep) {
 				memcpy(ere + o, rep, strlen(rep));
 				o += strlen(rep);
 			} else if (!bad) {
 				ere[o++] = '\\', ere[o++] = e;
 			}
+		} else if (ch == '\\') {
+			bad = "a trailing backslash";
 		} else if (!bracket && ch == '(' && i + 1 < n && py[i + 1] == '?') {
 			if (i + 2 < n && py[i + 2] == ':') {
 				ere[o++] = '(';
+				depth++;
 				i += 2;
 			} else {
 				bad = "a (? group other than (?:";
+			}
+		} else if (!bracket && ch == ')' && depth == 0) {
+			bad = INVALID_RE; /* Python rejects it too */
+		} else if (!bracket && ch == '{' && i + 1 < n && py[i + 1] >= '0' && py[i + 1] <= '9') {
+			char *end;
+			unsigned long lo = strtoul(py + i + 1, &end, 10), hi = lo;
+			if (*end == ',' && end[1] >= '0' && end[1] <= '9')
+				hi = strtoul(end + 1, &end, 10);
+			else if (*end == ',')
+				hi = ULONG_MAX, end++;
+			if (*end != '}' || lo > 64 || hi > 64 || ++repeats > 2) {
+				bad = "a counted repeat other than at most two {m,n} with n <= 64";
+			} else {
+				memcpy(ere + o, py + i, (size_t)(end + 1 - (py + i)));
+				o += (size_t)(end + 1 - (py + i));
+				i = (size_t)(end - py);
 			}
 		} else {
 			if (ch == '[' && !bracket)
 				bracket = true;
 			else if (ch == ']' && bracket && !(o > 0 && (ere[o - 1] == '[' || (ere[o - 1] == '^' && o > 1 && ere[o - 2] == '['))))
 				bracket = false;
+			else if (!bracket && ch == '(')
+				depth++;
+			else if (!bracket && ch == ')')
+				depth--;
 			ere[o++] = ch;
+		}
+		if (!bad && i + 1 == n && (depth || bracket))
+			bad = INVALID_RE;
+		if (bad == INVALID_RE) {
+			free(ere);
+			return ckpt_err_set(err, EINVAL, "%s: target_modules regex '%.200s' is not a valid regular expression",
+					    path, py);
 		}
 		if (bad) {
 			free(ere);

@@ -157,6 +157,25 @@ static void test_config_targets(void **state)
 	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"[\\\\d]\"}", &c, &err), -ENOTSUP);
 	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"(q\"}", &c, &err), -EINVAL);
 	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '(q' is not a valid regular expression");
+	/* a ')' that would close the anchoring group early and match everything */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"q_proj)|(.*\"}", &c, &err),
+			 -EINVAL);
+	assert_string_equal(err.msg,
+			    "a/adapter_config.json: target_modules regex 'q_proj)|(.*' is not a valid regular expression");
+	/* escapes glibc would read otherwise than Python */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"\\\\bq_proj\"}", &c, &err),
+			 -ENOTSUP);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex '\\bq_proj' has an escape other than "
+				     "\\d, \\w, \\s or of punctuation, which ckptfs cannot match as Python does");
+	/* nested counted repeats: regcomp's automaton would explode */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": "
+			       "\"((a{1,255}){1,255}){1,255}\"}",
+			       &c, &err),
+			 -ENOTSUP);
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"q{1,2}_proj\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "qq_proj"));
+	assert_false(lora_config_targets(&c, "qqq_proj"));
+	lora_config_free(&c);
 	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": [\"q\", 3]}", &c, &err), -EINVAL);
 	assert_string_equal(err.msg, "a/adapter_config.json: target_modules holds something other than a module name");
 }
