@@ -18,6 +18,10 @@ bool cast_supported(enum ckpt_dtype src, enum ckpt_dtype dst);
 int cast_run(enum ckpt_dtype dst, void *out, enum ckpt_dtype src, const void *in, size_t n);
 
 /* Scalar conversions, exposed for tests and for callers with one value. */
+/* Whether this CPU (and OS) runs AVX2 and F16C code: read with CPUID once,
+ * since compilers disagree on what __builtin_cpu_supports knows. */
+bool cast_cpu_avx2_f16c(void);
+
 float cast_bf16_to_f32(uint16_t h);
 float cast_f16_to_f32(uint16_t h);
 float cast_e4m3_to_f32(uint8_t b);

@@ -288,6 +288,11 @@ static bool cpu_has_f16c(void)
 	return x86_features() & X86_F16C;
 }
 
+bool cast_cpu_avx2_f16c(void)
+{
+	return (x86_features() & (X86_F16C | X86_AVX2)) == (X86_F16C | X86_AVX2);
+}
+
 #define F16C_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 /* F32 or BF16 (widened by a shift) to F16; each of these vector loops
@@ -367,6 +372,11 @@ __attribute__((target("avx,f16c"))) static size_t f16c_from_f16(uint8_t *out, co
 		_mm256_storeu_ps((float *)(void *)(out + 4 * i), _mm256_cvtph_ps(h));
 	}
 	return i;
+}
+#else
+bool cast_cpu_avx2_f16c(void)
+{
+	return false;
 }
 #endif
 

@@ -133,14 +133,7 @@ __attribute__((target("avx2,f16c"))) static int block_avx2_bf16(const uint8_t *x
 
 static int have_avx2(void)
 {
-	static int known = -1;
-	int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
-	if (k < 0) {
-		__builtin_cpu_init();
-		k = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? 1 : 0;
-		__atomic_store_n(&known, k, __ATOMIC_RELAXED);
-	}
-	return k;
+	return cast_cpu_avx2_f16c();
 }
 
 void q8_0_quantize(const float *x, uint8_t *out, size_t n)
