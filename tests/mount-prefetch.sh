@@ -117,7 +117,23 @@ umount_ckptfs
 # The reply path: large reads of a passthrough file are spliced, not copied.
 hf_file=$(cd "$SRC" && LC_ALL=C ls ./*.safetensors | head -n 1)
 hf_file=${hf_file#./}
-for opts in "cache=off" "cache=off,no_splice"; do
+# A third mount runs without CAP_SYS_RESOURCE (as an unprivileged user
+# does): the pipe cannot grow past fs.pipe-max-size, and ckptfs must ask
+# the kernel for reads that fit it.
+CKPTFS_ROOT=$CKPTFS
+for opts in "cache=off" "cache=off,no_splice" "cache=off,nocap"; do
+    CKPTFS=$CKPTFS_ROOT
+    if [ "$opts" = "cache=off,nocap" ]; then
+        if ! command -v setpriv >/dev/null || ! setpriv --bounding-set=-sys_resource true 2>/dev/null; then
+            note "setpriv cannot drop CAP_SYS_RESOURCE here: the unprivileged pipe case is left out"
+            continue
+        fi
+        printf '#!/bin/sh\nexec setpriv --bounding-set=-sys_resource --inh-caps=-sys_resource "%s" "$@"\n' \
+            "$CKPTFS_ROOT" >"$TESTDIR/ckptfs-nocap"
+        chmod +x "$TESTDIR/ckptfs-nocap"
+        CKPTFS=$TESTDIR/ckptfs-nocap
+        opts=cache=off
+    fi
     mount_ckptfs "$SRC" "$MNT" -o "$opts"
     dd if="$MNT/hf/$hf_file" of="$TESTDIR/direct.out" bs=1M iflag=direct status=none ||
         fail "O_DIRECT read of hf/$hf_file failed"
@@ -126,6 +142,20 @@ for opts in "cache=off" "cache=off,no_splice"; do
     spliced=$(stat_of "$MNT" bytes_spliced)
     note "-o $opts: hf/$hf_file in 1 MiB reads: $sourced bytes from the source, $spliced spliced"
     [ "$sourced" -gt 1048576 ] || hard_error "hf/$hf_file has only $sourced source bytes"
+    pipe=$(stat_of "$MNT" reply/pipe_size)
+    max_read=$(stat_of "$MNT" reply/max_read)
+    note "  pipe $pipe bytes, max_read $max_read"
+    # a 1 MiB reply needs its header and a page per piece beside it
+    case $opts in
+    *no_splice) ;;
+    *) if [ "$max_read" = 0 ]; then
+           [ "$pipe" -gt 1048576 ] || fail "a $pipe-byte pipe holds no 1 MiB reply, yet no max_read was asked"
+       elif [ "$max_read" -ge 1048576 ] || [ "$max_read" -ge "$pipe" ]; then
+           fail "max_read $max_read does not fit the $pipe-byte pipe below 1 MiB"
+       fi ;;
+    esac
+    case $CKPTFS in *nocap) [ "$pipe" -le "$(cat /proc/sys/fs/pipe-max-size)" ] ||
+        fail "without CAP_SYS_RESOURCE the pipe grew to $pipe bytes, past fs.pipe-max-size" ;; esac
     case $opts in
     *no_splice) [ "$spliced" = 0 ] || fail "-o no_splice still spliced $spliced bytes" ;;
     *) [ $((spliced * 10)) -ge $((sourced * 9)) ] ||
@@ -133,4 +163,5 @@ for opts in "cache=off" "cache=off,no_splice"; do
     esac
     umount_ckptfs
 done
+CKPTFS=$CKPTFS_ROOT
 note PASS

@@ -29,13 +29,29 @@
 /* Below this average piece size a reply is copied rather than spliced. */
 #define SPLICE_MIN_PIECE (32u << 10)
 
-/* Whether a reply of len bytes in npieces pieces fits libfuse's splice pipe:
- * it reserves a page per piece plus two for the header, and copies the reply
- * through a fresh buffer (outside any guard) when the pipe cannot hold it. */
+/* Whether a reply of len bytes in npieces pieces fits libfuse's splice pipe
+ * by libfuse's own reckoning: a page per piece plus two for the header. When
+ * it does not, libfuse copies the reply through a fresh buffer instead. */
 static bool splice_fits(const struct ckptfs_fs *fs, uint64_t len, size_t npieces)
 {
 	return fs->splice && npieces < (1u << 20) &&
 	       len + SPLICE_PIPE_RESERVE + 4096u * ((uint64_t)npieces - 1) <= fs->pipe_size;
+}
+
+/* And by the pipe's: a piece takes one slot per page it touches, so an
+ * unaligned one takes a slot more than its length; a pipe that fills up
+ * half way leaves libfuse copying the rest. */
+static bool plan_fits_pipe(const struct ckptfs_fs *fs, const struct vplan *plan, uint64_t len)
+{
+	if (!splice_fits(fs, len, plan->n))
+		return false;
+	uint64_t slots = 2; /* the reply header */
+	for (size_t i = 0; i < plan->n; i++) {
+		const struct vpiece *p = &plan->p[i];
+		uint64_t at = p->file || p->cache_fd1 > 0 ? p->file_off : (uint64_t)(uintptr_t)p->mem;
+		slots += (at % 4096u + p->len + 4095u) / 4096u;
+	}
+	return slots <= fs->pipe_size / 4096u;
 }
 
 static struct ckptfs_fs *fs_of(fuse_req_t req)
@@ -128,6 +144,12 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
 	/* generated text: headers, config.json */
 	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
+	/* how replies reach the kernel: the splice pipe libfuse can grow, and
+	 * the read size asked of the kernel to fit it (0: the kernel's own) */
+	cJSON *reply = cJSON_AddObjectToObject(j, "reply");
+	cJSON_AddBoolToObject(reply, "splice", fs->splice);
+	cJSON_AddNumberToObject(reply, "pipe_size", (double)fs->pipe_size);
+	cJSON_AddNumberToObject(reply, "max_read", (double)fs->max_read);
 	cJSON *ra = cJSON_AddObjectToObject(j, "readahead");
 	cJSON_AddNumberToObject(ra, "window_max", (double)fs->prefetch_conf.window_max);
 	cJSON_AddNumberToObject(ra, "gap", (double)fs->prefetch_conf.gap);
@@ -507,13 +529,13 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		got = vfile_plan_guarded(&n->file, (uint64_t)off, size, scratch, &plan);
 	/* Many small source pieces (the strided rows of a row-parallel
 	 * partition: 1 KiB each for a tp-4 o_proj) cost a splice call each;
-	 * one copy is cheaper then, and the only safe way when their page
-	 * overhead no longer fits the pipe. The copy reads pieces not in the
+	 * one copy is cheaper then, and keeps the reply whole in our hands when
+	 * their pages no longer fit the pipe. The copy reads pieces not in the
 	 * page cache with pread of their covering spans: through the mapping a
 	 * cold source faulted a page per row, and the fault's read-around
 	 * pulled other ranks' rows. */
-	if (got > 0 && splice && plan.n > 1 &&
-	    ((uint64_t)got / plan.n < SPLICE_MIN_PIECE || !splice_fits(fs, (uint64_t)got, plan.n))) {
+	if (got > 0 && splice &&
+	    ((plan.n > 1 && (uint64_t)got / plan.n < SPLICE_MIN_PIECE) || !plan_fits_pipe(fs, &plan, (uint64_t)got))) {
 		if (!scratch && !(scratch = thread_scratch(size))) {
 			err = ENOMEM;
 			goto out;
