@@ -162,7 +162,7 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *ga = cJSON_AddObjectToObject(j, "gather");
 	cJSON_AddNumberToObject(ga, "requests", (double)load(&fs->gather.requests));
 	cJSON_AddNumberToObject(ga, "source_bytes_read", (double)load(&fs->gather.bytes));
-	cJSON_AddNumberToObject(ga, "bytes_from_cache", (double)load(&fs->gather.mapped));
+	cJSON_AddNumberToObject(ga, "bytes_resident", (double)load(&fs->gather.mapped));
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
