@@ -72,6 +72,10 @@ void src_file_close(struct src_file *f);
  * mtime), -ESTALE otherwise. */
 int src_file_check(const struct src_file *f);
 
+/* Read exactly len bytes at off: 0, -EIO when the file ends first, or
+ * another negative errno. */
+int src_pread_full(int fd, void *dst, size_t len, uint64_t off);
+
 /* Read a small side file (a JSON config) whole into a NUL-terminated buffer
  * the caller frees. A file above `max` bytes is refused with EFBIG, naming
  * the limit "for <what>"; a file that shrinks while read gives EIO. */

@@ -341,15 +341,7 @@ int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *sc
  * opened, so a short read means it changed since, and the reply fails. */
 static int read_cache_piece(const struct vpiece *p, uint8_t *out)
 {
-	for (size_t d = 0; d < p->len;) {
-		ssize_t k = pread(p->cache_fd1 - 1, out + d, p->len - d, (off_t)(p->file_off + d));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -EIO;
-		d += (size_t)k;
-	}
-	return 0;
+	return src_pread_full(p->cache_fd1 - 1, out, p->len, p->file_off) < 0 ? -EIO : 0;
 }
 
 /* Pieces are in request order; computed ones already sit at their place in buf. */
@@ -409,19 +401,6 @@ int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t 
 	int64_t n = vfile_read_plan(vf, off, len, buf, &plan);
 	vplan_destroy(&plan);
 	return n;
-}
-
-static int pread_full(int fd, uint8_t *dst, size_t len, uint64_t off)
-{
-	while (len > 0) {
-		ssize_t r = pread(fd, dst, len, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -EIO;
-		dst += r, len -= (size_t)r, off += (uint64_t)r;
-	}
-	return 0;
 }
 
 /* Whether every page of f[off, off+len) is in the page cache (a failed
@@ -502,14 +481,14 @@ int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_
 					__atomic_add_fetch(&st->mapped, plan->p[k].len, __ATOMIC_RELAXED);
 			}
 		} else if (j == i + 1) { /* one piece: straight to its place */
-			r = pread_full(f->fd, out, p->len, lo);
+			r = src_pread_full(f->fd, out, p->len, lo);
 			out += p->len;
 			__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
 			__atomic_add_fetch(&st->bytes, hi - lo, __ATOMIC_RELAXED);
 		} else {
 			__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
 			__atomic_add_fetch(&st->bytes, hi - lo, __ATOMIC_RELAXED);
-			r = pread_full(f->fd, span, (size_t)(hi - lo), lo);
+			r = src_pread_full(f->fd, span, (size_t)(hi - lo), lo);
 			for (size_t k = i; r == 0 && k < j; k++) {
 				memcpy(out, span + (plan->p[k].file_off - lo), plan->p[k].len);
 				out += plan->p[k].len;

@@ -348,15 +348,7 @@ static int verify_file(const struct vnode *n, const char *path, uint8_t *a, uint
 			r = want < 0 ? (int)want : -EIO;
 			break;
 		}
-		size_t got = 0;
-		while (got < (size_t)want) {
-			ssize_t k = pread(fd, b + got, (size_t)want - got, (off_t)(off + got));
-			if (k <= 0) {
-				r = k < 0 ? -errno : -EIO;
-				break;
-			}
-			got += (size_t)k;
-		}
+		r = src_pread_full(fd, b, (size_t)want, off);
 		if (r == 0 && memcmp(a, b, (size_t)want) != 0)
 			r = -EBADMSG;
 		off += (uint64_t)want;

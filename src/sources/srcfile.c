@@ -397,21 +397,30 @@ int src_file_read_all(const struct src_file *f, uint32_t max, const char *what, 
 	char *buf = malloc((size_t)f->size + 1);
 	if (!buf)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
-	size_t got = 0;
-	while (got < f->size) {
-		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
+	int r = src_pread_full(f->fd, buf, (size_t)f->size, 0);
+	if (r < 0) {
+		free(buf);
+		return r == -EIO ? ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path)
+				 : ckpt_err_errno(err, -r, f->path, "read");
+	}
+	buf[f->size] = '\0';
+	*out = buf;
+	*len = (size_t)f->size;
+	return 0;
+}
+
+int src_pread_full(int fd, void *dst, size_t len, uint64_t off)
+{
+	uint8_t *p = dst;
+	while (len > 0) {
+		ssize_t k = pread(fd, p, len, (off_t)off);
 		if (k < 0 && errno == EINTR)
 			continue;
-		if (k <= 0) {
-			int r = k < 0 ? ckpt_err_errno(err, errno, f->path, "read")
-				      : ckpt_err_set(err, EIO, "%s: file shrank while reading", f->path);
-			free(buf);
-			return r;
-		}
-		got += (size_t)k;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			return -EIO;
+		p += k, len -= (size_t)k, off += (uint64_t)k;
 	}
-	buf[got] = '\0';
-	*out = buf;
-	*len = got;
 	return 0;
 }

@@ -268,25 +268,7 @@ static int read_small(const struct catalog *cat, const char *name, size_t max, c
 	*len = 0;
 	if (!f)
 		return 0;
-	if (f->size > max)
-		return ckpt_err_set(err, EFBIG, "%s: %" PRIu64 " bytes, more than the %zu accepted", f->path, f->size, max);
-	char *buf = malloc((size_t)f->size + 1);
-	if (!buf)
-		return ckpt_err_set(err, ENOMEM, "%s: out of memory", f->path);
-	size_t got = 0;
-	while (got < f->size) {
-		ssize_t k = pread(f->fd, buf + got, (size_t)f->size - got, (off_t)got);
-		if (k <= 0) {
-			free(buf);
-			return ckpt_err_set(err, k == 0 ? EIO : errno, "%s: %s", f->path,
-					    k == 0 ? "shorter than when it was opened" : strerror(errno));
-		}
-		got += (size_t)k;
-	}
-	buf[got] = '\0';
-	*out = buf;
-	*len = got;
-	return 0;
+	return src_file_read_all(f, max > UINT32_MAX ? UINT32_MAX : (uint32_t)max, "a tokenizer file", out, len, err);
 }
 
 /* LLaMA 3's rope scaling as the converter writes it: rope_freqs.weight, one
