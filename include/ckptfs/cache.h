@@ -82,6 +82,13 @@ struct cache_stats {
 	uint64_t disk_range_hits, disk_range_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
+	/* Reading back a raw entry costs one copy of its bytes (cache_span
+	 * splices it): copy_mbps, measured with decompress_mbps. Chunks the
+	 * policy judged at that cost, because the writer stores such chunks
+	 * raw (the last entry it wrote was raw; before any, in a directory of
+	 * the user alone: weights rarely compress by a quarter). */
+	double copy_mbps;
+	uint64_t judged_raw;
 };
 
 struct cache;

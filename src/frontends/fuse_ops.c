@@ -173,6 +173,8 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
 		cJSON_AddNumberToObject(cache, "compute_mbps", cs.compute_mbps);
 		cJSON_AddNumberToObject(cache, "decompress_mbps", cs.decompress_mbps);
+		cJSON_AddNumberToObject(cache, "copy_mbps", cs.copy_mbps);
+		cJSON_AddNumberToObject(cache, "judged_raw", (double)cs.judged_raw);
 	} else {
 		cJSON_AddStringToObject(cache, "state", "off");
 	}

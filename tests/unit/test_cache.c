@@ -988,6 +988,48 @@ static void test_disk_raw_literals(void **state)
 	free(dir);
 }
 
+/* The policy judges a chunk's read-back at the cost of the entry the
+ * writer would make: a raw one (one copy) in a directory of the user alone
+ * before any entry is written and after a raw one, a frame's decoding
+ * after a frame. (Judged by the decoder alone, a LoRA merge computed
+ * faster than it decodes and was never stored.) */
+static void test_policy_raw_readback(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
+	assert_non_null(er);
+	uint8_t *wr = expected(er), *wa = expected(ea);
+	char *kr = cache_key(er), *ka = cache_key(ea);
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_chunk(c, ea, ka, wa, 0); /* nothing written yet */
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.judged_raw, 1);
+	assert_true(s.copy_mbps > 0);
+	cache_flush(c); /* a's chunk compresses: a frame */
+	for (uint64_t k = 1; k < 4; k++)
+		read_chunk(c, ea, ka, wa, k);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.judged_raw, 1);
+	read_chunk(c, er, kr, wr, 0);
+	cache_flush(c); /* r's does not: raw */
+	read_chunk(c, er, kr, wr, 1);
+	read_chunk(c, er, kr, wr, 2);
+	s = stats(c);
+	assert_int_equal(s.judged_raw, 3);
+	assert_int_equal(s.computed_chunks, 7);
+	cache_close(c);
+	free(kr);
+	free(ka);
+	free(wr);
+	free(wa);
+	expr_unref(er);
+	expr_unref(ea);
+	rm_rf(dir);
+	free(dir);
+}
+
 /* A raw entry's hit is a range of its file (cache_span): the bytes there
  * are the chunk's, the hit is counted as a range hit, and the descriptor
  * (and the cache's own, kept for the next reads of the chunk) stays good
@@ -1850,6 +1892,7 @@ int main(void)
 		cmocka_unit_test_setup(test_disk_accounting, setup),
 		cmocka_unit_test_setup(test_disk_raw_literals, setup),
 		cmocka_unit_test_setup(test_disk_span, setup),
+		cmocka_unit_test_setup(test_policy_raw_readback, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
