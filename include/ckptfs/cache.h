@@ -78,6 +78,7 @@ struct cache_stats {
 	uint64_t disk_bad_entries;
 	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
+	uint64_t disk_trials; /* chunks the writer compressed at the configured level to see whether they compress */
 	/* disk hits handed out as ranges of raw entry files (cache_span), a part of disk.hits */
 	uint64_t disk_range_hits, disk_range_bytes;
 	bool disk_enabled;

@@ -63,6 +63,7 @@
 /* While a stream of chunks of one key keeps not compressing, the writer
  * tries the configured level again only every this many chunks. */
 #define REPROBE_EVERY 16
+#define REPROBE_MAX 256
 
 struct centry {
 	char *key;
@@ -608,30 +609,53 @@ struct writer {
 	ZSTD_CCtx *z, *zfast; /* the configured level; raw literals */
 	char *key;	      /* the key of the last job */
 	bool fast;	      /* that key's chunks are stored with raw literals */
-	unsigned since_probe;
+	unsigned since_probe, every; /* chunks since the last trial; trials' spacing */
 };
+
+/* Keys of one kind: the same operation giving the same dtype (the text
+ * before the shape), e.g. every LoRA merge of a bf16 view. */
+static bool same_kind(const char *a, const char *b)
+{
+	size_t n = strcspn(a, "[");
+	return a[n] && strncmp(a, b, n + 1) == 0;
+}
 
 /* Compress a chunk into out (cap bytes). Chunks that the configured level
  * shrinks by less than MIN_SAVING are stored with raw literals instead:
  * reading such an entry back would cost more than the bytes it saves
- * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key for
- * REPROBE_EVERY chunks so a stream of them is compressed once each. */
-static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap, bool *raw)
+ * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key, and
+ * to keys of its kind, for REPROBE_EVERY chunks, then twice as many after
+ * each trial that confirms it (up to REPROBE_MAX): a trial at the
+ * configured level costs several times the write, and a merged bf16 model
+ * is a stream of a hundred tensors of one kind of which no chunk
+ * compresses (a trial per tensor cost its first mount a fifth of its
+ * speed). */
+static size_t entry_compress(struct cache *c, struct writer *w, const struct job *j, uint8_t *out, size_t cap,
+			     bool *raw)
 {
 	bool same = w->key && strcmp(w->key, j->key) == 0;
 	if (!same) {
+		bool kind = w->key && same_kind(w->key, j->key);
 		free(w->key);
 		w->key = strdup(j->key);
-		w->fast = false;
-		w->since_probe = 0;
+		if (!kind) {
+			w->fast = false;
+			w->since_probe = 0;
+			w->every = REPROBE_EVERY;
+		}
 	}
 	/* *raw (when the caller allows it) asks for the chunk as it is: no frame
 	 * to decode, and a hit can be spliced. */
-	if (w->fast && w->zfast && ++w->since_probe < REPROBE_EVERY)
+	if (w->fast && w->zfast && ++w->since_probe < w->every)
 		return *raw ? 0 : ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	w->since_probe = 0;
+	pthread_mutex_lock(&c->mu);
+	c->st.disk_trials++;
+	pthread_mutex_unlock(&c->mu);
 	size_t zl = ZSTD_compress2(w->z, out, cap, j->data, j->len);
+	bool was = w->fast;
 	w->fast = !ZSTD_isError(zl) && w->zfast && zl * MIN_SAVING_DEN > j->len * (MIN_SAVING_DEN - MIN_SAVING_NUM);
+	w->every = !w->fast ? REPROBE_EVERY : was && w->every < REPROBE_MAX ? 2 * w->every : w->every;
 	if (w->fast && *raw)
 		return 0;
 	*raw = false;
@@ -649,7 +673,7 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		return false;
 	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
 	bool raw = !c->keyed;
-	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound, &raw);
+	size_t zl = entry_compress(c, w, j, buf + ENTRY_HDR + klen, bound, &raw);
 	if (ZSTD_isError(zl)) {
 		free(buf);
 		return false;
@@ -708,7 +732,7 @@ static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
 	bool sized = false;
-	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx() };
+	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx(), .every = REPROBE_EVERY };
 	ZSTD_CCtx *z = w.z;
 	if (z) {
 		ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, c->o.level);
