@@ -37,7 +37,7 @@
 set -u
 
 BENCH_NAME=bench-lora
-USAGE_LINES=2,35
+USAGE_LINES=2,36
 . "$(dirname "$0")/lib.sh"
 
 RUNS=3
