@@ -32,11 +32,12 @@
 #     a merged chunk is kept when computing it took longer than reading it
 #     back is measured to take)
 #     reads hf@bf16/; after unmounting, a second mount reads it again
-#     from the disk tier. Target: the second >= 2x the first.
+#     from the disk tier. Target: the second >= 2x the first. The cache
+#     counters of the last pair (.ckptfs/stats) are printed beside it.
 set -u
 
 BENCH_NAME=bench-lora
-USAGE_LINES=2,34
+USAGE_LINES=2,36
 . "$(dirname "$0")/lib.sh"
 
 RUNS=3
@@ -95,6 +96,7 @@ read_view() {
 	kill "$poller" 2>/dev/null
 	wait "$poller" 2>/dev/null
 	PIDS=$(echo "$PIDS" | sed "s/ poll:$poller\\b//")
+	cp "$MNT/.ckptfs/stats" "$WORK/stats.json" 2>/dev/null || : >"$WORK/stats.json"
 	umount_fs
 	BYTES=$LAST_BYTES
 	T_MOUNT=$(elapsed "$t0" "$t1")
@@ -212,14 +214,29 @@ echo "  time ratio ckptfs/script (median of pairs) $tr, target <= 0.33: $(awk -v
 echo "  memory ratio peak RssAnon/script RSS (median) $mr, target <= 0.1: $(awk -v a="$mr" 'BEGIN { print (a <= 0.1) ? "met" : "NOT met" }')"
 
 echo "-- 4. the disk cache (default policy)"
-W1='' W2=''
+# disk_counts: the cache counters of the last read_view's mount, on one line.
+disk_counts() {
+	"$PYTHON" -c 'import json, sys
+try:
+    c = json.load(open(sys.argv[1]))["cache"]
+except (OSError, ValueError, KeyError):
+    sys.exit(0)
+d = c["disk"]
+print("computed %d chunks, written %d, skipped by policy %d, dropped %d, pending %d, writer trials %d, disk hits %d (ranges %d)"
+      % (c["computed_chunks"], d["written"], d["skipped_by_policy"], d["dropped"], d["pending"], d.get("trials", 0), d["hits"], d["range_hits"]))' "$WORK/stats.json"
+}
+W1='' W2='' C1='' C2=''
 for _ in $(seq "$RUNS"); do
 	rm -rf "$WORK/cache"
 	read_view lora "-o lora=$ADAPTER,cache_dir=$WORK/cache" hf@bf16
 	W1=$(best "$W1" "$GBS")
+	C1=$(disk_counts)
 	read_view lora "-o lora=$ADAPTER,cache_dir=$WORK/cache" hf@bf16
 	W2=$(best "$W2" "$GBS")
+	C2=$(disk_counts)
 done
 r4=$(ratio "$W2" "$W1")
 echo "second mount, disk tier warm: $(fmt "$W2")  (first mount: $(fmt "$W1"); ratio $r4, target >= 2: $(verdict "$r4" 2)); cache $(du -sh "$WORK/cache" | cut -f1)"
+echo "  last first mount: $C1"
+echo "  last second mount: $C2"
 echo "load at end:$(uptime | sed 's/.*load average://')"

@@ -78,10 +78,18 @@ struct cache_stats {
 	uint64_t disk_bad_entries;
 	uint64_t disk_pending; /* chunks queued or being written now */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
+	uint64_t disk_trials; /* chunks the writer compressed at the configured level to see whether they compress */
 	/* disk hits handed out as ranges of raw entry files (cache_span), a part of disk.hits */
 	uint64_t disk_range_hits, disk_range_bytes;
 	bool disk_enabled;
 	double compute_mbps, decompress_mbps; /* running estimates behind the policy */
+	/* Reading back a raw entry costs one copy of its bytes (cache_span
+	 * splices it): copy_mbps, measured with decompress_mbps. Chunks the
+	 * policy judged at that cost, because the writer stores such chunks
+	 * raw (the last entry it wrote was raw; before any, in a directory of
+	 * the user alone: weights rarely compress by a quarter). */
+	double copy_mbps;
+	uint64_t judged_raw;
 };
 
 struct cache;

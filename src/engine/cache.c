@@ -63,6 +63,7 @@
 /* While a stream of chunks of one key keeps not compressing, the writer
  * tries the configured level again only every this many chunks. */
 #define REPROBE_EVERY 16
+#define REPROBE_MAX 256
 
 struct centry {
 	char *key;
@@ -129,6 +130,9 @@ struct cache {
 	uint8_t *io[IO_POOL];
 	ZSTD_DCtx *dctx[IO_POOL];
 	uint64_t disk_used;
+	/* the last entry written was raw (before any: raw entries are allowed):
+	 * the policy's guess at how the next chunk would be stored */
+	bool raw_likely;
 	struct span_slot spans[SPAN_SLOTS]; /* under mu */
 	uint64_t span_clock;
 };
@@ -605,30 +609,53 @@ struct writer {
 	ZSTD_CCtx *z, *zfast; /* the configured level; raw literals */
 	char *key;	      /* the key of the last job */
 	bool fast;	      /* that key's chunks are stored with raw literals */
-	unsigned since_probe;
+	unsigned since_probe, every; /* chunks since the last trial; trials' spacing */
 };
+
+/* Keys of one kind: the same operation giving the same dtype (the text
+ * before the shape), e.g. every LoRA merge of a bf16 view. */
+static bool same_kind(const char *a, const char *b)
+{
+	size_t n = strcspn(a, "[");
+	return a[n] && strncmp(a, b, n + 1) == 0;
+}
 
 /* Compress a chunk into out (cap bytes). Chunks that the configured level
  * shrinks by less than MIN_SAVING are stored with raw literals instead:
  * reading such an entry back would cost more than the bytes it saves
- * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key for
- * REPROBE_EVERY chunks so a stream of them is compressed once each. */
-static size_t entry_compress(struct writer *w, const struct job *j, uint8_t *out, size_t cap, bool *raw)
+ * (measured: see LEVEL_RAW_LITERALS). The verdict sticks to the key, and
+ * to keys of its kind, for REPROBE_EVERY chunks, then twice as many after
+ * each trial that confirms it (up to REPROBE_MAX): a trial at the
+ * configured level costs several times the write, and a merged bf16 model
+ * is a stream of a hundred tensors of one kind of which no chunk
+ * compresses (a trial per tensor cost its first mount a fifth of its
+ * speed). */
+static size_t entry_compress(struct cache *c, struct writer *w, const struct job *j, uint8_t *out, size_t cap,
+			     bool *raw)
 {
 	bool same = w->key && strcmp(w->key, j->key) == 0;
 	if (!same) {
+		bool kind = w->key && same_kind(w->key, j->key);
 		free(w->key);
 		w->key = strdup(j->key);
-		w->fast = false;
-		w->since_probe = 0;
+		if (!kind) {
+			w->fast = false;
+			w->since_probe = 0;
+			w->every = REPROBE_EVERY;
+		}
 	}
 	/* *raw (when the caller allows it) asks for the chunk as it is: no frame
 	 * to decode, and a hit can be spliced. */
-	if (w->fast && w->zfast && ++w->since_probe < REPROBE_EVERY)
+	if (w->fast && w->zfast && ++w->since_probe < w->every)
 		return *raw ? 0 : ZSTD_compress2(w->zfast, out, cap, j->data, j->len);
 	w->since_probe = 0;
+	pthread_mutex_lock(&c->mu);
+	c->st.disk_trials++;
+	pthread_mutex_unlock(&c->mu);
 	size_t zl = ZSTD_compress2(w->z, out, cap, j->data, j->len);
+	bool was = w->fast;
 	w->fast = !ZSTD_isError(zl) && w->zfast && zl * MIN_SAVING_DEN > j->len * (MIN_SAVING_DEN - MIN_SAVING_NUM);
+	w->every = !w->fast ? REPROBE_EVERY : was && w->every < REPROBE_MAX ? 2 * w->every : w->every;
 	if (w->fast && *raw)
 		return 0;
 	*raw = false;
@@ -646,7 +673,7 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		return false;
 	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
 	bool raw = !c->keyed;
-	size_t zl = entry_compress(w, j, buf + ENTRY_HDR + klen, bound, &raw);
+	size_t zl = entry_compress(c, w, j, buf + ENTRY_HDR + klen, bound, &raw);
 	if (ZSTD_isError(zl)) {
 		free(buf);
 		return false;
@@ -686,6 +713,7 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		return false;
 	}
 	pthread_mutex_lock(&c->mu);
+	c->raw_likely = raw;
 	c->st.disk_written++;
 	c->st.disk.bytes_in += j->len;
 	c->st.disk_raw_bytes += j->len;
@@ -704,7 +732,7 @@ static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
 	bool sized = false;
-	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx() };
+	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx(), .every = REPROBE_EVERY };
 	ZSTD_CCtx *z = w.z;
 	if (z) {
 		ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, c->o.level);
@@ -842,7 +870,7 @@ static void disk_queue(struct cache *c, const char *key, uint64_t chunk, struct 
 	pthread_mutex_unlock(&c->mu);
 }
 
-static double measure_decompress(int level, size_t chunk);
+static double measure_decompress(int level, size_t chunk, double *copy_mbps);
 
 /* ---- memory tier ---- */
 
@@ -1027,12 +1055,21 @@ static int chunk_get(struct cache *c, const struct expr *e, const char *key, uin
 		if (c->st.decompress_mbps == 0) {
 			/* Measured once, when the policy first needs it (not at mount). */
 			pthread_mutex_unlock(&c->mu);
-			double m = measure_decompress(c->o.level, c->o.chunk);
+			double cp, m = measure_decompress(c->o.level, c->o.chunk, &cp);
 			pthread_mutex_lock(&c->mu);
-			if (c->st.decompress_mbps == 0)
+			if (c->st.decompress_mbps == 0) {
 				c->st.decompress_mbps = m;
+				c->st.copy_mbps = cp;
+			}
 		}
-		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / c->st.decompress_mbps;
+		/* A chunk that does not compress is stored raw and handed back as a
+		 * range of its entry file: one copy, no decoding. Judging a LoRA
+		 * merge (bf16, computed at ~2 GB/s) by the decoder's speed (~0.9
+		 * GB/s) kept it off the disk and the second mount recomputed it. */
+		bool raw = c->raw_likely && c->st.copy_mbps > 0;
+		if (raw)
+			c->st.judged_raw++;
+		double readback_ns = DISK_OVERHEAD_NS + (double)len * 1e3 / (raw ? c->st.copy_mbps : c->st.decompress_mbps);
 		/* Stored unless computing is clearly cheaper (twice as fast) than
 		 * reading back: the estimate is a prior until hits refine it, and
 		 * the two errors differ. A chunk stored needlessly costs the writer
@@ -1165,10 +1202,11 @@ size_t cache_chunk_size(const struct cache *c)
 
 /* Decoding speed of this machine for chunk-sized entries: the policy's
  * prior until real hits refine it. */
-static double measure_decompress(int level, size_t chunk)
+static double measure_decompress(int level, size_t chunk, double *copy_mbps)
 {
 	uint8_t *raw = malloc(chunk), *z = malloc(ZSTD_compressBound(chunk)), *back = malloc(chunk);
 	double mbps = 2000.0;
+	*copy_mbps = 0; /* unknown: raw entries are then judged as frames */
 	if (raw && z && back) {
 		uint64_t x = 0x9e3779b97f4a7c15ULL;
 		for (size_t i = 0; i < chunk; i++) { /* bf16-like: random low byte, narrow exponents */
@@ -1189,6 +1227,18 @@ static double measure_decompress(int level, size_t chunk)
 			if (best)
 				mbps = (double)chunk * 1e3 / (double)best;
 		}
+		/* a raw hit's cost: one copy of the chunk (pages already touched) */
+		uint64_t best = 0;
+		for (int i = 0; i < 4; i++) {
+			uint64_t t0 = now_ns();
+			memcpy(back, raw, chunk);
+			__asm__ volatile("" : : "r"(back) : "memory"); /* the copy is not dead */
+			uint64_t dt = now_ns() - t0;
+			if (dt && (!best || dt < best))
+				best = dt;
+		}
+		if (best)
+			*copy_mbps = (double)chunk * 1e3 / (double)best;
 	}
 	free(raw);
 	free(z);
@@ -1325,6 +1375,7 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 			disk_off(c, "cannot use it", -r);
 		else if (dir_trust(c, why, sizeof(why)) < 0)
 			disk_off_because(c, why);
+		c->raw_likely = !c->keyed; /* dir_trust found out */
 	}
 	*out = c;
 	return 0;

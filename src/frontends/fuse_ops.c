@@ -190,11 +190,15 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		 * kernel (counted in bytes_spliced) unless the reply is copied */
 		cJSON_AddNumberToObject(disk, "range_hits", (double)cs.disk_range_hits);
 		cJSON_AddNumberToObject(disk, "range_bytes", (double)cs.disk_range_bytes);
+		/* chunks compressed at cache_level to see whether they compress */
+		cJSON_AddNumberToObject(disk, "trials", (double)cs.disk_trials);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
 		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
 		cJSON_AddNumberToObject(cache, "compute_mbps", cs.compute_mbps);
 		cJSON_AddNumberToObject(cache, "decompress_mbps", cs.decompress_mbps);
+		cJSON_AddNumberToObject(cache, "copy_mbps", cs.copy_mbps);
+		cJSON_AddNumberToObject(cache, "judged_raw", (double)cs.judged_raw);
 	} else {
 		cJSON_AddStringToObject(cache, "state", "off");
 	}

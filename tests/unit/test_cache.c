@@ -62,6 +62,9 @@ static struct cat_tensor tb = { .name = "b", .dtype = CKPT_BF16, .ndim = 2, .sha
 #define R_OFF (7u << 19)
 static struct cat_tensor tr = { .name = "r", .dtype = CKPT_U8, .ndim = 1, .shape = { 65536 },
 				.file = &srcf, .offset = R_OFF, .nbytes = 65536 };
+/* r2: like r, the next 64 KiB: another tensor of r's kind. */
+static struct cat_tensor tr2 = { .name = "r2", .dtype = CKPT_U8, .ndim = 1, .shape = { 65536 },
+				 .file = &srcf, .offset = R_OFF + 65536, .nbytes = 65536 };
 /* s: bf16 [6,5], 60 bytes, for every-range checks. */
 static struct cat_tensor ts = { .name = "s", .dtype = CKPT_BF16, .ndim = 2, .shape = { 6, 5 },
 				.file = &srcf, .offset = 40000, .nbytes = 60 };
@@ -78,7 +81,7 @@ static void fill_sources(void)
 		/* bf16-like: a random low byte, a narrow exponent (compressible, no NaNs) */
 		src_bytes[i] = (uint8_t)(i & 1 ? 0x3c + (x & 3) : x);
 	}
-	for (size_t i = R_OFF; i < R_OFF + 65536; i++) {
+	for (size_t i = R_OFF; i < R_OFF + 2 * 65536; i++) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		src_bytes[i] = (uint8_t)(x & 0x7f);
 	}
@@ -988,6 +991,101 @@ static void test_disk_raw_literals(void **state)
 	free(dir);
 }
 
+/* The policy judges a chunk's read-back at the cost of the entry the
+ * writer would make: a raw one (one copy) in a directory of the user alone
+ * before any entry is written and after a raw one, a frame's decoding
+ * after a frame. (Judged by the decoder alone, a LoRA merge computed
+ * faster than it decodes and was never stored.) */
+static void test_policy_raw_readback(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
+	assert_non_null(er);
+	uint8_t *wr = expected(er), *wa = expected(ea);
+	char *kr = cache_key(er), *ka = cache_key(ea);
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_chunk(c, ea, ka, wa, 0); /* nothing written yet */
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.judged_raw, 1);
+	assert_true(s.copy_mbps > 0);
+	cache_flush(c); /* a's chunk compresses: a frame */
+	for (uint64_t k = 1; k < 4; k++)
+		read_chunk(c, ea, ka, wa, k);
+	cache_flush(c);
+	s = stats(c);
+	assert_int_equal(s.judged_raw, 1);
+	read_chunk(c, er, kr, wr, 0);
+	cache_flush(c); /* r's does not: raw */
+	read_chunk(c, er, kr, wr, 1);
+	read_chunk(c, er, kr, wr, 2);
+	s = stats(c);
+	assert_int_equal(s.judged_raw, 3);
+	assert_int_equal(s.computed_chunks, 7);
+	cache_close(c);
+	free(kr);
+	free(ka);
+	free(wr);
+	free(wa);
+	expr_unref(er);
+	expr_unref(ea);
+	rm_rf(dir);
+	free(dir);
+}
+
+/* The writer's trials at the configured level: a stream of chunks that do
+ * not compress, over two tensors of one kind, is tried at chunks 0, 16, 48
+ * and 112 (the spacing doubles with each trial that confirms it, and
+ * carries over to the next tensor of the kind), not at every 16th chunk
+ * and again at each tensor's first. Every entry is raw and reads back. */
+static void test_writer_trials(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e[2] = { expr_source(&tr), expr_source(&tr2) };
+	uint8_t *w[2];
+	char *k[2];
+	for (int t = 0; t < 2; t++) {
+		assert_non_null(e[t]);
+		w[t] = expected(e[t]);
+		k[t] = cache_key(e[t]);
+	}
+	const size_t ch = 1024;
+	struct cache *c = open_cache(ch, 64u << 20, dir, 1u << 30, true);
+	for (int t = 0; t < 2; t++)
+		read_all_check(c, e[t], k[t], w[t], ch);
+	cache_flush(c);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk_written, 128);
+	assert_int_equal(s.disk_trials, 4);
+	cache_close(c);
+	for (int t = 0; t < 2; t++) {
+		for (uint64_t i = 0; i < 65536 / ch; i += 21) {
+			char path[4200];
+			size_t n;
+			entry_file(dir, k[t], i, path, sizeof(path));
+			uint8_t *b = slurp(path, &n);
+			assert_non_null(b);
+			assert_memory_equal(b, "CKPTFSR1", 8);
+			assert_memory_equal(b + n - ch, w[t] + i * ch, ch);
+			free(b);
+		}
+	}
+	c = open_cache(ch, 64u << 20, dir, 1u << 30, false);
+	for (int t = 0; t < 2; t++)
+		read_all_check(c, e[t], k[t], w[t], 3000);
+	s = stats(c);
+	assert_int_equal(s.computed_chunks, 0);
+	cache_close(c);
+	for (int t = 0; t < 2; t++) {
+		free(k[t]);
+		free(w[t]);
+		expr_unref(e[t]);
+	}
+	rm_rf(dir);
+	free(dir);
+}
+
 /* A raw entry's hit is a range of its file (cache_span): the bytes there
  * are the chunk's, the hit is counted as a range hit, and the descriptor
  * (and the cache's own, kept for the next reads of the chunk) stays good
@@ -1850,6 +1948,8 @@ int main(void)
 		cmocka_unit_test_setup(test_disk_accounting, setup),
 		cmocka_unit_test_setup(test_disk_raw_literals, setup),
 		cmocka_unit_test_setup(test_disk_span, setup),
+		cmocka_unit_test_setup(test_policy_raw_readback, setup),
+		cmocka_unit_test_setup(test_writer_trials, setup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
