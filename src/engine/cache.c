@@ -392,6 +392,22 @@ static int64_t raw_entry_check(const struct cache *c, int fd, off_t st_size, con
 	return r;
 }
 
+/* Open the entry at `name`: its fd, -ENOENT when there is none to use now,
+ * or -EBADMSG when what sits there is not an entry of this user (a symlink,
+ * a FIFO, a directory, another user's file), which the caller deletes. A
+ * failure of ours (no fds left, no memory) is a miss, never a deletion. */
+static int entry_open(const struct cache *c, const char *name, struct stat *st)
+{
+	int fd = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, st, NULL);
+	if (fd >= 0 && st->st_uid != c->uid) {
+		close(fd);
+		return -EBADMSG;
+	}
+	if (fd == -ELOOP || fd == -EINVAL || fd == -EISDIR || fd == -EXDEV)
+		return -EBADMSG;
+	return fd >= 0 ? fd : -ENOENT;
+}
+
 static void count_bad_entry(struct cache *c, const char *name)
 {
 	unlinkat(c->dirfd, name, 0);
@@ -443,8 +459,8 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	 * symlink, a FIFO (which would block every reader of the chunk) or
 	 * another user's file is a bad entry, never opened for reading. */
 	struct stat st = { 0 };
-	int fd = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
-	if (fd == -ENOENT || fd == -ENOTDIR)
+	int fd = entry_open(c, name, &st);
+	if (fd == -ENOENT)
 		return -ENOENT;
 	uint64_t t0 = now_ns();
 	size_t klen = strlen(key), tail = c->keyed ? MAC_LEN : 0;
@@ -452,7 +468,7 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	ZSTD_DCtx *dz = NULL;
 	int r = -EBADMSG;
 	size_t max = ENTRY_HDR + klen + ZSTD_compressBound(len) + tail;
-	if (fd < 0 || st.st_uid != c->uid)
+	if (fd < 0)
 		goto bad;
 	if (!c->keyed) {
 		r = raw_load(c, fd, st.st_size, key, chunk, dst, len);
@@ -1159,10 +1175,10 @@ int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint6
 	char name[40];
 	entry_file_name(c, key, k, name);
 	struct stat st = { 0 };
-	int f = src_open_regular(c->dirfd, name, SRC_OPEN_NOFOLLOW, NULL, &st, NULL);
-	if (f == -ENOENT || f == -ENOTDIR)
+	int f = entry_open(c, name, &st);
+	if (f == -ENOENT)
 		return -ENOENT;
-	int64_t doff = f < 0 || st.st_uid != c->uid ? -EBADMSG : raw_entry_check(c, f, st.st_size, key, k, clen);
+	int64_t doff = f < 0 ? -EBADMSG : raw_entry_check(c, f, st.st_size, key, k, clen);
 	if (doff < 0) {
 		if (f >= 0)
 			close(f);
