@@ -17,7 +17,6 @@
 #include "ckptfs/cast.h"
 #include "ckptfs/lowrank.h"
 #include "ckptfs/quant.h"
-#include "ckptfs/workpool.h"
 
 /* Elements converted per step of a cast: small enough for the stack. */
 #define CAST_BATCH 4096
@@ -769,7 +768,7 @@ static int read_transpose(const struct expr *e, uint64_t off, uint64_t len, uint
 /* Blocks per step of a quantisation: 4096 values of at most 8 bytes on the stack. */
 #define Q8_BATCH 128
 
-static int q8_0_range(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
+static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
 {
 	const struct expr *a = e->args[0];
 	size_t isz = dtype_size(a->dtype);
@@ -817,43 +816,6 @@ static int q8_0_range(const struct expr *e, uint64_t off, uint64_t len, uint8_t 
 			memcpy(dst + (c0 - off), q + (c0 - b0), (size_t)(c1 - c0));
 	}
 	return 0;
-}
-
-/* Output bytes a part of a split quantisation gets at least, as lowrank.c's
- * LOWRANK_PART_MIN: a read of 256 KiB or more is computed on two cores. */
-#ifndef Q8_0_PART_MIN
-#define Q8_0_PART_MIN (128u << 10)
-#endif
-
-/* A quantisation cut in parts at block boundaries: part t of n is output
- * bytes [q8_0_part_at(t), q8_0_part_at(t + 1)). Blocks are quantised one
- * by one, so the cut never changes a byte. */
-struct q8_0_split {
-	const struct expr *e;
-	uint64_t off, end, b0, blocks;
-	uint8_t *dst;
-};
-
-static uint64_t q8_0_part_at(const struct q8_0_split *s, size_t t, size_t n)
-{
-	return t == 0 ? s->off : t == n ? s->end : (s->b0 + s->blocks * t / n) * Q8_0_BLOCK_BYTES;
-}
-
-static int q8_0_part(void *job, size_t t, size_t n)
-{
-	const struct q8_0_split *s = job;
-	uint64_t a = q8_0_part_at(s, t, n), b = q8_0_part_at(s, t + 1, n);
-	return q8_0_range(s->e, a, b - a, s->dst + (a - s->off));
-}
-
-static int read_q8_0(const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
-{
-	const uint64_t b0 = off / Q8_0_BLOCK_BYTES, b1 = (off + len + Q8_0_BLOCK_BYTES - 1) / Q8_0_BLOCK_BYTES;
-	uint64_t parts = len / Q8_0_PART_MIN;
-	if (parts > b1 - b0)
-		parts = b1 - b0;
-	struct q8_0_split s = { .e = e, .off = off, .end = off + len, .b0 = b0, .blocks = b1 - b0, .dst = dst };
-	return workpool_run(q8_0_part, &s, (size_t)parts);
 }
 
 /* The low-rank kernel reads its operands through these (see lowrank.h). */

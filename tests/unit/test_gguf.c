@@ -238,7 +238,7 @@ static void test_q8_0_expr_ranges(void **state)
 	assert_null(expr_quantize_q8_0(expr_source(&ints)));
 }
 
-/* A tensor large enough that reads of it are quantised in parts (>= 256 KiB of output). */
+/* A tensor whose reads are as large as the kernel's (256 KiB to a cache chunk and beyond). */
 #define BIG_ROWS 128
 #define BIG_COLS 4096
 #define BIG_OUT ((size_t)BIG_ROWS * BIG_COLS / Q8_0_BLOCK * Q8_0_BLOCK_BYTES)
@@ -246,10 +246,10 @@ static void test_q8_0_expr_ranges(void **state)
 static void test_q8_0_expr_split(void **state)
 {
 	(void)state;
-	/* Reads at odd offsets, some much larger than a part, equal the same
-	 * bytes of the whole read and of the scalar quantiser: the parts start
-	 * at block boundaries whatever the read, so a cut never shows. Through
-	 * the mapping (bf16 source) and through expr_read (a cast of it to f32). */
+	/* Reads at odd offsets and of large lengths equal the same bytes of the
+	 * whole read and of the scalar quantiser: a read's own bounds never show
+	 * (a split of the work, if one is added, must keep that). Through the
+	 * mapping (bf16 source) and through expr_read (a cast of it to f32). */
 	const size_t nv = (size_t)BIG_ROWS * BIG_COLS;
 	uint8_t *map = malloc(nv * 2), *want = malloc(BIG_OUT), *whole = malloc(BIG_OUT), *got = malloc(BIG_OUT + 2);
 	assert_non_null(map);
