@@ -2,6 +2,7 @@
 # bench-gguf.sh: gguf/ on a 1B LLaMA (bf16): mount to first token in llama.cpp, and Q8_0 read speed.
 #
 # Usage: bench/bench-gguf.sh [--model-dir DIR] [--ckptfs PATH] [--cache-dir DIR] [--nlc-dir DIR] [--runs N]
+#                            [--part all|ttft|read]
 #
 # Run as root from the top of a built tree (build without sanitizers for
 # figures). The llama-1b model of bench-read.sh's cache dir is used through
@@ -29,19 +30,22 @@
 #     against hf/model.safetensors through a fresh mount, 1 MiB reads.
 #     Targets: >= 0.3x cold, >= 0.9x warm.
 # Figures are the best of N runs (default 2); peer runs alternate with ours.
+# --part ttft (read) runs part 1 (2) alone; default all.
 
 BENCH_NAME=bench-gguf
-USAGE_LINES=2,33
+USAGE_LINES=2,35
 . "$(dirname "$0")/lib.sh" || exit 1
 
 NLC_DIR=${CKPTFS_NLC_DIR:-$HOME/.cache/ckptfs-test/node-llama-cpp}
 RUNS=2
-BENCH_OPTS="$BENCH_OPTS --nlc-dir=NLC_DIR --runs=RUNS"
+PART=all
+BENCH_OPTS="$BENCH_OPTS --nlc-dir=NLC_DIR --runs=RUNS --part=PART"
 while [ $# -gt 0 ]; do
 	bench_arg "$@"
 	shift "$NSHIFT"
 done
 positive_int "$RUNS" --runs
+case $PART in all|ttft|read) ;; *) die "--part wants all, ttft or read" ;; esac
 bench_paths
 require_fuse
 require_ckptfs
@@ -129,6 +133,7 @@ sub0() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; printf "%.1f", (d > 0) ? d 
 
 echo "bench-gguf: $SRC ($(gb "$(stat -c %s "$SRC/model.safetensors")") bf16), llama.cpp from $NLC_DIR, best of $RUNS; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for v in f16 q8_0; do
+	[ "$PART" != read ] || break
 	cold= warm= peer= conv= load= rcold= rwarm=
 	for r in $(seq "$RUNS"); do
 		cdir=$WORK/cache-$v-$r
@@ -156,6 +161,7 @@ for v in f16 q8_0; do
 		"$(ratio "$(sub0 "$cold" "$load")" "$conv")" "$(ratio "$(sub0 "$warm" "$load")" "$conv")"
 done
 
+[ "$PART" != ttft ] || exit 0
 hf= qc= qw=
 for r in $(seq "$RUNS"); do
 	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"

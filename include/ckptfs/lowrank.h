@@ -6,16 +6,9 @@
  * Every Q, widened once, is kept with the node (a few MiB at most); a tile
  * widens only its own rows of W and of each P.
  *
- * A large read is split by rows between the calling thread and idle helper
- * threads (one fewer than the CPUs, at most LOWRANK_HELPERS_MAX): the
- * kernel often has a single read request outstanding, which one thread
- * would compute on one core while the others wait. A helper that is busy
- * is not waited for: the caller computes that part itself. The helpers are
- * process-wide, like the BLAS's own threads, started on the first large
- * read (so after fuse_daemonize's fork), and each part runs under its own
- * SIGBUS guard (a source truncated under the mount fails the read with EIO).
- * Their CPU time is lent to the caller (cputime.h): the cache's policy
- * weighs a chunk by all the CPU its computation took.
+ * A large read is split by whole tiles between the calling thread and
+ * idle helper threads (workpool.h): the split never moves a tile's bounds,
+ * so the bytes do not depend on it.
  */
 #ifndef CKPTFS_LOWRANK_H
 #define CKPTFS_LOWRANK_H
@@ -23,8 +16,6 @@
 #include <stdint.h>
 
 #include "ckptfs/expr.h"
-
-#define LOWRANK_HELPERS_MAX 7
 
 /* How the operands are read: the expression evaluator passes its own
  * functions, so this kernel never calls back up into it. */

@@ -3,18 +3,14 @@
 #include "ckptfs/lowrank.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ckptfs/blas.h"
 #include "ckptfs/cast.h"
-#include "ckptfs/cputime.h"
-#include "ckptfs/guard.h"
 #include "ckptfs/srcfile.h"
+#include "ckptfs/workpool.h"
 
 /* fp32 elements per tile: 128 KiB of product, in L2 beside the widened
  * Q's until the epilogue reads it. Measured on an AVX-512 core (r = 16,
@@ -367,97 +363,28 @@ static int eval_range(const struct lowrank_io *io, const struct expr *e, const f
 	return r;
 }
 
-/* ---- helpers ---- */
+/* ---- the split ---- */
 
-enum helper_state { HELPER_IDLE, HELPER_JOB, HELPER_DONE };
-
-struct helper {
-	pthread_t th;
-	pthread_cond_t cv; /* state changes, both ways */
-	enum helper_state state;
+/* A read cut in parts of whole tiles: part t of n is output bytes
+ * [part_at(t), part_at(t + 1)). */
+struct split {
 	const struct lowrank_io *io;
 	const struct expr *e;
 	const float *q;
-	uint64_t off, len;
+	uint64_t off, end, t0, tiles, tile_bytes;
 	uint8_t *dst;
-	int result;
-	uint64_t spent; /* its CPU time on the job, lent to the caller */
 };
 
-static struct {
-	pthread_mutex_t mu; /* every helper's state and job */
-	size_t n;
-	struct helper h[LOWRANK_HELPERS_MAX];
-} pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-
-/* eval_range under its own SIGBUS guard. Not inlined: the jump back would
- * clobber a caller's locals that live in registers (gcc -Wclobbered). */
-static __attribute__((noinline)) int eval_guarded(const struct lowrank_io *io, const struct expr *e, const float *q,
-						  uint64_t off, uint64_t len, uint8_t *dst)
+static uint64_t part_at(const struct split *s, size_t t, size_t n)
 {
-	volatile int r = -EIO;
-	GUARDED(r = eval_range(io, e, q, off, len, dst), r = -EIO);
-	return r;
+	return t == 0 ? s->off : t == n ? s->end : (s->t0 + s->tiles * t / n) * s->tile_bytes;
 }
 
-static void *helper_main(void *arg)
+static int eval_part(void *job, size_t t, size_t n)
 {
-	struct helper *h = arg;
-	pthread_mutex_lock(&pool.mu);
-	for (;;) {
-		while (h->state != HELPER_JOB)
-			pthread_cond_wait(&h->cv, &pool.mu);
-		pthread_mutex_unlock(&pool.mu);
-		uint64_t t0 = cputime_thread_ns();
-		int r = eval_guarded(h->io, h->e, h->q, h->off, h->len, h->dst);
-		uint64_t spent = cputime_thread_ns() - t0;
-		pthread_mutex_lock(&pool.mu);
-		h->result = r;
-		h->spent = spent;
-		h->state = HELPER_DONE;
-		pthread_cond_broadcast(&h->cv);
-	}
-	return NULL;
-}
-
-static void pool_start(void)
-{
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	size_t want = cpus > 1 ? (size_t)cpus - 1 : 0;
-	if (want > LOWRANK_HELPERS_MAX)
-		want = LOWRANK_HELPERS_MAX;
-	/* Helpers take no asynchronous signal: those belong to the threads
-	 * that wait for them (libfuse's). Faults stay deliverable. */
-	sigset_t all, old;
-	sigfillset(&all);
-	sigdelset(&all, SIGBUS);
-	sigdelset(&all, SIGSEGV);
-	sigdelset(&all, SIGFPE);
-	sigdelset(&all, SIGILL);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	size_t n = 0;
-	for (; n < want; n++) {
-		struct helper *h = &pool.h[n];
-		h->state = HELPER_IDLE;
-		if (pthread_cond_init(&h->cv, NULL) != 0)
-			break;
-		pthread_attr_t attr;
-		bool ok = pthread_attr_init(&attr) == 0;
-		if (ok) {
-			pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-			ok = pthread_create(&h->th, &attr, helper_main, h) == 0;
-			pthread_attr_destroy(&attr);
-		}
-		if (!ok) {
-			pthread_cond_destroy(&h->cv);
-			break;
-		}
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_mutex_lock(&pool.mu);
-	pool.n = n;
-	pthread_mutex_unlock(&pool.mu);
+	const struct split *s = job;
+	uint64_t a = part_at(s, t, n), b = part_at(s, t + 1, n);
+	return eval_range(s->io, s->e, s->q, a, b - a, s->dst + (a - s->off));
 }
 
 int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
@@ -471,43 +398,7 @@ int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off
 	uint64_t parts = len / LOWRANK_PART_MIN;
 	if (parts > t1 - t0)
 		parts = t1 - t0;
-	if (parts < 2)
-		return eval_range(io, e, q, off, len, dst);
-	pthread_once(&pool_once, pool_start);
-	/* Take the idle helpers it needs; busy ones are not waited for. */
-	struct helper *mine[LOWRANK_HELPERS_MAX];
-	size_t taken = 0;
-	pthread_mutex_lock(&pool.mu);
-	for (size_t i = 0; i < pool.n && taken + 1 < parts; i++)
-		if (pool.h[i].state == HELPER_IDLE)
-			mine[taken++] = &pool.h[i];
-	/* Whole tiles split evenly; part 0, the first tiles, stays on this
-	 * thread. Part t is bytes [at(t), at(t + 1)) of the range. */
-	const uint64_t n = taken + 1, tiles = t1 - t0;
-#define PART_AT(t) ((t) == 0 ? off : (t) == n ? end : (t0 + tiles * (t) / n) * tile * row_bytes)
-	for (size_t t = 0; t < taken; t++) {
-		struct helper *h = mine[t];
-		uint64_t a = PART_AT(t + 1), b = PART_AT(t + 2);
-		h->io = io, h->e = e, h->q = q;
-		h->off = a, h->len = b - a, h->dst = dst + (a - off);
-		h->state = HELPER_JOB;
-		pthread_cond_broadcast(&h->cv);
-	}
-	pthread_mutex_unlock(&pool.mu);
-	/* Guarded here too: a fault must not jump past the wait while helpers
-	 * still write into dst. */
-	r = eval_guarded(io, e, q, off, PART_AT(1) - off, dst);
-#undef PART_AT
-	pthread_mutex_lock(&pool.mu);
-	for (size_t t = 0; t < taken; t++) {
-		struct helper *h = mine[t];
-		while (h->state != HELPER_DONE)
-			pthread_cond_wait(&h->cv, &pool.mu);
-		if (r == 0)
-			r = h->result;
-		cputime_lend(h->spent);
-		h->state = HELPER_IDLE;
-	}
-	pthread_mutex_unlock(&pool.mu);
-	return r;
+	struct split s = { .io = io, .e = e, .q = q, .off = off, .end = end, .t0 = t0, .tiles = t1 - t0,
+			   .tile_bytes = tile * row_bytes, .dst = dst };
+	return workpool_run(eval_part, &s, (size_t)parts);
 }

@@ -238,6 +238,63 @@ static void test_q8_0_expr_ranges(void **state)
 	assert_null(expr_quantize_q8_0(expr_source(&ints)));
 }
 
+/* A tensor whose reads are as large as the kernel's (256 KiB to a cache chunk and beyond). */
+#define BIG_ROWS 128
+#define BIG_COLS 4096
+#define BIG_OUT ((size_t)BIG_ROWS * BIG_COLS / Q8_0_BLOCK * Q8_0_BLOCK_BYTES)
+
+static void test_q8_0_expr_split(void **state)
+{
+	(void)state;
+	/* Reads at odd offsets and of large lengths equal the same bytes of the
+	 * whole read and of the scalar quantiser: a read's own bounds never show
+	 * (a split of the work, if one is added, must keep that). Through the
+	 * mapping (bf16 source) and through expr_read (a cast of it to f32). */
+	const size_t nv = (size_t)BIG_ROWS * BIG_COLS;
+	uint8_t *map = malloc(nv * 2), *want = malloc(BIG_OUT), *whole = malloc(BIG_OUT), *got = malloc(BIG_OUT + 2);
+	assert_non_null(map);
+	assert_non_null(want);
+	assert_non_null(whole);
+	assert_non_null(got);
+	for (size_t i = 0; i < nv; i++) {
+		float v = sinf((float)i * 0.37f) * (float)(1 + i % 7) * (i % 1000 == 0 ? 1e4f : 1.0f);
+		uint16_t h = cast_f32_to_bf16(v);
+		memcpy(map + 2 * i, &h, 2);
+	}
+	q8_0_quantize_bf16_scalar(map, want, nv);
+	struct src_file big = { .name = "big.safetensors", .path = "d/big.safetensors", .fd = -1, .map = map, .size = nv * 2 };
+	struct cat_tensor t = { .name = "w", .dtype = CKPT_BF16, .ndim = 2, .shape = { BIG_ROWS, BIG_COLS }, .file = &big,
+				.offset = 0, .nbytes = nv * 2 };
+	struct expr *es[2] = { expr_quantize_q8_0(expr_source(&t)),
+			       expr_quantize_q8_0(expr_cast(expr_source(&t), CKPT_F32)) };
+	static const uint64_t offs[] = { 0, 1, 33, 35, 34 * 1000 + 17, 123457, BIG_OUT / 2 - 3 };
+	static const uint64_t lens[] = { 256 << 10, (256 << 10) + 1, (300 << 10) + 33, (512 << 10) - 7, BIG_OUT };
+	for (int k = 0; k < 2; k++) {
+		struct expr *e = es[k];
+		assert_non_null(e);
+		assert_int_equal(e->nbytes, BIG_OUT);
+		assert_true(BIG_OUT >= (512u << 10));
+		memset(whole, 0xAA, BIG_OUT);
+		assert_int_equal(expr_read(e, 0, BIG_OUT, whole), 0);
+		assert_memory_equal(whole, want, BIG_OUT);
+		for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+			for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+				uint64_t off = offs[i], len = lens[j] < BIG_OUT - off ? lens[j] : BIG_OUT - off;
+				memset(got, 0xAA, BIG_OUT + 2);
+				assert_int_equal(expr_read(e, off, len, got + 1), 0);
+				assert_memory_equal(got + 1, whole + off, (size_t)len);
+				/* nothing written around the range */
+				assert_int_equal(got[0], 0xAA);
+				assert_int_equal(got[len + 1], 0xAA);
+			}
+		expr_unref(e);
+	}
+	free(map);
+	free(want);
+	free(whole);
+	free(got);
+}
+
 static uint64_t le(const uint8_t *p, int n)
 {
 	uint64_t v = 0;
@@ -496,6 +553,7 @@ int main(void)
 		cmocka_unit_test(test_q8_0_matches_ggml), cmocka_unit_test(test_q8_0_rounding),
 		cmocka_unit_test(test_q8_0_vector_scalar),
 		cmocka_unit_test(test_q8_0_bf16),  cmocka_unit_test(test_q8_0_expr_ranges),
+		cmocka_unit_test(test_q8_0_expr_split),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
 		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_rope_rows),
 	};
