@@ -10,6 +10,7 @@
 #include "ckptfs/blas.h"
 #include "ckptfs/cast.h"
 #include "ckptfs/srcfile.h"
+#include "ckptfs/guard.h"
 #include "ckptfs/workpool.h"
 
 /* fp32 elements per tile: 128 KiB of product, in L2 beside the widened
@@ -249,6 +250,18 @@ struct tilebuf {
 	uint8_t *cut; /* one output row (a row cut by the range's ends) */
 };
 
+/* Freed by whoever holds the job, after the guard: a fault in a part
+ * jumps past the part's own code. */
+static void tilebuf_free(struct tilebuf *b)
+{
+	free(b->d);
+	free(b->acc);
+	free(b->p);
+	free(b->tmp);
+	free(b->wraw);
+	free(b->cut);
+}
+
 /* The last step for tile rows [row0, row0+nr): out = base + s * d rounded,
  * of the part of output bytes [off, off+len) they hold: whole rows
  * straight into dst, a row cut by either end through buf->cut. */
@@ -289,17 +302,21 @@ static int emit_tile(const struct expr *e, enum ckpt_dtype bdt, const void *base
 }
 
 /* Rows in a tile: about LOWRANK_TILE_ELEMS fp32 values, at least one row. */
+/* Rows per tile: a fact of the tensor alone (never of the read), and no
+ * more than it has, so a narrow W of few rows does not size its buffers
+ * for rows that do not exist. */
 static uint64_t tile_rows(const struct expr *e)
 {
-	uint64_t C = e->shape[1];
-	return C < LOWRANK_TILE_ELEMS ? LOWRANK_TILE_ELEMS / C : 1;
+	uint64_t R = e->shape[0], C = e->shape[1];
+	uint64_t t = C < LOWRANK_TILE_ELEMS ? LOWRANK_TILE_ELEMS / C : 1;
+	return t < R ? t : (R ? R : 1);
 }
 
 /* Output bytes [off, off+len) of e on this thread. Tiles start at
  * multiples of tile_rows (whatever the range), so a row is always
  * multiplied in the same company: its bytes do not depend on the read. */
 static int eval_range(const struct lowrank_io *io, const struct expr *e, const float *q, uint64_t off, uint64_t len,
-		      uint8_t *dst)
+		      uint8_t *dst, struct tilebuf *b)
 {
 	const size_t nterms = e->nargs / 2;
 	const uint64_t R = e->shape[0], C = e->shape[1], row_bytes = C * dtype_size(e->dtype);
@@ -316,50 +333,43 @@ static int eval_range(const struct lowrank_io *io, const struct expr *e, const f
 	 * it) and there is one term; else widened into acc first. */
 	bool w_raw = nterms == 1 && (w->dtype == CKPT_BF16 || w->dtype == CKPT_F32);
 	size_t wsz = dtype_size(w->dtype);
-	struct tilebuf buf = { 0 };
 	uint64_t tmp_bytes = tile * rmax * 8;
 	if (!wmap && tile * C * wsz > tmp_bytes)
 		tmp_bytes = tile * C * wsz;
-	buf.d = malloc((size_t)(tile * C) * sizeof(float));
-	buf.acc = malloc((size_t)(tile * C) * sizeof(float));
-	buf.p = malloc((size_t)(tile * rmax) * sizeof(float));
-	buf.tmp = malloc((size_t)tmp_bytes);
-	buf.wraw = !wmap && w_raw ? malloc((size_t)(tile * C * wsz)) : NULL;
-	buf.cut = malloc((size_t)row_bytes);
-	int r = buf.d && buf.acc && buf.p && buf.tmp && buf.cut && (wmap || !w_raw || buf.wraw) ? 0 : -ENOMEM;
+	b->d = malloc((size_t)(tile * C) * sizeof(float));
+	b->acc = malloc((size_t)(tile * C) * sizeof(float));
+	b->p = malloc((size_t)(tile * rmax) * sizeof(float));
+	b->tmp = malloc((size_t)tmp_bytes);
+	b->wraw = !wmap && w_raw ? malloc((size_t)(tile * C * wsz)) : NULL;
+	b->cut = malloc((size_t)row_bytes);
+	int r = b->d && b->acc && b->p && b->tmp && b->cut && (wmap || !w_raw || b->wraw) ? 0 : -ENOMEM;
 	for (uint64_t i = first; i < last && r == 0; i += tile) {
 		uint64_t nr = R - i < tile ? R - i : tile;
 		enum ckpt_dtype bdt = CKPT_F32;
-		const void *base = buf.acc;
+		const void *base = b->acc;
 		if (w_raw && wmap) {
 			src_file_count(w->src->file, nr * C * wsz);
 			base = wmap + i * C * wsz, bdt = w->dtype;
 		} else if (w_raw) {
-			r = io->read(w, i * C * wsz, nr * C * wsz, buf.wraw);
-			base = buf.wraw, bdt = w->dtype;
+			r = io->read(w, i * C * wsz, nr * C * wsz, b->wraw);
+			base = b->wraw, bdt = w->dtype;
 		} else {
-			r = read_f32(io, w, i * C, nr * C, buf.acc, buf.tmp);
+			r = read_f32(io, w, i * C, nr * C, b->acc, b->tmp);
 		}
 		uint64_t qoff = 0;
 		for (size_t k = 0; k < nterms && r == 0; k++) {
 			const struct expr *pk = e->args[1 + 2 * k];
 			uint64_t rk = pk->shape[1];
-			if ((r = read_f32(io, pk, i * rk, nr * rk, buf.p, buf.tmp)) < 0)
+			if ((r = read_f32(io, pk, i * rk, nr * rk, b->p, b->tmp)) < 0)
 				break;
-			blas_product((size_t)nr, (size_t)C, (size_t)rk, buf.p, q + qoff, buf.d);
+			blas_product((size_t)nr, (size_t)C, (size_t)rk, b->p, q + qoff, b->d);
 			qoff += rk * C;
 			if (k + 1 < nterms) /* acc += s_k * d, in place */
-				epilogue(CKPT_F32, buf.acc, CKPT_F32, buf.acc, buf.d, e->scale[k], (size_t)(nr * C));
+				epilogue(CKPT_F32, b->acc, CKPT_F32, b->acc, b->d, e->scale[k], (size_t)(nr * C));
 			else
-				r = emit_tile(e, bdt, base, buf.d, e->scale[k], i, nr, off, len, dst, &buf);
+				r = emit_tile(e, bdt, base, b->d, e->scale[k], i, nr, off, len, dst, b);
 		}
 	}
-	free(buf.d);
-	free(buf.acc);
-	free(buf.p);
-	free(buf.tmp);
-	free(buf.wraw);
-	free(buf.cut);
 	return r;
 }
 
@@ -373,6 +383,7 @@ struct split {
 	const float *q;
 	uint64_t off, end, t0, tiles, tile_bytes;
 	uint8_t *dst;
+	struct tilebuf bufs[WORKPOOL_HELPERS_MAX + 1]; /* part t's */
 };
 
 static uint64_t part_at(const struct split *s, size_t t, size_t n)
@@ -382,9 +393,18 @@ static uint64_t part_at(const struct split *s, size_t t, size_t n)
 
 static int eval_part(void *job, size_t t, size_t n)
 {
-	const struct split *s = job;
+	struct split *s = job;
 	uint64_t a = part_at(s, t, n), b = part_at(s, t + 1, n);
-	return eval_range(s->io, s->e, s->q, a, b - a, s->dst + (a - s->off));
+	return eval_range(s->io, s->e, s->q, a, b - a, s->dst + (a - s->off), &s->bufs[t]);
+}
+
+/* Under a guard of its own, so that the parts' buffers are freed after a
+ * fault too (a single part runs under the caller's guard alone). */
+static __attribute__((noinline)) int run_guarded(struct split *s, size_t parts)
+{
+	volatile int r = -EIO;
+	GUARDED(r = workpool_run(eval_part, s, parts), r = -EIO);
+	return r;
 }
 
 int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off, uint64_t len, uint8_t *dst)
@@ -398,7 +418,12 @@ int lowrank_read(const struct lowrank_io *io, const struct expr *e, uint64_t off
 	uint64_t parts = len / LOWRANK_PART_MIN;
 	if (parts > t1 - t0)
 		parts = t1 - t0;
+	if (parts > WORKPOOL_HELPERS_MAX + 1)
+		parts = WORKPOOL_HELPERS_MAX + 1;
 	struct split s = { .io = io, .e = e, .q = q, .off = off, .end = end, .t0 = t0, .tiles = t1 - t0,
 			   .tile_bytes = tile * row_bytes, .dst = dst };
-	return workpool_run(eval_part, &s, (size_t)parts);
+	r = run_guarded(&s, (size_t)parts);
+	for (size_t t = 0; t <= WORKPOOL_HELPERS_MAX; t++)
+		tilebuf_free(&s.bufs[t]);
+	return r;
 }
