@@ -97,6 +97,36 @@ gen_model() {
     "$PYTHON" "$srcdir/examples/gen-model.py" "$@"
 }
 
+# stat_of MNT KEY/PATH: a number of MNT's .ckptfs/stats (an object: the sum
+# of its values)
+stat_of() {
+    "$PYTHON" -c 'import json,sys
+j=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("/"):
+    j=j[k]
+print(int(sum(j.values())) if isinstance(j, dict) else int(j))' "$1/.ckptfs/stats" "$2"
+}
+
+# gen_llama_bf16 DIR SEED HIDDEN LAYERS HEADS KV_HEADS INTERMEDIATE VOCAB: a
+# LLaMA-shaped bf16 checkpoint of those sizes (untied), made by
+# examples/gen-model.py's own builders.
+gen_llama_bf16() {
+    "$PYTHON" - "$srcdir/examples/gen-model.py" "$@" <<'PY'
+import importlib.util, os, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
+gm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gm)
+out, seed, hidden, layers, heads, kv, inter, vocab = sys.argv[2], *map(int, sys.argv[3:10])
+os.makedirs(out)
+c = gm.llama_config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
+                    torch_dtype="bfloat16", tie_word_embeddings=False,
+                    rms_norm_eps=1e-05, max_position_embeddings=256)
+gm._llama_family(out, np.random.default_rng(seed), c, "BF16", gm.BF16_SPECIALS)
+PY
+}
+
 # True when PATH is a mount point in /proc/self/mounts.  Only PATH's parent
 # is resolved, never PATH itself, so it cannot hang on a daemon that does
 # not answer.

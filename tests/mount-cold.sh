@@ -29,27 +29,7 @@ set -eu
 mount_test_init
 
 SRC=$TESTDIR/src
-"$PYTHON" - "$srcdir/examples/gen-model.py" "$SRC" <<'PY'
-import importlib.util, os, sys
-import numpy as np
-spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
-gm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gm)
-os.makedirs(sys.argv[2])
-c = gm.llama_config(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=4, intermediate_size=16384, vocab_size=512,
-                    torch_dtype="bfloat16", tie_word_embeddings=False,
-                    rms_norm_eps=1e-05, max_position_embeddings=256)
-gm._llama_family(sys.argv[2], np.random.default_rng(41), c, "BF16", gm.BF16_SPECIALS)
-PY
-
-stat_of() { # stat_of MNT KEY/PATH: a number of .ckptfs/stats (an object: its sum)
-    "$PYTHON" -c 'import json,sys
-j=json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("/"):
-    j=j[k]
-print(int(sum(j.values())) if isinstance(j, dict) else int(j))' "$1/.ckptfs/stats" "$2"
-}
+gen_llama_bf16 "$SRC" 41 256 2 4 4 16384 512 || hard_error "generating the model failed"
 
 # cached_pages [drop]: how many pages of the source the page cache holds
 # (after dropping them with "drop": the pages a mapping holds stay).

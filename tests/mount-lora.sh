@@ -112,7 +112,7 @@ note "  export hf@bf16/ -o lora= == mount"
     fail "inspect does not count the 14 merged modules"
 
 note "=== cache"
-stat_of() {
+cache_counts() { # disk hits, computed chunks, entries written
     "$PYTHON" -c 'import json, sys
 c = json.load(open(sys.argv[1] + "/.ckptfs/stats"))["cache"]
 print(c["disk"]["hits"], c["computed_chunks"], c["disk"]["written"])' "$1"
@@ -123,7 +123,7 @@ for k in 1 2; do
     # merges 5x slower); `always` makes the read-back of merges certain.
     mount_ckptfs "$TESTDIR/llama" "$TESTDIR/m" -o "lora=$TESTDIR/ad1,cache_dir=$TESTDIR/cache,cache_policy=always"
     cat "$TESTDIR/m/hf/"*.safetensors >"$TESTDIR/read-$k"
-    read -r hits computed written <<<"$(stat_of "$TESTDIR/m")"
+    read -r hits computed written <<<"$(cache_counts "$TESTDIR/m")"
     note "  mount $k: disk hits $hits, computed chunks $computed, written $written"
     umount_ckptfs
     if [ "$k" = 1 ] && { [ "$computed" -eq 0 ] || [ "$written" -eq 0 ]; }; then

@@ -25,29 +25,9 @@ set -eu
 mount_test_init
 
 SRC=$TESTDIR/src
-"$PYTHON" - "$srcdir/examples/gen-model.py" "$SRC" <<'PY'
-import importlib.util, os, sys
-import numpy as np
-spec = importlib.util.spec_from_file_location("gen_model", sys.argv[1])
-gm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gm)
-os.makedirs(sys.argv[2])
-c = gm.llama_config(hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
-                    num_key_value_heads=2, intermediate_size=1024, vocab_size=1000,
-                    torch_dtype="bfloat16", tie_word_embeddings=False,
-                    rms_norm_eps=1e-05, max_position_embeddings=256)
-gm._llama_family(sys.argv[2], np.random.default_rng(14), c, "BF16", gm.BF16_SPECIALS)
-PY
+gen_llama_bf16 "$SRC" 14 512 4 8 2 1024 1000 || hard_error "generating the model failed"
 
 VIEWS="hf native hf@fp16 tp-4/rank-1 pp-2/stage-1"
-
-stat_of() { # stat_of MNT KEY/PATH: a number of .ckptfs/stats (an object: its sum)
-    "$PYTHON" -c 'import json,sys
-j=json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("/"):
-    j=j[k]
-print(int(sum(j.values())) if isinstance(j, dict) else int(j))' "$1/.ckptfs/stats" "$2"
-}
 
 copy_views() { # copy_views MNT DEST: every file of VIEWS, read with cat
     local v f
