@@ -169,7 +169,8 @@ _show_log() {
 }
 
 # mount_ckptfs SRC MNT [OPTION...]: start "$CKPTFS" -f [OPTION...] SRC MNT
-# in the background (output to $CKPTFS_LOG) and wait until MNT is mounted.
+# in the background (output to $CKPTFS_LOG) and wait until MNT is mounted;
+# with CKPTFS_WRAP set, through that command (it must exec the daemon).
 # Sets CKPTFS_PID, CKPTFS_MNT, CKPTFS_LOG.
 mount_ckptfs() {
     local src=$1 mnt=$2 deadline rc
@@ -178,7 +179,9 @@ mount_ckptfs() {
     CKPTFS_LOG=$TESTDIR/ckptfs.$_ckptfs_nmount.log
     CKPTFS_MNT=$mnt
     note "mount: $CKPTFS -f $* $src $mnt"
-    "$CKPTFS" -f "$@" "$src" "$mnt" >"$CKPTFS_LOG" 2>&1 &
+    # CKPTFS_WRAP: a command that execs the daemon (setpriv ...), or empty
+    # shellcheck disable=SC2086
+    ${CKPTFS_WRAP:-} "$CKPTFS" -f "$@" "$src" "$mnt" >"$CKPTFS_LOG" 2>&1 &
     CKPTFS_PID=$!
     CKPTFS_PIDS="$CKPTFS_PIDS $CKPTFS_PID"
     deadline=$(($(date +%s) + ${CKPTFS_MOUNT_TIMEOUT:-20}))
