@@ -139,6 +139,9 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 	 * group early ("a)|(.*" would match every module); counted repeats are
 	 * bounded, since nested ones make regcomp's automaton explode. */
 	unsigned depth = 0, repeats = 0;
+	/* What a quantifier would repeat: glibc builds chained ones ("a+++",
+	 * which Python refuses) into an automaton that takes gigabytes. */
+	enum { Q_NONE, Q_ATOM, Q_QUANT, Q_LAZY } prev = Q_NONE;
 	ere[o++] = '^', ere[o++] = '(';
 	for (size_t i = 0; i < n; i++) {
 		char ch = py[i];
@@ -158,6 +161,7 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 			} else if (!bad) {
 				ere[o++] = '\\', ere[o++] = e;
 			}
+			prev = Q_ATOM;
 		} else if (ch == '\\') {
 			bad = "a trailing backslash";
 		} else if (!bracket && ch == '(' && i + 1 < n && py[i + 1] == '?') {
@@ -165,11 +169,25 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 				ere[o++] = '(';
 				depth++;
 				i += 2;
+				prev = Q_NONE;
 			} else {
 				bad = "a (? group other than (?:";
 			}
 		} else if (!bracket && ch == ')' && depth == 0) {
 			bad = INVALID_RE; /* Python rejects it too */
+		} else if (!bracket && (ch == '*' || ch == '+' || ch == '?')) {
+			if (ch == '?' && prev == Q_QUANT) {
+				prev = Q_LAZY; /* lazy: the same full matches, so dropped */
+			} else if (prev == Q_NONE) {
+				bad = INVALID_RE; /* nothing to repeat */
+			} else if (prev != Q_ATOM) {
+				bad = "a quantifier after a quantifier (possessive, or a multiple repeat)";
+			} else {
+				ere[o++] = ch;
+				prev = Q_QUANT;
+			}
+		} else if (!bracket && ch == '{' && i + 1 < n && py[i + 1] >= '0' && py[i + 1] <= '9' && prev != Q_ATOM) {
+			bad = prev == Q_NONE ? INVALID_RE : "a quantifier after a quantifier (possessive, or a multiple repeat)";
 		} else if (!bracket && ch == '{' && i + 1 < n && py[i + 1] >= '0' && py[i + 1] <= '9') {
 			char *end;
 			unsigned long lo = strtoul(py + i + 1, &end, 10), hi = lo;
@@ -183,6 +201,7 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 				memcpy(ere + o, py + i, (size_t)(end + 1 - (py + i)));
 				o += (size_t)(end + 1 - (py + i));
 				i = (size_t)(end - py);
+				prev = Q_QUANT;
 			}
 		} else {
 			if (ch == '[' && !bracket)
@@ -194,6 +213,7 @@ static int target_regex(struct lora_config *c, const char *py, const char *path,
 			else if (!bracket && ch == ')')
 				depth--;
 			ere[o++] = ch;
+			prev = !bracket && (ch == '(' || ch == '|') ? Q_NONE : Q_ATOM;
 		}
 		if (!bad && i + 1 == n && (depth || bracket))
 			bad = INVALID_RE;

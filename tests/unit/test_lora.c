@@ -172,6 +172,17 @@ static void test_config_targets(void **state)
 			       "\"((a{1,255}){1,255}){1,255}\"}",
 			       &c, &err),
 			 -ENOTSUP);
+	/* chained quantifiers: Python refuses them, glibc's automaton for them took gigabytes (found by fuzz_lora_config) */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"c_attn0++++++++\"}", &c, &err),
+			 -ENOTSUP);
+	assert_string_equal(err.msg, "a/adapter_config.json: target_modules regex 'c_attn0++++++++' has a quantifier after a "
+				     "quantifier (possessive, or a multiple repeat), which ckptfs cannot match as Python does");
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"*q\"}", &c, &err), -EINVAL);
+	/* a lazy quantifier full-matches what the greedy one does */
+	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \".*?v_proj\"}", &c, &err), 0);
+	assert_true(lora_config_targets(&c, "model.layers.0.self_attn.v_proj"));
+	assert_false(lora_config_targets(&c, "model.layers.0.self_attn.q_proj"));
+	lora_config_free(&c);
 	assert_int_equal(parse("{\"peft_type\": \"LORA\", \"r\": 8, \"target_modules\": \"q{1,2}_proj\"}", &c, &err), 0);
 	assert_true(lora_config_targets(&c, "qq_proj"));
 	assert_false(lora_config_targets(&c, "qqq_proj"));
