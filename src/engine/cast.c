@@ -252,6 +252,8 @@ static inline uint16_t bf16_from_f16_bits(uint16_t h)
  * of floats. Chosen at run time, so the binary still runs on any x86-64. */
 #include <cpuid.h>
 #include <immintrin.h>
+
+#include "ckptfs/simd_bf16.h"
 #define CAST_X86 1
 
 enum { X86_F16C = 1, X86_AVX2 = 2 };
@@ -316,19 +318,10 @@ __attribute__((target("avx,f16c"))) static size_t f16c_to_f16(uint8_t *out, enum
 	return i;
 }
 
-static bool cpu_has_avx2_f16c(void)
-{
-	return (x86_features() & (X86_F16C | X86_AVX2)) == (X86_F16C | X86_AVX2);
-}
-
-/* F32 or F16 (widened by F16C) to BF16: the integer rounding of
- * bf16_from_f32_bits on eight lanes at once. */
+/* F32 or F16 (widened by F16C) to BF16, eight lanes at once. */
 __attribute__((target("avx2,f16c"))) static size_t avx2_to_bf16(uint8_t *out, enum ckpt_dtype src, const uint8_t *in,
 							     size_t n)
 {
-	const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
-	const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
-	const __m256i quiet = _mm256_set1_epi32(0x40);
 	size_t i = 0;
 	for (; n - i >= 8; i += 8) {
 		__m256i u;
@@ -337,16 +330,7 @@ __attribute__((target("avx2,f16c"))) static size_t avx2_to_bf16(uint8_t *out, en
 		else
 			u = _mm256_castps_si256(
 				_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(in + 2 * i))));
-		__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-		__m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(half, lsb)), 16);
-		__m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
-		/* |u| fits in 31 bits, so the signed compare is the unsigned one */
-		__m256i isnan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
-		__m256i o = _mm256_blendv_epi8(r, nan, isnan);
-		/* 32-bit lanes to 16 bits: values are < 65536, packus keeps them;
-		 * it works within 128-bit halves, so put the halves back in order */
-		__m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(o, o), 0x08);
-		_mm_storeu_si128((__m128i *)(void *)(out + 2 * i), _mm256_castsi256_si128(p));
+		_mm_storeu_si128((__m128i *)(void *)(out + 2 * i), simd_bf16_round8(u));
 	}
 	return i;
 }
@@ -399,7 +383,7 @@ int cast_run(enum ckpt_dtype dst, void *out, enum ckpt_dtype src, const void *in
 		done = f16c_to_f16(out, src, in, n);
 	else if (src == CKPT_F16 && dst == CKPT_F32 && cpu_has_f16c())
 		done = f16c_from_f16(out, in, n);
-	else if (dst == CKPT_BF16 && (src == CKPT_F32 || src == CKPT_F16) && cpu_has_avx2_f16c())
+	else if (dst == CKPT_BF16 && (src == CKPT_F32 || src == CKPT_F16) && cast_cpu_avx2_f16c())
 		done = avx2_to_bf16(out, src, in, n);
 	in = (const uint8_t *)in + done * isz;
 	out = (uint8_t *)out + done * dtype_size(dst);

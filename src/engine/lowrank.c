@@ -11,6 +11,7 @@
 #include "ckptfs/cast.h"
 #include "ckptfs/srcfile.h"
 #include "ckptfs/guard.h"
+#include "ckptfs/simd_bf16.h"
 #include "ckptfs/workpool.h"
 
 /* fp32 elements per tile: 128 KiB of product, in L2 beside the widened
@@ -101,13 +102,6 @@ static int q_widened(const struct lowrank_io *io, const struct expr *e, const fl
  * the scale, the add and the rounding are done here, the same for every
  * element: fl(base + fl(s * d)), rounded once to the output type. */
 
-static inline uint32_t f32_bits(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return u;
-}
-
 static inline float base_at(enum ckpt_dtype bdt, const void *base, size_t i)
 {
 	if (bdt == CKPT_F32) {
@@ -140,16 +134,12 @@ static void epilogue_scalar(enum ckpt_dtype odt, void *out, enum ckpt_dtype bdt,
 #include <immintrin.h>
 #define LOWRANK_X86 1
 
-/* 16 lanes: the widening of a bf16 is a shift, the rounding the integer
- * form of cast.c's bf16_from_f32_bits (NaN made quiet). Returns the
- * elements done (whole groups of 16). */
+/* 16 lanes: the widening of a bf16 is a shift, the rounding simd_bf16.h's
+ * (cast.c's, lane by lane). Returns the elements done (whole groups of 16). */
 __attribute__((target("avx512f"))) static size_t epilogue_avx512(enum ckpt_dtype odt, void *out, enum ckpt_dtype bdt,
 								  const void *base, const float *d, float s, size_t n)
 {
 	const __m512 vs = _mm512_set1_ps(s);
-	const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
-	const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-	const __m512i quiet = _mm512_set1_epi32(0x40);
 	size_t i = 0;
 	for (; n - i >= 16; i += 16) {
 		__m512 b;
@@ -164,13 +154,7 @@ __attribute__((target("avx512f"))) static size_t epilogue_avx512(enum ckpt_dtype
 			_mm512_storeu_ps((float *)out + i, x);
 			continue;
 		}
-		__m512i u = _mm512_castps_si512(x);
-		__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-		__m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(half, lsb)), 16);
-		__m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), quiet);
-		__mmask16 isnan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs), inf);
-		__m512i o = _mm512_mask_blend_epi32(isnan, r, nan);
-		_mm256_storeu_si256((__m256i *)(void *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(o));
+		_mm256_storeu_si256((__m256i *)(void *)((uint16_t *)out + i), simd_bf16_round16(_mm512_castps_si512(x)));
 	}
 	return i;
 }
@@ -180,9 +164,6 @@ __attribute__((target("avx2"))) static size_t epilogue_avx2(enum ckpt_dtype odt,
 							     const void *base, const float *d, float s, size_t n)
 {
 	const __m256 vs = _mm256_set1_ps(s);
-	const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
-	const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
-	const __m256i quiet = _mm256_set1_epi32(0x40);
 	size_t i = 0;
 	for (; n - i >= 8; i += 8) {
 		__m256 b;
@@ -197,14 +178,7 @@ __attribute__((target("avx2"))) static size_t epilogue_avx2(enum ckpt_dtype odt,
 			_mm256_storeu_ps((float *)out + i, x);
 			continue;
 		}
-		__m256i u = _mm256_castps_si256(x);
-		__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-		__m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(half, lsb)), 16);
-		__m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
-		__m256i isnan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
-		__m256i o = _mm256_blendv_epi8(r, nan, isnan);
-		__m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(o, o), 0x08);
-		_mm_storeu_si128((__m128i *)(void *)((uint16_t *)out + i), _mm256_castsi256_si128(p));
+		_mm_storeu_si128((__m128i *)(void *)((uint16_t *)out + i), simd_bf16_round8(_mm256_castps_si256(x)));
 	}
 	return i;
 }
