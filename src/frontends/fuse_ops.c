@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <fcntl.h>
@@ -118,6 +119,97 @@ static uint64_t load(const uint64_t *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* One number of the stats file: its key, and where it is in the struct it
+ * is read from. STAT_FIELD refuses a field that is not uint64_t or double. */
+struct stat_field {
+	const char *key;
+	size_t off;
+	bool real; /* a double, else a uint64_t */
+};
+#define STAT_FIELD(key, type, field)                                                                                   \
+	{                                                                                                              \
+		key, offsetof(type, field), _Generic(((type *)0)->field, uint64_t: false, double: true)                \
+	}
+
+/* Adds t's numbers, in order, read from the struct at base; a uint64_t
+ * atomically, as some are counters other threads bump while we read. */
+static void stats_add(cJSON *o, const void *base, const struct stat_field *t, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const void *p = (const char *)base + t[i].off;
+		cJSON_AddNumberToObject(o, t[i].key, t[i].real ? *(const double *)p : (double)load((const uint64_t *)p));
+	}
+}
+
+#define STATS_ADD(o, base, table) stats_add(o, base, table, sizeof(table) / sizeof((table)[0]))
+
+static const struct stat_field reads_fields[] = {
+	STAT_FIELD("reads", struct readstats_snap, reads),
+	STAT_FIELD("bytes_served", struct readstats_snap, served),
+	STAT_FIELD("bytes_from_source", struct readstats_snap, from_source),
+	/* handed to the kernel as file ranges (splice), not copied: source
+	 * ranges, and ranges of raw cache entries among the computed bytes */
+	STAT_FIELD("bytes_spliced", struct readstats_snap, spliced),
+	STAT_FIELD("bytes_computed", struct readstats_snap, computed),
+	/* generated text: headers, config.json */
+	STAT_FIELD("bytes_generated", struct readstats_snap, generated),
+};
+
+static const struct stat_field readahead_conf_fields[] = {
+	STAT_FIELD("window_max", struct prefetch_conf, window_max),
+	STAT_FIELD("gap", struct prefetch_conf, gap),
+	STAT_FIELD("request_max", struct prefetch_conf, req),
+};
+
+static const struct stat_field readahead_fields[] = {
+	STAT_FIELD("requests", struct prefetch_stats, requests),
+	STAT_FIELD("source_bytes_requested", struct prefetch_stats, source_bytes),
+	STAT_FIELD("view_bytes_ahead", struct prefetch_stats, view_bytes),
+	STAT_FIELD("view_bytes_used", struct prefetch_stats, view_used),
+};
+
+/* strided source pieces of copied replies, read with pread */
+static const struct stat_field gather_fields[] = {
+	STAT_FIELD("requests", struct vgather_stats, requests),
+	STAT_FIELD("source_bytes_read", struct vgather_stats, bytes),
+	STAT_FIELD("bytes_resident", struct vgather_stats, mapped),
+};
+
+static const struct stat_field tier_fields[] = {
+	STAT_FIELD("hits", struct cache_tier_stats, hits),
+	STAT_FIELD("misses", struct cache_tier_stats, misses),
+	STAT_FIELD("bytes_in", struct cache_tier_stats, bytes_in),
+	STAT_FIELD("bytes_out", struct cache_tier_stats, bytes_out),
+	STAT_FIELD("evictions", struct cache_tier_stats, evictions),
+	STAT_FIELD("bytes_stored", struct cache_tier_stats, bytes_stored),
+};
+
+/* after the disk tier's own numbers and "enabled" */
+static const struct stat_field disk_fields[] = {
+	STAT_FIELD("written", struct cache_stats, disk_written),
+	STAT_FIELD("skipped_by_policy", struct cache_stats, disk_skipped_by_policy),
+	STAT_FIELD("deduplicated", struct cache_stats, disk_deduplicated),
+	STAT_FIELD("dropped", struct cache_stats, disk_dropped),
+	STAT_FIELD("failed", struct cache_stats, disk_failed),
+	STAT_FIELD("pending", struct cache_stats, disk_pending),
+	STAT_FIELD("bad_entries_deleted", struct cache_stats, disk_bad_entries),
+	/* hits handed out as ranges of raw entry files: spliced to the
+	 * kernel (counted in bytes_spliced) unless the reply is copied */
+	STAT_FIELD("range_hits", struct cache_stats, disk_range_hits),
+	STAT_FIELD("range_bytes", struct cache_stats, disk_range_bytes),
+	/* chunks compressed at cache_level to see whether they compress */
+	STAT_FIELD("trials", struct cache_stats, disk_trials),
+};
+
+/* after the tiers */
+static const struct stat_field cache_fields[] = {
+	STAT_FIELD("computed_chunks", struct cache_stats, computed_chunks),
+	STAT_FIELD("compute_mbps", struct cache_stats, compute_mbps),
+	STAT_FIELD("decompress_mbps", struct cache_stats, decompress_mbps),
+	STAT_FIELD("copy_mbps", struct cache_stats, copy_mbps),
+	STAT_FIELD("judged_raw", struct cache_stats, judged_raw),
+};
+
 static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 {
 	cJSON *j = cJSON_CreateObject();
@@ -135,15 +227,7 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 		cJSON_AddNumberToObject(sources, extra, (double)load(&f->bytes_read));
 	struct readstats_snap rs;
 	readstats_get(&fs->stats, &rs);
-	cJSON_AddNumberToObject(j, "reads", (double)rs.reads);
-	cJSON_AddNumberToObject(j, "bytes_served", (double)rs.served);
-	cJSON_AddNumberToObject(j, "bytes_from_source", (double)rs.from_source);
-	/* handed to the kernel as file ranges (splice), not copied: source
-	 * ranges, and ranges of raw cache entries among the computed bytes */
-	cJSON_AddNumberToObject(j, "bytes_spliced", (double)rs.spliced);
-	cJSON_AddNumberToObject(j, "bytes_computed", (double)rs.computed);
-	/* generated text: headers, config.json */
-	cJSON_AddNumberToObject(j, "bytes_generated", (double)rs.generated);
+	STATS_ADD(j, &rs, reads_fields);
 	/* how replies reach the kernel: the splice pipe libfuse can grow, and
 	 * the read size asked of the kernel to fit it (0: the kernel's own) */
 	cJSON *reply = cJSON_AddObjectToObject(j, "reply");
@@ -151,54 +235,21 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(reply, "pipe_size", (double)fs->pipe_size);
 	cJSON_AddNumberToObject(reply, "max_read", (double)fs->max_read);
 	cJSON *ra = cJSON_AddObjectToObject(j, "readahead");
-	cJSON_AddNumberToObject(ra, "window_max", (double)fs->prefetch_conf.window_max);
-	cJSON_AddNumberToObject(ra, "gap", (double)fs->prefetch_conf.gap);
-	cJSON_AddNumberToObject(ra, "request_max", (double)fs->prefetch_conf.req);
-	cJSON_AddNumberToObject(ra, "requests", (double)load(&fs->prefetch.requests));
-	cJSON_AddNumberToObject(ra, "source_bytes_requested", (double)load(&fs->prefetch.source_bytes));
-	cJSON_AddNumberToObject(ra, "view_bytes_ahead", (double)load(&fs->prefetch.view_bytes));
-	cJSON_AddNumberToObject(ra, "view_bytes_used", (double)load(&fs->prefetch.view_used));
-	/* strided source pieces of copied replies, read with pread */
-	cJSON *ga = cJSON_AddObjectToObject(j, "gather");
-	cJSON_AddNumberToObject(ga, "requests", (double)load(&fs->gather.requests));
-	cJSON_AddNumberToObject(ga, "source_bytes_read", (double)load(&fs->gather.bytes));
-	cJSON_AddNumberToObject(ga, "bytes_resident", (double)load(&fs->gather.mapped));
+	STATS_ADD(ra, &fs->prefetch_conf, readahead_conf_fields);
+	STATS_ADD(ra, &fs->prefetch, readahead_fields);
+	STATS_ADD(cJSON_AddObjectToObject(j, "gather"), &fs->gather, gather_fields);
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
 		cache_get_stats(fs->cache, &cs);
-		const struct cache_tier_stats *tiers[2] = { &cs.mem, &cs.disk };
-		for (int t = 0; t < 2; t++) {
-			cJSON *o = cJSON_AddObjectToObject(cache, t ? "disk" : "memory");
-			cJSON_AddNumberToObject(o, "hits", (double)tiers[t]->hits);
-			cJSON_AddNumberToObject(o, "misses", (double)tiers[t]->misses);
-			cJSON_AddNumberToObject(o, "bytes_in", (double)tiers[t]->bytes_in);
-			cJSON_AddNumberToObject(o, "bytes_out", (double)tiers[t]->bytes_out);
-			cJSON_AddNumberToObject(o, "evictions", (double)tiers[t]->evictions);
-			cJSON_AddNumberToObject(o, "bytes_stored", (double)tiers[t]->bytes_stored);
-		}
-		cJSON *disk = cJSON_GetObjectItem(cache, "disk");
+		STATS_ADD(cJSON_AddObjectToObject(cache, "memory"), &cs.mem, tier_fields);
+		cJSON *disk = cJSON_AddObjectToObject(cache, "disk");
+		STATS_ADD(disk, &cs.disk, tier_fields);
 		cJSON_AddBoolToObject(disk, "enabled", cs.disk_enabled);
-		cJSON_AddNumberToObject(disk, "written", (double)cs.disk_written);
-		cJSON_AddNumberToObject(disk, "skipped_by_policy", (double)cs.disk_skipped_by_policy);
-		cJSON_AddNumberToObject(disk, "deduplicated", (double)cs.disk_deduplicated);
-		cJSON_AddNumberToObject(disk, "dropped", (double)cs.disk_dropped);
-		cJSON_AddNumberToObject(disk, "failed", (double)cs.disk_failed);
-		cJSON_AddNumberToObject(disk, "pending", (double)cs.disk_pending);
-		cJSON_AddNumberToObject(disk, "bad_entries_deleted", (double)cs.disk_bad_entries);
-		/* hits handed out as ranges of raw entry files: spliced to the
-		 * kernel (counted in bytes_spliced) unless the reply is copied */
-		cJSON_AddNumberToObject(disk, "range_hits", (double)cs.disk_range_hits);
-		cJSON_AddNumberToObject(disk, "range_bytes", (double)cs.disk_range_bytes);
-		/* chunks compressed at cache_level to see whether they compress */
-		cJSON_AddNumberToObject(disk, "trials", (double)cs.disk_trials);
+		STATS_ADD(disk, &cs, disk_fields);
 		cJSON_AddNumberToObject(disk, "compression_ratio",
 					cs.disk_compressed_bytes ? (double)cs.disk_raw_bytes / (double)cs.disk_compressed_bytes : 0);
-		cJSON_AddNumberToObject(cache, "computed_chunks", (double)cs.computed_chunks);
-		cJSON_AddNumberToObject(cache, "compute_mbps", cs.compute_mbps);
-		cJSON_AddNumberToObject(cache, "decompress_mbps", cs.decompress_mbps);
-		cJSON_AddNumberToObject(cache, "copy_mbps", cs.copy_mbps);
-		cJSON_AddNumberToObject(cache, "judged_raw", (double)cs.judged_raw);
+		STATS_ADD(cache, &cs, cache_fields);
 	} else {
 		cJSON_AddStringToObject(cache, "state", "off");
 	}
