@@ -59,4 +59,16 @@ int catalog_unusable(struct catalog *cat, const char *name, struct ckpt_err *err
 /* Read a small JSON file (at most 64 MiB) of the source into a cJSON tree. */
 int catalog_read_json(const struct src_file *f, struct cJSON **out, struct ckpt_err *err);
 
+/* Read the index's weight_map into *out (the caller frees it, also on an
+ * error): an object, every entry naming a file of the directory, at least
+ * one; each added as a shard when add. */
+int catalog_read_weight_map(struct catalog *cat, const struct src_file *index, struct cJSON **out, bool add,
+			    struct ckpt_err *err);
+
+/* Hugging Face's rule for a format's files: the shards named by index_name,
+ * else the one file single_name. 1 when either is there (shards added,
+ * cat->index set for an index), 0 when neither is, a negative errno when
+ * one is there but unusable. */
+int catalog_pick_indexed(struct catalog *cat, const char *index_name, const char *single_name, struct ckpt_err *err);
+
 #endif

@@ -241,6 +241,56 @@ int catalog_unusable(struct catalog *cat, const char *name, struct ckpt_err *err
 	return r < 0 ? r : ckpt_err_set(err, EINVAL, "%s/%s: not usable", cat->dir, name);
 }
 
+/* The index's weight_map, every entry naming a file of the directory. */
+int catalog_read_weight_map(struct catalog *cat, const struct src_file *index, cJSON **out, bool add,
+			    struct ckpt_err *err)
+{
+	int r = catalog_read_json(index, out, err);
+	if (r < 0)
+		return r;
+	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(*out, "weight_map");
+	if (!cJSON_IsObject(wm))
+		return ckpt_err_set(err, EINVAL, "%s: no \"weight_map\" object", index->path);
+	const cJSON *it;
+	size_t n = 0;
+	cJSON_ArrayForEach(it, wm)
+	{
+		if (!cJSON_IsString(it))
+			return ckpt_err_set(err, EINVAL, "%s: weight_map entry '%s' is not a file name", index->path,
+					    it->string);
+		struct src_file *f;
+		if ((r = catalog_find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
+			return r;
+		if (add)
+			catalog_add_shard(cat, f);
+		n++;
+	}
+	if (n == 0)
+		return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
+	return 0;
+}
+
+int catalog_pick_indexed(struct catalog *cat, const char *index_name, const char *single_name, struct ckpt_err *err)
+{
+	const struct src_file *index = catalog_file(cat, index_name);
+	if (index) {
+		cat->index = index;
+		cJSON *j = NULL;
+		int r = catalog_read_weight_map(cat, index, &j, true, err);
+		cJSON_Delete(j);
+		return r < 0 ? r : 1;
+	}
+	if (catalog_present(cat, index_name))
+		return catalog_unusable(cat, index_name, err);
+	if (catalog_file(cat, single_name)) {
+		catalog_add_shard(cat, (struct src_file *)catalog_file(cat, single_name));
+		return 1;
+	}
+	if (catalog_present(cat, single_name))
+		return catalog_unusable(cat, single_name, err);
+	return 0;
+}
+
 /* ---- source formats ---- */
 
 static const struct source_format *const formats[] = { &source_safetensors, &source_dcp, &source_torch };

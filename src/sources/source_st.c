@@ -23,53 +23,12 @@ static bool has_suffix(const char *s, const char *suffix)
 	return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-/* The index's weight_map, every entry naming a file of the directory. */
-static int read_index(struct catalog *cat, const struct src_file *index, cJSON **out, bool add, struct ckpt_err *err)
-{
-	int r = catalog_read_json(index, out, err);
-	if (r < 0)
-		return r;
-	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(*out, "weight_map");
-	if (!cJSON_IsObject(wm))
-		return ckpt_err_set(err, EINVAL, "%s: no \"weight_map\" object", index->path);
-	const cJSON *it;
-	size_t n = 0;
-	cJSON_ArrayForEach(it, wm)
-	{
-		if (!cJSON_IsString(it))
-			return ckpt_err_set(err, EINVAL, "%s: weight_map entry '%s' is not a file name", index->path,
-					    it->string);
-		struct src_file *f;
-		if ((r = catalog_find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
-			return r;
-		if (add)
-			catalog_add_shard(cat, f);
-		n++;
-	}
-	if (n == 0)
-		return ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
-	return 0;
-}
-
 /* The index's shards, else model.safetensors, else every *.safetensors file. */
 static int st_pick(struct catalog *cat, struct ckpt_err *err)
 {
-	const struct src_file *index = catalog_file(cat, INDEX_NAME);
-	if (index) {
-		cat->index = index;
-		cJSON *j = NULL;
-		int r = read_index(cat, index, &j, true, err);
-		cJSON_Delete(j);
-		return r < 0 ? r : 1;
-	}
-	if (catalog_present(cat, INDEX_NAME))
-		return catalog_unusable(cat, INDEX_NAME, err);
-	if (catalog_file(cat, SINGLE_NAME)) {
-		catalog_add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
-		return 1;
-	}
-	if (catalog_present(cat, SINGLE_NAME))
-		return catalog_unusable(cat, SINGLE_NAME, err);
+	int r = catalog_pick_indexed(cat, INDEX_NAME, SINGLE_NAME, err);
+	if (r != 0)
+		return r;
 	for (size_t i = 0; i < cat->nfiles; i++)
 		if (has_suffix(cat->files[i].name, ".safetensors"))
 			catalog_add_shard(cat, &cat->files[i]);
@@ -181,7 +140,7 @@ static int st_load(struct catalog *cat, struct ckpt_err *err)
 			return ckpt_err_set(err, EINVAL, "%s: duplicate tensor name '%s' (also in %s)",
 					    cat->tensors[i].file->path, cat->tensors[i].name, cat->tensors[i - 1].file->path);
 	cJSON *j = NULL;
-	r = read_index(cat, cat->index, &j, false, err);
+	r = catalog_read_weight_map(cat, cat->index, &j, false, err);
 	if (r == 0)
 		r = check_index(cat, j, err);
 	cJSON_Delete(j);

@@ -694,40 +694,9 @@ static bool has_suffix(const char *s, const char *suffix)
 
 static int torch_pick(struct catalog *cat, struct ckpt_err *err)
 {
-	const struct src_file *index = catalog_file(cat, INDEX_NAME);
-	if (index) {
-		cJSON *j = NULL;
-		int r = catalog_read_json(index, &j, err);
-		const cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
-		if (r == 0 && !cJSON_IsObject(wm))
-			r = ckpt_err_set(err, EINVAL, "%s: no \"weight_map\" object", index->path);
-		const cJSON *it, *list = r == 0 ? wm : NULL;
-		cJSON_ArrayForEach(it, list)
-		{
-			struct src_file *f;
-			if (!cJSON_IsString(it)) {
-				r = ckpt_err_set(err, EINVAL, "%s: weight_map entry '%s' is not a file name", index->path,
-						 it->string);
-				break;
-			}
-			if ((r = catalog_find_shard(cat, it->valuestring, index->path, &f, err)) < 0)
-				break;
-			catalog_add_shard(cat, f);
-		}
-		cJSON_Delete(j);
-		if (r == 0 && cat->nshards == 0)
-			r = ckpt_err_set(err, EINVAL, "%s: weight_map is empty", index->path);
-		cat->index = index;
-		return r < 0 ? r : 1;
-	}
-	if (catalog_present(cat, INDEX_NAME))
-		return catalog_unusable(cat, INDEX_NAME, err);
-	if (catalog_file(cat, SINGLE_NAME)) {
-		catalog_add_shard(cat, (struct src_file *)catalog_file(cat, SINGLE_NAME));
-		return 1;
-	}
-	if (catalog_present(cat, SINGLE_NAME))
-		return catalog_unusable(cat, SINGLE_NAME, err);
+	int r = catalog_pick_indexed(cat, INDEX_NAME, SINGLE_NAME, err);
+	if (r != 0)
+		return r;
 	int mp = mp_shard_count(cat, err);
 	if (mp < 0)
 		return mp;
