@@ -33,4 +33,16 @@ const char *arch_name(enum ckpt_arch a);
 /* Read the dimensions for `a` (GPT-2 spells them n_embd, n_layer, ...). */
 void arch_dims(const struct cJSON *config, enum ckpt_arch a, struct model_dims *d);
 
+/* What a LLaMA-family config.json holds beyond model_dims. */
+struct arch_llama_extra {
+	double rms_norm_eps, rope_theta, max_positions;
+	const char *torch_dtype;
+};
+
+/* The config.json HF would write for a LLaMA-shaped model of architecture
+ * a (ARCH_LLAMA or ARCH_QWEN2; class aForCausalLM, SiLU) and dimensions d
+ * (head_dim written unless 0; experts ignored), for a source that has
+ * none. NULL without memory. */
+struct cJSON *arch_config_llama(enum ckpt_arch a, const struct model_dims *d, const struct arch_llama_extra *x);
+
 #endif

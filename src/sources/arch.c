@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static const struct {
@@ -97,4 +98,38 @@ void arch_dims(const cJSON *config, enum ckpt_arch a, struct model_dims *d)
 	const cJSON *tie = cJSON_GetObjectItemCaseSensitive(config, "tie_word_embeddings");
 	/* HF's PretrainedConfig defaults tie_word_embeddings to true; gemma ties too. */
 	d->tied_embeddings = tie ? cJSON_IsTrue(tie) : true;
+}
+
+cJSON *arch_config_llama(enum ckpt_arch a, const struct model_dims *d, const struct arch_llama_extra *x)
+{
+	size_t row = 0;
+	while (row < ARCH_ROWS && arch_rows[row].arch != a)
+		row++;
+	if (row == ARCH_ROWS)
+		return NULL;
+	char cls[64];
+	snprintf(cls, sizeof(cls), "%sForCausalLM", arch_rows[row].cls_prefix);
+	cJSON *c = cJSON_CreateObject();
+	cJSON *archs = c ? cJSON_AddArrayToObject(c, "architectures") : NULL;
+	if (!archs) {
+		cJSON_Delete(c);
+		return NULL;
+	}
+	cJSON_AddItemToArray(archs, cJSON_CreateString(cls));
+	cJSON_AddStringToObject(c, "model_type", arch_rows[row].model_type);
+	cJSON_AddNumberToObject(c, "hidden_size", (double)d->hidden);
+	cJSON_AddNumberToObject(c, "num_hidden_layers", (double)d->layers);
+	cJSON_AddNumberToObject(c, "num_attention_heads", (double)d->heads);
+	cJSON_AddNumberToObject(c, "num_key_value_heads", (double)d->kv_heads);
+	if (d->head_dim)
+		cJSON_AddNumberToObject(c, "head_dim", (double)d->head_dim);
+	cJSON_AddNumberToObject(c, "intermediate_size", (double)d->intermediate);
+	cJSON_AddNumberToObject(c, "vocab_size", (double)d->vocab);
+	cJSON_AddNumberToObject(c, "rms_norm_eps", x->rms_norm_eps);
+	cJSON_AddNumberToObject(c, "rope_theta", x->rope_theta);
+	cJSON_AddNumberToObject(c, "max_position_embeddings", x->max_positions);
+	cJSON_AddStringToObject(c, "hidden_act", "silu");
+	cJSON_AddBoolToObject(c, "tie_word_embeddings", d->tied_embeddings);
+	cJSON_AddStringToObject(c, "torch_dtype", x->torch_dtype);
+	return c;
 }

@@ -135,27 +135,21 @@ int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err
 	cat->config_note = text;
 	if (!head_dim)
 		return 0;
-	cJSON *c = cJSON_CreateObject();
-	cJSON *archs = c ? cJSON_AddArrayToObject(c, "architectures") : NULL;
-	if (!archs) {
-		cJSON_Delete(c);
+	struct model_dims d = {
+		.hidden = hidden,
+		.layers = layers,
+		.heads = qrows / head_dim,
+		.kv_heads = krows / head_dim,
+		.head_dim = head_dim,
+		.intermediate = gate->shape[0],
+		.vocab = vocab,
+		.tied_embeddings = tied,
+	};
+	/* not derivable: Meta's and torchtitan's defaults, as the note says */
+	const struct arch_llama_extra x = { 1e-5, 10000.0, 2048, dtype_torch_name(emb->dtype) };
+	cJSON *c = arch_config_llama(qwen2 ? ARCH_QWEN2 : ARCH_LLAMA, &d, &x);
+	if (!c)
 		return ckpt_err_set(err, ENOMEM, "%s: out of memory", cat->dir);
-	}
-	cJSON_AddItemToArray(archs, cJSON_CreateString(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
-	cJSON_AddStringToObject(c, "model_type", qwen2 ? "qwen2" : "llama");
-	cJSON_AddNumberToObject(c, "hidden_size", (double)hidden);
-	cJSON_AddNumberToObject(c, "num_hidden_layers", (double)layers);
-	cJSON_AddNumberToObject(c, "num_attention_heads", (double)(qrows / head_dim));
-	cJSON_AddNumberToObject(c, "num_key_value_heads", (double)(krows / head_dim));
-	cJSON_AddNumberToObject(c, "head_dim", (double)head_dim);
-	cJSON_AddNumberToObject(c, "intermediate_size", (double)gate->shape[0]);
-	cJSON_AddNumberToObject(c, "vocab_size", (double)vocab);
-	cJSON_AddNumberToObject(c, "rms_norm_eps", 1e-5);
-	cJSON_AddNumberToObject(c, "rope_theta", 10000.0);
-	cJSON_AddNumberToObject(c, "max_position_embeddings", 2048);
-	cJSON_AddStringToObject(c, "hidden_act", "silu");
-	cJSON_AddBoolToObject(c, "tie_word_embeddings", tied);
-	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name(emb->dtype));
 	cat->config = c;
 	cat->config_generated = true;
 	cat->arch = arch_detect(c);

@@ -107,24 +107,24 @@ static cJSON *llama_config(const cJSON *args, const struct catalog *cat, size_t 
 	if (dim <= 0 || nl <= 0 || nh <= 0 || kv <= 0 || dim % nh || nh % kv || !emb || emb->ndim != 2 || !w1 ||
 	    w1->ndim != 2)
 		return NULL;
-	bool tied = !out || (out->file == emb->file && out->offset == emb->offset && out->nbytes == emb->nbytes);
-	cJSON *c = cJSON_CreateObject();
-	cJSON *archs = cJSON_AddArrayToObject(c, "architectures");
-	cJSON_AddItemToArray(archs, cJSON_CreateString("LlamaForCausalLM"));
-	cJSON_AddStringToObject(c, "model_type", "llama");
-	cJSON_AddNumberToObject(c, "hidden_size", (double)dim);
-	cJSON_AddNumberToObject(c, "num_hidden_layers", (double)nl);
-	cJSON_AddNumberToObject(c, "num_attention_heads", (double)nh);
-	cJSON_AddNumberToObject(c, "num_key_value_heads", (double)kv);
-	cJSON_AddNumberToObject(c, "intermediate_size", (double)w1->shape[0]);
-	cJSON_AddNumberToObject(c, "vocab_size", (double)emb->shape[0]);
-	cJSON_AddNumberToObject(c, "rms_norm_eps", arg_num(args, "norm_eps", 1e-5));
-	cJSON_AddNumberToObject(c, "rope_theta", arg_num(args, "rope_theta", 10000.0));
-	cJSON_AddNumberToObject(c, "max_position_embeddings", (double)arg_int(args, "max_seq_len", 2048));
-	cJSON_AddStringToObject(c, "hidden_act", "silu");
-	cJSON_AddBoolToObject(c, "tie_word_embeddings", tied);
-	cJSON_AddStringToObject(c, "torch_dtype", dtype_torch_name(emb->dtype));
-	lora_args(args, c);
+	struct model_dims d = {
+		.hidden = (uint64_t)dim,
+		.layers = (uint64_t)nl,
+		.heads = (uint64_t)nh,
+		.kv_heads = (uint64_t)kv,
+		.intermediate = w1->shape[0],
+		.vocab = emb->shape[0],
+		.tied_embeddings = !out || (out->file == emb->file && out->offset == emb->offset && out->nbytes == emb->nbytes),
+	};
+	struct arch_llama_extra x = {
+		.rms_norm_eps = arg_num(args, "norm_eps", 1e-5),
+		.rope_theta = arg_num(args, "rope_theta", 10000.0),
+		.max_positions = (double)arg_int(args, "max_seq_len", 2048),
+		.torch_dtype = dtype_torch_name(emb->dtype),
+	};
+	cJSON *c = arch_config_llama(ARCH_LLAMA, &d, &x);
+	if (c)
+		lora_args(args, c);
 	return c;
 }
 
