@@ -39,16 +39,8 @@ done
 SRCBIN=$CACHE/torch-2048-16/zip/pytorch_model.bin
 [ -f "$SRCBIN" ] || { echo "bench-meta-mp.sh: no $SRCBIN (run bench/bench-torch.sh once)" >&2; exit 2; }
 MODEL=$CACHE/torch-2048-16/meta-mp
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-meta-mp.XXXXXX")
-MNT=$WORK/mnt
-mkdir "$MNT"
-DAEMON=
-cleanup() {
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/peer.sh"
+peer_work bench-meta-mp
 
 if [ ! -f "$MODEL/consolidated.01.pth" ]; then
     echo "bench-meta-mp: writing Meta's release into $MODEL (once)"
@@ -132,45 +124,18 @@ with open(out, "wb") as f:
         f.write(sd[k].contiguous().view(torch.int16).numpy().tobytes())
 PY
 
-. "$(dirname "$0")/peer.sh"
-
 SIZE=$(cat "$MODEL"/consolidated.*.pth | wc -c)
 cat "$MODEL"/consolidated.*.pth >/dev/null # warm
-mt=() rd=() base=() full=() rss=()
+read_hf_start
+base=()
 for _ in $(seq "$RUNS"); do
-    mount_src "$MODEL"
-    mt+=("$MOUNT_S")
-    touch "$WORK/flag"
-    sample_rss "$DAEMON" "$WORK/flag" >"$WORK/rss" &
-    SAMPLER=$!
-    s=$(now)
-    dd if="$MNT/hf/model.safetensors" of=/dev/null bs=1M 2>/dev/null
-    e=$(now)
-    rm -f "$WORK/flag"
-    wait "$SAMPLER"
-    rss+=("$(cat "$WORK/rss")")
-    rd+=("$(echo "$e - $s" | bc -l)")
-    full+=("$(echo "$e - $s + ${mt[-1]}" | bc -l)")
-    umount_src
-    s=$(now)
-    cat "$MODEL"/consolidated.*.pth >/dev/null
-    e=$(now)
-    base+=("$(echo "$e - $s" | bc -l)")
+    read_hf_run "$MODEL"
+    time_s cat "$MODEL"/consolidated.*.pth >/dev/null
+    base+=("$TIME_S")
 done
-MT=$(printf '%s\n' "${mt[@]}" | best)
-RD=$(printf '%s\n' "${rd[@]}" | best)
+read_hf_best
 BASE=$(printf '%s\n' "${base[@]}" | best)
-FULL=$(printf '%s\n' "${full[@]}" | best)
-RSS=$(printf '%s\n' "${rss[@]}" | sort -g | head -n 1)
-ct=() cm=()
-for _ in $(seq "$RUNS"); do
-    /usr/bin/time -f "%e %M" -o "$WORK/time" $PY "$WORK/convert.py" "$MODEL" "$WORK/out.safetensors"
-    read -r t m <"$WORK/time"
-    ct+=("$t") cm+=("$m")
-    rm -f "$WORK/out.safetensors"
-done
-CT=$(printf '%s\n' "${ct[@]}" | best)
-CM=$(printf '%s\n' "${cm[@]}" | best)
+time_convert "$MODEL"
 printf 'bench-meta-mp %.2f GB in 2 files: mount %.0f ms\n' "$(echo "$SIZE / 1000000000" | bc -l)" "$(echo "$MT * 1000" | bc -l)"
 printf 'bench-meta-mp first read of hf/model.safetensors %.2f GB/s, cat of the .pth files %.2f GB/s: %.2fx\n' \
     "$(echo "$SIZE / $RD / 1000000000" | bc -l)" "$(echo "$SIZE / $BASE / 1000000000" | bc -l)" "$(echo "$BASE / $RD" | bc -l)"

@@ -43,16 +43,8 @@ done
 [ -x "$CKPTFS" ] || { echo "bench-torch.sh: no $CKPTFS (build first)" >&2; exit 2; }
 $PY -c 'import torch' || { echo "bench-torch.sh: $PY cannot import torch" >&2; exit 2; }
 MODEL=$CACHE/torch-$HIDDEN-$LAYERS
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-torch.XXXXXX")
-MNT=$WORK/mnt
-mkdir "$MNT"
-DAEMON=
-cleanup() {
-    mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-    [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/peer.sh"
+peer_work bench-torch
 
 if [ ! -f "$MODEL/legacy/pytorch_model.bin" ]; then
     echo "bench-torch: writing the model into $MODEL (once)"
@@ -106,8 +98,6 @@ with open(sys.argv[2], "wb") as f:
         f.write((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
 PY
 
-. "$(dirname "$0")/peer.sh"
-
 # The same model as HF safetensors (ckptfs export of hf/, once): its hf/ is
 # a passthrough, the same FUSE path without the torch source.
 if [ ! -f "$MODEL/st/model.safetensors" ]; then
@@ -119,48 +109,21 @@ for fmt in zip legacy; do
     BIN=$SRC/pytorch_model.bin
     SIZE=$(stat -c %s "$BIN")
     cat "$BIN" >/dev/null # warm
-    mt=() rd=() base=() full=() rss=() stb=()
+    read_hf_start
+    base=() stb=()
     for _ in $(seq "$RUNS"); do
-        mount_src "$SRC"
-        mt+=("$MOUNT_S")
-        touch "$WORK/flag"
-        sample_rss "$DAEMON" "$WORK/flag" >"$WORK/rss" &
-        SAMPLER=$!
-        s=$(now)
-        dd if="$MNT/hf/model.safetensors" of=/dev/null bs=1M 2>/dev/null
-        e=$(now)
-        rm -f "$WORK/flag"
-        wait "$SAMPLER"
-        rss+=("$(cat "$WORK/rss")")
-        rd+=("$(echo "$e - $s" | bc -l)")
-        full+=("$(echo "$e - $s + ${mt[-1]}" | bc -l)")
-        umount_src
-        s=$(now)
-        dd if="$BIN" of=/dev/null bs=1M 2>/dev/null
-        e=$(now)
-        base+=("$(echo "$e - $s" | bc -l)")
+        read_hf_run "$SRC"
+        time_s dd if="$BIN" of=/dev/null bs=1M 2>/dev/null
+        base+=("$TIME_S")
         mount_src "$MODEL/st"
-        s=$(now)
-        dd if="$MNT/hf/model.safetensors" of=/dev/null bs=1M 2>/dev/null
-        e=$(now)
-        stb+=("$(echo "$e - $s" | bc -l)")
+        time_s dd if="$MNT/hf/model.safetensors" of=/dev/null bs=1M 2>/dev/null
+        stb+=("$TIME_S")
         umount_src
     done
-    MT=$(printf '%s\n' "${mt[@]}" | best)
-    RD=$(printf '%s\n' "${rd[@]}" | best)
+    read_hf_best
     BASE=$(printf '%s\n' "${base[@]}" | best)
     STB=$(printf '%s\n' "${stb[@]}" | best)
-    FULL=$(printf '%s\n' "${full[@]}" | best)
-    RSS=$(printf '%s\n' "${rss[@]}" | sort -g | head -n 1)
-    ct=() cm=()
-    for _ in $(seq "$RUNS"); do
-        /usr/bin/time -f "%e %M" -o "$WORK/time" $PY "$WORK/convert.py" "$BIN" "$WORK/out.safetensors"
-        read -r t m <"$WORK/time"
-        ct+=("$t") cm+=("$m")
-        rm -f "$WORK/out.safetensors"
-    done
-    CT=$(printf '%s\n' "${ct[@]}" | best)
-    CM=$(printf '%s\n' "${cm[@]}" | best)
+    time_convert "$BIN"
     printf 'bench-torch %-6s %.2f GB: mount %.0f ms (target < 100)\n' "$fmt" "$(echo "$SIZE / 1000000000" | bc -l)" "$(echo "$MT * 1000" | bc -l)"
     printf 'bench-torch %-6s first read of hf/model.safetensors %.2f GB/s, dd of the .bin %.2f GB/s: %.2fx (target >= 0.9)\n' \
         "$fmt" "$(echo "$SIZE / $RD / 1000000000" | bc -l)" "$(echo "$SIZE / $BASE / 1000000000" | bc -l)" "$(echo "$BASE / $RD" | bc -l)"
