@@ -25,14 +25,11 @@ USAGE_LINES=2,5
 CKPTFS=$TOP/src/ckptfs
 VIEWS=native@fp32/model.safetensors,hf@fp16/model.safetensors
 BENCH_OPTS="$BENCH_OPTS --views=VIEWS"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 bench_paths
 ensure_model
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-cache.XXXXXX") || die "mktemp failed"
+bench_work
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 MOUNTS=$MNT
@@ -40,25 +37,12 @@ MOUNTS=$MNT
 mount_it() {
 	"$CKPTFS" "$@" "$MODEL_DIR" "$MNT" || die "mount failed"
 }
-umount_it() {
-	fusermount3 -u "$MNT"
-	# the daemon flushes its disk writes before it exits
-	while pgrep -f "ckptfs.* $MNT\$" >/dev/null; do sleep 0.1; done
-}
-# read FILE [direct]: prints seconds
+# read_time FILE [direct]: prints seconds
 read_time() {
 	local flag=
 	[ "${2:-}" = direct ] && flag=iflag=direct
-	local t0 t1
-	t0=$(date +%s.%N)
-	dd if="$1" of=/dev/null bs=4M $flag status=none || die "read of $1 failed"
-	t1=$(date +%s.%N)
-	echo "$t1 - $t0" | bc -l
-}
-stat_field() { # stat_field JSONPATH: from .ckptfs/stats
-	/usr/bin/python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); 
-for k in sys.argv[2].split("."): j=j[k]
-print(j)' "$MNT/.ckptfs/stats" "$1"
+	# shellcheck disable=SC2086
+	secs dd if="$1" of=/dev/null bs=4M $flag status=none
 }
 gbps() { echo "scale=2; $1 / $2 / 1000000000" | bc -l; }
 
@@ -71,33 +55,33 @@ for view in "${views[@]}"; do
 	rm -rf "$dir"
 	mount_it -o cache=off
 	t_off=$(read_time "$MNT/$view")
-	umount_it
+	umount_bg
 	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G
 	t_cold=$(read_time "$MNT/$view")
-	umount_it
+	umount_bg
 	disk_bytes=$(du -sb "$dir" | cut -f1)
 	# from disk with the default memory tier, then (another mount, a memory
 	# tier that holds the view) an O_DIRECT re-read served from memory
 	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G
 	t_disk=$(read_time "$MNT/$view")
-	hits=$(stat_field cache.disk.hits)
-	umount_it
+	hits=$(stats_field cache/disk/hits)
+	umount_bg
 	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G,mem_cache=8G
 	read_time "$MNT/$view" >/dev/null
 	t_mem=$(read_time "$MNT/$view" direct)
-	memhits=$(stat_field cache.memory.hits)
-	umount_it
+	memhits=$(stats_field cache/memory/hits)
+	umount_bg
 	rm -rf "$dir"
 	mount_it -o cache_dir="$dir"
 	t_auto1=$(read_time "$MNT/$view")
-	stored=$(stat_field cache.disk.written 2>/dev/null)
-	umount_it
+	stored=$(stats_field cache/disk/written 2>/dev/null)
+	umount_bg
 	mount_it -o cache_dir="$dir"
 	t_auto2=$(read_time "$MNT/$view")
-	skipped=$(stat_field cache.disk.skipped_by_policy)
-	cmbps=$(stat_field cache.compute_mbps)
-	dmbps=$(stat_field cache.decompress_mbps)
-	umount_it
+	skipped=$(stats_field cache/disk/skipped_by_policy)
+	cmbps=$(stats_field cache/compute_mbps)
+	dmbps=$(stats_field cache/decompress_mbps)
+	umount_bg
 	echo "== $view ($size bytes)"
 	echo "off (recompute):        $(gbps "$size" "$t_off") GB/s"
 	echo "cold, policy=always:    $(gbps "$size" "$t_cold") GB/s  (ratio to off $(echo "scale=2; $t_off / $t_cold" | bc -l)); on disk: $disk_bytes bytes (ratio $(echo "scale=2; $size / $disk_bytes" | bc -l))"

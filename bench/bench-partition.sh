@@ -16,33 +16,16 @@ USAGE_LINES=2,4
 . "$(dirname "$0")/lib.sh" || exit 1
 
 CKPTFS=$TOP/src/ckptfs
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 bench_paths
 ensure_model
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-partition.XXXXXX") || die "mktemp failed"
+bench_work
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 MOUNTS=$MNT
 SRC=$MODEL_DIR/model.safetensors
 
-umount_it() {
-	fusermount3 -u "$MNT"
-	while pgrep -f "ckptfs.* $MNT\$" >/dev/null; do sleep 0.1; done
-}
-secs() { # secs CMD...: wall seconds of CMD
-	local t0 t1
-	t0=$(now)
-	"$@" || die "$* failed"
-	t1=$(now)
-	elapsed "$t0" "$t1"
-}
-stat_json() { "$PYTHON" -c 'import json,sys; j=json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("/"): j=j[k]
-print(j)' "$MNT/.ckptfs/stats" "$1"; }
 rss_kb() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
 
 cat "$SRC" >/dev/null
@@ -54,11 +37,11 @@ echo "model: $MODEL_DIR ($(gb "$model")); direct read of the source: $(fmt "$(gb
 rank=$MNT/tp-4/rank-0/model.safetensors
 size=$(stat -c %s "$rank")
 t_rank=$(secs dd if="$rank" of=/dev/null bs=1M status=none)
-read_src=$(stat_json "source_bytes_read/model.safetensors")
-computed=$(stat_json bytes_computed)
+read_src=$(stats_field source_bytes_read/model.safetensors)
+computed=$(stats_field bytes_computed)
 echo "tp-4/rank-0 ($(gb "$size")) first read: $(fmt "$(gbs "$size" "$t_rank")")  (direct read of the source: ratio $(ratio "$(gbs "$size" "$t_rank")" "$(gbs "$model" "$t_src")")); computed bytes $computed"
 echo "tp-4/rank-0 source bytes read / model bytes: $(awk -v a="$read_src" -v b="$model" 'BEGIN { printf "%.3f", a / b }')  (target <= 0.27: $(awk -v a="$read_src" -v b="$model" 'BEGIN { print (a / b <= 0.27) ? "met" : "NOT met" }'))"
-umount_it
+umount_bg
 
 "$CKPTFS" -o cache=off "$MODEL_DIR" "$MNT" || die "mount failed"
 pid=$(pgrep -f "ckptfs.* $MNT\$" | head -n 1)
@@ -71,7 +54,7 @@ after=$(rss_kb "$pid")
 growth=$((after - before))
 limit=$((lsize / 1024 + 64 * 1024))
 echo "per-layer/layer-007 ($(gb "$lsize")): read $(fmt "$(gbs "$lsize" "$t_layer")"); daemon RssAnon $before -> $after kB, growth $growth kB  (target < one layer + 64 MiB = $limit kB: $([ "$growth" -lt "$limit" ] && echo met || echo NOT met))"
-umount_it
+umount_bg
 
 t_cat=$(secs sh -c "\"$CKPTFS\" cat -o cache=off \"$MODEL_DIR\" tp-4/rank-0/model.safetensors >/dev/null")
 echo "in-process ckptfs cat tp-4/rank-0: $(fmt "$(gbs "$size" "$t_cat")")  (direct read of the source: ratio $(ratio "$(gbs "$size" "$t_cat")" "$(gbs "$model" "$t_src")"))"

@@ -4,7 +4,7 @@
 # USAGE_LINES (the lines of its header comment that -h prints, as for
 # sed -n). The library sets the defaults every script shares (TOP,
 # CACHE_DIR, MODEL_DIR, CKPTFS, PYTHON, PRESET), the options that set
-# them (BENCH_OPTS, for bench_arg) and the EXIT trap that unmounts
+# them (BENCH_OPTS and BENCH_FLAGS, for bench_args) and the EXIT trap that unmounts
 # everything mounted with mount_fs, stops every process in PIDS and
 # removes WORK and the directories in CLEANUP_DIRS.
 
@@ -32,12 +32,24 @@ PRESET=llama-1b
 # own. Each is accepted as "OPTION VALUE" and as "OPTION=VALUE".
 BENCH_OPTS="--model-dir=MODEL_DIR --ckptfs=CKPTFS --cache-dir=CACHE_DIR"
 
-# bench_arg ARGS...: take the option at $1 (one of BENCH_OPTS, or -h,
-# --help); sets NSHIFT to the number of words it used. Anything else is
-# an unknown argument: usage, exit 2.
+# The options that take no value, as OPTION=VARIABLE=VALUE (VALUE may be
+# empty): the option sets VARIABLE to VALUE. A script appends its own.
+BENCH_FLAGS=
+
+# bench_arg ARGS...: take the option at $1 (one of BENCH_OPTS or
+# BENCH_FLAGS, or -h, --help); sets NSHIFT to the number of words it used.
+# Anything else is an unknown argument: usage, exit 2.
 bench_arg() {
-	local spec opt
+	local spec opt rest
 	case $1 in -h|--help) usage 0 ;; esac
+	for spec in $BENCH_FLAGS; do
+		if [ "$1" = "${spec%%=*}" ]; then
+			rest=${spec#*=}
+			printf -v "${rest%%=*}" '%s' "${rest#*=}"
+			NSHIFT=1
+			return
+		fi
+	done
 	for spec in $BENCH_OPTS; do
 		opt=${spec%%=*}
 		case $1 in
@@ -56,6 +68,14 @@ bench_arg() {
 	done
 	echo "$BENCH_NAME: unknown argument: $1" >&2
 	usage 2
+}
+
+# bench_args "$@": every argument, through bench_arg.
+bench_args() {
+	while [ $# -gt 0 ]; do
+		bench_arg "$@"
+		shift "$NSHIFT"
+	done
 }
 
 # positive_int VALUE OPTION: die unless VALUE is a positive integer.
@@ -125,6 +145,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# bench_work: WORK, a temp dir of this run (removed on exit).
+bench_work() {
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-$BENCH_NAME.XXXXXX") || die "mktemp failed"
+}
 
 # forget_pid PID: PID has been waited for; cleanup leaves it alone.
 forget_pid() {
@@ -289,6 +314,42 @@ mount_fs() {
 	done
 }
 
+# umount_bg: unmount $MNT of a ckptfs started without -f (not by
+# mount_fs), and wait until that daemon is gone: it flushes its disk
+# cache before it exits.
+umount_bg() {
+	fusermount3 -u "$MNT"
+	while pgrep -f "ckptfs.* $MNT\$" >/dev/null; do sleep 0.1; done
+}
+
+# stats_field KEY/KEY...: a figure of $MNT/.ckptfs/stats (keys joined by
+# /, as names hold dots: source_bytes_read/model.safetensors).
+stats_field() {
+	"$PYTHON" -c 'import json,sys; j=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("/"): j=j[k]
+print(j)' "$MNT/.ckptfs/stats" "$1"
+}
+
+# anon_start: sample the RssAnon of the daemon $MNT_PID every 20 ms, in
+# the background, until anon_stop or its exit.
+anon_start() {
+	: >"$WORK/anon.txt"
+	( while kill -0 "$MNT_PID" 2>/dev/null; do
+		awk '$1 == "RssAnon:" { print $2 }' "/proc/$MNT_PID/status" >>"$WORK/anon.txt" 2>/dev/null
+		sleep 0.02
+	  done ) &
+	ANON_POLLER=$!
+	PIDS="$PIDS poll:$ANON_POLLER"
+}
+
+# anon_stop: stop the sampler; ANON_PEAK: the largest RssAnon seen (kB).
+anon_stop() {
+	kill "$ANON_POLLER" 2>/dev/null
+	wait "$ANON_POLLER" 2>/dev/null
+	PIDS=$(echo "$PIDS" | sed "s/ poll:$ANON_POLLER\\b//")
+	ANON_PEAK=$(sort -n "$WORK/anon.txt" | tail -n 1)
+}
+
 # umount_fs: unmount $MNT and wait for its daemon; it must exit 0.
 umount_fs() {
 	local rc
@@ -317,11 +378,30 @@ read_gbs() {
 	GBS=$(gbs "$LAST_BYTES" "$SECS")
 }
 
+# read_view DIR: read every file of DIR (view_files) with read_gbs.
+read_view() {
+	local files
+	mapfile -t files < <(view_files "$1")
+	read_gbs "$1" "${files[@]}"
+}
+
+# secs CMD...: the wall seconds of CMD, which must succeed.
+secs() {
+	local t0 t1
+	t0=$(now)
+	"$@" || die "$* failed"
+	t1=$(now)
+	elapsed "$t0" "$t1"
+}
+
 # best A B: the larger of two GB/s figures.
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 fmt() { awk -v a="$1" 'BEGIN { printf "%.2f GB/s", a }'; }
 gb() { awk -v n="$1" 'BEGIN { printf "%.2f GB", n / 1e9 }'; }
+# least A B: the smaller of two figures, A empty meaning none yet.
+least() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
+fmts() { awk -v a="$1" 'BEGIN { printf "%.2f s", a }'; }
 verdict() { awk -v a="$1" -v t="$2" 'BEGIN { print (a >= t) ? "met" : "NOT met" }'; }
 
 # view_files DIR: the regular files of DIR, one per line, sorted.
