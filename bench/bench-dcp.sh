@@ -37,10 +37,7 @@ USAGE_LINES=4,6
 
 RUNS=3
 BENCH_OPTS="$BENCH_OPTS --runs=RUNS --preset=PRESET"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 positive_int "$RUNS" --runs
 bench_paths
 require_fuse
@@ -49,7 +46,7 @@ require_numpy
 [ -x /usr/bin/time ] || die "/usr/bin/time missing (apt-get install time)"
 
 mkdir -p "$CACHE_DIR/bin" || die "$CACHE_DIR: cannot create"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-dcp.XXXXXX") || die "mktemp failed"
+bench_work
 OUTDIR=$(mktemp -d "$CACHE_DIR/convert-dcp.XXXXXX") || die "mktemp in $CACHE_DIR failed"
 CLEANUP_DIRS+=("$OUTDIR")
 ensure_model
@@ -113,8 +110,6 @@ with open(os.path.join(sys.argv[3], "model.safetensors"), "wb") as f:
         f.write(state[n][1].tobytes())
 EOF
 
-rss_anon_kb() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-
 echo "bench-dcp: $PRESET as DCP, ${#DISTCP[@]} shard files in 2 stages, best of $RUNS"
 
 # 1. mount time
@@ -125,8 +120,7 @@ for _ in $(seq "$RUNS"); do
 	stat "$MNT/hf@bf16" >/dev/null || die "stat failed"
 	t1=$(now)
 	umount_fs
-	s=$(elapsed "$t0" "$t1")
-	best_mount=$(awk -v a="${best_mount:-1e9}" -v b="$s" 'BEGIN { print (b < a) ? b : a }')
+	best_mount=$(least "$best_mount" "$(elapsed "$t0" "$t1")")
 done
 echo "mount time:            $(awk -v s="$best_mount" 'BEGIN { printf "%.0f ms", s * 1000 }')  (target < 200 ms)"
 
@@ -134,17 +128,13 @@ echo "mount time:            $(awk -v s="$best_mount" 'BEGIN { printf "%.0f ms",
 base=0 view=0 pass=0
 for _ in $(seq "$RUNS"); do
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$MODEL_DIR" "$WORK/ckptfs"
-	files=()
-	while IFS= read -r f; do files+=("$f"); done < <(view_files "$MNT/hf")
-	read_gbs "$MNT/hf" "${files[@]}"
+	read_view "$MNT/hf"
 	pass=$(best "$pass" "$GBS")
 	umount_fs
 	read_gbs "$DCP" "${DISTCP[@]}"
 	base=$(best "$base" "$GBS")
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$DCP" "$WORK/ckptfs"
-	files=()
-	while IFS= read -r f; do files+=("$f"); done < <(view_files "$MNT/hf@bf16")
-	read_gbs "$MNT/hf@bf16" "${files[@]}"
+	read_view "$MNT/hf@bf16"
 	view=$(best "$view" "$GBS")
 	umount_fs
 done
@@ -153,35 +143,29 @@ echo "first read hf@bf16/:   $(fmt "$view") vs the .distcp files $(fmt "$base"):
 echo "                       hf/ of the safetensors model (passthrough) $(fmt "$pass"): DCP at $(ratio "$view" "$pass")x of it"
 
 # 3. the numpy conversion against a full read of hf/
-conv_s=1e9 conv_kb=0
+conv_s='' conv_kb=0
 for _ in $(seq "$RUNS"); do
 	rm -f "$OUTDIR/model.safetensors"
 	t0=$(now)
 	/usr/bin/time -v "$PYTHON" "$CONVERT" "$TOP/tests" "$DCP" "$OUTDIR" 2>"$WORK/time.txt" >/dev/null ||
 		{ cat "$WORK/time.txt" >&2; die "the conversion script failed"; }
 	t1=$(now)
-	conv_s=$(awk -v a="$conv_s" -v b="$(elapsed "$t0" "$t1")" 'BEGIN { print (b < a) ? b : a }')
+	conv_s=$(least "$conv_s" "$(elapsed "$t0" "$t1")")
 	conv_kb=$(awk '/Maximum resident/ { print $NF }' "$WORK/time.txt")
 done
 conv_bytes=$(stat -c %s "$OUTDIR/model.safetensors")
-ck_s=1e9 ck_kb=0
+ck_s='' ck_kb=0
 for _ in $(seq "$RUNS"); do
 	t0=$(now)
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$DCP" "$WORK/ckptfs"
-	( while kill -0 "$MNT_PID" 2>/dev/null; do rss_anon_kb "$MNT_PID"; sleep 0.05; done ) >"$WORK/rss.txt" &
-	sampler=$!
-	PIDS="$PIDS poll:$sampler"
-	files=()
-	while IFS= read -r f; do files+=("$f"); done < <(view_files "$MNT/hf")
-	read_gbs "$MNT/hf" "${files[@]}"
+	anon_start
+	read_view "$MNT/hf"
 	t1=$(now)
+	anon_stop
 	umount_fs
-	wait "$sampler" 2>/dev/null
-	PIDS=$(echo "$PIDS" | sed "s/ poll:$sampler\\b//")
-	ck_s=$(awk -v a="$ck_s" -v b="$(elapsed "$t0" "$t1")" 'BEGIN { print (b < a) ? b : a }')
-	kb=$(sort -n "$WORK/rss.txt" | tail -1)
-	ck_kb=$(awk -v a="$ck_kb" -v b="${kb:-0}" 'BEGIN { print (b > a) ? b : a }')
+	ck_s=$(least "$ck_s" "$(elapsed "$t0" "$t1")")
+	ck_kb=$(awk -v a="$ck_kb" -v b="${ANON_PEAK:-0}" 'BEGIN { print (b > a) ? b : a }')
 done
-echo "conversion (numpy):    $(awk -v s="$conv_s" 'BEGIN { printf "%.2f s", s }'), peak RSS $(awk -v k="$conv_kb" 'BEGIN { printf "%.0f MiB", k / 1024 }'), +$(gb "$conv_bytes") on disk"
-echo "ckptfs hf/ (mount+read): $(awk -v s="$ck_s" 'BEGIN { printf "%.2f s", s }'), daemon peak RssAnon $(awk -v k="$ck_kb" 'BEGIN { printf "%.0f MiB", k / 1024 }'), +0 on disk"
+echo "conversion (numpy):    $(fmts "$conv_s"), peak RSS $(awk -v k="$conv_kb" 'BEGIN { printf "%.0f MiB", k / 1024 }'), +$(gb "$conv_bytes") on disk"
+echo "ckptfs hf/ (mount+read): $(fmts "$ck_s"), daemon peak RssAnon $(awk -v k="$ck_kb" 'BEGIN { printf "%.0f MiB", k / 1024 }'), +0 on disk"
 echo "time ratio:            $(ratio "$ck_s" "$conv_s") of the script's (target <= 0.20); memory ratio $(ratio "$ck_kb" "$conv_kb") (target <= 0.10)"

@@ -41,15 +41,9 @@ THREADS=16
 DIRECT=--direct
 MOUNT_OPTS=
 VIEWS=hf,native,tp-4,native@fp32
-BENCH_OPTS="$BENCH_OPTS --seconds=SECONDS_RUN --threads=THREADS"
-
-while [ $# -gt 0 ]; do
-	case $1 in
-	--buffered) DIRECT=; shift ;;
-	-o) [ $# -ge 2 ] || usage 2; MOUNT_OPTS=$2; shift 2 ;;
-	*) bench_arg "$@"; shift "$NSHIFT" ;;
-	esac
-done
+BENCH_OPTS="$BENCH_OPTS --seconds=SECONDS_RUN --threads=THREADS -o=MOUNT_OPTS"
+BENCH_FLAGS="$BENCH_FLAGS --buffered=DIRECT="
+bench_args "$@"
 
 positive_int "$SECONDS_RUN" --seconds
 positive_int "$THREADS" --threads

@@ -61,13 +61,8 @@ USAGE_LINES=2,6
 RUNS=3
 FP32_SCRIPT=1
 BENCH_OPTS="$BENCH_OPTS --runs=RUNS"
-
-while [ $# -gt 0 ]; do
-	case $1 in
-	--no-fp32-script) FP32_SCRIPT=0; shift ;;
-	*) bench_arg "$@"; shift "$NSHIFT" ;;
-	esac
-done
+BENCH_FLAGS="$BENCH_FLAGS --no-fp32-script=FP32_SCRIPT=0"
+bench_args "$@"
 
 positive_int "$RUNS" --runs
 bench_paths
@@ -86,7 +81,7 @@ SHM_BASE=/dev/shm
 [ -d "$SHM_BASE" ] && [ -w "$SHM_BASE" ] || die "$SHM_BASE: not a writable directory (tmpfs wanted for export)"
 
 mkdir -p "$CACHE_DIR/bin" || die "$CACHE_DIR: cannot create"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-native.XXXXXX") || die "mktemp failed"
+bench_work
 SHM=$(mktemp -d "$SHM_BASE/ckptfs-bench-native.XXXXXX") || die "mktemp in $SHM_BASE failed"
 CLEANUP_DIRS+=("$SHM")
 OUTDIR=$(mktemp -d "$CACHE_DIR/convert.XXXXXX") || die "mktemp in $CACHE_DIR failed"
@@ -324,9 +319,6 @@ def main():
 main()
 EOF
 
-# least A B: the smaller of two figures, A empty meaning none yet.
-least() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-fmts() { awk -v a="$1" 'BEGIN { printf "%.2f s", a }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%d MiB", k / 1024 }'; }
 verdict_le() { awk -v a="$1" -v t="$2" 'BEGIN { print (a <= t) ? "met" : "NOT met" }'; }
 
@@ -497,14 +489,13 @@ script_run() {
 # and the daemon's VmHWM and RssAnon right after (C_HWM, C_ANON: the
 # largest seen); C_BYTES the bytes read.
 ckptfs_run() {
-	local view=$1 t0 t1 t2 h files
+	local view=$1 t0 t1 t2 h
 	C_TIME='' C_READ='' C_HWM=0 C_ANON=0
 	for _ in $(seq "$RUNS"); do
 		t0=$(now)
 		mount_fs ckptfs "$CKPTFS" -f "$MODEL_DIR" "$WORK/ckptfs"
 		t1=$(now)
-		mapfile -t files < <(view_files "$MNT/$view")
-		read_gbs "$MNT/$view" "${files[@]}"
+		read_view "$MNT/$view"
 		t2=$(now)
 		C_BYTES=$LAST_BYTES
 		h=$(status_kb "$MNT_PID" VmHWM)
@@ -521,22 +512,12 @@ ckptfs_run() {
 # VIEW is read through a fresh mount, sampled every 20 ms (an extra,
 # untimed run: the sampling costs CPU).
 peak_anon() {
-	local view=$1 poller files
 	mount_fs ckptfs "$CKPTFS" -f "$MODEL_DIR" "$WORK/ckptfs"
-	: >"$WORK/anon.txt"
-	( while kill -0 "$MNT_PID" 2>/dev/null; do
-		awk '$1 == "RssAnon:" { print $2 }' "/proc/$MNT_PID/status" >>"$WORK/anon.txt" 2>/dev/null
-		sleep 0.02
-	  done ) &
-	poller=$!
-	PIDS="$PIDS poll:$poller"
-	mapfile -t files < <(view_files "$MNT/$view")
-	(cd "$MNT/$view" && "$READER" "${files[@]}") >/dev/null || die "reading $view failed"
-	kill "$poller" 2>/dev/null
-	wait "$poller" 2>/dev/null
-	PIDS=$(echo "$PIDS" | sed "s/ poll:$poller\\b//")
+	anon_start
+	read_view "$MNT/$1"
+	anon_stop
 	umount_fs
-	sort -n "$WORK/anon.txt" | tail -n 1
+	echo "$ANON_PEAK"
 }
 
 report3() {

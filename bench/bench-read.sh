@@ -44,13 +44,8 @@ USAGE_LINES=2,6
 RUNS=3
 BASELINES_ONLY=0
 BENCH_OPTS="$BENCH_OPTS --runs=RUNS"
-
-while [ $# -gt 0 ]; do
-	case $1 in
-	--baselines-only) BASELINES_ONLY=1; shift ;;
-	*) bench_arg "$@"; shift "$NSHIFT" ;;
-	esac
-done
+BENCH_FLAGS="$BENCH_FLAGS --baselines-only=BASELINES_ONLY=1"
+bench_args "$@"
 
 positive_int "$RUNS" --runs
 bench_paths
@@ -61,7 +56,7 @@ pkg-config --exists fuse3 || die "pkg-config cannot find fuse3 (libfuse3-dev)"
 [ "$BASELINES_ONLY" = 1 ] || require_ckptfs
 
 mkdir -p "$CACHE_DIR/bin" || die "$CACHE_DIR: cannot create"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench.XXXXXX") || die "mktemp failed"
+bench_work
 ensure_model
 
 # The files the hf/ view passes through: the regular files at the top of

@@ -33,10 +33,7 @@ CKPTFS=$TOP/src/ckptfs
 NTENSORS=100000
 RUNS=3
 BENCH_OPTS="$BENCH_OPTS --tensors=NTENSORS --runs=RUNS"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 positive_int "$NTENSORS" --tensors
 positive_int "$RUNS" --runs
 bench_paths
@@ -47,7 +44,7 @@ require_ckptfs
 
 SCALE=$CACHE_DIR/scale
 mkdir -p "$SCALE" || die "$SCALE: cannot create"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-scale.XXXXXX") || die "mktemp failed"
+bench_work
 
 # gen DIR CMD...: run CMD to make DIR once (into DIR.partial, then renamed)
 gen() {
