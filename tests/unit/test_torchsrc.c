@@ -83,6 +83,13 @@ static void header(struct buf *b, int little)
 	lit(b, little ? "\x88s." : "\x89s.");
 }
 
+/* A little-endian header, then the top-level dict opened (its items follow). */
+static void top_dict(struct buf *b)
+{
+	header(b, 1);
+	lit(b, "\x80\x02}(");
+}
+
 /* Keys pickle ['0'] and storage '0': `count` elements of which `have` are present. */
 static size_t storage0(struct buf *b, uint64_t count, size_t have)
 {
@@ -111,14 +118,8 @@ static int load_cfg(struct buf *b, struct catalog *cat, char **contents, cJSON *
 
 static int load(struct buf *b, struct catalog *cat, char **contents, struct ckpt_err *err)
 {
-	static struct src_file f = { .name = "t.bin", .path = "d/t.bin", .fd = -1 };
-	f.map = b->b;
-	f.size = b->n;
-	memset(cat, 0, sizeof(*cat));
-	cat->dir = "d";
-	memset(err, 0, sizeof(*err));
 	cJSON *config = NULL;
-	int r = torch_load_file(cat, &f, contents, &config, err);
+	int r = load_cfg(b, cat, contents, &config, err);
 	cJSON_Delete(config);
 	return r;
 }
@@ -144,8 +145,7 @@ static void test_state_dict(void **state)
 {
 	(void)state;
 	struct buf b;
-	header(&b, 1);
-	lit(&b, "\x80\x02}(");
+	top_dict(&b);
 	str(&b, "module._orig_mod.w");
 	tensor(&b, "0", 6, 0, 2, s23, st31);
 	str(&b, "t");
@@ -182,8 +182,7 @@ static void test_trainer_dict(void **state)
 {
 	(void)state;
 	struct buf b;
-	header(&b, 1);
-	lit(&b, "\x80\x02}(");
+	top_dict(&b);
 	str(&b, "model");
 	lit(&b, "}(");
 	str(&b, "w");
@@ -220,8 +219,7 @@ static void expect_error(struct buf *b, const char *msg)
 
 static void one_tensor(struct buf *b, int numel, int off, int nd, const int *size, const int *stride)
 {
-	header(b, 1);
-	lit(b, "\x80\x02}(");
+	top_dict(b);
 	str(b, "x");
 	tensor(b, "0", numel, off, nd, size, stride);
 	lit(b, "u.");
@@ -230,30 +228,37 @@ static void one_tensor(struct buf *b, int numel, int off, int nd, const int *siz
 static void test_lies(void **state)
 {
 	(void)state;
-	struct buf b;
 	static const int st11[] = { 1, 1 };
-	one_tensor(&b, 6, 0, 2, s23, st11);
-	storage0(&b, 6, 6);
-	expect_error(&b, "d/t.bin: tensor 'x': strides that are neither row-major nor a 2-D transpose are not supported");
-	one_tensor(&b, 6, 5, 1, s2, st1);
-	storage0(&b, 6, 6);
-	expect_error(&b, "d/t.bin: tensor 'x': 8 bytes at offset 20 run past its storage '0' of 24 bytes");
-	one_tensor(&b, 6, 0, 2, s23, st31);
-	storage0(&b, 7, 6);
-	expect_error(&b, "d/t.bin: storage '0' declares 6 elements, but the file stores 7");
+	/* tensor 'x' of storage '0': `count` elements declared, `have` stored, `extra` bytes after */
+	static const struct {
+		int off, nd;
+		const int *size, *stride;
+		uint64_t count;
+		size_t have, extra;
+		const char *msg;
+	} lies[] = {
+		{ 0, 2, s23, st11, 6, 6, 0,
+		  "d/t.bin: tensor 'x': strides that are neither row-major nor a 2-D transpose are not supported" },
+		{ 5, 1, s2, st1, 6, 6, 0, "d/t.bin: tensor 'x': 8 bytes at offset 20 run past its storage '0' of 24 bytes" },
+		{ 0, 2, s23, st31, 7, 6, 0, "d/t.bin: storage '0' declares 6 elements, but the file stores 7" },
+		{ 0, 2, s23, st31, 6, 6, 1, "d/t.bin: 1 trailing bytes after the last storage" },
+	};
+	struct buf b;
+	for (size_t i = 0; i < sizeof(lies) / sizeof(lies[0]); i++) {
+		one_tensor(&b, 6, lies[i].off, lies[i].nd, lies[i].size, lies[i].stride);
+		storage0(&b, lies[i].count, lies[i].have);
+		for (size_t k = 0; k < lies[i].extra; k++)
+			b.b[b.n++] = 0;
+		expect_error(&b, lies[i].msg);
+	}
 	one_tensor(&b, 6, 0, 2, s23, st31);
 	size_t at = storage0(&b, 6, 5);
 	char msg[128];
 	snprintf(msg, sizeof(msg), "d/t.bin: storage '0': 24 bytes at %zu run past the end of the file (truncated?)", at);
 	expect_error(&b, msg);
-	one_tensor(&b, 6, 0, 2, s23, st31);
-	storage0(&b, 6, 6);
-	b.b[b.n++] = 0;
-	expect_error(&b, "d/t.bin: 1 trailing bytes after the last storage");
 	header(&b, 0);
 	expect_error(&b, "d/t.bin: a big-endian torch file is not supported");
-	header(&b, 1);
-	lit(&b, "\x80\x02}(");
+	top_dict(&b);
 	str(&b, "x");
 	i32(&b, 1);
 	lit(&b, "u.");
@@ -271,8 +276,7 @@ static void test_llama2c(void **state)
 	(void)state;
 	static const int s84[] = { 8, 4 }, st41[] = { 4, 1 }, s44[] = { 4, 4 };
 	struct buf b;
-	header(&b, 1);
-	lit(&b, "\x80\x02}(");
+	top_dict(&b);
 	str(&b, "model_args");
 	lit(&b, "}(");
 	str(&b, "dim");
