@@ -153,6 +153,36 @@ static void test_index_bad(void **state)
 	expect_open_fails(d, "%s/model.safetensors.index.json: no \"weight_map\" object");
 }
 
+/* safetensors and torch pickles pick their files by one rule (catalog_pick_indexed): an
+ * index of either refused the same way. */
+static void test_index_refused_both_formats(void **state)
+{
+	const char *d = *state;
+	static const char *const names[] = { "model.safetensors.index.json", "pytorch_model.bin.index.json" };
+	static const struct {
+		const char *index, *msg; /* msg: after "DIR/INDEX: " */
+	} cases[] = {
+		{ "{\"weight_map\":[]}", "no \"weight_map\" object" },
+		{ "{\"weight_map\":{}}", "weight_map is empty" },
+		{ "{\"weight_map\":{\"a\":1}}", "weight_map entry 'a' is not a file name" },
+	};
+	for (size_t n = 0; n < 2; n++) {
+		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+			char want[2048];
+			snprintf(want, sizeof(want), "%%s/%s: %s", names[n], cases[i].msg);
+			assert_int_equal(text_write(d, names[n], cases[i].index), 0);
+			expect_open_fails(d, want);
+		}
+		assert_int_equal(text_write(d, names[n], "{\"weight_map\":{\"a\":\"nope.bin\"}}"), 0);
+		char want[2048];
+		snprintf(want, sizeof(want), "%%s/nope.bin: No such file or directory (named by %%s/%s)", names[n]);
+		expect_open_fails(d, want);
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%s", d, names[n]);
+		assert_int_equal(unlink(path), 0);
+	}
+}
+
 static void test_bad_config(void **state)
 {
 	const char *d = *state;
@@ -352,6 +382,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_index_wrong_shard, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_unlisted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_bad, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_index_refused_both_formats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_config_too_large, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_duplicate_across_shards, setup, teardown),
