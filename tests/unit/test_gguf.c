@@ -106,21 +106,32 @@ static void test_q8_0_rounding(void **state)
 	}
 }
 
+/* malloc that fails the test when it fails. */
+static void *alloc_or_fail(size_t n)
+{
+	void *p = malloc(n);
+	assert_non_null(p);
+	return p;
+}
+
+/* The next 32 bits of a 64-bit LCG (Knuth's MMIX constants), its high half. */
+static uint32_t rand32(uint64_t *st)
+{
+	*st = *st * 6364136223846793005ull + 1442695040888963407ull;
+	return (uint32_t)(*st >> 32);
+}
+
 /* The AVX2 path (when the CPU has it) against the scalar one: random blocks
  * of every magnitude, signs, zeros, subnormals, ties, NaNs and infinities. */
 static void test_q8_0_vector_scalar(void **state)
 {
 	(void)state;
 	enum { NB = 20000 };
-	float *x = malloc(NB * 32 * sizeof(float));
-	uint8_t *a = malloc(NB * 34), *b = malloc(NB * 34);
-	assert_non_null(x);
-	assert_non_null(a);
-	assert_non_null(b);
+	float *x = alloc_or_fail(NB * 32 * sizeof(float));
+	uint8_t *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34);
 	uint64_t st = 0x12345678;
 	for (size_t i = 0; i < NB * 32; i++) {
-		st = st * 6364136223846793005ull + 1442695040888963407ull;
-		uint32_t r = (uint32_t)(st >> 32);
+		uint32_t r = rand32(&st);
 		size_t blk = i / 32;
 		float v;
 		if (blk % 7 == 0) { /* any bit pattern: NaNs, infinities, subnormals */
@@ -151,17 +162,12 @@ static void test_q8_0_bf16(void **state)
 {
 	(void)state;
 	enum { NB = 20000 };
-	uint8_t *x = malloc(NB * 32 * 2 + 1), *a = malloc(NB * 34), *b = malloc(NB * 34), *c = malloc(NB * 34);
-	float *w = malloc(NB * 32 * sizeof(float));
-	assert_non_null(x);
-	assert_non_null(a);
-	assert_non_null(b);
-	assert_non_null(c);
-	assert_non_null(w);
+	uint8_t *x = alloc_or_fail(NB * 32 * 2 + 1), *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34),
+		*c = alloc_or_fail(NB * 34);
+	float *w = alloc_or_fail(NB * 32 * sizeof(float));
 	uint64_t st = 0x9abcdef1;
 	for (size_t i = 0; i < NB * 32; i++) {
-		st = st * 6364136223846793005ull + 1442695040888963407ull;
-		uint32_t r = (uint32_t)(st >> 32);
+		uint32_t r = rand32(&st);
 		size_t blk = i / 32;
 		uint16_t h;
 		if (blk % 5 == 0) /* any bit pattern */
@@ -251,11 +257,8 @@ static void test_q8_0_expr_split(void **state)
 	 * (a split of the work, if one is added, must keep that). Through the
 	 * mapping (bf16 source) and through expr_read (a cast of it to f32). */
 	const size_t nv = (size_t)BIG_ROWS * BIG_COLS;
-	uint8_t *map = malloc(nv * 2), *want = malloc(BIG_OUT), *whole = malloc(BIG_OUT), *got = malloc(BIG_OUT + 2);
-	assert_non_null(map);
-	assert_non_null(want);
-	assert_non_null(whole);
-	assert_non_null(got);
+	uint8_t *map = alloc_or_fail(nv * 2), *want = alloc_or_fail(BIG_OUT), *whole = alloc_or_fail(BIG_OUT),
+		*got = alloc_or_fail(BIG_OUT + 2);
 	for (size_t i = 0; i < nv; i++) {
 		float v = sinf((float)i * 0.37f) * (float)(1 + i % 7) * (i % 1000 == 0 ? 1e4f : 1.0f);
 		uint16_t h = cast_f32_to_bf16(v);
@@ -474,8 +477,7 @@ static void test_vocab_hostile(void **state)
 	{
 		const size_t n = 70000;
 		static const char head[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[";
-		char *t = malloc(sizeof(head) + 2 * n + 8);
-		assert_non_null(t);
+		char *t = alloc_or_fail(sizeof(head) + 2 * n + 8);
 		size_t len = sizeof(head) - 1;
 		memcpy(t, head, len);
 		for (size_t i = 0; i < n; i++)
