@@ -154,28 +154,35 @@ static void test_limits(void **state)
 {
 	(void)state;
 	struct json_scanner js;
-	struct json_limits depth = { .max_depth = 2 };
-	assert_int_equal(json_prescan("[[1]]", 5, &depth, &js, NULL), 0);
-	expect_refused("[[[1]]]", 7, &depth, JSON_TOO_DEEP, 2, "nested deeper than 2 levels");
-	expect_refused("{\"a\":{\"b\":{}}}", 14, &depth, JSON_TOO_DEEP, 10, "nested deeper than 2 levels");
-
-	struct json_limits array = { .max_array = 2 };
-	assert_int_equal(json_prescan("[1,[2,3]]", 9, &array, &js, NULL), 0);
-	expect_refused("[1,2,3]", 7, &array, JSON_ARRAY_TOO_LONG, 5, "a list of more than 2 entries");
-
-	struct json_limits members = { .max_members = 1 };
-	assert_int_equal(json_prescan("{\"a\":{\"b\":1}}", 13, &members, &js, NULL), 0);
-	expect_refused("{\"a\":1,\"b\":2}", 13, &members, JSON_OBJECT_TOO_LARGE, 7, "an object of more than 1 members");
-
-	struct json_limits string = { .max_string = 3 };
-	assert_int_equal(json_prescan("[\"abc\"]", 7, &string, &js, NULL), 0);
-	expect_refused("[\"abcd\"]", 8, &string, JSON_STRING_TOO_LONG, 1, "a string longer than 3 bytes");
-	expect_refused("{\"abcd\":1}", 10, &string, JSON_STRING_TOO_LONG, 1, "a string longer than 3 bytes");
-
-	struct json_limits values = { .max_values = 3 };
-	assert_int_equal(json_prescan("[1,2]", 5, &values, &js, NULL), 0);
-	expect_refused("[1,2,3]", 7, &values, JSON_TOO_MANY_VALUES, 5, "more than 3 values");
-	expect_refused("{\"a\":1,\"b\":[2]}", 15, &values, JSON_TOO_MANY_VALUES, 12, "more than 3 values");
+	/* each limit: a document just within it (problem JSON_OK), then those past it */
+	static const struct {
+		struct json_limits lim;
+		const char *doc;
+		enum json_problem problem;
+		size_t at;
+		const char *phrase;
+	} cases[] = {
+		{ { .max_depth = 2 }, "[[1]]", JSON_OK, 0, NULL },
+		{ { .max_depth = 2 }, "[[[1]]]", JSON_TOO_DEEP, 2, "nested deeper than 2 levels" },
+		{ { .max_depth = 2 }, "{\"a\":{\"b\":{}}}", JSON_TOO_DEEP, 10, "nested deeper than 2 levels" },
+		{ { .max_array = 2 }, "[1,[2,3]]", JSON_OK, 0, NULL },
+		{ { .max_array = 2 }, "[1,2,3]", JSON_ARRAY_TOO_LONG, 5, "a list of more than 2 entries" },
+		{ { .max_members = 1 }, "{\"a\":{\"b\":1}}", JSON_OK, 0, NULL },
+		{ { .max_members = 1 }, "{\"a\":1,\"b\":2}", JSON_OBJECT_TOO_LARGE, 7, "an object of more than 1 members" },
+		{ { .max_string = 3 }, "[\"abc\"]", JSON_OK, 0, NULL },
+		{ { .max_string = 3 }, "[\"abcd\"]", JSON_STRING_TOO_LONG, 1, "a string longer than 3 bytes" },
+		{ { .max_string = 3 }, "{\"abcd\":1}", JSON_STRING_TOO_LONG, 1, "a string longer than 3 bytes" },
+		{ { .max_values = 3 }, "[1,2]", JSON_OK, 0, NULL },
+		{ { .max_values = 3 }, "[1,2,3]", JSON_TOO_MANY_VALUES, 5, "more than 3 values" },
+		{ { .max_values = 3 }, "{\"a\":1,\"b\":[2]}", JSON_TOO_MANY_VALUES, 12, "more than 3 values" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t len = strlen(cases[i].doc);
+		if (cases[i].problem == JSON_OK)
+			assert_int_equal(json_prescan(cases[i].doc, len, &cases[i].lim, &js, NULL), 0);
+		else
+			expect_refused(cases[i].doc, len, &cases[i].lim, cases[i].problem, cases[i].at, cases[i].phrase);
+	}
 
 	/* The depth is never more than JSON_DEPTH_MAX, whatever is asked. */
 	struct json_limits deep = { .max_depth = 1000 };
