@@ -29,11 +29,27 @@ static struct cat_tensor tensor(const char *name, uint64_t rows, uint64_t cols, 
 
 static void expect_parse_error(const char *json, const char *msg)
 {
-	struct layout *l;
+	struct layout *l = NULL;
 	struct ckpt_err err = { 0 };
-	assert_true(layout_parse(json, strlen(json), "l.json", &l, &err) < 0);
+	assert_int_equal(layout_parse(json, strlen(json), "l.json", &l, &err), -EINVAL);
 	assert_null(l);
 	assert_string_equal(err.msg, msg);
+}
+
+/* A layout that must parse, read as t.json. */
+static struct layout *parse_ok(const char *json)
+{
+	struct layout *l = NULL;
+	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	return l;
+}
+
+/* hf: the sorted set of the one source tensor t. */
+static void one_tensor_set(struct tset *hf, struct cat_tensor *t)
+{
+	tset_init(hf);
+	assert_int_equal(tset_add(hf, t->name, expr_source(t)), 0);
+	assert_int_equal(tset_sort(hf, NULL), 0);
 }
 
 static void test_parse_errors(void **state)
@@ -66,8 +82,7 @@ static void test_forward_inverse(void **state)
 	assert_int_equal(tset_sort(&hf, NULL), 0);
 	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"layers.{layer}.kv\","
 			   "\"expr\":\"concat(0, blk.{layer}.k, blk.{layer}.v)\"}]}";
-	struct layout *l;
-	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	struct layout *l = parse_ok(json);
 	struct model_dims dims = { 0 };
 	struct tset native, back;
 	assert_int_equal(layout_forward(l, &hf, &dims, &native, NULL, NULL), 0);
@@ -101,8 +116,7 @@ static void test_rope_rows_inverse(void **state)
 		bytes[i] = (uint8_t)(i / 4); /* row r of a [N, 1] F32 tensor holds bytes r r r r */
 	struct cat_tensor q = tensor("q", 8, 1, 0), odd = tensor("q", 6, 1, 0);
 	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"wq\",\"expr\":\"rope_rows(heads, q)\"}]}";
-	struct layout *l;
-	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	struct layout *l = parse_ok(json);
 	struct model_dims dims = { .heads = 2 };
 	struct tset hf, native, back;
 	tset_init(&hf);
@@ -139,13 +153,10 @@ static void test_regress_slice_bound_leak(void **state)
 {
 	struct cat_tensor t = tensor("model.norm.weight", 1, 5, 0);
 	struct tset hf, out;
-	tset_init(&hf);
-	assert_int_equal(tset_add(&hf, t.name, expr_source(&t)), 0);
-	assert_int_equal(tset_sort(&hf, NULL), 0);
+	one_tensor_set(&hf, &t);
 	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"o\",\"expr\":\"slice(1, 0, 1/7, model.norm.weight)\"}]}";
-	struct layout *l;
 	struct ckpt_err err = { 0 };
-	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	struct layout *l = parse_ok(json);
 	struct model_dims dims = { 0 };
 	assert_true(layout_forward(l, &hf, &dims, &out, NULL, &err) < 0);
 	assert_string_equal(err.msg,
@@ -155,42 +166,30 @@ static void test_regress_slice_bound_leak(void **state)
 	layout_free(l);
 }
 
-static void expect_layout_refused(const char *json, const char *want)
-{
-	struct layout *l = NULL;
-	struct ckpt_err err = { 0 };
-	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, &err), -EINVAL);
-	assert_null(l);
-	assert_string_equal(err.msg, want);
-}
-
 /* Found by fuzzing: adjacent text placeholders made name matching
  * exponential. Names whose split is ambiguous (placeholders that touch, more
  * than four text placeholders) are refused when the layout is loaded, and
  * matching any pattern stays bounded. */
 static void test_regress_match_backtracking(void **state)
 {
-	expect_layout_refused("{\"name\":\"t\",\"rules\":[{\"out\":\"o{a}{b}{c}{d}{e}{f}{g}{h}\","
-			      "\"expr\":\"{a}{b}{c}{d}{e}{f}{g}{h}!\"}]}",
-			      "t.json: rule 1 (o{a}{b}{c}{d}{e}{f}{g}{h}): two placeholders touch, so where the first "
-			      "ends is ambiguous");
-	expect_layout_refused("{\"name\":\"t\",\"rules\":[{\"out\":\"o.{layer}\",\"expr\":\"x.{layer}{a}\"}]}",
-			      "t.json: rule 1 (o.{layer}): two placeholders touch, so where the first ends is ambiguous");
-	expect_layout_refused("{\"name\":\"t\",\"rules\":[{\"out\":\"o{a}.{b}.{c}.{d}.{e}\","
-			      "\"expr\":\"{a}.{b}.{c}.{d}.{e}!\"}]}",
-			      "t.json: rule 1 (o{a}.{b}.{c}.{d}.{e}): more than 4 text placeholders in one name");
-	expect_layout_refused("{\"name\":\"t\",\"drop\":[\"x{a}{layer}\"],\"rules\":[{\"out\":\"o\",\"expr\":\"i\"}]}",
-			      "t.json: drop 'x{a}{layer}': two placeholders touch, so where the first ends is ambiguous");
+	expect_parse_error("{\"name\":\"t\",\"rules\":[{\"out\":\"o{a}{b}{c}{d}{e}{f}{g}{h}\","
+			   "\"expr\":\"{a}{b}{c}{d}{e}{f}{g}{h}!\"}]}",
+			   "l.json: rule 1 (o{a}{b}{c}{d}{e}{f}{g}{h}): two placeholders touch, so where the first "
+			   "ends is ambiguous");
+	expect_parse_error("{\"name\":\"t\",\"rules\":[{\"out\":\"o.{layer}\",\"expr\":\"x.{layer}{a}\"}]}",
+			   "l.json: rule 1 (o.{layer}): two placeholders touch, so where the first ends is ambiguous");
+	expect_parse_error("{\"name\":\"t\",\"rules\":[{\"out\":\"o{a}.{b}.{c}.{d}.{e}\","
+			   "\"expr\":\"{a}.{b}.{c}.{d}.{e}!\"}]}",
+			   "l.json: rule 1 (o{a}.{b}.{c}.{d}.{e}): more than 4 text placeholders in one name");
+	expect_parse_error("{\"name\":\"t\",\"drop\":[\"x{a}{layer}\"],\"rules\":[{\"out\":\"o\",\"expr\":\"i\"}]}",
+			   "l.json: drop 'x{a}{layer}': two placeholders touch, so where the first ends is ambiguous");
 
 	/* four, separated, are fine; a name built to make them backtrack just fails to match */
 	struct cat_tensor t = tensor("a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a", 1, 1, 0);
 	struct tset hf, out;
-	tset_init(&hf);
-	assert_int_equal(tset_add(&hf, t.name, expr_source(&t)), 0);
-	assert_int_equal(tset_sort(&hf, NULL), 0);
+	one_tensor_set(&hf, &t);
 	const char *json = "{\"name\":\"t\",\"rules\":[{\"out\":\"o{a}.{b}.{c}.{d}\",\"expr\":\"{a}.{b}.{c}.{d}!\"}]}";
-	struct layout *l;
-	assert_int_equal(layout_parse(json, strlen(json), "t.json", &l, NULL), 0);
+	struct layout *l = parse_ok(json);
 	struct model_dims dims = { 0 };
 	assert_int_equal(layout_forward(l, &hf, &dims, &out, NULL, NULL), 0);
 	assert_int_equal(out.n, 1); /* no rule matched: passed through */
