@@ -92,6 +92,28 @@ make_testdir() {
     note "temporary directory $TESTDIR"
 }
 
+# expect_refused WANT CKPTFS-ARGS...: ckptfs exits 1 with exactly WANT (one
+# line) on stderr.
+expect_refused() {
+    local want=$1 rc=0 err
+    shift
+    err=$("$CKPTFS" "$@" 2>&1 >/dev/null) || rc=$?
+    [ "$rc" -eq 1 ] || fail "ckptfs $*: exit $rc, expected 1 (stderr: $err)"
+    [ "$err" = "$want" ] || fail "ckptfs $*: stderr
+  got:  $err
+  want: $want"
+    note "  refused: $want"
+}
+
+# expect_mount_refused WANT SRC [OPTION...]: mounting SRC (on a scratch
+# mount point) is refused so.
+expect_mount_refused() {
+    local want=$1 src=$2 mnt=$TESTDIR/mnt-refused
+    shift 2
+    mkdir -p "$mnt"
+    expect_refused "$want" "$@" "$src" "$mnt"
+}
+
 # Run examples/gen-model.py: gen_model PRESET OUTDIR [--seed N]
 gen_model() {
     "$PYTHON" "$srcdir/examples/gen-model.py" "$@"

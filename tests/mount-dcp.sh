@@ -28,18 +28,6 @@ mount_test_init
 
 FX="$srcdir/tests/dcp_fixtures.py"
 
-expect_refused() { # expect_refused WANT SRC [OPTION...]
-    local want=$1 src=$2 rc=0 err mnt=$TESTDIR/mnt-refused
-    shift 2
-    mkdir -p "$mnt"
-    err=$("$CKPTFS" "$@" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
-    [ "$rc" -eq 1 ] || fail "ckptfs $src: exit $rc, expected 1 (stderr: $err)"
-    [ "$err" = "$want" ] || fail "ckptfs $src: stderr
-  got:  $err
-  want: $want"
-    note "  refused: $want"
-}
-
 LLAMA=$TESTDIR/llama
 MIXED=$TESTDIR/mixed
 gen_model tiny-llama "$LLAMA"
@@ -146,7 +134,7 @@ assert os.path.exists(os.path.join(sys.argv[2], "native", "model.safetensors"))
 assert os.path.isdir(os.path.join(sys.argv[2], "tp-2"))
 PY
 umount_ckptfs
-expect_refused "ckptfs: $TESTDIR/none.json: No such file or directory" "$NOCFG" -o "config=$TESTDIR/none.json"
+expect_mount_refused "ckptfs: $TESTDIR/none.json: No such file or directory" "$NOCFG" -o "config=$TESTDIR/none.json"
 
 note "=== no config.json: what the tensor shapes say is derived, the rest is named"
 for kind in kf titan; do
@@ -160,11 +148,11 @@ case $out in *"$want"*) ;; *) fail "inspect kf-bare: no '$want' in:
 $out" ;; esac
 "$CKPTFS" ls "$TESTDIR/kf-bare" hf | grep -q "  config\.json$" && fail "kf-bare: hf/ has a config.json without the heads"
 # torchtitan's wq/wk rows cannot be reordered without the heads: refused, not served wrong
-expect_refused "ckptfs: $TESTDIR/titan-bare: tensor 'model.layers.0.self_attn.k_proj.weight': the torchtitan naming keeps its rows in the interleaved rotary order of its heads, and no config says how many heads (give -o config=FILE or -o head_dim=N)" "$TESTDIR/titan-bare"
-expect_refused "ckptfs: $TESTDIR/titan-bare: head_dim 24 (-o head_dim) does not divide the projections: q has 64 rows, k 32 (heads x head_dim)" "$TESTDIR/titan-bare" -o head_dim=24
-expect_refused "ckptfs: -o head_dim=16: $TESTDIR/titan has a config, which says the heads" "$TESTDIR/titan" -o head_dim=16
-expect_refused "ckptfs: -o head_dim and -o config: the config says the heads; give one of them" "$TESTDIR/titan-bare" -o head_dim=16 -o "config=$LLAMA/config.json"
-expect_refused "ckptfs: -o head_dim=x: not a number of 1 to 65536" "$TESTDIR/titan-bare" -o head_dim=x
+expect_mount_refused "ckptfs: $TESTDIR/titan-bare: tensor 'model.layers.0.self_attn.k_proj.weight': the torchtitan naming keeps its rows in the interleaved rotary order of its heads, and no config says how many heads (give -o config=FILE or -o head_dim=N)" "$TESTDIR/titan-bare"
+expect_mount_refused "ckptfs: $TESTDIR/titan-bare: head_dim 24 (-o head_dim) does not divide the projections: q has 64 rows, k 32 (heads x head_dim)" "$TESTDIR/titan-bare" -o head_dim=24
+expect_mount_refused "ckptfs: -o head_dim=16: $TESTDIR/titan has a config, which says the heads" "$TESTDIR/titan" -o head_dim=16
+expect_mount_refused "ckptfs: -o head_dim and -o config: the config says the heads; give one of them" "$TESTDIR/titan-bare" -o head_dim=16 -o "config=$LLAMA/config.json"
+expect_mount_refused "ckptfs: -o head_dim=x: not a number of 1 to 65536" "$TESTDIR/titan-bare" -o head_dim=x
 for kind in kf titan; do
     out=$("$CKPTFS" inspect -o head_dim=16 "$TESTDIR/$kind-bare") || fail "inspect -o head_dim $kind-bare failed"
     want="config.json derived from the tensor shapes (renamed from the $([ $kind = kf ] && echo kempnerforge || echo torchtitan) naming): $SHAPES, head_dim 16 (-o head_dim), num_attention_heads 4 (q rows / head_dim), num_key_value_heads 2 (k rows / head_dim); not derivable, written as Meta's and torchtitan's defaults: rope_theta 10000, rms_norm_eps 1e-05, max_position_embeddings 2048 (give -o config=FILE for the real ones)"
@@ -216,12 +204,12 @@ note "=== stages that overlap, a stage directory without .metadata"
 mkdir -p "$TESTDIR/dup" "$TESTDIR/emptypp/pp0"
 cp -r "$TESTDIR/old" "$TESTDIR/dup/pp0"
 cp -r "$TESTDIR/old" "$TESTDIR/dup/pp1"
-expect_refused "ckptfs: $TESTDIR/dup/pp1/__0_0.distcp: duplicate tensor name 'lm_head.weight' (also in $TESTDIR/dup/pp0/__0_0.distcp)" "$TESTDIR/dup"
+expect_mount_refused "ckptfs: $TESTDIR/dup/pp1/__0_0.distcp: duplicate tensor name 'lm_head.weight' (also in $TESTDIR/dup/pp0/__0_0.distcp)" "$TESTDIR/dup"
 mkdir -p "$TESTDIR/gap"
 cp -r "$TESTDIR/pp/pp0" "$TESTDIR/gap/pp0"
 cp -r "$TESTDIR/pp/pp1" "$TESTDIR/gap/pp2"
-expect_refused "ckptfs: $TESTDIR/gap/pp2: pipeline stage directories must be numbered pp0, pp1, ... without a gap (pp1/ is missing)" "$TESTDIR/gap"
-expect_refused "ckptfs: $TESTDIR/emptypp: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)" "$TESTDIR/emptypp"
+expect_mount_refused "ckptfs: $TESTDIR/gap/pp2: pipeline stage directories must be numbered pp0, pp1, ... without a gap (pp1/ is missing)" "$TESTDIR/gap"
+expect_mount_refused "ckptfs: $TESTDIR/emptypp: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or *.pt/*.pth/*.ckpt (not a checkpoint)" "$TESTDIR/emptypp"
 
 note "=== a .distcp with optimizer state only is not passed through"
 cp -r "$TESTDIR/old" "$TESTDIR/extra"
@@ -233,7 +221,7 @@ case $out in *tokenizer.json*) ;; *) fail "hf/ lacks the side files: $out" ;; es
 note "=== hostile .metadata"
 hostile() { # hostile CASE WANT
     "$PYTHON" "$FX" hostile "$1" "$LLAMA" "$TESTDIR/h-$1" || fail "dcp_fixtures.py hostile $1 failed"
-    expect_refused "ckptfs: $TESTDIR/h-$1/$2" "$TESTDIR/h-$1"
+    expect_mount_refused "ckptfs: $TESTDIR/h-$1/$2" "$TESTDIR/h-$1"
 }
 E="'model.model.embed_tokens.weight'"
 hostile global ".metadata: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)"
@@ -244,4 +232,4 @@ hostile past-end ".metadata: $E: chunk 1 runs past dim 0 (51 + 60 > 101)"
 hostile escape ".metadata: $E chunk 1: relative_path '../__1_0.distcp' is not a file of the checkpoint directory"
 "$PYTHON" "$FX" hostile short-shard "$LLAMA" "$TESTDIR/h-short-shard" || fail "dcp_fixtures.py hostile short-shard failed"
 len=$(stat -c %s "$TESTDIR/h-short-shard/__1_0.distcp")
-expect_refused "ckptfs: $TESTDIR/h-short-shard/__1_0.distcp: $E chunk 1: item at 7705+1056281 runs past the end of the file ($len bytes)" "$TESTDIR/h-short-shard"
+expect_mount_refused "ckptfs: $TESTDIR/h-short-shard/__1_0.distcp: $E chunk 1: item at 7705+1056281 runs past the end of the file ($len bytes)" "$TESTDIR/h-short-shard"

@@ -39,18 +39,6 @@ make_snapshot() {
     done
 }
 
-# expect_refused WANT CKPTFS-ARGS...: exit 1, one line on stderr equal to WANT
-expect_refused() {
-    local want=$1 rc=0 err
-    shift
-    err=$("$CKPTFS" "$@" 2>&1 >/dev/null) || rc=$?
-    [ "$rc" -eq 1 ] || fail "ckptfs $*: exit $rc, expected 1 (stderr: $err)"
-    [ "$err" = "$want" ] || fail "ckptfs $*: stderr
-  got:  $err
-  want: $want"
-    note "  refused: $want"
-}
-
 REPO=$TESTDIR/hub/models--test--tiny-llama
 C1=0123456789abcdef0123456789abcdef01234567
 C2=fedcba9876543210fedcba9876543210fedcba98

@@ -36,18 +36,6 @@ fixture() { # fixture KIND HF_DIR OUT
     "$PYTHON" "$srcdir/tests/torch_fixtures.py" "$@" || fail "torch_fixtures.py $* failed"
 }
 
-# expect_refused WANT SRC: the mount fails with status 1 and exactly WANT on stderr
-expect_refused() {
-    local want=$1 src=$2 rc=0 err mnt=$TESTDIR/mnt-refused
-    mkdir -p "$mnt"
-    err=$("$CKPTFS" "$src" "$mnt" 2>&1 >/dev/null) || rc=$?
-    [ "$rc" -eq 1 ] || fail "ckptfs $src: exit $rc, expected 1 (stderr: $err)"
-    [ "$err" = "$want" ] || fail "ckptfs $src: stderr
-  got:  $err
-  want: $want"
-    note "  refused: $want"
-}
-
 GPT2=$TESTDIR/gpt2
 LLAMA=$TESTDIR/llama
 gen_model gpt2 "$GPT2"
@@ -113,7 +101,7 @@ $2
 torch.save(s0, os.path.join(d, "consolidated.00.pth"))
 torch.save(s1, os.path.join(d, "consolidated.01.pth"))
 PY
-    expect_refused "ckptfs: $3" "$d"
+    expect_mount_refused "ckptfs: $3" "$d"
 }
 mp_bad missing 'del s1["layers.1.ffn_norm.weight"]' \
     "$TESTDIR/mp-missing/consolidated.01.pth: no tensor 'layers.1.ffn_norm.weight', which consolidated.00.pth holds"
@@ -129,12 +117,12 @@ mp_bad onedim 's0["norm.weight"] = s0["norm.weight"][:32].clone(); s1["norm.weig
     "$TESTDIR/mp-onedim/consolidated.00.pth: tensor 'output.weight' is split across the shards but not 2-D"
 cp -r "$TESTDIR/meta-mp" "$TESTDIR/mp-gap"
 cp "$TESTDIR/mp-gap/consolidated.01.pth" "$TESTDIR/mp-gap/consolidated.03.pth"
-expect_refused "ckptfs: $TESTDIR/mp-gap/consolidated.03.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.02.pth is missing)" "$TESTDIR/mp-gap"
+expect_mount_refused "ckptfs: $TESTDIR/mp-gap/consolidated.03.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.02.pth is missing)" "$TESTDIR/mp-gap"
 # rank 01 missing: 00 alone before the gap must not be merged with 02 as if whole
 mkdir "$TESTDIR/mp-hole"
 cp "$TESTDIR/meta-mp/params.json" "$TESTDIR/meta-mp/consolidated.00.pth" "$TESTDIR/mp-hole/"
 cp "$TESTDIR/meta-mp/consolidated.01.pth" "$TESTDIR/mp-hole/consolidated.02.pth"
-expect_refused "ckptfs: $TESTDIR/mp-hole/consolidated.02.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.01.pth is missing)" "$TESTDIR/mp-hole"
+expect_mount_refused "ckptfs: $TESTDIR/mp-hole/consolidated.02.pth: model-parallel shards must be numbered consolidated.00.pth, 01, ... without a gap (consolidated.01.pth is missing)" "$TESTDIR/mp-hole"
 
 note "=== inspect and export"
 out=$("$CKPTFS" inspect "$TESTDIR/nanogpt") || fail "inspect nanogpt failed"
@@ -176,14 +164,14 @@ fusermount3 -u "$TESTDIR/ref-llama"
 wait "$REF_GPT2_PID" "$REF_LLAMA_PID" || fail "reference daemon exited with status $?"
 
 note "=== bad inputs"
-expect_refused "ckptfs: $TESTDIR/hostile/pytorch_model.bin: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)" "$TESTDIR/hostile"
+expect_mount_refused "ckptfs: $TESTDIR/hostile/pytorch_model.bin: pickle refers to the global 'posix.system', which is not allowed (ckptfs reads tensors and plain data only and never runs code from a checkpoint)" "$TESTDIR/hostile"
 [ ! -e "$TESTDIR/hostile/pwned" ] || fail "the hostile pickle's command ran"
 
 B=$TESTDIR/bad
 mkdir -p "$B/trunc" "$B/deflate" "$B/lying" "$B/legacy-trunc"
 BIN=$TESTDIR/llama-zip/pytorch_model.bin
 head -c $(($(stat -c %s "$BIN") / 2)) "$BIN" >"$B/trunc/pytorch_model.bin"
-expect_refused "ckptfs: $B/trunc/pytorch_model.bin: no zip end-of-central-directory record (truncated zip?)" "$B/trunc"
+expect_mount_refused "ckptfs: $B/trunc/pytorch_model.bin: no zip end-of-central-directory record (truncated zip?)" "$B/trunc"
 "$PYTHON" - "$BIN" "$B/deflate/pytorch_model.bin" <<'PY'
 import sys, zipfile
 src = zipfile.ZipFile(sys.argv[1])
@@ -192,7 +180,7 @@ with zipfile.ZipFile(sys.argv[2], "w") as dst:
         dst.writestr(i.filename, src.read(i.filename),
                      compress_type=zipfile.ZIP_DEFLATED if i.filename.endswith("data.pkl") else zipfile.ZIP_STORED)
 PY
-expect_refused "ckptfs: $B/deflate/pytorch_model.bin: 'pytorch_model/data.pkl' is compressed (method 8); only stored entries can be mapped" "$B/deflate"
+expect_mount_refused "ckptfs: $B/deflate/pytorch_model.bin: 'pytorch_model/data.pkl' is compressed (method 8); only stored entries can be mapped" "$B/deflate"
 # A legacy file whose first storage claims one element more than it stores,
 # and one cut short; the script prints the two expected messages.
 LEG=$TESTDIR/gpt2-legacy/pytorch_model.bin
@@ -246,6 +234,6 @@ open(sys.argv[3], "wb").write(data[:at + n // 2])
 print("%s: storage '%s': %d bytes at %d run past the end of the file (truncated?)" % (sys.argv[3], k, n, at))
 PY
     fail "making the bad legacy files failed"
-expect_refused "ckptfs: $(sed -n 1p "$B/want")" "$B/lying"
-expect_refused "ckptfs: $(sed -n 2p "$B/want")" "$B/legacy-trunc"
+expect_mount_refused "ckptfs: $(sed -n 1p "$B/want")" "$B/lying"
+expect_mount_refused "ckptfs: $(sed -n 2p "$B/want")" "$B/legacy-trunc"
 note "PASS"
