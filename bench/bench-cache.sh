@@ -30,9 +30,7 @@ bench_paths
 ensure_model
 
 bench_work
-MNT=$WORK/mnt
-mkdir -p "$MNT"
-MOUNTS=$MNT
+bench_mnt
 
 mount_it() {
 	"$CKPTFS" "$@" "$MODEL_DIR" "$MNT" || die "mount failed"

@@ -21,9 +21,7 @@ bench_paths
 ensure_model
 
 bench_work
-MNT=$WORK/mnt
-mkdir -p "$MNT"
-MOUNTS=$MNT
+bench_mnt
 SRC=$MODEL_DIR/model.safetensors
 
 rss_kb() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }

@@ -151,6 +151,14 @@ bench_work() {
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-$BENCH_NAME.XXXXXX") || die "mktemp failed"
 }
 
+# bench_mnt: MNT, a mount point in WORK that cleanup unmounts (for a
+# daemon started without mount_fs).
+bench_mnt() {
+	MNT=$WORK/mnt
+	mkdir -p "$MNT"
+	MOUNTS="$MOUNTS $MNT"
+}
+
 # forget_pid PID: PID has been waited for; cleanup leaves it alone.
 forget_pid() {
 	PIDS=$(echo "$PIDS" | sed "s/ $1\\b//")
