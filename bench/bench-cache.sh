@@ -62,23 +62,23 @@ for view in "${views[@]}"; do
 	# tier that holds the view) an O_DIRECT re-read served from memory
 	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G
 	t_disk=$(read_time "$MNT/$view")
-	hits=$(stats_field cache/disk/hits)
+	hits=$(mount_stat cache/disk/hits)
 	umount_bg
 	mount_it -o cache_dir="$dir",cache_policy=always,cache_size=20G,mem_cache=8G
 	read_time "$MNT/$view" >/dev/null
 	t_mem=$(read_time "$MNT/$view" direct)
-	memhits=$(stats_field cache/memory/hits)
+	memhits=$(mount_stat cache/memory/hits)
 	umount_bg
 	rm -rf "$dir"
 	mount_it -o cache_dir="$dir"
 	t_auto1=$(read_time "$MNT/$view")
-	stored=$(stats_field cache/disk/written 2>/dev/null)
+	stored=$(mount_stat cache/disk/written 2>/dev/null)
 	umount_bg
 	mount_it -o cache_dir="$dir"
 	t_auto2=$(read_time "$MNT/$view")
-	skipped=$(stats_field cache/disk/skipped_by_policy)
-	cmbps=$(stats_field cache/compute_mbps)
-	dmbps=$(stats_field cache/decompress_mbps)
+	skipped=$(mount_stat cache/disk/skipped_by_policy)
+	cmbps=$(mount_stat cache/compute_mbps)
+	dmbps=$(mount_stat cache/decompress_mbps)
 	umount_bg
 	echo "== $view ($size bytes)"
 	echo "off (recompute):        $(gbps "$size" "$t_off") GB/s"

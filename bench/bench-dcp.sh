@@ -128,13 +128,13 @@ echo "mount time:            $(awk -v s="$best_mount" 'BEGIN { printf "%.0f ms",
 base=0 view=0 pass=0
 for _ in $(seq "$RUNS"); do
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$MODEL_DIR" "$WORK/ckptfs"
-	read_view "$MNT/hf"
+	read_view_gbs "$MNT/hf"
 	pass=$(best "$pass" "$GBS")
 	umount_fs
 	read_gbs "$DCP" "${DISTCP[@]}"
 	base=$(best "$base" "$GBS")
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$DCP" "$WORK/ckptfs"
-	read_view "$MNT/hf@bf16"
+	read_view_gbs "$MNT/hf@bf16"
 	view=$(best "$view" "$GBS")
 	umount_fs
 done
@@ -159,7 +159,7 @@ for _ in $(seq "$RUNS"); do
 	t0=$(now)
 	mount_fs ckptfs "$CKPTFS" -f -o cache=off "$DCP" "$WORK/ckptfs"
 	anon_start
-	read_view "$MNT/hf"
+	read_view_gbs "$MNT/hf"
 	t1=$(now)
 	anon_stop
 	umount_fs

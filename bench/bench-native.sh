@@ -495,7 +495,7 @@ ckptfs_run() {
 		t0=$(now)
 		mount_fs ckptfs "$CKPTFS" -f "$MODEL_DIR" "$WORK/ckptfs"
 		t1=$(now)
-		read_view "$MNT/$view"
+		read_view_gbs "$MNT/$view"
 		t2=$(now)
 		C_BYTES=$LAST_BYTES
 		h=$(status_kb "$MNT_PID" VmHWM)
@@ -514,7 +514,7 @@ ckptfs_run() {
 peak_anon() {
 	mount_fs ckptfs "$CKPTFS" -f "$MODEL_DIR" "$WORK/ckptfs"
 	anon_start
-	read_view "$MNT/$1"
+	read_view_gbs "$MNT/$1"
 	anon_stop
 	umount_fs
 	echo "$ANON_PEAK"

@@ -35,8 +35,8 @@ echo "model: $MODEL_DIR ($(gb "$model")); direct read of the source: $(fmt "$(gb
 rank=$MNT/tp-4/rank-0/model.safetensors
 size=$(stat -c %s "$rank")
 t_rank=$(secs dd if="$rank" of=/dev/null bs=1M status=none)
-read_src=$(stats_field source_bytes_read/model.safetensors)
-computed=$(stats_field bytes_computed)
+read_src=$(mount_stat source_bytes_read/model.safetensors)
+computed=$(mount_stat bytes_computed)
 echo "tp-4/rank-0 ($(gb "$size")) first read: $(fmt "$(gbs "$size" "$t_rank")")  (direct read of the source: ratio $(ratio "$(gbs "$size" "$t_rank")" "$(gbs "$model" "$t_src")")); computed bytes $computed"
 echo "tp-4/rank-0 source bytes read / model bytes: $(awk -v a="$read_src" -v b="$model" 'BEGIN { printf "%.3f", a / b }')  (target <= 0.27: $(awk -v a="$read_src" -v b="$model" 'BEGIN { print (a / b <= 0.27) ? "met" : "NOT met" }'))"
 umount_bg

@@ -57,7 +57,7 @@ gen() {
 	mv "$dir.partial" "$dir" || die "cannot rename $dir.partial"
 }
 
-# secs CMD...: wall seconds of CMD (its output discarded)
+# secs CMD...: wall seconds of CMD, its output discarded (quieter than lib.sh's)
 secs() {
 	local t0 t1
 	t0=$(now)
@@ -65,7 +65,6 @@ secs() {
 	t1=$(now)
 	elapsed "$t0" "$t1"
 }
-min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
 ms() { awk -v s="$1" 'BEGIN { printf "%8.1f ms", s * 1000 }'; }
 
 list_view() { ls -f "$1" >/dev/null && [ -d "$1" ]; }
@@ -81,7 +80,7 @@ measure() {
 	done
 	for r in $(seq "$RUNS"); do
 		t=$(secs "$CKPTFS" inspect "$src")
-		T_inspect=$(min "$T_inspect" "$t")
+		T_inspect=$(least "$T_inspect" "$t")
 		for v in per_layer tp2 native hf; do
 			case $v in
 			per_layer) path=per-layer ;;
@@ -91,12 +90,12 @@ measure() {
 			t0=$(now)
 			mount_fs mnt "$CKPTFS" -f -o cache=off "$src" "$WORK/mnt"
 			t1=$(now)
-			T_mount=$(min "$T_mount" "$(elapsed "$t0" "$t1")")
+			T_mount=$(least "$T_mount" "$(elapsed "$t0" "$t1")")
 			# timed from the first lookup: resolving tp-2/rank-0 builds tp-2
 			t=$(secs list_view "$MNT/$path")
-			eval "T_list_$v=\$(min \"\$T_list_$v\" $t)"
+			eval "T_list_$v=\$(least \"\$T_list_$v\" $t)"
 			t=$(secs read_view "$MNT/$path")
-			eval "T_read_$v=\$(min \"\$T_read_$v\" $t)"
+			eval "T_read_$v=\$(least \"\$T_read_$v\" $t)"
 			umount_fs
 		done
 	done
@@ -187,8 +186,8 @@ for c in shape:model.safetensors index:model.safetensors.index.json config:confi
 		for r in $(seq "$RUNS"); do
 			/usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err"
 			read -r t m < <(tail -n 1 "$WORK/time")
-			BEST_T=$(min "$BEST_T" "$t")
-			BEST_M=$(min "$BEST_M" "$m")
+			BEST_T=$(least "$BEST_T" "$t")
+			BEST_M=$(least "$BEST_M" "$m")
 		done
 	}
 	if [ "$kind" = zero ]; then

@@ -330,9 +330,9 @@ umount_bg() {
 	while pgrep -f "ckptfs.* $MNT\$" >/dev/null; do sleep 0.1; done
 }
 
-# stats_field KEY/KEY...: a figure of $MNT/.ckptfs/stats (keys joined by
+# mount_stat KEY/KEY...: a figure of $MNT/.ckptfs/stats (keys joined by
 # /, as names hold dots: source_bytes_read/model.safetensors).
-stats_field() {
+mount_stat() {
 	"$PYTHON" -c 'import json,sys; j=json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("/"): j=j[k]
 print(j)' "$MNT/.ckptfs/stats" "$1"
@@ -386,8 +386,8 @@ read_gbs() {
 	GBS=$(gbs "$LAST_BYTES" "$SECS")
 }
 
-# read_view DIR: read every file of DIR (view_files) with read_gbs.
-read_view() {
+# read_view_gbs DIR: read every file of DIR (view_files) with read_gbs.
+read_view_gbs() {
 	local files
 	mapfile -t files < <(view_files "$1")
 	read_gbs "$1" "${files[@]}"
