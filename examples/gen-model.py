@@ -591,9 +591,9 @@ def _llama_family(outdir, rng, c, dtype, specials, **kw):
                       c["eos_token_id"])
 
 
-def gen_qwen2(outdir, rng):
+def qwen2_config(vocab_size):
     # keys of Qwen/Qwen2-0.5B's config.json
-    c = {
+    return {
         "architectures": ["Qwen2ForCausalLM"],
         "attention_dropout": 0.0,
         "bos_token_id": 1,
@@ -616,9 +616,13 @@ def gen_qwen2(outdir, rng):
         "transformers_version": "4.45.2",
         "use_cache": True,
         "use_sliding_window": False,
-        "vocab_size": 103,
+        "vocab_size": vocab_size,
     }
-    _llama_family(outdir, rng, c, "F16", F16_SPECIALS, qkv_bias=True)
+
+
+def gen_qwen2(outdir, rng):
+    _llama_family(outdir, rng, qwen2_config(103), "F16", F16_SPECIALS,
+                  qkv_bias=True)
 
 
 def gen_phi3(outdir, rng):
@@ -754,32 +758,8 @@ def gen_llama_gqa8(outdir, rng):
 
 def gen_qwen2_oddvocab(outdir, rng):
     # gen_qwen2's config with an odd vocabulary that no N divides
-    c = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "attention_dropout": 0.0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "hidden_act": "silu",
-        "hidden_size": 64,
-        "initializer_range": 0.02,
-        "intermediate_size": 160,
-        "max_position_embeddings": 256,
-        "max_window_layers": 2,
-        "model_type": "qwen2",
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000.0,
-        "sliding_window": 256,
-        "tie_word_embeddings": True,
-        "torch_dtype": "float16",
-        "transformers_version": "4.45.2",
-        "use_cache": True,
-        "use_sliding_window": False,
-        "vocab_size": 101,
-    }
-    _llama_family(outdir, rng, c, "F16", F16_SPECIALS, qkv_bias=True)
+    _llama_family(outdir, rng, qwen2_config(101), "F16", F16_SPECIALS,
+                  qkv_bias=True)
 
 
 PRESETS = {
