@@ -136,4 +136,43 @@ for gap in 65536 4095; do
         ;;
     esac
 done
+
+# Random access: one layer's file of per-layer/ from a cold source brings
+# that layer's pages into the page cache and little more (the read-ahead's
+# window opens only after 2 MiB read in sequence and stops at the end of
+# the file; the kernel's own read-ahead is off on a block device), so a
+# loader hopping between layers does not pull the model. From the header:
+# the pages of layer 1's tensors.
+read -r layer_bytes layer_pages < <("$PYTHON" - "$SRC/model.safetensors" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    head = json.loads(f.read(n))
+base, pg, pages, nbytes = 8 + n, 4096, set(), 0
+for name, t in head.items():
+    if ".layers.1." not in name:
+        continue
+    lo, hi = (base + o for o in t["data_offsets"])
+    pages.update(range(lo // pg, (hi - 1) // pg + 1))
+    nbytes += hi - lo
+print(nbytes, len(pages) * pg)
+PY
+)
+[ "$layer_bytes" -gt 0 ] || hard_error "no layer 1 in the fixture"
+mount_ckptfs "$SRC" "$MNT" -o cache=off
+cached_pages drop >/dev/null
+cat "$MNT/per-layer/layer-001.safetensors" >"$TESTDIR/layer-001.safetensors"
+resident=$(($(cached_pages) * 4096))
+sourced=$(stat_of "$MNT" source_bytes_read)
+# The policy of each source device is in the stats: here one, the source's.
+devices=$("$PYTHON" -c 'import json,sys
+print(" ".join(d["device"] for d in json.load(open(sys.argv[1]))["readahead"]["devices"]))' "$MNT/.ckptfs/stats")
+umount_ckptfs
+note "per-layer/layer-001: sourced $sourced bytes, layer 1 is $layer_bytes bytes on $layer_pages bytes of pages; source now cached $resident bytes; devices $devices"
+[ "$sourced" = "$layer_bytes" ] || fail "per-layer/layer-001 took $sourced source bytes, layer 1 has $layer_bytes"
+[ "$resident" -ge "$layer_bytes" ] || fail "only $resident source bytes cached after reading layer 1's $layer_bytes"
+[ "$resident" -le $((layer_pages + layer_pages / 16)) ] ||
+    fail "$resident source bytes cached after reading layer 1, its pages are $layer_pages (+1/16)"
+[ "$devices" = "$(stat -c '%Hd:%Ld' "$SRC/model.safetensors")" ] ||
+    fail "the stats' read-ahead devices are '$devices', the source is on $(stat -c '%Hd:%Ld' "$SRC/model.safetensors")"
 note PASS

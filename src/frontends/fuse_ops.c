@@ -11,10 +11,12 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -158,6 +160,18 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(ra, "source_bytes_requested", (double)load(&fs->prefetch.source_bytes));
 	cJSON_AddNumberToObject(ra, "view_bytes_ahead", (double)load(&fs->prefetch.view_bytes));
 	cJSON_AddNumberToObject(ra, "view_bytes_used", (double)load(&fs->prefetch.view_used));
+	/* the policy of each device holding source files */
+	cJSON *devs = cJSON_AddArrayToObject(ra, "devices");
+	for (size_t i = 0; devs && i < fs->prefetch_conf.ndevs; i++) {
+		const struct prefetch_dev *d = &fs->prefetch_conf.devs[i];
+		cJSON *o = cJSON_CreateObject();
+		char id[32];
+		snprintf(id, sizeof(id), "%u:%u", major(d->dev), minor(d->dev));
+		cJSON_AddStringToObject(o, "device", id);
+		cJSON_AddNumberToObject(o, "request_max", (double)d->req);
+		cJSON_AddBoolToObject(o, "block", d->block);
+		cJSON_AddItemToArray(devs, o);
+	}
 	/* strided source pieces of copied replies, read with pread */
 	cJSON *ga = cJSON_AddObjectToObject(j, "gather");
 	cJSON_AddNumberToObject(ga, "requests", (double)load(&fs->gather.requests));

@@ -293,9 +293,11 @@ int main(int argc, char *argv[])
 	 * for (another rank's rows: up to read_ahead_kb, 8 MiB on a local disk,
 	 * at every jump). Advice still reads ahead. Not on a network file
 	 * system: there the kernel's window is small (128 KiB on sshfs) and its
-	 * requests in flight beside the advice measured faster. */
-	for (size_t i = 0; fs.prefetch_conf.window_max && fs.prefetch_conf.block && i < cat->nfiles; i++)
-		if (cat->files[i].fd >= 0)
+	 * requests in flight beside the advice measured faster. Each file by
+	 * its own device: shards may sit on a local disk and a network mount. */
+	for (size_t i = 0; i < cat->nfiles; i++)
+		if (cat->files[i].fd >= 0 && prefetch_conf_add_file(&fs.prefetch_conf, &cat->files[i]) &&
+		    fs.prefetch_conf.window_max)
 			(void)posix_fadvise(cat->files[i].fd, 0, 0, POSIX_FADV_RANDOM);
 	/* Tell the kernel what this is and that it is read-only; a comma in the
 	 * path would split the option list, so it is shown as '_'. */
