@@ -173,11 +173,19 @@ int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, const st
 	return r ? r : merger_flush(&m);
 }
 
+struct advice {
+	const struct prefetch_conf *c;
+	struct prefetch_stats *st;
+};
+
 static int advise(void *ctx, const struct src_file *f, uint64_t off, uint64_t len)
 {
-	struct prefetch_stats *st = ctx;
+	const struct advice *a = ctx;
+	struct prefetch_stats *st = a->st;
 	if (f->fd < 0 || off > INT64_MAX || len > INT64_MAX)
 		return 0;
+	if (a->c->direct_min && f->direct_fd1 > 0 && len >= a->c->direct_min && len <= PREFETCH_DIRECT_MAX)
+		return 0; /* the gather reads it, its own bytes */
 	/* Advice: a failure costs speed, never bytes. */
 	(void)posix_fadvise(f->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
 	__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
@@ -198,7 +206,8 @@ static void *queue_main(void *arg)
 		q->head = (q->head + 1) % PREFETCH_QLEN;
 		q->n--;
 		pthread_mutex_unlock(&q->mu);
-		(void)prefetch_ranges(r.vf, r.off, r.len, q->conf, advise, q->st);
+		struct advice a = { .c = q->conf, .st = q->st };
+		(void)prefetch_ranges(r.vf, r.off, r.len, q->conf, advise, &a);
 		pthread_mutex_lock(&q->mu);
 	}
 	pthread_mutex_unlock(&q->mu);
@@ -306,12 +315,13 @@ void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off
 		__atomic_add_fetch(&st->view_bytes, to - beyond, __ATOMIC_RELAXED);
 	/* This read's own bytes now (it needs them anyway), the window behind
 	 * the worker's back. */
+	struct advice a = { .c = c, .st = st };
 	if (!q || !q->started) {
-		(void)prefetch_ranges(vf, from, to - from, c, advise, st);
+		(void)prefetch_ranges(vf, from, to - from, c, advise, &a);
 		return;
 	}
 	if (from < beyond)
-		(void)prefetch_ranges(vf, from, beyond - from, c, advise, st);
+		(void)prefetch_ranges(vf, from, beyond - from, c, advise, &a);
 	/* In pieces, so the worker's first advice goes out before it has
 	 * walked the whole window. */
 	for (uint64_t o = beyond; o < to;) {

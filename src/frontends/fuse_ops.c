@@ -177,6 +177,9 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON_AddNumberToObject(ga, "requests", (double)load(&fs->gather.requests));
 	cJSON_AddNumberToObject(ga, "source_bytes_read", (double)load(&fs->gather.bytes));
 	cJSON_AddNumberToObject(ga, "bytes_resident", (double)load(&fs->gather.mapped));
+	cJSON_AddNumberToObject(ga, "direct_min", (double)fs->prefetch_conf.direct_min);
+	cJSON_AddNumberToObject(ga, "direct_requests", (double)load(&fs->gather.direct_requests));
+	cJSON_AddNumberToObject(ga, "direct_bytes", (double)load(&fs->gather.direct_bytes));
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -561,7 +564,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		uint8_t *span = thread_buf(SCRATCH_SPAN, GATHER_SPAN_MAX);
 		if (span)
 			got = vfile_gather_plan(&plan, scratch, got, span, GATHER_SPAN_MAX, fs->prefetch_conf.gap,
-						&fs->gather);
+						fs->prefetch_conf.direct_min, &fs->gather);
 		else
 			got = vfile_copy_plan_guarded(&plan, scratch, got);
 		splice = false;
