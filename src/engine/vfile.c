@@ -451,7 +451,13 @@ static int copy_mapped(const struct vpiece *p, size_t k, uint8_t *out)
 struct direct_batch {
 	struct iocb cb[DIRECT_BATCH];
 	struct iocb *cbp[DIRECT_BATCH];
-	const struct src_file *file[DIRECT_BATCH];
+	struct {
+		const struct src_file *file;
+		uint8_t *out;    /* the piece's place in the reply */
+		uint64_t off;    /* the piece in the file */
+		size_t len;
+		uint8_t *bounce; /* the aligned read, when the file asks for alignment */
+	} p[DIRECT_BATCH];
 	size_t n; /* queued */
 	int err;  /* the first failure */
 };
@@ -467,25 +473,31 @@ static aio_context_t direct_context(void)
 	return direct_ctx_state > 0 ? direct_ctx : 0;
 }
 
-/* A piece back with res: a short one (or a refused one) is read on
- * through the ordinary descriptor, where a short read is the usual EIO. */
+/* Piece i back with res bytes of its read: copied out of its bounce, or,
+ * short or refused (a file system without O_DIRECT, or stricter alignment
+ * than it said), read through the ordinary descriptor, where a short read
+ * is the usual EIO. */
 static void direct_done(struct direct_batch *b, size_t i, int64_t res)
 {
 	const struct iocb *cb = &b->cb[i];
-	if (res == (int64_t)cb->aio_nbytes)
-		return;
-	uint64_t done = res > 0 ? (uint64_t)res : 0;
-	int e = src_pread_full(b->file[i]->fd, (uint8_t *)(uintptr_t)cb->aio_buf + done,
-			       (size_t)(cb->aio_nbytes - done), (uint64_t)cb->aio_offset + done);
-	if (e && !b->err)
-		b->err = e;
+	uint64_t skip = b->p[i].off - (uint64_t)cb->aio_offset;
+	if (res >= 0 && (uint64_t)res >= skip + b->p[i].len) {
+		if (b->p[i].bounce)
+			memcpy(b->p[i].out, b->p[i].bounce + skip, b->p[i].len);
+	} else {
+		int e = src_pread_full(b->p[i].file->fd, b->p[i].out, b->p[i].len, b->p[i].off);
+		if (e && !b->err)
+			b->err = e;
+	}
+	free(b->p[i].bounce);
+	b->p[i].bounce = NULL;
 }
 
 /* Submit the queued pieces and wait for all of them: nothing may still
  * write into the reply buffer when the gather returns. */
 static void direct_flush(struct direct_batch *b)
 {
-	aio_context_t ctx = direct_context();
+	aio_context_t ctx = b->n ? direct_context() : 0;
 	size_t sent = 0, back = 0;
 	while (sent < b->n) {
 		long k = ctx ? syscall(SYS_io_submit, ctx, (long)(b->n - sent), b->cbp + sent) : -1;
@@ -506,6 +518,10 @@ static void direct_flush(struct direct_batch *b)
 		if (got <= 0) { /* never leave with pieces in flight: io_destroy waits for them */
 			(void)syscall(SYS_io_destroy, ctx);
 			direct_ctx_state = 0;
+			for (size_t i = 0; i < sent; i++) {
+				free(b->p[i].bounce);
+				b->p[i].bounce = NULL;
+			}
 			if (!b->err)
 				b->err = -EIO;
 			break;
@@ -517,15 +533,32 @@ static void direct_flush(struct direct_batch *b)
 	b->n = 0;
 }
 
-static void direct_queue(struct direct_batch *b, const struct src_file *f, uint8_t *out, uint64_t off, size_t len)
+/* Queue piece [off, off+len) of f for out; false when it cannot be (no
+ * memory for its bounce): the caller reads it another way. */
+static bool direct_queue(struct direct_batch *b, const struct src_file *f, uint8_t *out, uint64_t off, size_t len)
 {
 	if (b->n == DIRECT_BATCH)
 		direct_flush(b);
-	size_t i = b->n++;
+	size_t i = b->n;
+	uint64_t a = f->direct_align > 1 ? f->direct_align : 1;
+	uint64_t lo = off / a * a, hi = (off + len + a - 1) / a * a;
+	uint8_t *bounce = NULL, *dst = out;
+	if (a > 1 || ((uintptr_t)out % a) != 0) {
+		bounce = aligned_alloc(a > 4096 ? a : 4096, (size_t)((hi - lo + 4095) / 4096 * 4096));
+		if (!bounce)
+			return false;
+		dst = bounce;
+	}
 	b->cb[i] = (struct iocb){ .aio_data = i, .aio_lio_opcode = IOCB_CMD_PREAD, .aio_fildes = (uint32_t)(f->direct_fd1 - 1),
-				  .aio_buf = (uint64_t)(uintptr_t)out, .aio_nbytes = len, .aio_offset = (int64_t)off };
+				  .aio_buf = (uint64_t)(uintptr_t)dst, .aio_nbytes = hi - lo, .aio_offset = (int64_t)lo };
 	b->cbp[i] = &b->cb[i];
-	b->file[i] = f;
+	b->p[i].file = f;
+	b->p[i].out = out;
+	b->p[i].off = off;
+	b->p[i].len = len;
+	b->p[i].bounce = bounce;
+	b->n++;
+	return true;
 }
 
 static int64_t gather_pieces(const struct vplan *plan, void *buf, int64_t n, uint8_t *span, size_t span_cap,
@@ -548,8 +581,8 @@ static int64_t gather_pieces(const struct vplan *plan, void *buf, int64_t n, uin
 		}
 		const struct src_file *f = p->file;
 		if (direct_min && p->len >= direct_min && f->direct_fd1 > 0 && p->file_off <= f->size &&
-		    p->len <= f->size - p->file_off && !span_resident(f, p->file_off, p->len)) {
-			direct_queue(b, f, out, p->file_off, p->len);
+		    p->len <= f->size - p->file_off && !span_resident(f, p->file_off, p->len) &&
+		    direct_queue(b, f, out, p->file_off, p->len)) {
 			out += p->len;
 			__atomic_add_fetch(&st->direct_requests, 1, __ATOMIC_RELAXED);
 			__atomic_add_fetch(&st->direct_bytes, p->len, __ATOMIC_RELAXED);

@@ -446,5 +446,15 @@ int src_file_open_direct(struct src_file *f)
 		return -ESTALE;
 	}
 	f->direct_fd1 = fd + 1;
+	f->direct_align = 0;
+#ifdef STATX_DIOALIGN
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+		uint32_t a = sx.stx_dio_offset_align > sx.stx_dio_mem_align ? sx.stx_dio_offset_align : sx.stx_dio_mem_align;
+		if (a & (a - 1)) /* not a power of two: not believed */
+			a = 4096;
+		f->direct_align = a;
+	}
+#endif
 	return 0;
 }
