@@ -312,7 +312,7 @@ int main(int argc, char *argv[])
 			/* A network file system: every byte of a page crosses the
 			 * network, and a tp-N rank's pieces of a row share pages
 			 * with other ranks' (sshfs, 4 mounts reading tp-4's ranks of
-			 * a LLaMA-1B shape: 1.38x the model pulled by pages, 1.17x
+			 * a LLaMA-1B shape: 1.38x the model pulled by pages, 1.19x
 			 * with down_proj's 4 KiB pieces read as their own bytes).
 			 * Smaller pieces (o_proj's 1 KiB) stay with their pages:
 			 * each request costs more than the page it saves. */
