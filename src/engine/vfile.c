@@ -5,6 +5,7 @@
 #include "ckptfs/cache.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,12 +464,32 @@ struct direct_batch {
 };
 static __thread aio_context_t direct_ctx;
 static __thread int direct_ctx_state; /* 0: not made, 1: made, -1: no AIO for this thread */
+/* A thread's context goes with the thread (libfuse ends idle workers):
+ * each holds DIRECT_BATCH of the system's aio-max-nr slots. */
+static pthread_key_t direct_key;
+static pthread_once_t direct_once = PTHREAD_ONCE_INIT;
+static int direct_key_ok;
+
+static void direct_context_end(void *ctx)
+{
+	(void)syscall(SYS_io_destroy, (aio_context_t)(uintptr_t)ctx);
+}
+
+static void direct_key_make(void)
+{
+	direct_key_ok = pthread_key_create(&direct_key, direct_context_end) == 0;
+}
 
 static aio_context_t direct_context(void)
 {
 	if (direct_ctx_state == 0) {
+		pthread_once(&direct_once, direct_key_make);
 		direct_ctx = 0;
-		direct_ctx_state = syscall(SYS_io_setup, DIRECT_BATCH, &direct_ctx) == 0 ? 1 : -1;
+		direct_ctx_state = direct_key_ok && syscall(SYS_io_setup, DIRECT_BATCH, &direct_ctx) == 0 ? 1 : -1;
+		if (direct_ctx_state > 0 && pthread_setspecific(direct_key, (void *)(uintptr_t)direct_ctx) != 0) {
+			(void)syscall(SYS_io_destroy, direct_ctx);
+			direct_ctx_state = -1;
+		}
 	}
 	return direct_ctx_state > 0 ? direct_ctx : 0;
 }
@@ -517,6 +538,7 @@ static void direct_flush(struct direct_batch *b)
 			continue;
 		if (got <= 0) { /* never leave with pieces in flight: io_destroy waits for them */
 			(void)syscall(SYS_io_destroy, ctx);
+			(void)pthread_setspecific(direct_key, NULL);
 			direct_ctx_state = 0;
 			for (size_t i = 0; i < sent; i++) {
 				free(b->p[i].bounce);
@@ -543,7 +565,7 @@ static bool direct_queue(struct direct_batch *b, const struct src_file *f, uint8
 	uint64_t a = f->direct_align > 1 ? f->direct_align : 1;
 	uint64_t lo = off / a * a, hi = (off + len + a - 1) / a * a;
 	uint8_t *bounce = NULL, *dst = out;
-	if (a > 1 || ((uintptr_t)out % a) != 0) {
+	if (a > 1) {
 		bounce = aligned_alloc(a > 4096 ? a : 4096, (size_t)((hi - lo + 4095) / 4096 * 4096));
 		if (!bounce)
 			return false;
