@@ -78,7 +78,7 @@ MODEL_BYTES=0
 # the device really read for a view, pages and read-ahead included. Other
 # processes reading it at the same time add to it; the least of the runs is kept.
 DISK_DEV=$(stat -c '%Hd %Ld' "${SOURCES[0]}")
-disk_read() { awk -v d="$DISK_DEV" '$1 " " $2 == d { print $6 * 512; f = 1 } END { if (!f) print 0 }' /proc/diskstats; }
+disk_read() { awk -v d="$DISK_DEV" '$1 " " $2 == d { printf "%.0f\n", $6 * 512; f = 1 } END { if (!f) print 0 }' /proc/diskstats; }
 for f in "${SOURCES[@]}"; do MODEL_BYTES=$((MODEL_BYTES + $(stat -c %s "$f"))); done
 
 stats_field() { # stats_field FILE KEY: a number from a saved .ckptfs/stats (0 if absent)
@@ -151,7 +151,7 @@ for view in $VIEWS; do
 		drop_caches
 		view_read "$view" "$run"
 		best_v=$(min "$VSECS" "$best_v")
-		best_disk=$(min "$DISK" "$best_disk")
+		[ -z "$best_disk" ] || [ "$DISK" -lt "$best_disk" ] && best_disk=$DISK
 		cp "$WORK/stats" "$WORK/stats.cold"
 		view_read "$view" "$run"
 		best_w=$(min "$VSECS" "$best_w")
