@@ -17,7 +17,10 @@
 # (/proc/diskstats: whole pages, read-ahead), against the model; "@disk":
 # dd's time scaled to those bytes against the view's, the daemon's speed
 # for what the page cache had to pull (ratio below @disk: the cost of
-# pieces of rows sharing pages with other ranks'). Also printed: the
+# pieces of rows sharing pages with other ranks'). "@warm": dd's time
+# against the view's warm read, the most the daemon can do (a cast writes
+# twice the source's bytes through FUSE: below 1, the transport or the
+# computation bounds the view, not the storage). Also printed: the
 # same view read again through a fresh mount with the source still in the
 # page cache (warm: the daemon's own ceiling), the read-ahead and gather
 # counters of .ckptfs/stats when the daemon has them, and with --compare PATH another
@@ -137,7 +140,7 @@ view_read() {
 echo "model: $MODEL_DIR ($(gb "$MODEL_BYTES"), ${#SOURCES[@]} file(s)); runs: $RUNS; load $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "$COMPARE" ] && { case $COMPARE in /*) ;; *) COMPARE=$PWD/$COMPARE ;; esac; [ -x "$COMPARE" ] || die "$COMPARE: not an executable"; }
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a < b) ? a : b }'; }
-printf '%-32s %8s %6s %6s %7s %7s %7s %6s %6s' view bytes need disk "cold s" "warm s" "dd s" ratio "@disk"
+printf '%-32s %8s %6s %6s %7s %7s %7s %6s %6s %6s' view bytes need disk "cold s" "warm s" "dd s" ratio "@disk" "@warm"
 [ -n "$COMPARE" ] && printf ' %7s %6s' "cmp s" "cmp"
 printf ' %s\n' read-ahead
 for view in $VIEWS; do
@@ -169,11 +172,12 @@ for view in $VIEWS; do
 	# (whole pages, read-ahead) against the view's: the daemon's speed
 	# for what the page cache had to pull; ratio vs @disk is what page
 	# granularity costs (pieces of rows sharing pages with other ranks').
-	printf '%-32s %8s %6s %6s %7.2f %7.2f %7.2f %5sx %5sx' "$view" "$(gb "$VBYTES")" \
+	printf '%-32s %8s %6s %6s %7.2f %7.2f %7.2f %5sx %5sx %5sx' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
 		"$(awk -v a="$best_disk" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
 		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")" \
-		"$(awk -v d="$best_d" -v a="$best_disk" -v n="$NEED" -v v="$best_v" 'BEGIN { printf "%.2f", (n > 0 ? d * a / n : 0) / v }')"
+		"$(awk -v d="$best_d" -v a="$best_disk" -v n="$NEED" -v v="$best_v" 'BEGIN { printf "%.2f", (n > 0 ? d * a / n : 0) / v }')" \
+		"$(ratio "$best_d" "$best_w")"
 	[ -n "$COMPARE" ] && printf ' %7.2f %5sx' "$best_c" "$(ratio "$best_d" "$best_c")"
 	printf ' %s asked; view %s ahead, %s used' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
 	[ "$greq" -gt 0 ] && printf '; gathered %s in %s preads' "$(gb "$gbytes")" "$greq"
