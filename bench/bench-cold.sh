@@ -12,7 +12,15 @@
 # bs=4M` reads as many bytes of the source as the view took from it
 # (.ckptfs/stats source_bytes_read). Printed: both times, best of N runs,
 # and their ratio (dd time / view time: >= 0.9 is the target), and the
-# source bytes the view read against the model's bytes. Also printed: the
+# source bytes the view read against the model's bytes ("need"). "disk":
+# the bytes the model's block device read during the cold read
+# (/proc/diskstats: whole pages, read-ahead), against the model; "@disk":
+# dd's time scaled to those bytes against the view's, the daemon's speed
+# for what the page cache had to pull (ratio below @disk: the cost of
+# pieces of rows sharing pages with other ranks'). "@warm": dd's time
+# against the view's warm read, the most the daemon can do (a cast writes
+# twice the source's bytes through FUSE: below 1, the transport or the
+# computation bounds the view, not the storage). Also printed: the
 # same view read again through a fresh mount with the source still in the
 # page cache (warm: the daemon's own ceiling), the read-ahead and gather
 # counters of .ckptfs/stats when the daemon has them, and with --compare PATH another
@@ -69,6 +77,11 @@ while IFS= read -r f; do SOURCES+=("$MODEL_DIR/$f"); done < <(
 	cd "$MODEL_DIR" && ls -1 -- *.safetensors *.bin *.pt *.pth 2>/dev/null | LC_ALL=C sort)
 [ ${#SOURCES[@]} -gt 0 ] || die "$MODEL_DIR: no source files"
 MODEL_BYTES=0
+# The block device holding the model (its /proc/diskstats line): the bytes
+# the device really read for a view, pages and read-ahead included. Other
+# processes reading it at the same time add to it; the least of the runs is kept.
+DISK_DEV=$(stat -c '%Hd %Ld' "${SOURCES[0]}")
+disk_read() { awk -v d="$DISK_DEV" '$1 " " $2 == d { printf "%.0f\n", $6 * 512; f = 1 } END { if (!f) print 0 }' /proc/diskstats; }
 for f in "${SOURCES[@]}"; do MODEL_BYTES=$((MODEL_BYTES + $(stat -c %s "$f"))); done
 
 stats_field() { # stats_field FILE KEY: a number from a saved .ckptfs/stats (0 if absent)
@@ -111,10 +124,13 @@ view_read() {
 	else
 		die "$view: not in the mount"
 	fi
+	local d0
+	d0=$(disk_read)
 	t0=$(now)
 	VBYTES=$(cd "$MNT" && "$READER" "${files[@]}") || die "reading $view failed"
 	t1=$(now)
 	VSECS=$(elapsed "$t0" "$t1")
+	DISK=$(($(disk_read) - d0))
 	cp "$MNT/.ckptfs/stats" "$WORK/stats"
 	NEED=$(stats_field "$WORK/stats" source_bytes_read)
 	umount_fs
@@ -124,11 +140,11 @@ view_read() {
 echo "model: $MODEL_DIR ($(gb "$MODEL_BYTES"), ${#SOURCES[@]} file(s)); runs: $RUNS; load $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "$COMPARE" ] && { case $COMPARE in /*) ;; *) COMPARE=$PWD/$COMPARE ;; esac; [ -x "$COMPARE" ] || die "$COMPARE: not an executable"; }
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a < b) ? a : b }'; }
-printf '%-32s %8s %6s %7s %7s %7s %6s' view bytes need "cold s" "warm s" "dd s" ratio
+printf '%-32s %8s %6s %6s %7s %7s %7s %6s %6s %6s' view bytes need disk "cold s" "warm s" "dd s" ratio "@disk" "@warm"
 [ -n "$COMPARE" ] && printf ' %7s %6s' "cmp s" "cmp"
 printf ' %s\n' read-ahead
 for view in $VIEWS; do
-	best_v= best_d= best_w= best_c=
+	best_v= best_d= best_w= best_c= best_disk=
 	for run in $(seq "$RUNS"); do
 		if [ -n "$COMPARE" ]; then
 			drop_caches
@@ -138,6 +154,7 @@ for view in $VIEWS; do
 		drop_caches
 		view_read "$view" "$run"
 		best_v=$(min "$VSECS" "$best_v")
+		[ -z "$best_disk" ] || [ "$DISK" -lt "$best_disk" ] && best_disk=$DISK
 		cp "$WORK/stats" "$WORK/stats.cold"
 		view_read "$view" "$run"
 		best_w=$(min "$VSECS" "$best_w")
@@ -151,9 +168,16 @@ for view in $VIEWS; do
 	used=$(stats_field "$WORK/stats" readahead/view_bytes_used)
 	greq=$(stats_field "$WORK/stats" gather/requests)
 	gbytes=$(stats_field "$WORK/stats" gather/source_bytes_read)
-	printf '%-32s %8s %6s %7.2f %7.2f %7.2f %5sx' "$view" "$(gb "$VBYTES")" \
+	# @disk: dd's time scaled to the bytes the device read for the view
+	# (whole pages, read-ahead) against the view's: the daemon's speed
+	# for what the page cache had to pull; ratio vs @disk is what page
+	# granularity costs (pieces of rows sharing pages with other ranks').
+	printf '%-32s %8s %6s %6s %7.2f %7.2f %7.2f %5sx %5sx %5sx' "$view" "$(gb "$VBYTES")" \
 		"$(awk -v a="$NEED" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
-		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")"
+		"$(awk -v a="$best_disk" -v b="$MODEL_BYTES" 'BEGIN { printf "%.3f", a / b }')" \
+		"$best_v" "$best_w" "$best_d" "$(ratio "$best_d" "$best_v")" \
+		"$(awk -v d="$best_d" -v a="$best_disk" -v n="$NEED" -v v="$best_v" 'BEGIN { printf "%.2f", (n > 0 ? d * a / n : 0) / v }')" \
+		"$(ratio "$best_d" "$best_w")"
 	[ -n "$COMPARE" ] && printf ' %7.2f %5sx' "$best_c" "$(ratio "$best_d" "$best_c")"
 	printf ' %s asked; view %s ahead, %s used' "$(gb "$ra")" "$(gb "$ahead")" "$(gb "$used")"
 	[ "$greq" -gt 0 ] && printf '; gathered %s in %s preads' "$(gb "$gbytes")" "$greq"
@@ -278,6 +302,7 @@ page_floor() {
 import json, struct, sys
 pg, ranks = 4096, 4
 pages = [set() for _ in range(ranks)]
+kinds = {}  # kind: [tensor bytes, pages the ranks pull in all, piece bytes, row bytes]
 size_of = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1}
 for fi, path in enumerate(sys.argv[1:]):
     with open(path, "rb") as f:
@@ -291,6 +316,8 @@ for fi, path in enumerate(sys.argv[1:]):
         size = t["data_offsets"][1] - t["data_offsets"][0]
         def touch(k, a, m):
             pages[k].update((fi, p) for p in range(a // pg, (a + m - 1) // pg + 1))
+        before = sum(len(p) for p in pages)
+        kind = name.rsplit(".", 2)[-2] if len(t["shape"]) == 2 else "vectors"
         for k in range(ranks):
             if len(t["shape"]) != 2:
                 touch(k, lo, size)
@@ -303,7 +330,24 @@ for fi, path in enumerate(sys.argv[1:]):
             else:
                 part = size // ranks
                 touch(k, lo + k * part, part)
+        kd = kinds.setdefault(kind, [0, 0, 0, 0])
+        kd[0] += size
+        kd[1] += (sum(len(p) for p in pages) - before) * pg
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            kd[3] = t["shape"][1] * size_of.get(t["dtype"], 2)
+            kd[2] = kd[3] // ranks
 print(" ".join(str(len(p) * pg) for p in pages))
+# With -o direct_min=4096 (the default on a network file system) pieces of
+# a page or more are read as their own bytes, not their pages.
+print(sum(len(p) * pg for p in pages) - sum(v[1] - v[0] for v in kinds.values() if v[2] >= pg))
+total = sum(v[0] for v in kinds.values())
+for kind, (size, pulled, piece, row) in sorted(kinds.items(), key=lambda kv: kv[1][0] - kv[1][1]):
+    if pulled <= size * 1.01:
+        continue
+    why = (f"a rank's piece of each {row} B row is {piece} B" + (", under a page: every rank pulls every page" if piece < pg
+           else f", at offsets that straddle pages: {piece // pg + 1} pages for {piece / pg:g}") if piece else
+           "replicated: every rank reads them whole" if kind == "vectors" else "pages shared at the ranks' boundaries")
+    print(f"  {kind}: {size / total:.0%} of the model, pulled {pulled / size:.2f}x by the 4 ranks ({why}); adds {(pulled - size) / total:.2f}x")
 PY
 }
 
@@ -353,7 +397,8 @@ echo "4 mounts over 4 sshfs mounts reading tp-4/rank-0..3 at once: wall $(printf
 	"(one mount reading hf/ over sshfs: $(printf %.2f "$hf_secs") s, ratio $(ratio "$wall" "$hf_secs"), target <= 1.2)"
 echo "  sftp servers read $(gb "$srv") = $(awk -v a="$srv" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x the model" \
 	"(target <= 1.3); the ranks' stats: source bytes read $(gb "$need4") = $(awk -v a="$need4" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x"
-read -r -a floor < <(page_floor)
+page_floor >"$WORK/floor"
+read -r -a floor <"$WORK/floor"
 floor_sum=0
 for k in 0 1 2 3; do
 	floor_sum=$((floor_sum + ${floor[$k]:-0}))
@@ -361,5 +406,8 @@ for k in 0 1 2 3; do
 		"the source pages its bytes touch: $(gb "${floor[$k]:-0}")"
 done
 echo "  at page granularity the 4 ranks must pull $(awk -v a="$floor_sum" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x the model" \
-	"(pieces of o_proj/down_proj rows share pages with other ranks' pieces)"
+	"(pieces of o_proj/down_proj rows share pages with other ranks' pieces); the replication by tensor:"
+tail -n +3 "$WORK/floor"
+echo "  with pieces of a page or more read as their own bytes (-o direct_min=4096, the default on a network file system):" \
+	"$(awk -v a="$(sed -n 2p "$WORK/floor")" -v b="$MODEL_BYTES" 'BEGIN { printf "%.2f", a / b }')x the model"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -22,6 +22,12 @@
 #    bytes + 1/16, both counted from the source header with independent code
 #    (a down_proj row is 8 pages, a rank's piece 2 of them: reading
 #    other ranks' rows would be about twice that).
+# Then, the source behind a FUSE file system (ckptfs's own hf/ view), as
+# shared storage would be: the same bytes, the row pieces of a page or more
+# read with O_DIRECT (gather.direct_bytes), and the bytes pulled from the
+# lower file system the pieces' own plus the pages of the rest (+1/16), not
+# the pieces' pages. Last, a cold per-layer/layer-001 read caches that
+# layer's pages and little more, and the stats name the source's device.
 set -eu
 
 . "${srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -136,4 +142,109 @@ for gap in 65536 4095; do
         ;;
     esac
 done
+
+# Shared storage: the source behind a FUSE file system, as a network one
+# would be: ckptfs itself (mount A's hf/, the same tensors under a header
+# of its own) is the lower file system of mount B. B's strided pieces of
+# a page or more (down_proj's 8 KiB of each 32 KiB row, over three pages)
+# are read with O_DIRECT, their own bytes: what B pulls from A is rank 1's
+# row pieces exactly and the pages of the rest, not the pieces' pages.
+LOWER=$TESTDIR/lower
+mkdir "$LOWER"
+mount_ckptfs "$SRC" "$LOWER" -o cache=off,prefetch=0
+A_MNT=$CKPTFS_MNT A_PID=$CKPTFS_PID A_LOG=$CKPTFS_LOG
+read -r exact_bytes rest_pages paged_bytes < <("$PYTHON" - "$LOWER/hf/model.safetensors" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    head = json.loads(f.read(n))
+base, pg, rank, ranks = 8 + n, 4096, 1, 4
+exact, rest, paged = 0, set(), set()
+def touch(s, lo, n):
+    s.update(range(lo // pg, (lo + n - 1) // pg + 1))
+for name, t in head.items():
+    if name == "__metadata__":
+        continue
+    start = base + t["data_offsets"][0]
+    size = t["data_offsets"][1] - t["data_offsets"][0]
+    if len(t["shape"]) == 1:
+        touch(rest, start, size)
+        continue
+    rows, cols = t["shape"]
+    row = cols * 2
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        piece = row // ranks
+        for r in range(rows):
+            lo = start + r * row + rank * piece
+            if piece >= pg:
+                exact += piece
+                touch(paged, lo, piece)
+            else:
+                touch(rest, lo, piece)
+    else:
+        part = size // ranks
+        touch(rest, start + rank * part, part)
+print(exact, len(rest) * pg, len(paged) * pg)
+PY
+)
+[ "$exact_bytes" -gt 0 ] || hard_error "no row piece of a page or more in the fixture"
+mkdir "$TESTDIR/upper"
+mount_ckptfs "$LOWER/hf" "$TESTDIR/upper" -o cache=off
+B_MNT=$CKPTFS_MNT
+before=$(stat_of "$A_MNT" source_bytes_read)
+mkdir "$TESTDIR/stacked"
+for f in "$B_MNT"/tp-4/rank-1/*; do cat "$f" >"$TESTDIR/stacked/$(basename "$f")"; done
+pulled=$(($(stat_of "$A_MNT" source_bytes_read) - before))
+direct=$(stat_of "$B_MNT" gather/direct_requests)
+direct_bytes=$(stat_of "$B_MNT" gather/direct_bytes)
+umount_ckptfs
+CKPTFS_MNT=$A_MNT CKPTFS_PID=$A_PID CKPTFS_LOG=$A_LOG
+umount_ckptfs
+note "stacked: B pulled $pulled bytes from A ($direct direct reads of $direct_bytes bytes); rank 1's pieces of a page or more are $exact_bytes bytes ($paged_bytes of pages), the pages of the rest $rest_pages"
+diff -r "$TESTDIR/warm" "$TESTDIR/stacked" || fail "the rank read over a FUSE source changed the bytes"
+# (a piece whose pages are cached already, by a neighbour read by pages,
+# is copied from them)
+[ "$direct_bytes" -le "$exact_bytes" ] && [ "$direct_bytes" -ge $((exact_bytes * 3 / 4)) ] ||
+    fail "$direct_bytes bytes read direct, rank 1's row pieces of a page or more are $exact_bytes"
+[ "$pulled" -le $((exact_bytes + rest_pages + rest_pages / 16)) ] ||
+    fail "B pulled $pulled bytes from A: more than the pieces' $exact_bytes bytes + the rest's pages $rest_pages (+1/16)"
+
+# Random access: one layer's file of per-layer/ from a cold source brings
+# that layer's pages into the page cache and little more (the read-ahead's
+# window opens only after 2 MiB read in sequence and stops at the end of
+# the file; the kernel's own read-ahead is off on a block device), so a
+# loader hopping between layers does not pull the model. From the header:
+# the pages of layer 1's tensors.
+read -r layer_bytes layer_pages < <("$PYTHON" - "$SRC/model.safetensors" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    head = json.loads(f.read(n))
+base, pg, pages, nbytes = 8 + n, 4096, set(), 0
+for name, t in head.items():
+    if ".layers.1." not in name:
+        continue
+    lo, hi = (base + o for o in t["data_offsets"])
+    pages.update(range(lo // pg, (hi - 1) // pg + 1))
+    nbytes += hi - lo
+print(nbytes, len(pages) * pg)
+PY
+)
+[ "$layer_bytes" -gt 0 ] || hard_error "no layer 1 in the fixture"
+mount_ckptfs "$SRC" "$MNT" -o cache=off
+cached_pages drop >/dev/null
+cat "$MNT/per-layer/layer-001.safetensors" >"$TESTDIR/layer-001.safetensors"
+resident=$(($(cached_pages) * 4096))
+sourced=$(stat_of "$MNT" source_bytes_read)
+# The policy of each source device is in the stats: here one, the source's.
+devices=$("$PYTHON" -c 'import json,sys
+print(" ".join(d["device"] for d in json.load(open(sys.argv[1]))["readahead"]["devices"]))' "$MNT/.ckptfs/stats")
+umount_ckptfs
+note "per-layer/layer-001: sourced $sourced bytes, layer 1 is $layer_bytes bytes on $layer_pages bytes of pages; source now cached $resident bytes; devices $devices"
+[ "$sourced" = "$layer_bytes" ] || fail "per-layer/layer-001 took $sourced source bytes, layer 1 has $layer_bytes"
+[ "$resident" -ge "$layer_bytes" ] || fail "only $resident source bytes cached after reading layer 1's $layer_bytes"
+[ "$resident" -le $((layer_pages + layer_pages / 16)) ] ||
+    fail "$resident source bytes cached after reading layer 1, its pages are $layer_pages (+1/16)"
+[ "$devices" = "$(stat -c '%Hd:%Ld' "$SRC/model.safetensors")" ] ||
+    fail "the stats' read-ahead devices are '$devices', the source is on $(stat -c '%Hd:%Ld' "$SRC/model.safetensors")"
 note PASS

@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "ckptfs/vfile.h"
 
@@ -32,19 +33,45 @@
  * guessed, since virtual disks claim to rotate. */
 #define PREFETCH_GAP_PAGES 4095u
 
+/* The advice policy of one device holding source files. */
+struct prefetch_dev {
+	dev_t dev;
+	uint64_t req; /* largest advice given in one call */
+	bool block;   /* a block device's queue (not a network file system) */
+};
+/* Source files on more devices than this take the last one's policy. */
+#define PREFETCH_DEVS 8
+
 /* How a mount reads ahead (and gathers, with the same gap). */
 struct prefetch_conf {
 	uint64_t window_max; /* bound of the window per open file; 0: no read-ahead */
 	uint64_t gap;        /* source ranges of one file closer than this are one request */
-	uint64_t req;        /* largest advice given in one call */
-	bool block;          /* the source is on a block device (not a network file system) */
+	uint64_t req;        /* largest advice given in one call, for a device not in devs */
+	bool block;          /* the first source file's device is a block device */
+	uint64_t direct_min; /* pieces at least this large, of files read with O_DIRECT too, are not advised */
+	struct prefetch_dev devs[PREFETCH_DEVS]; /* per device of the source files */
+	size_t ndevs;
 };
 
 /* gap, req and block for a source on the device of fd: PREFETCH_GAP_PAGES,
  * req from the device's read-ahead bound in sysfs (128 KiB when it cannot
  * be found), at most PREFETCH_REQ; block when that bound is a block
- * device's queue. */
+ * device's queue. Forgets the per-device table. */
 void prefetch_conf_for(struct prefetch_conf *c, int fd);
+/* Add the policy of f's device (once per device): a model whose shards
+ * sit on a local disk and a network mount advises each by its own bound.
+ * Returns whether f is on a block device (its own read-ahead is then
+ * better off, see main.c). */
+bool prefetch_conf_add_file(struct prefetch_conf *c, const struct src_file *f);
+/* The policy for source file f: its device's, or c's own req and block. */
+void prefetch_policy_of(const struct prefetch_conf *c, const struct src_file *f, uint64_t *req, bool *block);
+/* Pieces of a file with an O_DIRECT descriptor (a network file system),
+ * at least direct_min and at most this large, are not advised: the
+ * gather reads their exact bytes (vfile_gather_plan), where advice would
+ * pull their pages, shared with other ranks' pieces. Larger ranges are
+ * whole column parts, best streamed. */
+#define PREFETCH_DIRECT_MAX (64u << 10)
+
 /* Reads closer than this to the end of the previous one count as in
  * sequence: the kernel's own read-ahead sends several reads at once, and
  * threads answer them in any order. */

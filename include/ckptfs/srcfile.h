@@ -20,6 +20,8 @@ struct src_file {
 	ino_t ino;
 	struct timespec mtime;
 	uint64_t bytes_read;  /* statistics: bytes read from it, updated atomically by readers */
+	int direct_fd1;       /* 1 + an O_DIRECT descriptor of the same file (src_file_open_direct), 0: none */
+	uint32_t direct_align; /* the offset and memory alignment its direct reads need (0, 1: none) */
 };
 
 /* Count n bytes read from f (the only field readers may change). */
@@ -75,6 +77,14 @@ int src_file_check(const struct src_file *f);
 /* Read exactly len bytes at off: 0, -EIO when the file ends first, or
  * another negative errno. */
 int src_pread_full(int fd, void *dst, size_t len, uint64_t off);
+/* Open f once more with O_DIRECT (f->direct_fd1), for reads of exact byte
+ * ranges that bypass the page cache: on a network file system a piece of
+ * a row that straddles pages is then pulled as its own bytes, not its
+ * pages. f->direct_align is what the file system says its direct reads
+ * must be aligned to (statx STATX_DIOALIGN; 512 on a disk, nothing on
+ * FUSE or NFS). 0, or a negative errno (EINVAL where the file system refuses
+ * O_DIRECT; ESTALE when the path no longer names f's file). */
+int src_file_open_direct(struct src_file *f);
 
 /* Read a small side file (a JSON config) whole into a NUL-terminated buffer
  * the caller frees. A file above `max` bytes is refused with EFBIG, naming

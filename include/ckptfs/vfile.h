@@ -109,6 +109,8 @@ struct vgather_stats {
 	uint64_t requests; /* pread calls */
 	uint64_t bytes;    /* bytes they read, the gaps between pieces included */
 	uint64_t mapped;   /* piece bytes copied from the mapping instead (already cached) */
+	uint64_t direct_requests; /* pieces read with O_DIRECT, their exact bytes */
+	uint64_t direct_bytes;
 };
 
 /* Copy a plan of n bytes into buf like vfile_copy_plan_guarded, reading the
@@ -119,10 +121,15 @@ struct vgather_stats {
  * large requests. A larger gap reads more bytes in fewer requests (a local
  * disk); a gap under a page reads only the pages the pieces touch (shared
  * storage, where every byte is pulled over the network). Pieces whose span
- * is cached are copied from the mapping, inside a guard. Returns n or a
- * negative errno (-EIO for a short read: a source cut short). */
+ * is cached are copied from the mapping, inside a guard. A piece of at
+ * least direct_min bytes (0: none) not in the page cache, of a file with
+ * an O_DIRECT descriptor (src_file_open_direct: a network file system),
+ * is read alone, its exact bytes, many at once (Linux AIO, which FUSE
+ * clients such as sshfs serve concurrently): its pages would pull the
+ * bytes of other ranks' pieces beside it. Returns n or a negative errno
+ * (-EIO for a short read: a source cut short). */
 int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_t *span, size_t span_cap, uint64_t gap,
-			  struct vgather_stats *st);
+			  uint64_t direct_min, struct vgather_stats *st);
 
 /* vfile_read with computed bytes through a cache (may be NULL). */
 int64_t vfile_read_cached(const struct vfile *vf, struct cache *cache, uint64_t off, size_t len, void *buf);

@@ -31,6 +31,7 @@ void prefetch_file_destroy(struct prefetch_file *p)
 struct merger {
 	expr_range_fn fn;
 	void *ctx;
+	const struct prefetch_conf *conf;
 	const struct src_file *file;
 	uint64_t lo, hi;
 	uint64_t gap, req;
@@ -49,14 +50,15 @@ static uint64_t sysfs_num(const char *path)
 	return v;
 }
 
-void prefetch_conf_for(struct prefetch_conf *c, int fd)
+/* The read-ahead bound of the device holding fd: req (what one advice call
+ * reads) and whether it is a block device's queue; false with req 128 KiB
+ * when sysfs does not say. */
+static bool device_policy(int fd, uint64_t *req_out)
 {
 	struct stat st;
-	c->gap = PREFETCH_GAP_PAGES;
-	c->req = 128u << 10;
-	c->block = false;
+	*req_out = 128u << 10;
 	if (fd < 0 || fstat(fd, &st) < 0)
-		return;
+		return false;
 	/* A whole disk, a partition (its disk's queue), or a bdi of its own (FUSE, NFS). */
 	unsigned ma = major(st.st_dev), mi = minor(st.st_dev);
 	for (int i = 0; i < 3; i++) {
@@ -76,10 +78,43 @@ void prefetch_conf_for(struct prefetch_conf *c, int fd)
 		uint64_t req = ra > io ? ra : io;
 		if (req < (128u << 10))
 			req = 128u << 10;
-		c->req = req < PREFETCH_REQ ? req : PREFETCH_REQ;
-		c->block = i < 2;
-		return;
+		*req_out = req < PREFETCH_REQ ? req : PREFETCH_REQ;
+		return i < 2;
 	}
+	return false;
+}
+
+void prefetch_conf_for(struct prefetch_conf *c, int fd)
+{
+	c->gap = PREFETCH_GAP_PAGES;
+	c->ndevs = 0;
+	c->block = device_policy(fd, &c->req);
+}
+
+bool prefetch_conf_add_file(struct prefetch_conf *c, const struct src_file *f)
+{
+	uint64_t req;
+	bool block;
+	for (size_t i = 0; i < c->ndevs; i++)
+		if (c->devs[i].dev == f->dev)
+			return c->devs[i].block;
+	block = device_policy(f->fd, &req);
+	if (c->ndevs < PREFETCH_DEVS)
+		c->devs[c->ndevs++] = (struct prefetch_dev){ .dev = f->dev, .req = req, .block = block };
+	return block;
+}
+
+void prefetch_policy_of(const struct prefetch_conf *c, const struct src_file *f, uint64_t *req, bool *block)
+{
+	size_t i = 0;
+	while (i < c->ndevs && c->devs[i].dev != f->dev)
+		i++;
+	if (i == c->ndevs && c->ndevs == PREFETCH_DEVS)
+		i--; /* more devices than the table: the last one's */
+	*req = i < c->ndevs ? c->devs[i].req : c->req;
+	*block = i < c->ndevs ? c->devs[i].block : c->block;
+	if (*req == 0)
+		*req = PREFETCH_REQ;
 }
 
 static int merger_flush(struct merger *m)
@@ -108,6 +143,8 @@ static int merger_add(void *ctx, const struct src_file *f, uint64_t off, uint64_
 	int r = merger_flush(m);
 	if (r)
 		return r;
+	bool block;
+	prefetch_policy_of(m->conf, f, &m->req, &block);
 	m->file = f;
 	m->lo = off;
 	m->hi = end;
@@ -117,7 +154,7 @@ static int merger_add(void *ctx, const struct src_file *f, uint64_t off, uint64_
 int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, const struct prefetch_conf *c, expr_range_fn fn,
 		    void *ctx)
 {
-	struct merger m = { .fn = fn, .ctx = ctx, .gap = c->gap, .req = c->req ? c->req : PREFETCH_REQ };
+	struct merger m = { .fn = fn, .ctx = ctx, .conf = c, .gap = c->gap };
 	if (off >= vf->size || len == 0)
 		return 0;
 	if (len > vf->size - off)
@@ -136,11 +173,19 @@ int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, const st
 	return r ? r : merger_flush(&m);
 }
 
+struct advice {
+	const struct prefetch_conf *c;
+	struct prefetch_stats *st;
+};
+
 static int advise(void *ctx, const struct src_file *f, uint64_t off, uint64_t len)
 {
-	struct prefetch_stats *st = ctx;
+	const struct advice *a = ctx;
+	struct prefetch_stats *st = a->st;
 	if (f->fd < 0 || off > INT64_MAX || len > INT64_MAX)
 		return 0;
+	if (a->c->direct_min && f->direct_fd1 > 0 && len >= a->c->direct_min && len <= PREFETCH_DIRECT_MAX)
+		return 0; /* the gather reads it, its own bytes */
 	/* Advice: a failure costs speed, never bytes. */
 	(void)posix_fadvise(f->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
 	__atomic_add_fetch(&st->requests, 1, __ATOMIC_RELAXED);
@@ -161,7 +206,8 @@ static void *queue_main(void *arg)
 		q->head = (q->head + 1) % PREFETCH_QLEN;
 		q->n--;
 		pthread_mutex_unlock(&q->mu);
-		(void)prefetch_ranges(r.vf, r.off, r.len, q->conf, advise, q->st);
+		struct advice a = { .c = q->conf, .st = q->st };
+		(void)prefetch_ranges(r.vf, r.off, r.len, q->conf, advise, &a);
 		pthread_mutex_lock(&q->mu);
 	}
 	pthread_mutex_unlock(&q->mu);
@@ -269,12 +315,13 @@ void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off
 		__atomic_add_fetch(&st->view_bytes, to - beyond, __ATOMIC_RELAXED);
 	/* This read's own bytes now (it needs them anyway), the window behind
 	 * the worker's back. */
+	struct advice a = { .c = c, .st = st };
 	if (!q || !q->started) {
-		(void)prefetch_ranges(vf, from, to - from, c, advise, st);
+		(void)prefetch_ranges(vf, from, to - from, c, advise, &a);
 		return;
 	}
 	if (from < beyond)
-		(void)prefetch_ranges(vf, from, beyond - from, c, advise, st);
+		(void)prefetch_ranges(vf, from, beyond - from, c, advise, &a);
 	/* In pieces, so the worker's first advice goes out before it has
 	 * walked the whole window. */
 	for (uint64_t o = beyond; o < to;) {

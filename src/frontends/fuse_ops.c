@@ -12,10 +12,12 @@
 #include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -175,6 +177,12 @@ static const struct stat_field gather_fields[] = {
 	STAT_FIELD("bytes_resident", struct vgather_stats, mapped),
 };
 
+/* after gather's direct_min: pieces read with O_DIRECT, their own bytes */
+static const struct stat_field gather_direct_fields[] = {
+	STAT_FIELD("direct_requests", struct vgather_stats, direct_requests),
+	STAT_FIELD("direct_bytes", struct vgather_stats, direct_bytes),
+};
+
 static const struct stat_field tier_fields[] = {
 	STAT_FIELD("hits", struct cache_tier_stats, hits),
 	STAT_FIELD("misses", struct cache_tier_stats, misses),
@@ -237,7 +245,22 @@ static struct stats_buf *stats_render(struct ckptfs_fs *fs)
 	cJSON *ra = cJSON_AddObjectToObject(j, "readahead");
 	STATS_ADD(ra, &fs->prefetch_conf, readahead_conf_fields);
 	STATS_ADD(ra, &fs->prefetch, readahead_fields);
-	STATS_ADD(cJSON_AddObjectToObject(j, "gather"), &fs->gather, gather_fields);
+	/* the policy of each device holding source files */
+	cJSON *devs = cJSON_AddArrayToObject(ra, "devices");
+	for (size_t i = 0; devs && i < fs->prefetch_conf.ndevs; i++) {
+		const struct prefetch_dev *d = &fs->prefetch_conf.devs[i];
+		cJSON *o = cJSON_CreateObject();
+		char id[32];
+		snprintf(id, sizeof(id), "%u:%u", major(d->dev), minor(d->dev));
+		cJSON_AddStringToObject(o, "device", id);
+		cJSON_AddNumberToObject(o, "request_max", (double)d->req);
+		cJSON_AddBoolToObject(o, "block", d->block);
+		cJSON_AddItemToArray(devs, o);
+	}
+	cJSON *ga = cJSON_AddObjectToObject(j, "gather");
+	STATS_ADD(ga, &fs->gather, gather_fields);
+	cJSON_AddNumberToObject(ga, "direct_min", (double)fs->prefetch_conf.direct_min);
+	STATS_ADD(ga, &fs->gather, gather_direct_fields);
 	cJSON *cache = cJSON_AddObjectToObject(j, "cache");
 	if (fs->cache) {
 		struct cache_stats cs;
@@ -598,7 +621,7 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		uint8_t *span = thread_buf(SCRATCH_SPAN, GATHER_SPAN_MAX);
 		if (span)
 			got = vfile_gather_plan(&plan, scratch, got, span, GATHER_SPAN_MAX, fs->prefetch_conf.gap,
-						&fs->gather);
+						fs->prefetch_conf.direct_min, &fs->gather);
 		else
 			got = vfile_copy_plan_guarded(&plan, scratch, got);
 		splice = false;

@@ -369,6 +369,8 @@ void src_file_close(struct src_file *f)
 		munmap((void *)f->map, (size_t)f->size);
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->direct_fd1 > 0)
+		close(f->direct_fd1 - 1);
 	free(f->name);
 	free(f->path);
 	memset(f, 0, sizeof(*f));
@@ -422,5 +424,37 @@ int src_pread_full(int fd, void *dst, size_t len, uint64_t off)
 			return -EIO;
 		p += k, len -= (size_t)k, off += (uint64_t)k;
 	}
+	return 0;
+}
+
+int src_file_open_direct(struct src_file *f)
+{
+	if (f->direct_fd1 > 0)
+		return 0;
+	if (f->fd < 0)
+		return -EBADF;
+	/* Through the descriptor, not the path: the same file, whatever the
+	 * directory holds now. */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
+	int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino) {
+		close(fd);
+		return -ESTALE;
+	}
+	f->direct_fd1 = fd + 1;
+	f->direct_align = 0;
+#ifdef STATX_DIOALIGN
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+		uint32_t a = sx.stx_dio_offset_align > sx.stx_dio_mem_align ? sx.stx_dio_offset_align : sx.stx_dio_mem_align;
+		if (a & (a - 1)) /* not a power of two: not believed */
+			a = 4096;
+		f->direct_align = a;
+	}
+#endif
 	return 0;
 }
