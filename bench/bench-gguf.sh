@@ -36,7 +36,7 @@
 # cold read right after the bench deleted the last run's 1300 entries spent
 # a fifth of the daemon's CPU creating new entry files (perf: openat, in
 # find_inode_bit / recently_deleted): a cost of the bench's own cleanup,
-# not of a cold cache. Extra disk until the end: 1.3 GB per cold case.
+# not of a cold cache. Peak extra disk: about 2 x 1.3 GB per run.
 # --part ttft (read) runs part 1 (2) alone; default all.
 
 BENCH_NAME=bench-gguf
