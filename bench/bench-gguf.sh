@@ -30,17 +30,10 @@
 #     against hf/model.safetensors through a fresh mount, 1 MiB reads.
 #     Targets: >= 0.3x cold, >= 0.9x warm.
 # Figures are the best of N runs (default 2); peer runs alternate with ours.
-# Each cold case gets a new empty cache dir, and no cache dir is deleted
-# before the end (the EXIT cleanup): on ext4 without a journal (this VM's
-# root) the inode allocator skips inodes freed in the last minutes, so a
-# cold read right after the bench deleted the last run's 1300 entries spent
-# a fifth of the daemon's CPU creating new entry files (perf: openat, in
-# find_inode_bit / recently_deleted): a cost of the bench's own cleanup,
-# not of a cold cache. Peak extra disk: about 2 x 1.3 GB per run.
 # --part ttft (read) runs part 1 (2) alone; default all.
 
 BENCH_NAME=bench-gguf
-USAGE_LINES=2,40
+USAGE_LINES=2,35
 . "$(dirname "$0")/lib.sh" || exit 1
 
 NLC_DIR=${CKPTFS_NLC_DIR:-$HOME/.cache/ckptfs-test/node-llama-cpp}
@@ -152,10 +145,12 @@ for v in f16 q8_0; do
 		peer=$(minf "$peer" "$TT")
 		conv=$(minf "$conv" "$CONV")
 		load=$(minf "$load" "$LOAD")
-		read_view "$v" "$cdir-read"
+		rm -rf "$cdir"
+		read_view "$v" "$cdir"
 		rcold=$(minf "$rcold" "$RT")
-		read_view "$v" "$cdir-read"
+		read_view "$v" "$cdir"
 		rwarm=$(minf "$rwarm" "$RT")
+		rm -rf "$cdir"
 	done
 	printf 'time to first token, gguf@%s: ckptfs cold %.1f s, warm %.1f s; numpy converter + llama.cpp %.1f s; ratio cold %.2f, warm %.2f (target <= 0.20: %s)\n' \
 		"$v" "$cold" "$warm" "$peer" "$(ratio "$cold" "$peer")" "$(ratio "$warm" "$peer")" \
@@ -169,21 +164,22 @@ done
 [ "$PART" != ttft ] || exit 0
 hf= qc= qw=
 for r in $(seq "$RUNS"); do
-	rcache=$WORK/rcache-$r
-	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/hcache-$r" "$SRC" "$WORK/rd"
+	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/hf" model.safetensors
 	hf=$(best "${hf:-0}" "$GBS")
 	umount_fs
-	mount_fs rd "$CKPTFS" -f -o cache_dir="$rcache" "$SRC" "$WORK/rd"
+	rm -rf "$WORK/rcache"
+	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/gguf@q8_0" model.gguf
 	qc=$(best "${qc:-0}" "$GBS")
 	umount_fs
-	mount_fs rd "$CKPTFS" -f -o cache_dir="$rcache" "$SRC" "$WORK/rd"
+	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/gguf@q8_0" model.gguf
 	qw=$(best "${qw:-0}" "$GBS")
 	# how much of it went to the kernel as ranges of raw cache entries
 	spliced=$("$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["bytes_spliced"], s["cache"]["disk"]["range_bytes"], s["cache"]["disk"]["hits"], s["cache"]["computed_chunks"])' "$MNT/.ckptfs/stats")
 	umount_fs
+	rm -rf "$WORK/rcache"
 done
 echo "first read, hf/model.safetensors:   $(fmt "$hf") (baseline)"
 echo "first read, gguf@q8_0 cold:         $(fmt "$qc") = $(ratio "$qc" "$hf")x hf/ (target >= 0.3x: $(verdict "$(ratio "$qc" "$hf")" 0.3))"
