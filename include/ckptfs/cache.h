@@ -21,8 +21,9 @@
  * written by a worker thread to a temp file and renamed, so a crash never
  * leaves a half entry under a final name. An entry whose header, key,
  * size or checksum does not match is deleted and recomputed. The directory
- * is bounded by bytes with LRU eviction by mtime (hits touch the file), so
- * mounts sharing it share the bound; temp files being written count too.
+ * is bounded by bytes with LRU eviction by mtime (hits touch the file, at
+ * most once a minute), so mounts sharing it share the bound; temp files
+ * being written count too.
  * A directory that cannot be written turns the disk tier off with one
  * warning; readers never see its errors.
  * Trust: the directory must belong to the user and be closed to group and

@@ -14,7 +14,7 @@
  *   bos/eos/unknown/padding_token_id, add_bos_token, add_eos_token,
  *   add_space_prefix ("llama": whether the normalizer prepends U+2581)
  * Every input byte is untrusted: the files are size-capped before parsing,
- * ids are checked against n_vocab, and work is O(n log n) in the vocabulary.
+ * ids are checked against n_vocab, and work is linear in the vocabulary.
  */
 #ifndef CKPTFS_GGUF_VOCAB_H
 #define CKPTFS_GGUF_VOCAB_H
@@ -38,11 +38,14 @@ struct cJSON;
  * tokenizer_config.json (may be NULL); config: config.json (for
  * bos/eos_token_id when tokenizer_config.json does not name them; may be
  * NULL); arch: the GGUF architecture ("gpt2" picks pre "gpt-2"); path and
- * cfg_path name the two files in messages. Both are pre-scanned before
- * cJSON builds a tree (64-80 bytes per value): tokenizer.json may hold
- * GGUF_VOCAB_VALUES_PER_TOKEN values per embedding row (a vocabulary entry,
- * a merge as [left, right], an added token's few members) plus
- * GGUF_VOCAB_VALUES_BASE; tokenizer_config.json, config.json's bound.
+ * cfg_path name the two files in messages. tokenizer.json is read by the
+ * streaming scanner (its vocabulary and merges straight into one arena, its
+ * few small members through cJSON), tokenizer_config.json pre-scanned before
+ * cJSON builds a tree (64-80 bytes per value), both within limits:
+ * tokenizer.json may hold GGUF_VOCAB_VALUES_PER_TOKEN values per embedding
+ * row (a vocabulary entry, a merge as [left, right], an added token's few
+ * members) plus GGUF_VOCAB_VALUES_BASE; tokenizer_config.json, config.json's
+ * bound. A document the scanner refuses gets json_check's message.
  * Returns 0 or a negative errno with err set. */
 int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const char *cfg, size_t cfg_len,
 		   const struct cJSON *config, uint64_t n_vocab, const char *arch, const char *path,

@@ -91,7 +91,7 @@ struct job {
 /* Raw entries opened lately, so the next reads of the same chunk (a
  * 1 MiB request rarely starts on a chunk boundary: each chunk is wanted
  * by two or three of them) cost one dup instead of open, fstat, a header
- * read, futimens and close. Named by the 128-bit hash of key and index,
+ * read, maybe futimens, and close. Named by the 128-bit hash of key and index,
  * as the entry files themselves are; the key was checked at open. */
 #define SPAN_SLOTS 16
 struct span_slot {
@@ -408,6 +408,22 @@ static int entry_open(const struct cache *c, const char *name, struct stat *st)
 	return fd >= 0 ? fd : -ENOENT;
 }
 
+/* A hit makes the entry young again for every process sharing the
+ * directory (eviction goes by mtime), unless it was made young within the
+ * last minute: an inode update per hit was a syscall and a journal entry
+ * per chunk of a read of entries just written, for an order of eviction
+ * that a minute does not change. */
+#define TOUCH_AFTER_S 60
+
+static void entry_touch(int fd, const struct stat *st)
+{
+	struct timespec now;
+	if (clock_gettime(CLOCK_REALTIME, &now) == 0 && st->st_mtim.tv_sec > now.tv_sec - TOUCH_AFTER_S &&
+	    st->st_mtim.tv_sec <= now.tv_sec)
+		return;
+	futimens(fd, NULL);
+}
+
 static void count_bad_entry(struct cache *c, const char *name)
 {
 	unlinkat(c->dirfd, name, 0);
@@ -473,7 +489,7 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	if (!c->keyed) {
 		r = raw_load(c, fd, st.st_size, key, chunk, dst, len);
 		if (r == 0) {
-			futimens(fd, NULL);
+			entry_touch(fd, &st);
 			count_disk_hit(c, len, now_ns() - t0, false);
 			goto out;
 		}
@@ -514,8 +530,7 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	if (ZSTD_isError(got) || got != len)
 		goto bad;
 	r = 0;
-	/* A hit makes the entry young again for every process sharing the directory. */
-	futimens(fd, NULL);
+	entry_touch(fd, &st);
 	count_disk_hit(c, len, now_ns() - t0, false);
 	goto out;
 bad:
@@ -1187,7 +1202,7 @@ int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint6
 			count_bad_entry(c, name);
 		return -ENOENT;
 	}
-	futimens(f, NULL);
+	entry_touch(f, &st);
 	/* kept for the next reads of this chunk: the oldest slot makes room */
 	int keep = fcntl(f, F_DUPFD_CLOEXEC, 0);
 	if (keep >= 0) {

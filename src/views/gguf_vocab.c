@@ -1,5 +1,5 @@
 /* gguf_vocab.c -- tokenizer.json + tokenizer_config.json into GGUF tokenizer.ggml.* keys.
- * One pass over the vocabulary into an id-indexed table, one sorted copy for lookups by text: O(n log n), linear memory. */
+ * One pass over the vocabulary into an id-indexed table, a hash of it for lookups by text: linear time and memory. */
 #include "ckptfs/gguf_vocab.h"
 
 #include <cjson/cJSON.h>
@@ -24,32 +24,41 @@ struct tok {
 	float score;
 };
 
-struct byname {
-	const char *text;
-	uint32_t id;
-};
-
 struct vocab {
 	uint64_t n;
 	struct tok *t;
-	struct byname *sorted; /* every id with text, by text */
-	size_t nsorted;
+	/* every id with text, by the hash of its text (open addressing): id + 1,
+	 * 0 for an empty slot; mask + 1 slots, at least twice the ids. Sorting
+	 * 128k tokens to look a few up took a quarter of building the file. */
+	uint32_t *byname;
+	size_t mask;
 	const char *path;
 	struct ckpt_err *err;
 };
 
-static int cmp_byname(const void *a, const void *b)
+static uint64_t text_hash(const char *s)
 {
-	return strcmp(((const struct byname *)a)->text, ((const struct byname *)b)->text);
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 0x100000001b3ULL;
+	return h ^ h >> 29;
+}
+
+/* The slot of text: the one holding it, or the empty one where it goes. */
+static size_t slot_of(const struct vocab *v, const char *text)
+{
+	size_t i = (size_t)text_hash(text) & v->mask;
+	while (v->byname[i] && strcmp(v->t[v->byname[i] - 1].text, text) != 0)
+		i = (i + 1) & v->mask;
+	return i;
 }
 
 static int64_t lookup(const struct vocab *v, const char *text)
 {
-	if (!text)
+	if (!text || !v->byname)
 		return -1;
-	struct byname key = { .text = text };
-	const struct byname *hit = v->nsorted ? bsearch(&key, v->sorted, v->nsorted, sizeof(key), cmp_byname) : NULL;
-	return hit ? (int64_t)hit->id : -1;
+	uint32_t id1 = v->byname[slot_of(v, text)];
+	return id1 ? (int64_t)id1 - 1 : -1;
 }
 
 static bool is_byte_token(const char *s)
@@ -128,25 +137,6 @@ static bool prepends_space(const cJSON *root)
 	return false;
 }
 
-/* A merge is "left right" or ["left", "right"]; out gets "left right". */
-static bool merge_text(const cJSON *m, char *out, size_t cap, size_t *left_len)
-{
-	if (cJSON_IsString(m)) {
-		const char *sp = strchr(m->valuestring, ' ');
-		size_t n = strlen(m->valuestring);
-		if (!sp || n >= cap)
-			return false;
-		memcpy(out, m->valuestring, n + 1);
-		*left_len = (size_t)(sp - m->valuestring);
-		return true;
-	}
-	if (cJSON_GetArraySize(m) != 2 || !cJSON_IsString(m->child) || !cJSON_IsString(m->child->next))
-		return false;
-	int k = snprintf(out, cap, "%s %s", m->child->valuestring, m->child->next->valuestring);
-	*left_len = strlen(m->child->valuestring);
-	return k > 0 && (size_t)k < cap;
-}
-
 /* LLaMA 3's pre-tokenizer splits digits in groups of up to three. */
 static const char *pre_name(const cJSON *root, const char *arch)
 {
@@ -156,6 +146,276 @@ static const char *pre_name(const cJSON *root, const char *arch)
 	const char *name = text && strstr(text, "\\\\p{N}{1,3}") ? "llama-bpe" : "default";
 	cJSON_free(text);
 	return name;
+}
+
+/* ---- reading tokenizer.json ----
+ * cJSON spent most of building a GGUF header on the vocabulary and merges
+ * (a node and a string allocated per token, then freed). They are read
+ * here with the scanner instead, straight into one arena; the few small
+ * members the rest needs (added_tokens, normalizer, pre_tokenizer, model's
+ * type, byte_fallback, unk_token) are cut out by their byte range and
+ * given to cJSON, into a tree of the same shape as the whole document's.
+ * As cJSON's lookups, the first of duplicate members counts. */
+
+/* A merge's text is refused from this length on. */
+#define MERGE_MAX 4096
+
+struct vocab_entry {
+	const char *text; /* decoded, in the arena */
+	double id;
+	bool number;
+};
+
+struct merge_entry {
+	const char *text; /* "left right", in the arena; NULL: not a merge */
+	size_t left;
+};
+
+struct tok_doc {
+	cJSON *root; /* the small members, as in the document */
+	bool vocab_object, merges_array;
+	struct vocab_entry *vocab;
+	size_t nvocab, capvocab;
+	struct merge_entry *merges;
+	size_t nmerges, capmerges;
+	char *arena; /* every string kept: at most the document's bytes (quotes included) */
+	size_t used;
+};
+
+static void tok_doc_free(struct tok_doc *d)
+{
+	cJSON_Delete(d->root);
+	free(d->vocab);
+	free(d->merges);
+	free(d->arena);
+	memset(d, 0, sizeof(*d));
+}
+
+static int grow(void **p, size_t *cap, size_t n, size_t size)
+{
+	if (n < *cap)
+		return 0;
+	size_t c = *cap ? *cap * 2 : 1024;
+	void *q = realloc(*p, c * size);
+	if (!q)
+		return -ENOMEM;
+	*p = q;
+	*cap = c;
+	return 0;
+}
+
+/* A string or key token decoded into the arena (its room: the token's
+ * bytes as written, quotes included). */
+static const char *arena_str(struct tok_doc *d, const struct json_token *t, size_t *len)
+{
+	char *s = d->arena + d->used;
+	size_t n = json_string_decode(t, s);
+	d->used += n + 1;
+	if (len)
+		*len = n;
+	return s;
+}
+
+/* Past the rest of a value whose first token is t: 0, or -EINVAL when the
+ * document is not JSON within the limits. */
+static int skip_rest(struct json_scanner *js, const struct json_token *t)
+{
+	if (t->kind != JSON_TOK_OBJECT && t->kind != JSON_TOK_ARRAY)
+		return 0;
+	struct json_token u;
+	for (;;) {
+		enum json_tok k = json_scan_next(js, &u);
+		if (k == JSON_TOK_ERROR)
+			return -EINVAL;
+		if ((k == JSON_TOK_OBJECT_END || k == JSON_TOK_ARRAY_END) && u.depth == t->depth)
+			return 0;
+	}
+}
+
+/* The value whose first token is t, parsed by cJSON and added to obj as
+ * `name` (unless obj has one already). */
+static int capture(struct json_scanner *js, const struct json_token *t, cJSON *obj, const char *name)
+{
+	if (skip_rest(js, t) < 0)
+		return -EINVAL;
+	if (cJSON_GetObjectItemCaseSensitive(obj, name))
+		return 0;
+	cJSON *v = cJSON_ParseWithLength(js->buf + t->at, js->pos - t->at);
+	if (!v || !cJSON_AddItemToObject(obj, name, v)) {
+		cJSON_Delete(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The name of names[] that key token k decodes to, or NULL. */
+static const char *one_of(const struct json_token *k, const char *const *names)
+{
+	for (; *names; names++)
+		if (json_string_equals(k, *names))
+			return *names;
+	return NULL;
+}
+
+static int read_vocab(struct json_scanner *js, struct tok_doc *d)
+{
+	struct json_token k, t;
+	for (;;) {
+		enum json_tok kind = json_scan_next(js, &k);
+		if (kind == JSON_TOK_OBJECT_END)
+			return 0;
+		if (kind != JSON_TOK_KEY || json_scan_next(js, &t) == JSON_TOK_ERROR)
+			return -EINVAL;
+		if (grow((void **)&d->vocab, &d->capvocab, d->nvocab, sizeof(*d->vocab)) < 0)
+			return -ENOMEM;
+		struct vocab_entry *e = &d->vocab[d->nvocab++];
+		*e = (struct vocab_entry){ .text = arena_str(d, &k, NULL), .number = t.kind == JSON_TOK_NUMBER };
+		uint64_t u;
+		if (e->number && json_number_u64(&t, &u) == 0) {
+			e->id = (double)u;
+		} else if (e->number) { /* a sign, fraction or exponent: its value, as cJSON reads it */
+			char lit[64];
+			size_t n = t.len < sizeof(lit) - 1 ? t.len : sizeof(lit) - 1;
+			memcpy(lit, t.text, n);
+			lit[n] = '\0';
+			e->id = strtod(lit, NULL);
+		}
+		if (skip_rest(js, &t) < 0)
+			return -EINVAL;
+	}
+}
+
+/* One merge: a string, or an array of exactly two strings. */
+static int read_merge(struct json_scanner *js, struct tok_doc *d, const struct json_token *t)
+{
+	if (grow((void **)&d->merges, &d->capmerges, d->nmerges, sizeof(*d->merges)) < 0)
+		return -ENOMEM;
+	struct merge_entry *m = &d->merges[d->nmerges++];
+	*m = (struct merge_entry){ 0 };
+	if (t->kind == JSON_TOK_STRING) {
+		size_t n;
+		const char *s = arena_str(d, t, &n);
+		const char *sp = strchr(s, ' ');
+		if (sp && n < MERGE_MAX)
+			*m = (struct merge_entry){ .text = s, .left = (size_t)(sp - s) };
+		return 0;
+	}
+	if (t->kind != JSON_TOK_ARRAY)
+		return skip_rest(js, t);
+	/* [left, right]: written as "left right" where the strings were */
+	char *s = d->arena + d->used;
+	size_t n = 0, items = 0, left = 0;
+	bool strings = true;
+	struct json_token u;
+	for (;;) {
+		enum json_tok k = json_scan_next(js, &u);
+		if (k == JSON_TOK_ARRAY_END && u.depth == t->depth)
+			break;
+		if (k == JSON_TOK_ERROR || skip_rest(js, &u) < 0)
+			return -EINVAL;
+		items++;
+		if (u.kind != JSON_TOK_STRING || items > 2) {
+			strings = false;
+			continue;
+		}
+		if (items == 2) {
+			left = n;
+			s[n++] = ' ';
+		}
+		n += json_string_decode(&u, s + n);
+	}
+	if (items == 2 && strings && n < MERGE_MAX) {
+		d->used += n + 1;
+		*m = (struct merge_entry){ .text = s, .left = left };
+	}
+	return 0;
+}
+
+static int read_merges(struct json_scanner *js, struct tok_doc *d)
+{
+	struct json_token t;
+	for (;;) {
+		enum json_tok k = json_scan_next(js, &t);
+		if (k == JSON_TOK_ARRAY_END)
+			return 0;
+		if (k == JSON_TOK_ERROR)
+			return -EINVAL;
+		int r = read_merge(js, d, &t);
+		if (r < 0)
+			return r;
+	}
+}
+
+static int read_model(struct json_scanner *js, struct tok_doc *d, cJSON *model)
+{
+	static const char *const model_names[] = { "type", "byte_fallback", "unk_token", NULL };
+	bool vocab = false, merges = false;
+	const char *name;
+	struct json_token k, t;
+	for (;;) {
+		enum json_tok kind = json_scan_next(js, &k);
+		if (kind == JSON_TOK_OBJECT_END)
+			return 0;
+		if (kind != JSON_TOK_KEY || json_scan_next(js, &t) == JSON_TOK_ERROR)
+			return -EINVAL;
+		int r;
+		if (!vocab && json_string_equals(&k, "vocab")) {
+			vocab = true;
+			d->vocab_object = t.kind == JSON_TOK_OBJECT;
+			r = d->vocab_object ? read_vocab(js, d) : skip_rest(js, &t);
+		} else if (!merges && json_string_equals(&k, "merges")) {
+			merges = true;
+			d->merges_array = t.kind == JSON_TOK_ARRAY;
+			r = d->merges_array ? read_merges(js, d) : skip_rest(js, &t);
+		} else if ((name = one_of(&k, model_names))) {
+			r = capture(js, &t, model, name);
+		} else {
+			r = skip_rest(js, &t);
+		}
+		if (r < 0)
+			return r;
+	}
+}
+
+/* 0, -ENOMEM, or -EINVAL when the document is not JSON within lim. */
+static int tok_doc_read(const char *buf, size_t len, const struct json_limits *lim, struct tok_doc *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->arena = malloc(len + 1);
+	d->root = cJSON_CreateObject();
+	if (!d->arena || !d->root)
+		return -ENOMEM;
+	struct json_scanner js;
+	json_scan_init(&js, buf, len, lim);
+	struct json_token k, t;
+	enum json_tok kind = json_scan_next(&js, &t);
+	if (kind == JSON_TOK_ERROR || (kind != JSON_TOK_OBJECT && skip_rest(&js, &t) < 0))
+		return -EINVAL;
+	static const char *const root_names[] = { "added_tokens", "normalizer", "pre_tokenizer", NULL };
+	bool model = false;
+	const char *name;
+	while (kind == JSON_TOK_OBJECT) {
+		enum json_tok member = json_scan_next(&js, &k);
+		if (member == JSON_TOK_OBJECT_END)
+			break;
+		if (member != JSON_TOK_KEY || json_scan_next(&js, &t) == JSON_TOK_ERROR)
+			return -EINVAL;
+		int r;
+		if (!model && json_string_equals(&k, "model")) {
+			model = true;
+			cJSON *m = t.kind == JSON_TOK_OBJECT ? cJSON_AddObjectToObject(d->root, "model") : NULL;
+			if (t.kind == JSON_TOK_OBJECT && !m)
+				return -ENOMEM;
+			r = m ? read_model(&js, d, m) : skip_rest(&js, &t);
+		} else if ((name = one_of(&k, root_names))) {
+			r = capture(&js, &t, d->root, name);
+		} else {
+			r = skip_rest(&js, &t);
+		}
+		if (r < 0)
+			return r;
+	}
+	return json_scan_next(&js, &t) == JSON_TOK_END ? 0 : -EINVAL;
 }
 
 int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const char *cfg, size_t cfg_len,
@@ -181,21 +441,26 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 	struct json_limits clim = { .max_depth = GGUF_VOCAB_DEPTH, .max_values = 65536 + cfg_len / 32 };
 	char what[64];
 	snprintf(what, sizeof(what), "tokenizer for %llu tokens", (unsigned long long)n_vocab);
-	int r = json_check(tok, tok_len, &tlim, path, what, err);
+	struct tok_doc d;
+	int r = tok_doc_read(tok, tok_len, &tlim, &d);
+	if (r == -EINVAL) /* the scanner's own message, as every JSON file gets */
+		r = json_check(tok, tok_len, &tlim, path, what, err);
+	else if (r < 0)
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 	if (r == 0 && cfg)
 		r = json_check(cfg, cfg_len, &clim, cfg_path, "tokenizer config", err);
-	if (r < 0)
+	if (r < 0) {
+		tok_doc_free(&d);
 		return r;
+	}
 	struct vocab v = { .n = n_vocab, .path = path, .err = err };
-	cJSON *root = cJSON_ParseWithLength(tok, tok_len);
+	const cJSON *root = d.root;
 	cJSON *tcfg = cfg ? cJSON_ParseWithLength(cfg, cfg_len) : NULL;
 	char *merge = NULL;
 	const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
 	const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
-	const cJSON *vmap = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-	const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-	if (!root || (cfg && !tcfg)) {
-		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", root ? cfg_path : path);
+	if (cfg && !tcfg) {
+		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", cfg_path);
 		goto out;
 	}
 	if (cJSON_IsString(type) && strcmp(type->valuestring, "BPE") != 0) {
@@ -204,7 +469,7 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 		gguf_kv_str(kv, "tokenizer.ggml.model", "none");
 		goto out;
 	}
-	if (!cJSON_IsString(type) || !cJSON_IsObject(vmap) || !cJSON_IsArray(merges)) {
+	if (!cJSON_IsString(type) || !d.vocab_object || !d.merges_array) {
 		r = ckpt_err_set(err, EINVAL, "%s: not a tokenizer model (model.type \"BPE\" with vocab and merges)", path);
 		goto out;
 	}
@@ -214,19 +479,18 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
-	const cJSON *it;
-	cJSON_ArrayForEach(it, vmap)
-	{
-		uint32_t id;
-		if (!json_id(it, n_vocab, &id)) {
+	for (size_t i = 0; i < d.nvocab; i++) {
+		const struct vocab_entry *e = &d.vocab[i];
+		double x = e->id;
+		if (!e->number || !(x >= 0 && x < (double)n_vocab && x == (double)(uint32_t)x)) {
 			r = ckpt_err_set(err, EINVAL, "%s: token '%.64s' has id %g, not an integer below the model's %llu embeddings",
-					 path, it->string, cJSON_IsNumber(it) ? it->valuedouble : -1.0,
-					 (unsigned long long)n_vocab);
+					 path, e->text, e->number ? x : -1.0, (unsigned long long)n_vocab);
 			goto out;
 		}
-		if ((r = set_token(&v, id, it->string, spm && is_byte_token(it->string) ? TT_BYTE : TT_NORMAL)) < 0)
+		if ((r = set_token(&v, (uint32_t)x, e->text, spm && is_byte_token(e->text) ? TT_BYTE : TT_NORMAL)) < 0)
 			goto out;
 	}
+	const cJSON *it;
 	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"))
 	{
 		const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
@@ -242,49 +506,51 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 		if ((r = set_token(&v, id, content->valuestring, special ? TT_CONTROL : TT_USER)) < 0)
 			goto out;
 	}
-	v.sorted = malloc((size_t)n_vocab * sizeof(*v.sorted));
-	if (!v.sorted) {
+	size_t slots = 16;
+	while (slots < 2 * (size_t)n_vocab)
+		slots *= 2;
+	v.byname = calloc(slots, sizeof(*v.byname));
+	if (!v.byname) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
-	for (uint64_t i = 0; i < n_vocab; i++)
-		if (v.t[i].text)
-			v.sorted[v.nsorted++] = (struct byname){ v.t[i].text, (uint32_t)i };
-	qsort(v.sorted, v.nsorted, sizeof(*v.sorted), cmp_byname);
-	for (size_t i = 1; i < v.nsorted; i++)
-		if (strcmp(v.sorted[i - 1].text, v.sorted[i].text) == 0) {
-			r = ckpt_err_set(err, EINVAL, "%s: token '%.64s' has two ids (%u and %u)", path, v.sorted[i].text,
-					 v.sorted[i - 1].id, v.sorted[i].id);
+	v.mask = slots - 1;
+	for (uint64_t i = 0; i < n_vocab; i++) {
+		if (!v.t[i].text)
+			continue;
+		size_t at = slot_of(&v, v.t[i].text);
+		if (v.byname[at]) {
+			r = ckpt_err_set(err, EINVAL, "%s: token '%.64s' has two ids (%u and %u)", path, v.t[i].text,
+					 v.byname[at] - 1, (unsigned)i);
 			goto out;
 		}
+		v.byname[at] = (uint32_t)i + 1;
+	}
 	const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
 	int64_t unk_id = lookup(&v, cJSON_IsString(unk) ? unk->valuestring : NULL);
 	if (unk_id >= 0)
 		v.t[unk_id].type = TT_UNKNOWN;
 
 	/* Merges: checked and, for sentencepiece-style vocabularies, made into scores. */
-	size_t cap = 4096;
-	merge = malloc(cap);
+	merge = malloc(MERGE_MAX);
 	if (!merge) {
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 		goto out;
 	}
-	int64_t rank = 0;
-	cJSON_ArrayForEach(it, merges)
-	{
-		size_t left;
-		if (!merge_text(it, merge, cap, &left)) {
-			r = ckpt_err_set(err, EINVAL, "%s: merge %lld is not \"left right\" or [left, right]", path,
-					 (long long)rank);
+	for (size_t i = 0; i < d.nmerges; i++) {
+		const struct merge_entry *m = &d.merges[i];
+		if (!m->text) {
+			r = ckpt_err_set(err, EINVAL, "%s: merge %zu is not \"left right\" or [left, right]", path, i);
 			goto out;
 		}
-		if (spm) {
-			memmove(merge + left, merge + left + 1, strlen(merge + left + 1) + 1); /* the merged token */
+		if (spm) { /* the merged token: the text without its separating space */
+			size_t n = strlen(m->text);
+			memcpy(merge, m->text, m->left);
+			memcpy(merge + m->left, m->text + m->left + 1, n - m->left);
 			int64_t id = lookup(&v, merge);
 			if (id >= 0 && v.t[id].score == 0.0f)
-				v.t[id].score = -(float)(rank + 1);
+				v.t[id].score = -(float)(i + 1);
 		}
-		rank++;
 	}
 
 	gguf_kv_str(kv, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
@@ -313,12 +579,8 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 	gguf_kv_arr_end(kv);
 	if (!spm) {
 		gguf_kv_arr_begin(kv, "tokenizer.ggml.merges", GGUF_VT_STRING);
-		cJSON_ArrayForEach(it, merges)
-		{
-			size_t left;
-			merge_text(it, merge, cap, &left); /* checked above */
-			gguf_kv_arr_str(kv, merge, strlen(merge));
-		}
+		for (size_t i = 0; i < d.nmerges; i++)
+			gguf_kv_arr_str(kv, d.merges[i].text, strlen(d.merges[i].text));
 		gguf_kv_arr_end(kv);
 	}
 	add_special_id(kv, &v, tcfg, "bos_token", config, "bos_token_id", "tokenizer.ggml.bos_token_id");
@@ -337,9 +599,9 @@ int gguf_vocab_add(struct gguf_kv *kv, const char *tok, size_t tok_len, const ch
 		r = ckpt_err_set(err, ENOMEM, "%s: out of memory", path);
 out:
 	free(merge);
-	free(v.sorted);
+	free(v.byname);
 	free(v.t);
 	cJSON_Delete(tcfg);
-	cJSON_Delete(root);
+	tok_doc_free(&d);
 	return r;
 }

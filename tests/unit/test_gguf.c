@@ -126,7 +126,7 @@ static uint32_t rand32(uint64_t *st)
 static void test_q8_0_vector_scalar(void **state)
 {
 	(void)state;
-	enum { NB = 20000 };
+	enum { NB = 20003 }; /* not a multiple of the vector code's 8-block groups */
 	float *x = alloc_or_fail(NB * 32 * sizeof(float));
 	uint8_t *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34);
 	uint64_t st = 0x12345678;
@@ -161,7 +161,7 @@ static void test_q8_0_vector_scalar(void **state)
 static void test_q8_0_bf16(void **state)
 {
 	(void)state;
-	enum { NB = 20000 };
+	enum { NB = 20003 }; /* not a multiple of the vector code's 8-block groups */
 	uint8_t *x = alloc_or_fail(NB * 32 * 2 + 1), *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34),
 		*c = alloc_or_fail(NB * 34);
 	float *w = alloc_or_fail(NB * 32 * sizeof(float));
@@ -429,6 +429,35 @@ static void test_vocab_spm(void **state)
 	gguf_kv_free(&kv);
 }
 
+/* tokenizer.json is read as a stream: SPM_TOK written another way (members in another
+ * order, escaped names and keys, ids as 4.0 and 5e0, members to skip holding nested
+ * values, later duplicates of "type" and "model", which lookups by name never see)
+ * gives the same bytes. */
+static void test_vocab_stream(void **state)
+{
+	(void)state;
+	static const char other[] =
+		"{\"version\":\"1.0\",\"truncation\":null,\"decoder\":{\"type\":\"Sequence\",\"decoders\":"
+		"[{\"type\":\"Replace\",\"pattern\":{\"String\":\"x\"}},[1,[2,{}]]]},"
+		"\"m\\u006fdel\":{\"merges\":[\"a b\",[\"ab\",\"b\"]],\"dropout\":null,"
+		"\"vocab\":{\"<unk>\":0,\"<s>\":1,\"<0x0A>\":2,\"\\u0061\":3,\"b\":4.0,\"ab\":5e0,\"abb\":6},"
+		"\"typ\\u0065\":\"BPE\",\"byte_fallback\":true,\"extra\":[[1,{\"a\":[2]}],\"x\"],"
+		"\"unk_token\":\"<unk>\",\"type\":\"WordLevel\",\"vocab\":{\"zz\":99}},"
+		"\"normalizer\":{\"type\":\"Prepend\",\"prepend\":\"\\u2581\"},"
+		"\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},{\"id\":1,\"content\":\"<s>\","
+		"\"special\":true}],\"model\":{\"type\":\"WordLevel\"}}";
+	const char *cfg = "{\"bos_token\":{\"content\":\"<s>\"},\"add_bos_token\":true}";
+	struct gguf_kv a, b;
+	struct ckpt_err err;
+	assert_int_equal(vocab(SPM_TOK, cfg, 8, &a, &err), 0);
+	assert_int_equal(vocab(other, cfg, 8, &b, &err), 0);
+	assert_int_equal(a.n, b.n);
+	assert_int_equal(a.len, b.len);
+	assert_memory_equal(a.buf, b.buf, a.len);
+	gguf_kv_free(&a);
+	gguf_kv_free(&b);
+}
+
 static void test_vocab_hostile(void **state)
 {
 	(void)state;
@@ -557,7 +586,8 @@ int main(void)
 		cmocka_unit_test(test_q8_0_bf16),  cmocka_unit_test(test_q8_0_expr_ranges),
 		cmocka_unit_test(test_q8_0_expr_split),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
-		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_rope_rows),
+		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_vocab_stream),
+		cmocka_unit_test(test_rope_rows),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
