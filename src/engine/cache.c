@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +66,8 @@
  * tries the configured level again only every this many chunks. */
 #define REPROBE_EVERY 16
 #define REPROBE_MAX 256
+/* The writer thread's nice value (readers run at the daemon's own). */
+#define WRITER_NICE 10
 
 struct centry {
 	char *key;
@@ -621,8 +625,26 @@ static int write_all(int fd, const void *p, size_t n)
 /* Store one job; false when it could not be written. */
 /* What the writer keeps between jobs: its two compressors and whether the
  * stream of chunks it is on compresses well enough to be worth decoding. */
+/* An entry written under its temporary name, waiting for its flush. */
+struct held {
+	int fd;
+	char tmp[40];
+	struct job *job;
+	bool raw, ok;
+	size_t total; /* its bytes on disk */
+};
+
+/* Entries written before their names are given in one round: enough for
+ * a flush to find the oldest written back already, few enough that the
+ * pinned chunks (a chunk each) stay small beside the queue's bound. */
+#define PUBLISH_BATCH 8
+
 struct writer {
 	ZSTD_CCtx *z, *zfast; /* the configured level; raw literals */
+	uint8_t *buf;	      /* an entry's header and frame */
+	size_t cap;
+	struct held held[PUBLISH_BATCH];
+	size_t nheld;
 	char *key;	      /* the key of the last job */
 	bool fast;	      /* that key's chunks are stored with raw literals */
 	unsigned since_probe, every; /* chunks since the last trial; trials' spacing */
@@ -680,20 +702,50 @@ static size_t entry_compress(struct cache *c, struct writer *w, const struct job
 	return zl;
 }
 
-static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
+static void mem_evict(struct cache *c);
+
+/* A job is over (its entry named, or given up): unpin its chunk, free it,
+ * wake whoever waits for room or for the writer to be idle. */
+static void job_finish(struct cache *c, struct job *j, bool ok)
+{
+	pthread_mutex_lock(&c->mu);
+	if (!ok)
+		c->st.disk_failed++;
+	c->st.disk_pending--;
+	c->qbusy--;
+	j->entry->pins--;
+	mem_evict(c);
+	free(j->key);
+	free(j);
+	pthread_cond_broadcast(&c->qroom);
+	if (!c->qhead && !c->qbusy)
+		pthread_cond_broadcast(&c->qidle);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Write one job's entry under a temporary name: the fd stays open in
+ * w->held[w->nheld] until disk_publish gives it its name. false when it
+ * could not be written. */
+static bool disk_store(struct cache *c, struct writer *w, struct job *j)
 {
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
-	/* room for a frame, or for a raw entry's padding */
-	uint8_t *buf = malloc(ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN);
-	if (!buf)
-		return false;
+	/* room for a frame, or for a raw entry's padding; kept between jobs (a
+	 * chunk's bound is over glibc's mmap threshold: a fresh buffer per job
+	 * cost a mapping, its page faults and an unmapping) */
+	size_t need = ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN;
+	if (need > w->cap) {
+		free(w->buf);
+		w->cap = 0;
+		if (!(w->buf = malloc(need)))
+			return false;
+		w->cap = need;
+	}
+	uint8_t *buf = w->buf;
 	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
 	bool raw = !c->keyed;
 	size_t zl = entry_compress(c, w, j, buf + ENTRY_HDR + klen, bound, &raw);
-	if (ZSTD_isError(zl)) {
-		free(buf);
+	if (ZSTD_isError(zl))
 		return false;
-	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
 	memcpy(buf, raw ? ENTRY_MAGIC_RAW : c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
@@ -711,43 +763,100 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		total += MAC_LEN;
 		head = total;
 	}
-	char tmp[40], name[40];
-	entry_file_name(c, j->key, j->chunk, name);
-	int fd = tmp_create(c, tmp);
+	struct held *h = &w->held[w->nheld];
+	int fd = tmp_create(c, h->tmp);
 	int r = fd < 0 ? fd : write_all(fd, buf, head);
 	if (r == 0 && raw)
 		r = write_all(fd, j->data, j->len);
-	if (fd >= 0 && close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && renameat(c->dirfd, tmp, c->dirfd, name) < 0)
-		r = -errno;
-	free(buf);
+	/* Writeback starts now, a chunk at a time, rather than when the kernel
+	 * finds gigabytes dirty (a merged model is written whole by its first
+	 * mount): the flush before the rename then finds it done. */
+	if (r == 0)
+		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	if (r < 0) {
-		if (fd >= 0)
-			unlinkat(c->dirfd, tmp, 0);
+		if (fd >= 0) {
+			close(fd);
+			unlinkat(c->dirfd, h->tmp, 0);
+		}
 		disk_off(c, "cannot write", -r);
 		return false;
 	}
-	pthread_mutex_lock(&c->mu);
-	c->raw_likely = raw;
-	c->st.disk_written++;
-	c->st.disk.bytes_in += j->len;
-	c->st.disk_raw_bytes += j->len;
-	c->st.disk_compressed_bytes += total;
-	c->disk_used += total;
-	bool over = c->disk_used > c->o.disk_bytes;
-	pthread_mutex_unlock(&c->mu);
-	if (over)
-		disk_enforce(c, true);
+	h->fd = fd;
+	h->job = j;
+	h->raw = raw;
+	h->total = total;
+	w->nheld++;
 	return true;
 }
 
-static void mem_evict(struct cache *c);
+/* Name the entries written since the last call, once their bytes are on
+ * disk: an entry is never seen under its name before its bytes (after a
+ * crash, a renamed file whose data never landed reads as zeros or holes on
+ * some file systems, and a raw entry carries no checksum). One round of
+ * fdatasync per batch: the first pays the journal commit, the rest find
+ * their bytes written back already. Then each job is finished. */
+static void disk_publish(struct cache *c, struct writer *w)
+{
+	int err = 0;
+	for (size_t i = 0; i < w->nheld; i++) {
+		struct held *h = &w->held[i];
+		if (!err && fdatasync(h->fd) < 0)
+			err = errno;
+		if (close(h->fd) < 0 && !err && errno != EINTR)
+			err = errno;
+	}
+	for (size_t i = 0; i < w->nheld; i++) {
+		struct held *h = &w->held[i];
+		char name[40];
+		entry_file_name(c, h->job->key, h->job->chunk, name);
+		if (!err && renameat(c->dirfd, h->tmp, c->dirfd, name) < 0)
+			err = errno;
+		bool ok = !err;
+		if (!ok)
+			unlinkat(c->dirfd, h->tmp, 0);
+		pthread_mutex_lock(&c->mu);
+		if (ok) {
+			c->raw_likely = h->raw;
+			c->st.disk_written++;
+			c->st.disk.bytes_in += h->job->len;
+			c->st.disk_raw_bytes += h->job->len;
+			c->st.disk_compressed_bytes += h->total;
+			c->disk_used += h->total;
+			c->st.disk.bytes_stored = c->disk_used;
+		}
+		pthread_mutex_unlock(&c->mu);
+		h->ok = ok;
+	}
+	if (err)
+		disk_off(c, "cannot write", err);
+	pthread_mutex_lock(&c->mu);
+	bool over = c->disk_used > c->o.disk_bytes;
+	pthread_mutex_unlock(&c->mu);
+	/* before the jobs end: a flushed cache is within its bound */
+	if (over)
+		disk_enforce(c, true);
+	for (size_t i = 0; i < w->nheld; i++)
+		job_finish(c, w->held[i].job, w->held[i].ok);
+	w->nheld = 0;
+}
+
+/* Lower the calling thread's CPU and I/O priority. The writer's work can
+ * wait and the readers' cannot: on a machine whose cores the readers keep
+ * busy, it takes what they leave, and the queue (bounded) holds the rest
+ * until the burst of reads ends. Best effort: a failure leaves it as it was. */
+static void writer_yield_priority(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	setpriority(PRIO_PROCESS, (id_t)tid, WRITER_NICE);
+	/* best-effort class, lowest level: never starved, unlike the idle class */
+	syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, (2 << 13) /* IOPRIO_CLASS_BE */ | 7);
+}
 
 static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
 	bool sized = false;
+	writer_yield_priority();
 	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx(), .every = REPROBE_EVERY };
 	ZSTD_CCtx *z = w.z;
 	if (z) {
@@ -760,8 +869,18 @@ static void *writer_main(void *arg)
 	}
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
-		while (!c->qhead && !c->stop)
+		/* Nothing queued: what is written is published before the writer
+		 * sleeps (or stops), so an idle cache holds no entry unnamed. */
+		if (!c->qhead && w.nheld) {
+			pthread_mutex_unlock(&c->mu);
+			disk_publish(c, &w);
+			pthread_mutex_lock(&c->mu);
+			continue;
+		}
+		if (!c->qhead && !c->stop) {
 			pthread_cond_wait(&c->qcv, &c->mu);
+			continue;
+		}
 		struct job *j = c->qhead;
 		if (!j)
 			break;
@@ -773,32 +892,29 @@ static void *writer_main(void *arg)
 		c->qcur = j;
 		bool on = c->st.disk_enabled && z;
 		pthread_mutex_unlock(&c->mu);
-		bool ok = on && disk_store(c, &w, j);
 		if (!sized) {
 			/* Size the directory (other processes' entries included) once,
-			 * here rather than at mount, and after the first entry is safe. */
+			 * here rather than at mount, before any entry of ours is
+			 * counted: publishing adds each. */
 			disk_enforce(c, true);
 			sized = true;
 		}
+		bool ok = on && disk_store(c, &w, j);
 		pthread_mutex_lock(&c->mu);
 		/* Cleared before the job is freed: disk_queue compares against it. */
 		c->qcur = NULL;
+		pthread_mutex_unlock(&c->mu);
 		if (!ok)
-			c->st.disk_failed++;
-		c->st.disk_pending--;
-		c->qbusy--;
-		j->entry->pins--;
-		mem_evict(c);
-		free(j->key);
-		free(j);
-		pthread_cond_broadcast(&c->qroom);
-		if (!c->qhead && !c->qbusy)
-			pthread_cond_broadcast(&c->qidle);
+			job_finish(c, j, false);
+		if (w.nheld == PUBLISH_BATCH)
+			disk_publish(c, &w);
+		pthread_mutex_lock(&c->mu);
 	}
 	pthread_mutex_unlock(&c->mu);
 	ZSTD_freeCCtx(w.z);
 	ZSTD_freeCCtx(w.zfast);
 	free(w.key);
+	free(w.buf);
 	return NULL;
 }
 
