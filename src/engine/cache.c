@@ -635,7 +635,6 @@ struct held {
 	char tmp[40], name[40];
 	uint64_t len;  /* the chunk's bytes */
 	size_t total;  /* the entry's bytes on disk */
-	bool raw, ok;
 };
 
 /* What the writer keeps between jobs: its two compressors, whether the
@@ -793,9 +792,11 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		disk_off(c, "cannot write", -r);
 		return false;
 	}
+	pthread_mutex_lock(&c->mu);
+	c->raw_likely = raw; /* the policy's guess at how the next chunk is stored */
+	pthread_mutex_unlock(&c->mu);
 	entry_file_name(c, j->key, j->chunk, h->name);
 	h->len = j->len;
-	h->raw = raw;
 	h->total = total;
 	w->nheld++;
 	w->held_bytes += total;
@@ -827,6 +828,7 @@ static void disk_publish(struct cache *c, struct writer *w)
 				close(fds[i]);
 			if (!err && renameat(c->dirfd, h->tmp, c->dirfd, h->name) < 0)
 				err = errno;
+			w->held_bytes -= h->total;
 			if (err) {
 				unlinkat(c->dirfd, h->tmp, 0);
 				failed++;
@@ -835,7 +837,6 @@ static void disk_publish(struct cache *c, struct writer *w)
 				continue;
 			}
 			pthread_mutex_lock(&c->mu);
-			c->raw_likely = h->raw;
 			c->st.disk_written++;
 			c->st.disk.bytes_in += h->len;
 			c->st.disk_raw_bytes += h->len;
@@ -843,7 +844,6 @@ static void disk_publish(struct cache *c, struct writer *w)
 			c->disk_used += h->total;
 			c->st.disk.bytes_stored = c->disk_used;
 			pthread_mutex_unlock(&c->mu);
-			w->held_bytes -= h->total;
 		}
 		w->first += n;
 		if (w->first == w->nheld)
