@@ -112,9 +112,15 @@ note "  export hf@bf16/ -o lora= == mount"
     fail "inspect does not count the 14 merged modules"
 
 note "=== cache"
-cache_counts() { # disk hits, computed chunks, entries written
-    "$PYTHON" -c 'import json, sys
-c = json.load(open(sys.argv[1] + "/.ckptfs/stats"))["cache"]
+cache_counts() { # disk hits, computed chunks, entries written, once the writer is idle
+    # (it names its entries when no chunk came for a moment; 30 s at most)
+    "$PYTHON" -c 'import json, sys, time
+deadline = time.monotonic() + 30
+while True:
+    c = json.load(open(sys.argv[1] + "/.ckptfs/stats"))["cache"]
+    if c["disk"]["pending"] == 0 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
 print(c["disk"]["hits"], c["computed_chunks"], c["disk"]["written"])' "$1"
 }
 for k in 1 2; do

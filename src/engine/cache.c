@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +65,16 @@
  * tries the configured level again only every this many chunks. */
 #define REPROBE_EVERY 16
 #define REPROBE_MAX 256
+/* A burst of reads is over when no chunk was queued for this long: the
+ * writer names what it wrote then (fdatasync, rename), so the flushes
+ * never compete with the reads that made the chunks. */
+#define PUBLISH_IDLE_NS 200000000L
+/* Bytes of entries the writer holds unnamed at most: what a crash loses
+ * and an unmount waits to flush (seconds at a disk's speed). Their chunks
+ * are not kept in memory: this costs ~100 bytes an entry. */
+#define PUBLISH_HELD_MAX (4ULL << 30)
+/* Files whose writeback is started together before waiting for the first. */
+#define PUBLISH_GROUP 16
 
 struct centry {
 	char *key;
@@ -117,6 +128,7 @@ struct cache {
 	/* the disk writer */
 	pthread_t writer;
 	bool writer_running, stop;
+	bool flush_wanted; /* cache_flush waits: the writer names what it holds at once */
 	pthread_cond_t qcv, qidle, qroom;
 	struct job *qhead, *qtail;
 	const struct job *qcur; /* the job the writer is storing */
@@ -633,11 +645,23 @@ static int write_all(int fd, const void *p, size_t n)
 	return 0;
 }
 
-/* Store one job; false when it could not be written. */
-/* What the writer keeps between jobs: its two compressors and whether the
- * stream of chunks it is on compresses well enough to be worth decoding. */
+/* An entry written under a temporary name, waiting to be named. */
+struct held {
+	char tmp[40], name[40];
+	uint64_t len;  /* the chunk's bytes */
+	size_t total;  /* the entry's bytes on disk */
+};
+
+/* What the writer keeps between jobs: its two compressors, whether the
+ * stream of chunks it is on compresses well enough to be worth decoding,
+ * and the entries it wrote that have no name yet. */
 struct writer {
 	ZSTD_CCtx *z, *zfast; /* the configured level; raw literals */
+	uint8_t *buf;	      /* an entry's header and frame */
+	size_t cap;
+	struct held *held; /* [first, nheld) wait to be named */
+	size_t first, nheld, held_cap;
+	uint64_t held_bytes;
 	char *key;	      /* the key of the last job */
 	bool fast;	      /* that key's chunks are stored with raw literals */
 	unsigned since_probe, every; /* chunks since the last trial; trials' spacing */
@@ -695,20 +719,64 @@ static size_t entry_compress(struct cache *c, struct writer *w, const struct job
 	return zl;
 }
 
+static void mem_evict(struct cache *c);
+
+/* The writer is done with a job's chunk (its bytes are in an entry file,
+ * or will never be): unpin it and free the job. */
+static void job_release(struct cache *c, struct job *j)
+{
+	pthread_mutex_lock(&c->mu);
+	j->entry->pins--;
+	mem_evict(c);
+	pthread_cond_broadcast(&c->qroom); /* its bytes left the queue */
+	pthread_mutex_unlock(&c->mu);
+	free(j->key);
+	free(j);
+}
+
+/* n chunks are over (their entries named, or given up; `failed` of them
+ * given up): wake whoever waits for room or for the writer to be idle. */
+static void jobs_done(struct cache *c, size_t n, size_t failed)
+{
+	pthread_mutex_lock(&c->mu);
+	c->st.disk_failed += failed;
+	c->st.disk_pending -= n;
+	c->qbusy -= (unsigned)n;
+	if (!c->qhead && !c->qbusy)
+		pthread_cond_broadcast(&c->qidle);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Write one job's entry under a temporary name and note it in w->held,
+ * where disk_publish finds it. false when it could not be written. */
 static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 {
+	if (w->nheld == w->held_cap) {
+		size_t ncap = w->held_cap ? 2 * w->held_cap : 64;
+		struct held *nh = realloc(w->held, ncap * sizeof(*nh));
+		if (!nh)
+			return false;
+		w->held = nh;
+		w->held_cap = ncap;
+	}
 	size_t klen = strlen(j->key), bound = ZSTD_compressBound(j->len);
-	/* room for a frame, or for a raw entry's padding */
-	uint8_t *buf = malloc(ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN);
-	if (!buf)
-		return false;
+	/* room for a frame, or for a raw entry's padding; kept between jobs (a
+	 * chunk's bound is over glibc's mmap threshold: a fresh buffer per job
+	 * cost a mapping, its page faults and an unmapping) */
+	size_t need = ENTRY_HDR + klen + (bound > RAW_ALIGN ? bound : RAW_ALIGN) + MAC_LEN;
+	if (need > w->cap) {
+		free(w->buf);
+		w->cap = 0;
+		if (!(w->buf = malloc(need)))
+			return false;
+		w->cap = need;
+	}
+	uint8_t *buf = w->buf;
 	/* Raw entries carry no MAC: a shared directory keeps compressed ones. */
 	bool raw = !c->keyed;
 	size_t zl = entry_compress(c, w, j, buf + ENTRY_HDR + klen, bound, &raw);
-	if (ZSTD_isError(zl)) {
-		free(buf);
+	if (ZSTD_isError(zl))
 		return false;
-	}
 	uint32_t hk = (uint32_t)klen;
 	uint64_t hl = j->len;
 	memcpy(buf, raw ? ENTRY_MAGIC_RAW : c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
@@ -726,43 +794,128 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 		total += MAC_LEN;
 		head = total;
 	}
-	char tmp[40], name[40];
-	entry_file_name(c, j->key, j->chunk, name);
-	int fd = tmp_create(c, tmp);
+	struct held *h = &w->held[w->nheld];
+	int fd = tmp_create(c, h->tmp);
 	int r = fd < 0 ? fd : write_all(fd, buf, head);
 	if (r == 0 && raw)
 		r = write_all(fd, j->data, j->len);
-	if (fd >= 0 && close(fd) < 0 && r == 0)
+	if (fd >= 0 && close(fd) < 0 && r == 0 && errno != EINTR)
 		r = -errno;
-	if (r == 0 && renameat(c->dirfd, tmp, c->dirfd, name) < 0)
-		r = -errno;
-	free(buf);
 	if (r < 0) {
 		if (fd >= 0)
-			unlinkat(c->dirfd, tmp, 0);
+			unlinkat(c->dirfd, h->tmp, 0);
 		disk_off(c, "cannot write", -r);
 		return false;
 	}
 	pthread_mutex_lock(&c->mu);
-	c->raw_likely = raw;
-	c->st.disk_written++;
-	c->st.disk.bytes_in += j->len;
-	c->st.disk_raw_bytes += j->len;
-	c->st.disk_compressed_bytes += total;
-	c->disk_used += total;
-	bool over = c->disk_used > c->o.disk_bytes;
+	c->raw_likely = raw; /* the policy's guess at how the next chunk is stored */
 	pthread_mutex_unlock(&c->mu);
-	if (over)
-		disk_enforce(c, true);
+	entry_file_name(c, j->key, j->chunk, h->name);
+	h->len = j->len;
+	h->total = total;
+	w->nheld++;
+	w->held_bytes += total;
 	return true;
 }
 
-static void mem_evict(struct cache *c);
+/* Give the held entries their names, once their bytes are on disk: an
+ * entry is never seen under its name before its bytes (after a crash, a
+ * file renamed before its data landed reads as zeros or holes on some
+ * file systems, and a raw entry carries no checksum). Writeback of a
+ * group of files is started first, then each is waited for, so the disk
+ * has them all in flight and a journal commit serves the group. Stops
+ * after a group when chunks are queued (unless it must finish): the queue
+ * is bounded, and readers wait for room in it. */
+static void disk_publish(struct cache *c, struct writer *w)
+{
+	while (w->first < w->nheld) {
+		size_t g = w->first, n = w->nheld - g < PUBLISH_GROUP ? w->nheld - g : PUBLISH_GROUP, failed = 0;
+		int fds[PUBLISH_GROUP];
+		for (size_t i = 0; i < n; i++) {
+			fds[i] = openat(c->dirfd, w->held[g + i].tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fds[i] >= 0)
+				sync_file_range(fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct held *h = &w->held[g + i];
+			int err = fds[i] < 0 ? errno : fdatasync(fds[i]) < 0 ? errno : 0;
+			if (fds[i] >= 0)
+				close(fds[i]);
+			if (!err && renameat(c->dirfd, h->tmp, c->dirfd, h->name) < 0)
+				err = errno;
+			w->held_bytes -= h->total;
+			if (err) {
+				unlinkat(c->dirfd, h->tmp, 0);
+				failed++;
+				if (err != ENOENT) /* ENOENT: the temp file is gone (a stale one, removed by another mount) */
+					disk_off(c, "cannot write", err);
+				continue;
+			}
+			pthread_mutex_lock(&c->mu);
+			c->st.disk_written++;
+			c->st.disk.bytes_in += h->len;
+			c->st.disk_raw_bytes += h->len;
+			c->st.disk_compressed_bytes += h->total;
+			c->disk_used += h->total;
+			c->st.disk.bytes_stored = c->disk_used;
+			pthread_mutex_unlock(&c->mu);
+		}
+		w->first += n;
+		if (w->first == w->nheld)
+			w->first = w->nheld = 0;
+		pthread_mutex_lock(&c->mu);
+		bool over = c->disk_used > c->o.disk_bytes;
+		bool more = c->qhead && !c->stop && !c->flush_wanted;
+		pthread_mutex_unlock(&c->mu);
+		/* before the chunks count as done: a flushed cache is within its bound */
+		if (over)
+			disk_enforce(c, true);
+		jobs_done(c, n, failed);
+		if (more && w->held_bytes < PUBLISH_HELD_MAX)
+			return;
+	}
+}
+
+/* The writer's flushes go at the lowest best-effort I/O priority: reads
+ * of sources (a cold model) come first. Its CPU priority stays the
+ * daemon's: at nice 10 it fell behind on a loaded machine, the queue
+ * filled and readers waited for room (measured no faster otherwise).
+ * Best effort: a failure leaves it as it was. */
+static void writer_io_priority(void)
+{
+	syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0 /* this thread */, (2 << 13) /* IOPRIO_CLASS_BE */ | 7);
+}
+
+/* Whether the writer should name what it holds now: the queue is empty
+ * and either someone waits for it (a flush, the end) or no chunk came for
+ * PUBLISH_IDLE_NS (the burst of reads is over), or it holds its most.
+ * Called locked; may wait on qcv. */
+static bool publish_due(struct cache *c, const struct writer *w)
+{
+	if (w->first == w->nheld)
+		return false;
+	if (w->held_bytes >= PUBLISH_HELD_MAX)
+		return true;
+	if (c->qhead)
+		return false;
+	if (c->flush_wanted || c->stop)
+		return true;
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += PUBLISH_IDLE_NS;
+	until.tv_sec += until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	while (!c->qhead && !c->flush_wanted && !c->stop)
+		if (pthread_cond_timedwait(&c->qcv, &c->mu, &until) == ETIMEDOUT)
+			return !c->qhead;
+	return !c->qhead;
+}
 
 static void *writer_main(void *arg)
 {
 	struct cache *c = arg;
 	bool sized = false;
+	writer_io_priority();
 	struct writer w = { .z = ZSTD_createCCtx(), .zfast = ZSTD_createCCtx(), .every = REPROBE_EVERY };
 	ZSTD_CCtx *z = w.z;
 	if (z) {
@@ -775,8 +928,18 @@ static void *writer_main(void *arg)
 	}
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
-		while (!c->qhead && !c->stop)
+		if (publish_due(c, &w)) {
+			pthread_mutex_unlock(&c->mu);
+			disk_publish(c, &w);
+			pthread_mutex_lock(&c->mu);
+			continue;
+		}
+		if (!c->qhead && !c->stop) {
+			if (w.first == w.nheld)
+				c->flush_wanted = false;
 			pthread_cond_wait(&c->qcv, &c->mu);
+			continue;
+		}
 		struct job *j = c->qhead;
 		if (!j)
 			break;
@@ -788,32 +951,29 @@ static void *writer_main(void *arg)
 		c->qcur = j;
 		bool on = c->st.disk_enabled && z;
 		pthread_mutex_unlock(&c->mu);
-		bool ok = on && disk_store(c, &w, j);
 		if (!sized) {
 			/* Size the directory (other processes' entries included) once,
-			 * here rather than at mount, and after the first entry is safe. */
+			 * here rather than at mount, before any entry of ours is
+			 * counted: publishing adds each. */
 			disk_enforce(c, true);
 			sized = true;
 		}
+		bool ok = on && disk_store(c, &w, j);
 		pthread_mutex_lock(&c->mu);
 		/* Cleared before the job is freed: disk_queue compares against it. */
 		c->qcur = NULL;
+		pthread_mutex_unlock(&c->mu);
+		job_release(c, j);
 		if (!ok)
-			c->st.disk_failed++;
-		c->st.disk_pending--;
-		c->qbusy--;
-		j->entry->pins--;
-		mem_evict(c);
-		free(j->key);
-		free(j);
-		pthread_cond_broadcast(&c->qroom);
-		if (!c->qhead && !c->qbusy)
-			pthread_cond_broadcast(&c->qidle);
+			jobs_done(c, 1, 1);
+		pthread_mutex_lock(&c->mu);
 	}
 	pthread_mutex_unlock(&c->mu);
 	ZSTD_freeCCtx(w.z);
 	ZSTD_freeCCtx(w.zfast);
 	free(w.key);
+	free(w.buf);
+	free(w.held);
 	return NULL;
 }
 
@@ -1386,12 +1546,12 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->pool_mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
-	pthread_cond_init(&c->qcv, NULL);
 	pthread_cond_init(&c->qidle, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->qroom, &ca);
+	pthread_cond_init(&c->qcv, &ca); /* the writer's wait for the end of a burst is timed too */
 	pthread_condattr_destroy(&ca);
 	if (o->dir) {
 		c->dir = strdup(o->dir);
@@ -1415,8 +1575,11 @@ int cache_open(struct cache **out, const struct cache_opts *o, struct ckpt_err *
 void cache_flush(struct cache *c)
 {
 	pthread_mutex_lock(&c->mu);
-	while (c->writer_running && (c->qhead || c->qbusy))
+	while (c->writer_running && (c->qhead || c->qbusy)) {
+		c->flush_wanted = true;
+		pthread_cond_signal(&c->qcv);
 		pthread_cond_wait(&c->qidle, &c->mu);
+	}
 	pthread_mutex_unlock(&c->mu);
 }
 

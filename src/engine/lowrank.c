@@ -46,10 +46,36 @@ static int read_f32(const struct lowrank_io *io, const struct expr *x, uint64_t 
 	return r < 0 ? r : cast_run(CKPT_F32, out, x->dtype, tmp, (size_t)n);
 }
 
-/* Every Q of e widened, one after the other: all of each serves every
- * tile, so it is made once and kept with the node (r x cols floats, small
- * beside the rows it serves). Racing first readers each make one; the
- * first published wins. */
+/* Every Q of e widened into q, one after the other; tmp holds the
+ * largest in its own type. */
+static int q_widen_all(const struct lowrank_io *io, const struct expr *e, float *q, void *tmp)
+{
+	const uint64_t C = e->shape[1];
+	uint64_t qoff = 0;
+	for (size_t k = 0; k < e->nargs / 2; k++) {
+		const struct expr *qk = e->args[2 + 2 * k];
+		int r = read_f32(io, qk, 0, qk->shape[0] * C, q + qoff, tmp);
+		if (r < 0)
+			return r;
+		qoff += qk->shape[0] * C;
+	}
+	return 0;
+}
+
+/* Under a guard of its own: a fault in a mapped Q must end here, so that
+ * q_widened frees its buffers (the caller's guard would jump past them).
+ * Not inlined: the jump back would clobber the caller's register locals. */
+static __attribute__((noinline)) int q_widen_guarded(const struct lowrank_io *io, const struct expr *e, float *q,
+						     void *tmp)
+{
+	volatile int r = -EIO;
+	GUARDED(r = q_widen_all(io, e, q, tmp), r = -EIO);
+	return r;
+}
+
+/* Every Q of e widened: all of each serves every tile, so it is made once
+ * and kept with the node (r x cols floats, small beside the rows it
+ * serves). Racing first readers each make one; the first published wins. */
 static int q_widened(const struct lowrank_io *io, const struct expr *e, const float **out)
 {
 	float *q = __atomic_load_n(&e->qf32, __ATOMIC_ACQUIRE);
@@ -68,13 +94,7 @@ static int q_widened(const struct lowrank_io *io, const struct expr *e, const fl
 	/* Sizes are bounded by the arguments' byte counts, checked at construction. */
 	float *mine = malloc((size_t)qelems * sizeof(float));
 	void *tmp = malloc((size_t)(rmax * C) * 8);
-	int r = mine && tmp ? 0 : -ENOMEM;
-	uint64_t qoff = 0;
-	for (size_t k = 0; k < nterms && r == 0; k++) {
-		const struct expr *qk = e->args[2 + 2 * k];
-		r = read_f32(io, qk, 0, qk->shape[0] * C, mine + qoff, tmp);
-		qoff += qk->shape[0] * C;
-	}
+	int r = mine && tmp ? q_widen_guarded(io, e, mine, tmp) : -ENOMEM;
 	free(tmp);
 	if (r < 0) {
 		free(mine);

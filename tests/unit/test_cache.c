@@ -779,6 +779,36 @@ static void fill_dir(const char *dir, const struct expr *e, const char *key, con
 	(void)s;
 }
 
+/* The writer names its entries only once their bytes are on disk, and
+ * holds them meanwhile: closing the cache without a flush (an unmount)
+ * names every one, leaves no temp file, and the next cache reads them all. */
+static void test_close_publishes(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, 5000);
+	cache_close(c);
+	size_t nfiles, nzst, ntmp;
+	dir_total(dir, &nfiles, &nzst, &ntmp);
+	assert_int_equal(nzst, BIG_CHUNKS);
+	assert_int_equal(ntmp, 0);
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	read_all_check(c, e, key, want, 3000);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk.hits, BIG_CHUNKS);
+	assert_int_equal(s.computed_chunks, 0);
+	cache_close(c);
+	free(key);
+	free(want);
+	expr_unref(e);
+	rm_rf(dir);
+	free(dir);
+}
+
 static void test_disk_format_and_second_cache(void **state)
 {
 	(void)state;
@@ -1948,6 +1978,7 @@ int main(void)
 		cmocka_unit_test_setup(test_mem_bound, setup),
 		cmocka_unit_test_setup(test_threads_compute_once, setup),
 		cmocka_unit_test_setup(test_disk_format_and_second_cache, setup),
+		cmocka_unit_test_setup(test_close_publishes, setup),
 		cmocka_unit_test_setup(test_disk_corrupt, setup),
 		cmocka_unit_test_setup(test_disk_bound, setup),
 		cmocka_unit_test_setup(test_dir_unusable, setup),

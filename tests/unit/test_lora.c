@@ -9,11 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "ckptfs/cast.h"
 #include "ckptfs/expr.h"
+#include "ckptfs/guard.h"
 #include "ckptfs/lora.h"
 
 /* ---- adapter_config.json ---- */
@@ -561,6 +564,52 @@ static void test_op_refused(void **state)
 	assert_null(expr_lora(mat(2, 3, z, 0), NULL, mat(1, 3, z, 0), 1));
 }
 
+/* A Q (lora_A) mapped from a file truncated under its mapping: the read
+ * faults while the Q's are widened. It answers -EIO from inside the op (a
+ * fault that unwound past it would leak the widened buffer) and the node
+ * keeps no Q, so a later read widens it again. */
+static void test_op_fault_in_q(void **state)
+{
+	(void)state;
+	/* cmocka puts its own handler on SIGBUS around each test: ours goes back */
+	assert_int_equal(guard_install(), 0);
+	enum { R = 4, C = 64 };
+	char path[] = "/tmp/test_lora.XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	const size_t n = 4096;
+	uint16_t one[4096 / 2];
+	for (size_t i = 0; i < n / 2; i++)
+		one[i] = cast_f32_to_bf16(1.0f);
+	assert_int_equal(write(fd, one, n), (ssize_t)n);
+	void *map = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	static struct src_file fa;
+	fa = (struct src_file){ .name = "a", .path = "d/a", .fd = fd, .map = map, .size = n };
+	static struct cat_tensor ta;
+	ta = (struct cat_tensor){ .name = "a", .dtype = CKPT_BF16, .ndim = 2, .shape = { 1, C }, .file = &fa,
+				  .offset = 0, .nbytes = 2 * C };
+	static const float w[R * C], b[R] = { 1, 1, 1, 1 };
+	struct expr *e = expr_lora(mat(R, C, w, 0), mat(R, 1, b, 0), expr_source(&ta), 1.0f);
+	assert_non_null(e);
+	float out[R * C];
+	assert_int_equal(ftruncate(fd, 0), 0);
+	volatile int r = 1;
+	GUARDED(r = expr_read(e, 0, e->nbytes, out), r = 1000);
+	assert_int_not_equal(r, 1000); /* the fault escaped the op */
+	assert_int_equal(r, -EIO);
+	assert_null(e->qf32);
+	/* the file grows back: the next read widens Q and succeeds */
+	assert_int_equal(pwrite(fd, one, n, 0), (ssize_t)n);
+	read_all_f32(e, out);
+	for (size_t i = 0; i < R * C; i++)
+		assert_true(out[i] == 1.0f);
+	expr_unref(e);
+	munmap(map, n);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -573,6 +622,7 @@ int main(void)
 		cmocka_unit_test_setup(test_op_naive, lora_reset),
 		cmocka_unit_test_setup(test_op_refused, lora_reset),
 		cmocka_unit_test_setup(test_op_big, lora_reset),
+		cmocka_unit_test_setup(test_op_fault_in_q, lora_reset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
