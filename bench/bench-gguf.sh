@@ -177,12 +177,13 @@ for r in $(seq "$RUNS"); do
 	read_gbs "$MNT/gguf@q8_0" model.gguf
 	qw=$(best "${qw:-0}" "$GBS")
 	# how much of it went to the kernel as ranges of raw cache entries
-	spliced=$("$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["bytes_spliced"], s["cache"]["disk"]["range_bytes"], s["cache"]["disk"]["hits"], s["cache"]["computed_chunks"])' "$MNT/.ckptfs/stats")
+	spliced=$("$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1])); ra = s["readahead"]; print(s["bytes_spliced"], s["cache"]["disk"]["range_bytes"], s["cache"]["disk"]["hits"], s["cache"]["computed_chunks"], ra["requests"], ra["source_bytes_requested"], ra.get("view_bytes_cached", 0))' "$MNT/.ckptfs/stats")
 	umount_fs
 	rm -rf "$WORK/rcache"
 done
 echo "first read, hf/model.safetensors:   $(fmt "$hf") (baseline)"
 echo "first read, gguf@q8_0 cold:         $(fmt "$qc") = $(ratio "$qc" "$hf")x hf/ (target >= 0.3x: $(verdict "$(ratio "$qc" "$hf")" 0.3))"
 echo "first read, gguf@q8_0 from cache:   $(fmt "$qw") = $(ratio "$qw" "$hf")x hf/ (target >= 0.9x: $(verdict "$(ratio "$qw" "$hf")" 0.9))"
-read -r spl rng hits comp <<<"$spliced"
-echo "  (last warm read: $(gb "$spl") spliced, $(gb "$rng") as cache entry ranges, $hits disk hits, $comp chunks computed)"
+read -r spl rng hits comp rareq rasrc racached <<<"$spliced"
+echo "  (last warm read: $(gb "$spl") spliced, $(gb "$rng") as cache entry ranges, $hits disk hits, $comp chunks computed;" \
+	"read-ahead: $rareq requests for $(gb "$rasrc") of source, $(gb "$racached") of view left out as cached)"

@@ -17,12 +17,16 @@
 #   (a) second mount: tiny-llama mounted with cache_dir=$TESTDIR/c; the files
 #       read fully are identical to the expected ones; the writer drains
 #       (disk.pending == 0, disk.written == disk.misses == computed_chunks > 0
-#       on that mount: with a memory tier nothing is recomputed),
-#       an O_DIRECT re-read is served by the memory tier (memory.hits grow,
-#       nothing computed); after unmount the directory holds exactly one
-#       .zst per written chunk and no temp file.  A fresh mount reading the
-#       same files computes nothing: disk.hits == number of entries,
-#       disk.misses == 0, memory.misses == disk.hits, identical bytes.  The
+#       on that mount: with a memory tier nothing is recomputed; the
+#       read-ahead asked for source bytes), an O_DIRECT re-read is served by
+#       the memory tier (memory.hits grow, nothing computed, no source byte
+#       advised: readahead.source_bytes_requested unchanged, its
+#       view_bytes_cached grown); after unmount the directory holds exactly
+#       one .zst per written chunk and no temp file.  A fresh mount reading
+#       the same files computes nothing: disk.hits == number of entries,
+#       disk.misses == 0, memory.misses == disk.hits, identical bytes, and
+#       its read-ahead asks for no source byte (every chunk has an entry)
+#       while readahead.view_bytes_cached > 0.  The
 #       same for gpt2 native/ in the same directory (another source's
 #       entries are never hits for it: its first mount has disk.hits == 0),
 #       unmounted without waiting for the writer: the unmount flushes every
@@ -113,6 +117,8 @@ def dread(path):
 
 cmd = sys.argv[1]
 if cmd == "vars":          # vars MNT: the cache counters as shell assignments
+    ra = stats(sys.argv[2])["readahead"]
+    print("S_ra_source=%d S_ra_cached=%d" % (ra["source_bytes_requested"], ra["view_bytes_cached"]))
     s = stats(sys.argv[2])["cache"]
     if "state" in s:
         print("S_state=%s" % s["state"])
@@ -237,7 +243,8 @@ helper() {
 # load_stats MNT: set S_* from MNT's .ckptfs/stats (S_state, S_mem_hits,
 # S_mem_misses, S_mem_evictions, S_mem_bytes_stored, S_disk_hits, S_disk_misses,
 # S_disk_evictions, S_disk_bytes_stored, S_disk_bytes_out, S_disk_enabled,
-# S_written, S_bad, S_computed) and log the main ones
+# S_written, S_bad, S_computed; readahead: S_ra_source, S_ra_cached) and log
+# the main ones
 load_stats() {
     local v
     v=$(helper vars "$1") || fail "cannot read $1/.ckptfs/stats"
@@ -245,7 +252,7 @@ load_stats() {
     [ "$S_state" != on ] ||
         note "  stats: memory hits $S_mem_hits misses $S_mem_misses evictions $S_mem_evictions;" \
             "disk hits $S_disk_hits misses $S_disk_misses written $S_written dedup $S_dedup bad $S_bad evictions $S_disk_evictions;" \
-            "computed $S_computed"
+            "computed $S_computed; read-ahead source bytes $S_ra_source, view bytes cached $S_ra_cached"
 }
 
 # expect_eq WHAT GOT WANT
@@ -342,7 +349,7 @@ ALWAYS=cache_policy=always
 
 # ---- (a) a second mount reads the disk cache ----
 case_a() {
-    local c=$TESTDIR/c n comp mh
+    local c=$TESTDIR/c n comp mh ras rac
     note "=== (a) second mount hits the disk cache"
     SRCNAME=tl
     mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS"
@@ -356,11 +363,17 @@ case_a() {
     expect_eq "disk.hits (first mount)" "$S_disk_hits" 0
     expect_eq "disk.written (first mount)" "$S_written" "$comp"
     expect_eq "memory.misses (first mount)" "$S_mem_misses" "$comp"
+    # computed from the source: the read-ahead asked for it
+    expect_cmp "readahead.source_bytes_requested (first mount)" -gt "$S_ra_source" 0
     mh=$S_mem_hits
+    ras=$S_ra_source rac=$S_ra_cached
     # a re-read on the same mount: the memory tier, nothing computed, no disk read
     dread_check "$TESTDIR/m1" native@fp32/model.safetensors
     load_stats "$TESTDIR/m1"
     expect_cmp "memory.hits after an O_DIRECT re-read" -gt "$S_mem_hits" "$mh"
+    # the memory tier holds every chunk: no source is advised for the re-read
+    expect_eq "readahead.source_bytes_requested after the re-read" "$S_ra_source" "$ras"
+    expect_cmp "readahead.view_bytes_cached after the re-read" -gt "$S_ra_cached" "$rac"
     expect_eq "computed_chunks after the re-read" "$S_computed" "$comp"
     expect_eq "disk.hits after the re-read" "$S_disk_hits" 0
     umount_ckptfs
@@ -379,6 +392,10 @@ case_a() {
     expect_eq "computed_chunks on the fresh mount" "$S_computed" 0
     expect_eq "bad_entries_deleted on the fresh mount" "$S_bad" 0
     expect_cmp "disk.bytes_out on the fresh mount" -gt "$S_disk_bytes_out" 0
+    # every file read is computed, every chunk is on disk: the read-ahead
+    # asks for no source byte, and says how much it left out
+    expect_eq "readahead.source_bytes_requested on the fresh mount" "$S_ra_source" 0
+    expect_cmp "readahead.view_bytes_cached on the fresh mount" -gt "$S_ra_cached" 0
     umount_ckptfs
     expect_eq "entries after the second mount" "$(count_entries "$c")" "$n"
 

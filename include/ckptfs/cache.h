@@ -124,6 +124,16 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, int *fd,
 		   uint64_t *fd_off);
 
+/* Whether a read of byte off of the expression whose identity is key
+ * would be served by the cache without computing, so never reads the
+ * source: its chunk is in the memory tier (ready, being loaded or made, or
+ * waiting for the disk writer, which keeps it there until its entry is
+ * written), or a regular file of the user sits at its entry's final name
+ * (one fstatat; no entry bytes are read, so a bad entry counts as held).
+ * *chunk_end is the output offset where that chunk ends (the answer holds
+ * up to there). For the read-ahead: cheap enough to ask once per chunk. */
+bool cache_holds(struct cache *c, const char *key, uint64_t off, uint64_t *chunk_end);
+
 /* Bytes per chunk. */
 size_t cache_chunk_size(const struct cache *c);
 

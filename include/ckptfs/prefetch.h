@@ -51,6 +51,9 @@ struct prefetch_conf {
 	uint64_t direct_min; /* pieces at least this large, of files read with O_DIRECT too, are not advised */
 	struct prefetch_dev devs[PREFETCH_DEVS]; /* per device of the source files */
 	size_t ndevs;
+	/* The mount's cache, or NULL: computed bytes whose chunks it holds are
+	 * served from it, and their source ranges are not advised. */
+	struct cache *cache;
 };
 
 /* gap, req and block for a source on the device of fd: PREFETCH_GAP_PAGES,
@@ -83,6 +86,7 @@ struct prefetch_stats {
 	uint64_t source_bytes; /* source bytes they asked for (merged gaps included) */
 	uint64_t view_bytes;   /* view bytes advised ahead of the read that advised them */
 	uint64_t view_used;    /* of those, the bytes a later read of the same open file asked for */
+	uint64_t view_cached;  /* computed view bytes (of reads and windows) not advised: the cache holds their chunks */
 };
 
 /* The advice for bytes ahead of a read goes to a worker thread: on a
@@ -127,7 +131,8 @@ void prefetch_read(struct prefetch_file *p, const struct vfile *vf, uint64_t off
 		   const struct prefetch_conf *c, struct prefetch_stats *st, struct prefetch_queue *q);
 
 /* The source ranges of view bytes [off, off+len) of vf, merged as above,
- * given to fn (for the advice and for tests). Returns fn's first nonzero. */
+ * given to fn (for the advice and for tests), without those of computed
+ * bytes whose chunks c->cache holds. Returns fn's first nonzero. */
 int prefetch_ranges(const struct vfile *vf, uint64_t off, uint64_t len, const struct prefetch_conf *c, expr_range_fn fn,
 		    void *ctx);
 

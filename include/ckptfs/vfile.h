@@ -86,6 +86,10 @@ int vfile_check_sources(const struct vfile *vf);
 /* Index of the extent holding byte `off` (off < size). */
 size_t vfile_find(const struct vfile *vf, uint64_t off);
 
+/* An EXTENT_EXPR's cache identity (cache_key of its expression), made on
+ * first use and kept with the extent; NULL when out of memory. */
+const char *vfile_extent_key(const struct extent *x);
+
 /* Plan a read of [off, off+len), clamped to the file size. Computed bytes are
  * written into scratch (at least len bytes) at their position in the
  * request. Returns the number of bytes planned or a negative errno. */

@@ -1384,6 +1384,32 @@ int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint6
 	return (int64_t)n;
 }
 
+bool cache_holds(struct cache *c, const char *key, uint64_t off, uint64_t *chunk_end)
+{
+	uint64_t k = off / c->o.chunk;
+	*chunk_end = (k + 1) * c->o.chunk;
+	if (*chunk_end < off)
+		*chunk_end = UINT64_MAX;
+	uint64_t h = key_hash(key, k, 0xcbf29ce484222325ULL), h2 = key_hash(key, k, 0x84222325cbf29ce4ULL);
+	pthread_mutex_lock(&c->mu);
+	/* In memory, being made, or pinned for the writer (a queued chunk stays
+	 * in the memory tier until its entry is written): held. Written under a
+	 * temporary name and not named yet: not held, as a read computes it. */
+	bool held = mem_find(c, key, k, h) != NULL, disk = c->st.disk_enabled;
+	for (int i = 0; i < SPAN_SLOTS && !held; i++)
+		held = c->spans[i].fd >= 0 && c->spans[i].h1 == h && c->spans[i].h2 == h2;
+	pthread_mutex_unlock(&c->mu);
+	if (held || !disk)
+		return held;
+	/* An entry under its final name that could be this user's: a stat, no
+	 * read. One that proves bad is recomputed (unadvised) by the read. */
+	char name[40];
+	struct stat st;
+	entry_file_name(c, key, k, name);
+	return fstatat(c->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) && st.st_uid == c->uid &&
+	       (uint64_t)st.st_size >= ENTRY_HDR + strlen(key);
+}
+
 size_t cache_chunk_size(const struct cache *c)
 {
 	return c->o.chunk;

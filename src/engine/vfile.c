@@ -214,8 +214,8 @@ static int vplan_push_fd(struct vplan *p, int fd, uint64_t fd_off, size_t len)
 	return 0;
 }
 
-/* The extent's cache key, made once; racing threads agree on one copy. */
-static const char *extent_key(const struct extent *x)
+/* Made once; racing threads agree on one copy. */
+const char *vfile_extent_key(const struct extent *x)
 {
 	char *k = __atomic_load_n(&x->key, __ATOMIC_ACQUIRE);
 	if (k)
@@ -237,7 +237,7 @@ static int extent_compute(const struct extent *x, struct cache *cache, uint64_t 
 	 * cache could give them back: once a computed chunk proved it, skip it. */
 	if (!cache || __atomic_load_n(&x->cost, __ATOMIC_RELAXED) == CACHE_CHEAP)
 		return expr_read(x->expr, off, len, dst);
-	const char *key = extent_key(x);
+	const char *key = vfile_extent_key(x);
 	if (!key)
 		return expr_read(x->expr, off, len, dst);
 	enum cache_verdict verdict = CACHE_UNKNOWN;
@@ -253,7 +253,7 @@ static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint
 {
 	struct cache *c = plan->cache;
 	const char *key = c && plan->cache_ranges && __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP
-				  ? extent_key(x)
+				  ? vfile_extent_key(x)
 				  : NULL;
 	if (!key) {
 		int r = extent_compute(x, c, in, len, dst);

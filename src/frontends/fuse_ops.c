@@ -168,6 +168,7 @@ static const struct stat_field readahead_fields[] = {
 	STAT_FIELD("source_bytes_requested", struct prefetch_stats, source_bytes),
 	STAT_FIELD("view_bytes_ahead", struct prefetch_stats, view_bytes),
 	STAT_FIELD("view_bytes_used", struct prefetch_stats, view_used),
+	STAT_FIELD("view_bytes_cached", struct prefetch_stats, view_cached),
 };
 
 /* strided source pieces of copied replies, read with pread */

@@ -288,7 +288,7 @@ int main(int argc, char *argv[])
 		.splice = !opts.no_splice,
 		.pipe_size = pipe_capacity(),
 		.readahead_kb = opts.readahead_kb,
-		.prefetch_conf = { .window_max = (uint64_t)opts.prefetch_mb << 20 },
+		.prefetch_conf = { .window_max = (uint64_t)opts.prefetch_mb << 20, .cache = cache },
 		.cache = cache,
 	};
 	readstats_init(&fs.stats);

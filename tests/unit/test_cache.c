@@ -896,6 +896,78 @@ static void test_disk_format_and_second_cache(void **state)
 	expr_unref(e);
 }
 
+/* cache_holds: a chunk in the memory tier, pinned for the writer, or with a
+ * named entry file is held; the answer costs no entry read; nothing else is. */
+static void test_holds(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	uint64_t end = 0;
+
+	/* no disk tier: the memory tier alone */
+	struct cache *c = open_cache(CH, 64u << 20, NULL, 0, false);
+	assert_false(cache_holds(c, key, 0, &end));
+	assert_int_equal(end, CH);
+	read_chunk(c, e, key, want, 1);
+	assert_true(cache_holds(c, key, CH, &end));
+	assert_true(cache_holds(c, key, 2 * CH - 1, &end));
+	assert_int_equal(end, 2 * CH);
+	assert_false(cache_holds(c, key, 2 * CH, &end));
+	assert_int_equal(end, 3 * CH);
+	assert_false(cache_holds(c, key, 0, &end));
+	cache_close(c);
+
+	/* no memory tier: a chunk is held while it waits for the writer (pinned
+	 * in memory) and once its entry is named; in between (written under a
+	 * temporary name) a read would compute it again, so it is not held:
+	 * which of the two a chunk is in right after its read is up to the
+	 * writer, so only the end is checked */
+	c = open_cache(CH, 0, dir, 1u << 30, true);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		read_chunk(c, e, key, want, k);
+	cache_flush(c);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		assert_true(cache_holds(c, key, k * CH + 7, &end));
+	cache_close(c);
+
+	/* a fresh cache on the directory: held by the entry files, none read */
+	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
+		assert_true(cache_holds(c, key, k * CH, &end));
+	assert_int_equal(end, BIG_CHUNKS * CH); /* the last chunk's end, past the expression's */
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk.hits + s.disk.misses + s.mem.hits + s.mem.misses + s.disk_bad_entries, 0);
+	/* another identity, a chunk past the entries, a removed entry, a
+	 * directory at an entry's name: not held */
+	static struct src_file f2 = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 999);
+	struct cat_tensor t2 = ta;
+	t2.file = &f2;
+	struct expr *e2 = big_expr(&t2);
+	char *key2 = cache_key(e2);
+	assert_false(cache_holds(c, key2, 0, &end));
+	assert_false(cache_holds(c, key, BIG_CHUNKS * CH, &end));
+	char path[4200];
+	entry_file(dir, key, 3, path, sizeof(path));
+	assert_int_equal(unlink(path), 0);
+	assert_false(cache_holds(c, key, 3 * CH, &end));
+	entry_file(dir, key2, 0, path, sizeof(path));
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_false(cache_holds(c, key2, 0, &end));
+	assert_int_equal(rmdir(path), 0);
+	cache_close(c);
+	free(key2);
+	expr_unref(e2);
+
+	rm_rf(dir);
+	free(dir);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
 static void flip_byte(const char *path, size_t at)
 {
 	size_t n;
@@ -1979,6 +2051,7 @@ int main(void)
 		cmocka_unit_test_setup(test_threads_compute_once, setup),
 		cmocka_unit_test_setup(test_disk_format_and_second_cache, setup),
 		cmocka_unit_test_setup(test_close_publishes, setup),
+		cmocka_unit_test_setup(test_holds, setup),
 		cmocka_unit_test_setup(test_disk_corrupt, setup),
 		cmocka_unit_test_setup(test_disk_bound, setup),
 		cmocka_unit_test_setup(test_dir_unusable, setup),
