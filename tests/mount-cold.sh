@@ -151,7 +151,12 @@ done
 # row pieces exactly and the pages of the rest, not the pieces' pages.
 LOWER=$TESTDIR/lower
 mkdir "$LOWER"
-mount_ckptfs "$SRC" "$LOWER" -o cache=off,prefetch=0
+# A reads ahead nothing of its own (readahead=4: its kernel window is a
+# page): what B pulls is what B asks for. The kernel's read-ahead on B's
+# buffered reads of A, a window past each (sshfs: 128 KiB), depends on
+# which of B's threads gets there first, and under load pulled 2-4 MB
+# more here, run to run.
+mount_ckptfs "$SRC" "$LOWER" -o cache=off,prefetch=0,readahead=4
 A_MNT=$CKPTFS_MNT A_PID=$CKPTFS_PID A_LOG=$CKPTFS_LOG
 read -r exact_bytes rest_pages paged_bytes < <("$PYTHON" - "$LOWER/hf/model.safetensors" <<'PY'
 import json, struct, sys
@@ -204,7 +209,9 @@ note "stacked: B pulled $pulled bytes from A ($direct direct reads of $direct_by
 diff -r "$TESTDIR/warm" "$TESTDIR/stacked" || fail "the rank read over a FUSE source changed the bytes"
 # (a piece whose pages are cached already, by a neighbour read by pages,
 # is copied from them)
-[ "$direct_bytes" -le "$exact_bytes" ] && [ "$direct_bytes" -ge $((exact_bytes * 3 / 4)) ] ||
+# (smaller pieces of a page or more not yet cached, a norm or a piece cut
+# at a reply's edge, are read direct too: at most the rank's bytes)
+[ "$direct_bytes" -le $((exact_bytes + rest_pages)) ] && [ "$direct_bytes" -ge $((exact_bytes * 3 / 4)) ] ||
     fail "$direct_bytes bytes read direct, rank 1's row pieces of a page or more are $exact_bytes"
 [ "$pulled" -le $((exact_bytes + rest_pages + rest_pages / 16)) ] ||
     fail "B pulled $pulled bytes from A: more than the pieces' $exact_bytes bytes + the rest's pages $rest_pages (+1/16)"

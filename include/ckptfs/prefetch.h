@@ -69,11 +69,9 @@ bool prefetch_conf_add_file(struct prefetch_conf *c, const struct src_file *f);
 /* The policy for source file f: its device's, or c's own req and block. */
 void prefetch_policy_of(const struct prefetch_conf *c, const struct src_file *f, uint64_t *req, bool *block);
 /* Pieces of a file with an O_DIRECT descriptor (a network file system),
- * at least direct_min and at most this large, are not advised: the
- * gather reads their exact bytes (vfile_gather_plan), where advice would
- * pull their pages, shared with other ranks' pieces. Larger ranges are
- * whole column parts, best streamed. */
-#define PREFETCH_DIRECT_MAX (64u << 10)
+ * at least direct_min and at most VGATHER_DIRECT_MAX bytes, are not
+ * advised: the gather reads their exact bytes (vfile_gather_plan), where
+ * advice would pull their pages, shared with other ranks' pieces. */
 
 /* Reads closer than this to the end of the previous one count as in
  * sequence: the kernel's own read-ahead sends several reads at once, and

@@ -117,6 +117,13 @@ struct vgather_stats {
 	uint64_t direct_bytes;
 };
 
+/* The largest piece read with O_DIRECT by vfile_gather_plan. Larger ones
+ * are whole column parts, best streamed: the read-ahead advises them
+ * (prefetch.c leaves out only the pieces read direct), so reading one
+ * direct as well, when its advice has not landed yet, pulled it twice
+ * (seen under load: a 753 KiB part over a FUSE source). */
+#define VGATHER_DIRECT_MAX (64u << 10)
+
 /* Copy a plan of n bytes into buf like vfile_copy_plan_guarded, reading the
  * source pieces that are not all in the page cache with pread instead of
  * faulting a page at a time through the mapping: consecutive pieces of one
@@ -126,12 +133,13 @@ struct vgather_stats {
  * disk); a gap under a page reads only the pages the pieces touch (shared
  * storage, where every byte is pulled over the network). Pieces whose span
  * is cached are copied from the mapping, inside a guard. A piece of at
- * least direct_min bytes (0: none) not in the page cache, of a file with
- * an O_DIRECT descriptor (src_file_open_direct: a network file system),
- * is read alone, its exact bytes, many at once (Linux AIO, which FUSE
- * clients such as sshfs serve concurrently): its pages would pull the
- * bytes of other ranks' pieces beside it. Returns n or a negative errno
- * (-EIO for a short read: a source cut short). */
+ * least direct_min and at most VGATHER_DIRECT_MAX bytes (direct_min 0:
+ * none) not in the page cache, of a file with an O_DIRECT descriptor
+ * (src_file_open_direct: a network file system), is read alone, its exact
+ * bytes, many at once (Linux AIO, which FUSE clients such as sshfs serve
+ * concurrently): its pages would pull the bytes of other ranks' pieces
+ * beside it. Returns n or a negative errno (-EIO for a short read: a
+ * source cut short). */
 int64_t vfile_gather_plan(const struct vplan *plan, void *buf, int64_t n, uint8_t *span, size_t span_cap, uint64_t gap,
 			  uint64_t direct_min, struct vgather_stats *st);
 

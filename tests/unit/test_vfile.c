@@ -293,8 +293,45 @@ static void gather_direct(struct gather_fixture *g, uint64_t off, bool uncached)
 	assert_memory_equal(got, expect, n);
 	assert_int_equal(st.direct_requests, 0);
 	assert_int_equal(st.requests, G_ROWS);
+	/* only the pages the pieces touch are cached: strided preads are not
+	 * widened into spans, and draw no read-ahead window */
+	if (uncached) {
+		size_t pages = 0, pg = (size_t)sysconf(_SC_PAGESIZE);
+		for (size_t r = 0; r < G_ROWS; r++) {
+			size_t lo = off + r * G_ROW + piece;
+			pages += (lo + piece - 1) / pg - lo / pg + 1;
+		}
+		assert_int_equal(gather_cached(g), pages);
+	}
 	vplan_destroy(&plan);
 	free(expect), free(got), free(span);
+	vfile_destroy(&vf);
+}
+
+/* A piece above VGATHER_DIRECT_MAX (a whole tensor: a column part of a
+ * partition) is not read direct even when cold: the read-ahead advises
+ * such pieces, and a direct read beside the advice pulled them twice. */
+static void gather_large_not_direct(struct gather_fixture *g)
+{
+	struct vfile vf;
+	vfile_init(&vf);
+	assert_int_equal(vfile_add_expr(&vf, expr_source(&g->t)), 0);
+	const size_t n = (size_t)G_ROWS * G_ROW;
+	assert_true(n > VGATHER_DIRECT_MAX);
+	uint8_t *got = aligned_alloc(4096, n), *span = malloc(1u << 20);
+	assert_true(got && span);
+	assert_true(gather_evict(g));
+	struct vplan plan;
+	vplan_init(&plan);
+	assert_int_equal(vfile_plan(&vf, 0, n, got, &plan), (int64_t)n);
+	assert_int_equal(plan.n, 1);
+	struct vgather_stats st = { 0 };
+	assert_int_equal(vfile_gather_plan(&plan, got, (int64_t)n, span, 1u << 20, 4095, 4096, &st), (int64_t)n);
+	assert_memory_equal(got, g->bytes + g->t.offset, n);
+	assert_int_equal(st.direct_requests, 0);
+	assert_true(st.requests > 0);
+	vplan_destroy(&plan);
+	free(got), free(span);
 	vfile_destroy(&vf);
 }
 
@@ -314,6 +351,7 @@ static void test_gather_direct(void **state)
 	assert_true(g.f.direct_fd1 > 0);
 	gather_direct(&g, 512, true);
 	gather_direct(&g, G_OFF, g.f.direct_align > 0);
+	gather_large_not_direct(&g);
 	close(g.f.direct_fd1 - 1);
 	gather_close(&g);
 }
