@@ -50,10 +50,7 @@ MOUNT_OPTS=
 COMPARE=
 SSHFS_VIEWS=
 BENCH_OPTS="$BENCH_OPTS --runs=RUNS --views=VIEWS --mount-opts=MOUNT_OPTS --compare=COMPARE --sshfs=SSHFS_VIEWS"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 positive_int "$RUNS" --runs
 bench_paths
 [ "$(id -u)" = 0 ] || die "needs root to drop the page cache"
@@ -63,7 +60,7 @@ require_ckptfs
 require_numpy
 ensure_model
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-cold.XXXXXX") || die "mktemp failed"
+bench_work
 build_reader
 
 drop_caches() {

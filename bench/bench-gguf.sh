@@ -40,10 +40,7 @@ NLC_DIR=${CKPTFS_NLC_DIR:-$HOME/.cache/ckptfs-test/node-llama-cpp}
 RUNS=2
 PART=all
 BENCH_OPTS="$BENCH_OPTS --nlc-dir=NLC_DIR --runs=RUNS --part=PART"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 positive_int "$RUNS" --runs
 case $PART in all|ttft|read) ;; *) die "--part wants all, ttft or read" ;; esac
 bench_paths
@@ -53,7 +50,7 @@ require_numpy
 ensure_model
 [ -f "$NLC_DIR/node_modules/node-llama-cpp/package.json" ] ||
 	die "no node-llama-cpp in $NLC_DIR (run tests/mount-gguf.sh once, or npm install it there)"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ckptfs-bench-gguf.XXXXXX") || die "mktemp failed"
+bench_work
 build_reader
 
 SRC=$CACHE_DIR/llama-1b-gguf

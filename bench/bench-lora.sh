@@ -46,10 +46,7 @@ USAGE_LINES=2,39
 RUNS=3
 R=16
 BENCH_OPTS="$BENCH_OPTS --runs=RUNS --r=R"
-while [ $# -gt 0 ]; do
-	bench_arg "$@"
-	shift "$NSHIFT"
-done
+bench_args "$@"
 positive_int "$RUNS" --runs
 positive_int "$R" --r
 bench_paths
@@ -58,7 +55,7 @@ require_ckptfs
 require_numpy
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null ||
 	die "/usr/bin/time missing (apt-get install time)"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-lora.XXXXXX")
+bench_work
 ensure_model
 build_reader
 ADAPTER=$CACHE_DIR/$PRESET-lora-r$R
@@ -72,8 +69,6 @@ fi
 OUTDIR=$CACHE_DIR/bench-lora-out
 CLEANUP_DIRS+=("$OUTDIR")
 
-least() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-fmts() { awk -v a="$1" 'BEGIN { printf "%.2f s", a }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
 
 # read_view NAME OPTS VIEW: mount with OPTS (fresh), read every file of
@@ -81,25 +76,17 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
 # unmount, until the daemon exits), BYTES, ANON (peak RssAnon in kB,
 # sampled every 20 ms).
 read_view() {
-	local name=$1 opts=$2 view=$3 t0 t1 t2 files poller
+	local name=$1 opts=$2 view=$3 t0 t1 t2 files
 	t0=$(now)
 	# shellcheck disable=SC2086
 	mount_fs "$name" "$CKPTFS" -f $opts "$MODEL_DIR" "$WORK/$name"
 	stat "$MNT/README" >/dev/null
 	t1=$(now)
-	: >"$WORK/anon.txt"
-	( while kill -0 "$MNT_PID" 2>/dev/null; do
-		awk '$1 == "RssAnon:" { print $2 }' "/proc/$MNT_PID/status" >>"$WORK/anon.txt" 2>/dev/null
-		sleep 0.02
-	  done ) &
-	poller=$!
-	PIDS="$PIDS poll:$poller"
+	anon_start
 	mapfile -t files < <(view_files "$MNT/$view")
 	read_gbs "$MNT/$view" "${files[@]}"
 	t2=$(now)
-	kill "$poller" 2>/dev/null
-	wait "$poller" 2>/dev/null
-	PIDS=$(echo "$PIDS" | sed "s/ poll:$poller\\b//")
+	anon_stop
 	cp "$MNT/.ckptfs/stats" "$WORK/stats.json" 2>/dev/null || : >"$WORK/stats.json"
 	local u0
 	u0=$(now)
@@ -109,7 +96,7 @@ read_view() {
 	T_MOUNT=$(elapsed "$t0" "$t1")
 	T_READ=$(elapsed "$t1" "$t2")
 	T_ALL=$(elapsed "$t0" "$t2")
-	ANON=$(sort -n "$WORK/anon.txt" | tail -n 1)
+	ANON=$ANON_PEAK
 }
 
 LORA="-o lora=$ADAPTER,cache_dir=none"

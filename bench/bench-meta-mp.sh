@@ -6,10 +6,11 @@
 #
 # Run as root from the top of a built tree, after bench/bench-torch.sh has
 # written its LLaMA-shaped model (Llama-3.2-1B shapes, bf16, ~2.5 GB) into
-# ${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench/torch-2048-16/zip/. Its tensors
-# are saved once by torch as Meta's release in 2 files under Meta's names,
-# wq/wk rows in the interleaved rotary order, every weight cut as fairscale's
-# parallel layers hold it (meta-mp/ beside it; delete it when done). Every
+# ${XDG_CACHE_HOME:-$HOME/.cache}/ckptfs-bench/torch-2048-16/ (st/). Its tensors
+# are saved once by torch as Meta's LLaMA 3 release in 2 files under Meta's
+# names, wq/wk rows in the interleaved rotary order, every weight cut as
+# fairscale's parallel layers hold it (tests/torch_fixtures.py meta3-mp;
+# meta-mp/ beside it; delete it when done). Every
 # figure is the best of N runs (default 3), from the same run, page cache warm:
 #  1. mount time: `ckptfs -f` started until the mount answers (both pickles
 #     parsed, the slices merged);
@@ -36,8 +37,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$CKPTFS" ] || { echo "bench-meta-mp.sh: no $CKPTFS (build first)" >&2; exit 2; }
-SRCBIN=$CACHE/torch-2048-16/zip/pytorch_model.bin
-[ -f "$SRCBIN" ] || { echo "bench-meta-mp.sh: no $SRCBIN (run bench/bench-torch.sh once)" >&2; exit 2; }
+SRC=$CACHE/torch-2048-16/st
+[ -f "$SRC/model.safetensors" ] || { echo "bench-meta-mp.sh: no $SRC/model.safetensors (run bench/bench-torch.sh once)" >&2; exit 2; }
 MODEL=$CACHE/torch-2048-16/meta-mp
 . "$(dirname "$0")/peer.sh"
 peer_work bench-meta-mp
@@ -45,43 +46,7 @@ peer_work bench-meta-mp
 if [ ! -f "$MODEL/consolidated.01.pth" ]; then
     echo "bench-meta-mp: writing Meta's release into $MODEL (once)"
     mkdir -p "$MODEL"
-    $PY - "$SRCBIN" "$MODEL" <<'PY'
-import collections, json, os, sys, torch
-sd = torch.load(sys.argv[1], map_location="cpu")
-d = sd["model.embed_tokens.weight"].shape[1]
-L = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("model.layers."))
-heads, kv = d // 64, sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // 64
-def unpermute(w, h):
-    r, c = w.shape
-    return w.view(h, 2, r // h // 2, c).transpose(1, 2).reshape(r, c)
-meta = collections.OrderedDict()
-meta["tok_embeddings.weight"] = sd["model.embed_tokens.weight"]
-for i in range(L):
-    p, q = "model.layers.%d." % i, "layers.%d." % i
-    meta[q + "attention.wq.weight"] = unpermute(sd[p + "self_attn.q_proj.weight"], heads)
-    meta[q + "attention.wk.weight"] = unpermute(sd[p + "self_attn.k_proj.weight"], kv)
-    meta[q + "attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
-    meta[q + "attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
-    meta[q + "feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
-    meta[q + "feed_forward.w2.weight"] = sd[p + "mlp.down_proj.weight"]
-    meta[q + "feed_forward.w3.weight"] = sd[p + "mlp.up_proj.weight"]
-    meta[q + "attention_norm.weight"] = sd[p + "input_layernorm.weight"]
-    meta[q + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-meta["norm.weight"] = sd["model.norm.weight"]
-meta["output.weight"] = sd["model.embed_tokens.weight"]
-del sd
-col = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
-       "feed_forward.w3.weight")
-for r in range(2):
-    shard = collections.OrderedDict()
-    for k, v in meta.items():
-        dim = 0 if k == "output.weight" or k.endswith(col) or k == "tok_embeddings.weight" else \
-            1 if k.endswith(("attention.wo.weight", "feed_forward.w2.weight")) else None
-        shard[k] = v.clone() if dim is None else torch.chunk(v, 2, dim=dim)[r].clone()
-    torch.save(shard, os.path.join(sys.argv[2], "consolidated.%02d.pth" % r))
-json.dump({"dim": d, "n_layers": L, "n_heads": heads, "n_kv_heads": kv, "vocab_size": meta["tok_embeddings.weight"].shape[0],
-           "multiple_of": 256, "norm_eps": 1e-5, "rope_theta": 500000.0}, open(os.path.join(sys.argv[2], "params.json"), "w"))
-PY
+    $PY "$TOP/tests/torch_fixtures.py" meta3-mp "$SRC" "$MODEL"
 fi
 
 # transformers' convert_llama_weights_to_hf for N files, written as one safetensors file

@@ -367,14 +367,7 @@ def gen_gpt2(outdir, rng):
 
 def load_source(src):
     """{name: stlib.T} of every tensor in SRC's safetensors files."""
-    out = {}
-    for fn in sorted(os.listdir(src)):
-        if fn.endswith(".safetensors"):
-            path = os.path.join(src, fn)
-            _, ents = stlib.parse_safetensors(path, stlib.read_file(path), False)
-            for name, t, _, _ in ents:
-                out[name] = t
-    return out
+    return stlib.read_dir(src)
 
 
 def load_json(src, name):

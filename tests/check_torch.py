@@ -83,15 +83,8 @@ def raw(t):
 
 
 def read_hf(d):
-    names = sorted(os.listdir(d))
-    files = [f for f in names if f.endswith(".safetensors")]
-    got = {}
-    for f in files:
-        _, ts = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), True)
-        for name, t, _, _ in ts:
-            if name in got:
-                stlib.fail("%s: tensor %s twice" % (d, name))
-            got[name] = t
+    files = [f for f in os.listdir(d) if f.endswith(".safetensors")]
+    got = stlib.read_dir(d, True)
     if len(files) > 1:
         idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
         if sorted(idx["weight_map"]) != sorted(got):

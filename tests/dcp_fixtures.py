@@ -89,12 +89,7 @@ def freqs_cis(cfg):
 def load_hf(d):
     """[(name, stlib.T)] of every safetensors file of d, sorted by name; dtypes
     DCP fixtures do not write here (float8) are left out."""
-    out = []
-    for f in sorted(os.listdir(d)):
-        if f.endswith(".safetensors"):
-            _, ts = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), False)
-            out += [(n, t) for n, t, _, _ in ts if t.dtype in ST_TO_TORCH]
-    return sorted(out, key=lambda x: x[0])
+    return sorted((n, t) for n, t in stlib.read_dir(d).items() if t.dtype in ST_TO_TORCH)
 
 
 # ------------------------------------------------------------ stand-in torch

@@ -47,14 +47,7 @@ def write_st(path, tensors, meta=None):
 
 
 def base_tensors(base):
-    out = {}
-    for f in sorted(os.listdir(base)):
-        if f.endswith(".safetensors"):
-            p = os.path.join(base, f)
-            _, ts = stlib.parse_safetensors(p, stlib.read_file(p), False)
-            for name, t, _, _ in ts:
-                out[name] = t
-    return out
+    return stlib.read_dir(base)
 
 
 def storage(arr32, dt):

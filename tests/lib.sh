@@ -256,6 +256,19 @@ umount_ckptfs() {
     note "unmounted; ckptfs exited 0, no sanitizer reports"
 }
 
+# reap PID: give PID (sent TERM) 5 s to exit, then KILL it; wait for it.
+reap() {
+    for _ in $(seq 100); do
+        alive "$1" || break
+        sleep 0.05
+    done
+    if alive "$1"; then
+        note "cleanup: killing pid $1"
+        kill -KILL "$1" 2>/dev/null
+    fi
+    wait "$1" 2>/dev/null
+}
+
 _ckptfs_cleanup() {
     local rc=$? m p left=
     set +e
@@ -270,15 +283,7 @@ _ckptfs_cleanup() {
         alive "$p" && kill -TERM "$p" 2>/dev/null
     done
     for p in $CKPTFS_PIDS; do
-        for _ in $(seq 100); do
-            alive "$p" || break
-            sleep 0.05
-        done
-        if alive "$p"; then
-            note "cleanup: killing pid $p"
-            kill -KILL "$p" 2>/dev/null
-        fi
-        wait "$p" 2>/dev/null
+        reap "$p"
     done
     for m in $(_mounts_below); do
         left="$left $m"

@@ -60,17 +60,22 @@ else:
 PY
 }
 
-# From the source header, with independent code: the pages the row pieces
-# of rank 1's row-parallel tensors touch and their bytes, and the pages all
-# of rank 1's bytes touch (column parts are contiguous row blocks, norms
-# whole).
-read -r share_pages share_bytes rank_pages < <("$PYTHON" - "$SRC/model.safetensors" <<'PY'
+# rank1_bytes FILE: from FILE's safetensors header, with independent code,
+# what tp-4 rank 1 reads (row-parallel o_proj/down_proj: a quarter of each
+# row; the other matrices: a quarter of the rows, contiguous; vectors
+# whole): the bytes of the pages its row pieces touch, their own bytes,
+# the bytes of the pages all its bytes touch; then the bytes of its row
+# pieces of a page or more, the bytes of the pages of the rest of its
+# bytes, and the bytes of the pages those pieces of a page or more touch.
+rank1_bytes() {
+    "$PYTHON" - "$1" <<'PY'
 import json, struct, sys
 with open(sys.argv[1], "rb") as f:
     n = struct.unpack("<Q", f.read(8))[0]
     head = json.loads(f.read(n))
 base, pg, rank, ranks = 8 + n, 4096, 1, 4
 row_pages, all_pages, nbytes = set(), set(), 0
+exact, rest, paged = 0, set(), set()
 def touch(s, lo, n):
     s.update(range(lo // pg, (lo + n - 1) // pg + 1))
 for name, t in head.items():
@@ -80,6 +85,7 @@ for name, t in head.items():
     size = t["data_offsets"][1] - t["data_offsets"][0]
     if len(t["shape"]) == 1:
         touch(all_pages, start, size)
+        touch(rest, start, size)
         continue
     rows, cols = t["shape"]
     row = cols * 2
@@ -90,12 +96,20 @@ for name, t in head.items():
             touch(row_pages, lo, piece)
             touch(all_pages, lo, piece)
             nbytes += piece
+            if piece >= pg:
+                exact += piece
+                touch(paged, lo, piece)
+            else:
+                touch(rest, lo, piece)
     else:  # q, k, v, gate, up, embed, lm_head: a quarter of the rows
         part = size // ranks
         touch(all_pages, start + rank * part, part)
-print(len(row_pages) * pg, nbytes, len(all_pages) * pg)
+        touch(rest, start + rank * part, part)
+print(len(row_pages) * pg, nbytes, len(all_pages) * pg, exact, len(rest) * pg, len(paged) * pg)
 PY
-)
+}
+
+read -r share_pages share_bytes rank_pages _ < <(rank1_bytes "$SRC/model.safetensors")
 [ "$share_bytes" -gt 0 ] || hard_error "no row-parallel tensors in the fixture"
 
 MNT=$TESTDIR/mnt
@@ -158,40 +172,7 @@ mkdir "$LOWER"
 # more here, run to run.
 mount_ckptfs "$SRC" "$LOWER" -o cache=off,prefetch=0,readahead=4
 A_MNT=$CKPTFS_MNT A_PID=$CKPTFS_PID A_LOG=$CKPTFS_LOG
-read -r exact_bytes rest_pages paged_bytes < <("$PYTHON" - "$LOWER/hf/model.safetensors" <<'PY'
-import json, struct, sys
-with open(sys.argv[1], "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    head = json.loads(f.read(n))
-base, pg, rank, ranks = 8 + n, 4096, 1, 4
-exact, rest, paged = 0, set(), set()
-def touch(s, lo, n):
-    s.update(range(lo // pg, (lo + n - 1) // pg + 1))
-for name, t in head.items():
-    if name == "__metadata__":
-        continue
-    start = base + t["data_offsets"][0]
-    size = t["data_offsets"][1] - t["data_offsets"][0]
-    if len(t["shape"]) == 1:
-        touch(rest, start, size)
-        continue
-    rows, cols = t["shape"]
-    row = cols * 2
-    if name.endswith(("o_proj.weight", "down_proj.weight")):
-        piece = row // ranks
-        for r in range(rows):
-            lo = start + r * row + rank * piece
-            if piece >= pg:
-                exact += piece
-                touch(paged, lo, piece)
-            else:
-                touch(rest, lo, piece)
-    else:
-        part = size // ranks
-        touch(rest, start + rank * part, part)
-print(exact, len(rest) * pg, len(paged) * pg)
-PY
-)
+read -r _ _ _ exact_bytes rest_pages paged_bytes < <(rank1_bytes "$LOWER/hf/model.safetensors")
 [ "$exact_bytes" -gt 0 ] || hard_error "no row piece of a page or more in the fixture"
 mkdir "$TESTDIR/upper"
 mount_ckptfs "$LOWER/hf" "$TESTDIR/upper" -o cache=off

@@ -82,14 +82,10 @@ dcp_case titan-tied "$TESTDIR/llama-tied" "torch DCP (1 directory, 3 shard files
 
 hf_heads() { # hf_heads MNT: prints lm_head.weight's relation to the embedding in MNT/hf/, or "absent"
     "$PYTHON" - "$1/hf" "$srcdir/tests" <<'PY'
-import os, sys
+import sys
 sys.path.insert(0, sys.argv[2])
 import numpy as np, stlib
-d, ts = sys.argv[1], {}
-for f in os.listdir(d):
-    if f.endswith(".safetensors"):
-        _, x = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), True)
-        ts.update({n: t for n, t, _, _ in x})
+ts = stlib.read_dir(sys.argv[1], True)
 e, h = ts["model.embed_tokens.weight"].arr, ts.get("lm_head.weight")
 print("absent" if h is None else "equal" if h.arr.tobytes() == e.tobytes() else
       "negated" if h.arr.tobytes() == (-e).tobytes() else "other")

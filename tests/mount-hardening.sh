@@ -61,12 +61,7 @@ _hardening_cleanup() {
         fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || umount -l "$m"
     done
     for p in $USER_PIDS; do
-        for _ in $(seq 100); do
-            alive "$p" || break
-            sleep 0.05
-        done
-        alive "$p" && kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
+        reap "$p"
     done
     for m in $UBIN_EXTRA; do
         rm -rf "$m"

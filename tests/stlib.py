@@ -216,6 +216,21 @@ def parse_safetensors(path, data, strict):
     return meta, out
 
 
+def read_dir(d, strict=False):
+    """{name: T} of every tensor in the safetensors files of directory d
+    (parse_safetensors, strict as there); a name in two files fails."""
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors"):
+            p = os.path.join(d, f)
+            _, ts = parse_safetensors(p, read_file(p), strict)
+            for name, t, _, _ in ts:
+                if name in out:
+                    fail("%s: tensor %s twice" % (d, name))
+                out[name] = t
+    return out
+
+
 # ------------------------------------------------------------ widening
 
 def f8_table(ebits, mbits, bias, fn):

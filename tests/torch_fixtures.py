@@ -44,19 +44,15 @@ import stlib  # noqa: E402
 def load_hf(d):
     """{name: torch tensor} of every safetensors file of d."""
     out = collections.OrderedDict()
-    for f in sorted(os.listdir(d)):
-        if not f.endswith(".safetensors"):
-            continue
-        _, ts = stlib.parse_safetensors(os.path.join(d, f), stlib.read_file(os.path.join(d, f)), False)
-        for name, t, _, _ in ts:
-            a = np.array(t.arr)
-            if t.dtype == "BF16":
-                x = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-            elif t.dtype == "BOOL":
-                x = torch.from_numpy(a.astype(np.bool_))
-            else:
-                x = torch.from_numpy(a)
-            out[name] = x.clone()
+    for name, t in stlib.read_dir(d).items():
+        a = np.array(t.arr)
+        if t.dtype == "BF16":
+            x = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        elif t.dtype == "BOOL":
+            x = torch.from_numpy(a.astype(np.bool_))
+        else:
+            x = torch.from_numpy(a)
+        out[name] = x.clone()
     return out
 
 

@@ -49,6 +49,8 @@ static uint8_t src_bytes[SRC_BYTES];
 	  .mtime = { sec, nsec } }
 
 static struct src_file srcf = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456789);
+/* srcf with another mtime: the same bytes under another identity. */
+static struct src_file srcf_other = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 999);
 
 /* a: bf16 [100,150] -> cast to f32 is 60000 bytes: 14 chunks of 4096 and one of 2656. */
 #define A_OFF 1000
@@ -309,6 +311,104 @@ static void check_entry(const char *path, const char *key, uint64_t chunk, const
 	free(b);
 }
 
+/* ---- fixtures: what a test reads and where its cache lives ---- */
+
+static void read_chunk(struct cache *c, const struct expr *e, const char *key, const uint8_t *want, uint64_t k)
+{
+	uint8_t buf[CH];
+	uint64_t off = k * CH, n = e->nbytes - off < CH ? e->nbytes - off : CH;
+	assert_int_equal(cache_read(c, e, key, off, n, buf, NULL), 0);
+	assert_memory_equal(buf, want + off, n);
+}
+
+/* An expression under test, the bytes it reads as (from expr_read, not
+ * through a cache) and its cache key. */
+struct subj {
+	struct expr *e;
+	uint8_t *want;
+	char *key;
+	struct cat_tensor t; /* the tensor e reads, when subj_in_file made it */
+};
+
+/* s takes e over; subj_free releases it. */
+static void subj_init(struct subj *s, struct expr *e)
+{
+	assert_non_null(e);
+	s->e = e;
+	s->want = expected(e);
+	s->key = cache_key(e);
+	assert_non_null(s->key);
+}
+
+/* ta's cast to f32 read from f: a's bytes in a file of another identity. */
+static void subj_in_file(struct subj *s, const struct src_file *f)
+{
+	s->t = ta;
+	s->t.file = f;
+	subj_init(s, big_expr(&s->t));
+}
+
+static void subj_free(struct subj *s)
+{
+	free(s->key);
+	free(s->want);
+	expr_unref(s->e);
+}
+
+static void read_all(struct cache *c, const struct subj *s, uint64_t piece)
+{
+	read_all_check(c, s->e, s->key, s->want, piece);
+}
+
+static void read_one(struct cache *c, const struct subj *s, uint64_t k)
+{
+	read_chunk(c, s->e, s->key, s->want, k);
+}
+
+/* Where a disk test starts: an empty cache directory; a, ta's cast to f32
+ * (15 chunks, half zeros: compressed entries); r, tr's bytes 0..127 (16
+ * chunks that hardly compress: raw entries). */
+struct fx {
+	char *dir;
+	struct subj a, r;
+};
+
+static void fx_init(struct fx *f)
+{
+	f->dir = make_tmpdir();
+	subj_init(&f->a, big_expr(&ta));
+	subj_init(&f->r, expr_source(&tr));
+}
+
+static void fx_free(struct fx *f)
+{
+	subj_free(&f->a);
+	subj_free(&f->r);
+	rm_rf(f->dir);
+	free(f->dir);
+}
+
+/* A cache on dir with room for every chunk in memory and on disk. */
+static struct cache *open_disk(const char *dir, bool always)
+{
+	return open_cache(CH, 64u << 20, dir, 1u << 30, always);
+}
+
+/* A fresh cache on dir reads all of s1 and then of s2 (if any) in pieces
+ * of `piece` bytes, checked, and is flushed and closed: its stats. */
+static struct cache_stats pass(const char *dir, bool always, uint64_t piece, const struct subj *s1,
+			       const struct subj *s2)
+{
+	struct cache *c = open_disk(dir, always);
+	read_all(c, s1, piece);
+	if (s2)
+		read_all(c, s2, piece);
+	cache_flush(c);
+	struct cache_stats s = stats(c);
+	cache_close(c);
+	return s;
+}
+
 /* ---- stderr capture ---- */
 
 static int saved_stderr = -1;
@@ -509,17 +609,17 @@ static void test_entry_name(void **state)
 static void test_every_range(void **state)
 {
 	(void)state;
-	struct expr *es[2] = { expr_cast(expr_source(&ts), CKPT_F32),
-			       expr_transpose(expr_cast(expr_source(&ts), CKPT_F32)) };
+	struct subj ss[2];
+	subj_init(&ss[0], expr_cast(expr_source(&ts), CKPT_F32));
+	subj_init(&ss[1], expr_transpose(expr_cast(expr_source(&ts), CKPT_F32)));
 	size_t chunks[] = { 1, 7, 16, 40, 120, 1000 };
 	uint64_t mems[] = { 0, 2, 1000 }; /* in chunks */
 	for (int x = 0; x < 2; x++) {
-		struct expr *e = es[x];
-		assert_non_null(e);
+		const struct expr *e = ss[x].e;
+		const uint8_t *want = ss[x].want;
+		const char *key = ss[x].key;
 		uint64_t n = e->nbytes;
 		assert_int_equal(n, 120);
-		uint8_t *want = expected(e);
-		char *key = cache_key(e);
 		uint8_t got[130];
 		for (size_t ci = 0; ci < sizeof(chunks) / sizeof(*chunks); ci++) {
 			for (size_t mi = 0; mi < 3; mi++) {
@@ -545,33 +645,29 @@ static void test_every_range(void **state)
 				cache_close(c);
 			}
 		}
-		free(key);
-		free(want);
-		expr_unref(e);
 	}
+	subj_free(&ss[0]);
+	subj_free(&ss[1]);
 }
 
 /* Random ranges of two expressions in one cache (keys keep them apart), a small memory tier. */
 static void test_random_ranges(void **state)
 {
 	(void)state;
-	struct expr *e1 = big_expr(&ta);
-	struct expr *e2 = expr_transpose(expr_source(&tb));
-	assert_non_null(e2);
-	uint8_t *w1 = expected(e1), *w2 = expected(e2);
-	char *k1 = cache_key(e1), *k2 = cache_key(e2);
+	struct subj ab[2];
+	subj_init(&ab[0], big_expr(&ta));
+	subj_init(&ab[1], expr_transpose(expr_source(&tb)));
 	struct cache *c = open_cache(CH, 8 * CH, NULL, 0, false);
 	uint8_t *got = malloc(4 * CH);
 	assert_non_null(got);
 	for (int i = 0; i < 3000; i++) {
-		bool first = rnd() & 1;
-		struct expr *e = first ? e1 : e2;
-		uint64_t off = rnd() % e->nbytes;
+		const struct subj *x = rnd() & 1 ? &ab[0] : &ab[1];
+		uint64_t off = rnd() % x->e->nbytes;
 		uint64_t len = rnd() % (3 * CH + 1);
-		if (len > e->nbytes - off)
-			len = e->nbytes - off;
-		assert_int_equal(cache_read(c, e, first ? k1 : k2, off, len, got, NULL), 0);
-		assert_memory_equal(got, (first ? w1 : w2) + off, len);
+		if (len > x->e->nbytes - off)
+			len = x->e->nbytes - off;
+		assert_int_equal(cache_read(c, x->e, x->key, off, len, got, NULL), 0);
+		assert_memory_equal(got, x->want + off, len);
 	}
 	struct cache_stats s = stats(c);
 	assert_true(s.mem.bytes_stored <= 8 * CH);
@@ -579,32 +675,19 @@ static void test_random_ranges(void **state)
 	assert_int_equal(s.mem.misses, s.computed_chunks); /* no disk: every miss is computed */
 	cache_close(c);
 	free(got);
-	free(k1);
-	free(k2);
-	free(w1);
-	free(w2);
-	expr_unref(e1);
-	expr_unref(e2);
-}
-
-static void read_chunk(struct cache *c, const struct expr *e, const char *key, const uint8_t *want, uint64_t k)
-{
-	uint8_t buf[CH];
-	uint64_t off = k * CH, n = e->nbytes - off < CH ? e->nbytes - off : CH;
-	assert_int_equal(cache_read(c, e, key, off, n, buf, NULL), 0);
-	assert_memory_equal(buf, want + off, n);
+	subj_free(&ab[0]);
+	subj_free(&ab[1]);
 }
 
 /* mem_bytes = 3 chunks: never more is kept; misses, hits, evictions counted; LRU order. */
 static void test_mem_bound(void **state)
 {
 	(void)state;
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
+	struct subj a;
+	subj_init(&a, big_expr(&ta));
 	struct cache *c = open_cache(CH, 3 * CH, NULL, 0, false);
 	for (uint64_t k = 0; k < 10; k++) {
-		read_chunk(c, e, key, want, k);
+		read_one(c, &a, k);
 		struct cache_stats s = stats(c);
 		assert_true(s.mem.bytes_stored <= 3 * CH);
 		assert_int_equal(s.mem.misses, k + 1);
@@ -617,21 +700,21 @@ static void test_mem_bound(void **state)
 	assert_int_equal(s.computed_chunks, 10);
 	assert_int_equal(s.computed_bytes, 10 * CH);
 	/* the last three are held: hits, nothing computed */
-	read_chunk(c, e, key, want, 9);
-	read_chunk(c, e, key, want, 8);
-	read_chunk(c, e, key, want, 7);
+	read_one(c, &a, 9);
+	read_one(c, &a, 8);
+	read_one(c, &a, 7);
 	s = stats(c);
 	assert_int_equal(s.mem.hits, 3);
 	assert_int_equal(s.mem.bytes_out, 3 * CH);
 	assert_int_equal(s.computed_chunks, 10);
 	/* LRU, not FIFO: 7 was used last, 9 is the oldest; reading 0 evicts 9 */
-	read_chunk(c, e, key, want, 0);
-	read_chunk(c, e, key, want, 7);
-	read_chunk(c, e, key, want, 8);
+	read_one(c, &a, 0);
+	read_one(c, &a, 7);
+	read_one(c, &a, 8);
 	s = stats(c);
 	assert_int_equal(s.mem.hits, 5);
 	assert_int_equal(s.computed_chunks, 11);
-	read_chunk(c, e, key, want, 9);
+	read_one(c, &a, 9);
 	s = stats(c);
 	assert_int_equal(s.mem.hits, 5);
 	assert_int_equal(s.computed_chunks, 12);
@@ -640,8 +723,8 @@ static void test_mem_bound(void **state)
 	/* one read larger than the whole tier: right bytes, the bound holds afterwards */
 	uint8_t *buf = malloc(BIG_BYTES);
 	assert_non_null(buf);
-	assert_int_equal(cache_read(c, e, key, 100, BIG_BYTES - 200, buf, NULL), 0);
-	assert_memory_equal(buf, want + 100, BIG_BYTES - 200);
+	assert_int_equal(cache_read(c, a.e, a.key, 100, BIG_BYTES - 200, buf, NULL), 0);
+	assert_memory_equal(buf, a.want + 100, BIG_BYTES - 200);
 	s = stats(c);
 	assert_true(s.mem.bytes_stored <= 3 * CH);
 	free(buf);
@@ -649,17 +732,15 @@ static void test_mem_bound(void **state)
 
 	/* mem_bytes = 0: no memory tier; nothing is kept, nothing hits */
 	c = open_cache(CH, 0, NULL, 0, false);
-	read_all_check(c, e, key, want, 1000);
-	read_all_check(c, e, key, want, CH);
+	read_all(c, &a, 1000);
+	read_all(c, &a, CH);
 	s = stats(c);
 	assert_int_equal(s.mem.bytes_stored, 0);
 	assert_int_equal(s.mem.hits, 0);
 	assert_false(s.disk_enabled);
 	assert_int_equal(s.disk_written, 0);
 	cache_close(c);
-	free(key);
-	free(want);
-	expr_unref(e);
+	subj_free(&a);
 }
 
 /* ---- threads ---- */
@@ -733,15 +814,13 @@ static void run_readers(struct cache *c, const struct expr *e, const char *key, 
 static void test_threads_compute_once(void **state)
 {
 	(void)state;
-	struct expr *e = expr_transpose(expr_source(&tb)); /* 2 MiB, slow enough to overlap */
-	assert_non_null(e);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
+	struct subj b;
+	subj_init(&b, expr_transpose(expr_source(&tb))); /* 2 MiB, slow enough to overlap */
 	const size_t chunk = 256u << 10;
-	const uint64_t nch = e->nbytes / chunk;
+	const uint64_t nch = b.e->nbytes / chunk;
 	for (int round = 0; round < 4; round++) {
 		struct cache *c = open_cache(chunk, 64u << 20, NULL, 0, false);
-		run_readers(c, e, key, want, chunk, false);
+		run_readers(c, b.e, b.key, b.want, chunk, false);
 		struct cache_stats s = stats(c);
 		assert_int_equal(s.computed_chunks, nch);
 		assert_int_equal(s.mem.misses, nch);
@@ -750,14 +829,12 @@ static void test_threads_compute_once(void **state)
 	}
 	/* random ranges under a tier much smaller than the data: evictions while others read */
 	struct cache *c = open_cache(CH, 6 * CH, NULL, 0, false);
-	run_readers(c, e, key, want, 3 * CH, true);
+	run_readers(c, b.e, b.key, b.want, 3 * CH, true);
 	struct cache_stats s = stats(c);
 	assert_true(s.mem.evictions > 0);
 	assert_true(s.mem.bytes_stored <= 6 * CH);
 	cache_close(c);
-	free(key);
-	free(want);
-	expr_unref(e);
+	subj_free(&b);
 }
 
 /* ---- disk tier ---- */
@@ -770,13 +847,11 @@ static uint64_t chunk_len(uint64_t k)
 /* Fill dir with every chunk of e (disk_always), flushed. */
 static void fill_dir(const char *dir, const struct expr *e, const char *key, const uint8_t *want)
 {
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	struct cache *c = open_disk(dir, true);
 	read_all_check(c, e, key, want, 5000);
 	cache_flush(c);
-	struct cache_stats s = stats(c);
-	assert_true(s.disk_enabled);
+	assert_true(stats(c).disk_enabled);
 	cache_close(c);
-	(void)s;
 }
 
 /* The writer names its entries only once their bytes are on disk, and
@@ -785,42 +860,30 @@ static void fill_dir(const char *dir, const struct expr *e, const char *key, con
 static void test_close_publishes(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, 5000);
+	struct fx f;
+	fx_init(&f);
+	struct cache *c = open_disk(f.dir, true);
+	read_all(c, &f.a, 5000);
 	cache_close(c);
 	size_t nfiles, nzst, ntmp;
-	dir_total(dir, &nfiles, &nzst, &ntmp);
+	dir_total(f.dir, &nfiles, &nzst, &ntmp);
 	assert_int_equal(nzst, BIG_CHUNKS);
 	assert_int_equal(ntmp, 0);
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, 3000);
-	struct cache_stats s = stats(c);
+	struct cache_stats s = pass(f.dir, true, 3000, &f.a, NULL);
 	assert_int_equal(s.disk.hits, BIG_CHUNKS);
 	assert_int_equal(s.computed_chunks, 0);
-	cache_close(c);
-	free(key);
-	free(want);
-	expr_unref(e);
-	rm_rf(dir);
-	free(dir);
+	fx_free(&f);
 }
 
 static void test_disk_format_and_second_cache(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
-
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	struct fx f;
+	fx_init(&f);
+	struct cache *c = open_disk(f.dir, true);
 	struct cache_stats s = stats(c);
 	assert_true(s.disk_enabled);
-	read_all_check(c, e, key, want, 5000);
+	read_all(c, &f.a, 5000);
 	cache_flush(c);
 	s = stats(c);
 	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
@@ -833,67 +896,51 @@ static void test_disk_format_and_second_cache(void **state)
 	assert_int_equal(s.disk_bad_entries, 0);
 	/* flushed: every entry is there, under its final name, in the documented format */
 	size_t nfiles, nzst, ntmp;
-	uint64_t total = dir_total(dir, &nfiles, &nzst, &ntmp);
+	uint64_t total = dir_total(f.dir, &nfiles, &nzst, &ntmp);
 	assert_int_equal(nzst, BIG_CHUNKS);
 	assert_int_equal(ntmp, 0);
 	assert_int_equal(total, s.disk_compressed_bytes);
 	assert_true(s.disk_compressed_bytes < BIG_BYTES); /* it does compress (half the bytes are zero) */
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++) {
 		char path[4200];
-		entry_file(dir, key, k, path, sizeof(path));
-		check_entry(path, key, k, want + k * CH, chunk_len(k));
+		entry_file(f.dir, f.a.key, k, path, sizeof(path));
+		check_entry(path, f.a.key, k, f.a.want + k * CH, chunk_len(k));
 	}
 	/* memory hits do not touch the disk */
-	read_all_check(c, e, key, want, CH);
+	read_all(c, &f.a, CH);
 	s = stats(c);
 	assert_int_equal(s.disk.hits, 0);
 	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
 	cache_close(c);
 
-	/* a second cache on the same directory: every chunk from disk, identical bytes */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, 3000);
-	s = stats(c);
+	/* a second cache on the same directory: every chunk from disk, identical bytes,
+	 * nothing rewritten */
+	s = pass(f.dir, true, 3000, &f.a, NULL);
 	assert_int_equal(s.disk.hits, BIG_CHUNKS);
 	assert_int_equal(s.disk.misses, 0);
 	assert_int_equal(s.disk.bytes_out, BIG_BYTES);
 	assert_int_equal(s.mem.misses, BIG_CHUNKS);
 	assert_int_equal(s.computed_chunks, 0);
 	assert_int_equal(s.disk_bad_entries, 0);
-	cache_flush(c);
-	s = stats(c);
-	assert_int_equal(s.disk_written, 0); /* nothing rewritten */
-	cache_close(c);
+	assert_int_equal(s.disk_written, 0);
 
 	/* with no memory tier every read goes to disk, still right */
-	c = open_cache(CH, 0, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, CH);
-	read_all_check(c, e, key, want, CH);
+	c = open_cache(CH, 0, f.dir, 1u << 30, true);
+	read_all(c, &f.a, CH);
+	read_all(c, &f.a, CH);
 	s = stats(c);
 	assert_int_equal(s.disk.hits, 2 * BIG_CHUNKS);
 	assert_int_equal(s.computed_chunks, 0);
 	cache_close(c);
 
 	/* the same tensor in a file with another identity is not served from those entries */
-	static struct src_file f2 = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 999);
-	struct cat_tensor t2 = ta;
-	t2.file = &f2;
-	struct expr *e2 = big_expr(&t2);
-	char *key2 = cache_key(e2);
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
-	read_all_check(c, e2, key2, want, 4096);
-	s = stats(c);
+	struct subj o;
+	subj_in_file(&o, &srcf_other);
+	s = pass(f.dir, false, 4096, &o, NULL);
 	assert_int_equal(s.disk.hits, 0);
 	assert_int_equal(s.computed_chunks, BIG_CHUNKS);
-	cache_close(c);
-	free(key2);
-	expr_unref(e2);
-
-	rm_rf(dir);
-	free(dir);
-	free(key);
-	free(want);
-	expr_unref(e);
+	subj_free(&o);
+	fx_free(&f);
 }
 
 /* cache_holds: a chunk in the memory tier, pinned for the writer, or with a
@@ -901,17 +948,16 @@ static void test_disk_format_and_second_cache(void **state)
 static void test_holds(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
+	struct fx f;
+	fx_init(&f);
+	const char *key = f.a.key;
 	uint64_t end = 0;
 
 	/* no disk tier: the memory tier alone */
 	struct cache *c = open_cache(CH, 64u << 20, NULL, 0, false);
 	assert_false(cache_holds(c, key, 0, &end));
 	assert_int_equal(end, CH);
-	read_chunk(c, e, key, want, 1);
+	read_one(c, &f.a, 1);
 	assert_true(cache_holds(c, key, CH, &end));
 	assert_true(cache_holds(c, key, 2 * CH - 1, &end));
 	assert_int_equal(end, 2 * CH);
@@ -925,16 +971,16 @@ static void test_holds(void **state)
 	 * temporary name) a read would compute it again, so it is not held:
 	 * which of the two a chunk is in right after its read is up to the
 	 * writer, so only the end is checked */
-	c = open_cache(CH, 0, dir, 1u << 30, true);
+	c = open_cache(CH, 0, f.dir, 1u << 30, true);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
-		read_chunk(c, e, key, want, k);
+		read_one(c, &f.a, k);
 	cache_flush(c);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
 		assert_true(cache_holds(c, key, k * CH + 7, &end));
 	cache_close(c);
 
 	/* a fresh cache on the directory: held by the entry files, none read */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
+	c = open_disk(f.dir, true);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
 		assert_true(cache_holds(c, key, k * CH, &end));
 	assert_int_equal(end, BIG_CHUNKS * CH); /* the last chunk's end, past the expression's */
@@ -942,30 +988,21 @@ static void test_holds(void **state)
 	assert_int_equal(s.disk.hits + s.disk.misses + s.mem.hits + s.mem.misses + s.disk_bad_entries, 0);
 	/* another identity, a chunk past the entries, a removed entry, a
 	 * directory at an entry's name: not held */
-	static struct src_file f2 = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 999);
-	struct cat_tensor t2 = ta;
-	t2.file = &f2;
-	struct expr *e2 = big_expr(&t2);
-	char *key2 = cache_key(e2);
-	assert_false(cache_holds(c, key2, 0, &end));
+	struct subj o;
+	subj_in_file(&o, &srcf_other);
+	assert_false(cache_holds(c, o.key, 0, &end));
 	assert_false(cache_holds(c, key, BIG_CHUNKS * CH, &end));
 	char path[4200];
-	entry_file(dir, key, 3, path, sizeof(path));
+	entry_file(f.dir, key, 3, path, sizeof(path));
 	assert_int_equal(unlink(path), 0);
 	assert_false(cache_holds(c, key, 3 * CH, &end));
-	entry_file(dir, key2, 0, path, sizeof(path));
+	entry_file(f.dir, o.key, 0, path, sizeof(path));
 	assert_int_equal(mkdir(path, 0700), 0);
-	assert_false(cache_holds(c, key2, 0, &end));
+	assert_false(cache_holds(c, o.key, 0, &end));
 	assert_int_equal(rmdir(path), 0);
 	cache_close(c);
-	free(key2);
-	expr_unref(e2);
-
-	rm_rf(dir);
-	free(dir);
-	free(key);
-	free(want);
-	expr_unref(e);
+	subj_free(&o);
+	fx_free(&f);
 }
 
 static void flip_byte(const char *path, size_t at)
@@ -1000,20 +1037,18 @@ static void copy_file(const char *from, const char *to)
 static void test_disk_accounting(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
-	struct cache *c = open_cache(CH, 0, dir, 1u << 30, true);
+	struct fx f;
+	fx_init(&f);
+	struct cache *c = open_cache(CH, 0, f.dir, 1u << 30, true);
 	uint8_t *got = malloc(CH);
 	assert_non_null(got);
 	/* The same chunk again and again: the first copy is still on its way
 	 * for the next few reads, which compute it again. */
 	for (int i = 0; i < 200; i++) {
-		assert_int_equal(cache_read(c, e, key, 0, CH, got, NULL), 0);
-		assert_memory_equal(got, want, CH);
+		assert_int_equal(cache_read(c, f.a.e, f.a.key, 0, CH, got, NULL), 0);
+		assert_memory_equal(got, f.a.want, CH);
 	}
-	read_all_check(c, e, key, want, 5000);
+	read_all(c, &f.a, 5000);
 	cache_flush(c);
 	struct cache_stats s = stats(c);
 	assert_int_equal(s.disk_pending, 0);
@@ -1026,11 +1061,7 @@ static void test_disk_accounting(void **state)
 		      ", deduplicated %" PRIu64 "\n", s.computed_chunks, s.disk_written, s.disk_deduplicated);
 	cache_close(c);
 	free(got);
-	free(key);
-	free(want);
-	expr_unref(e);
-	rm_rf(dir);
-	free(dir);
+	fx_free(&f);
 }
 
 /* An entry is worth compressing only if reading it back stays cheap: a
@@ -1042,22 +1073,15 @@ static void test_disk_accounting(void **state)
 static void test_disk_raw_literals(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
-	assert_non_null(er);
-	uint8_t *wr = expected(er), *wa = expected(ea);
-	char *kr = cache_key(er), *ka = cache_key(ea);
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, er, kr, wr, 5000);
-	read_all_check(c, ea, ka, wa, 5000);
-	cache_flush(c);
-	cache_close(c);
+	struct fx f;
+	fx_init(&f);
+	pass(f.dir, true, 5000, &f.r, &f.a);
 	uint8_t z[2 * CH];
-	for (uint64_t k = 0; k < er->nbytes / CH; k++) {
+	for (uint64_t k = 0; k < f.r.e->nbytes / CH; k++) {
 		char path[4200];
-		entry_file(dir, kr, k, path, sizeof(path));
-		check_entry(path, kr, k, wr + k * CH, CH);
-		size_t n, l1 = ZSTD_compress(z, sizeof(z), wr + k * CH, CH, 1);
+		entry_file(f.dir, f.r.key, k, path, sizeof(path));
+		check_entry(path, f.r.key, k, f.r.want + k * CH, CH);
+		size_t n, l1 = ZSTD_compress(z, sizeof(z), f.r.want + k * CH, CH, 1);
 		uint8_t *b = slurp(path, &n);
 		assert_non_null(b);
 		if (!(l1 < CH / 8 * 7 + 64 && memcmp(b, "CKPTFSR1", 8) == 0))
@@ -1067,30 +1091,19 @@ static void test_disk_raw_literals(void **state)
 	for (uint64_t k = 0; k < BIG_CHUNKS - 1; k++) {
 		char path[4200];
 		size_t n;
-		entry_file(dir, ka, k, path, sizeof(path));
-		check_entry(path, ka, k, wa + k * CH, CH);
+		entry_file(f.dir, f.a.key, k, path, sizeof(path));
+		check_entry(path, f.a.key, k, f.a.want + k * CH, CH);
 		uint8_t *b = slurp(path, &n);
 		assert_non_null(b);
 		assert_memory_equal(b, "CKPTFSC1", 8);
-		assert_true(n - HDR - strlen(ka) < CH / 4 * 3);
+		assert_true(n - HDR - strlen(f.a.key) < CH / 4 * 3);
 		free(b);
 	}
 	/* and a fresh cache reads both from disk, computing nothing */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
-	read_all_check(c, er, kr, wr, 4096);
-	read_all_check(c, ea, ka, wa, 4096);
-	struct cache_stats s = stats(c);
+	struct cache_stats s = pass(f.dir, false, 4096, &f.r, &f.a);
 	assert_int_equal(s.computed_chunks, 0);
 	assert_int_equal(s.disk_bad_entries, 0);
-	cache_close(c);
-	free(kr);
-	free(ka);
-	free(wr);
-	free(wa);
-	expr_unref(er);
-	expr_unref(ea);
-	rm_rf(dir);
-	free(dir);
+	fx_free(&f);
 }
 
 /* The policy judges a chunk's read-back at the cost of the entry the
@@ -1101,38 +1114,28 @@ static void test_disk_raw_literals(void **state)
 static void test_policy_raw_readback(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
-	assert_non_null(er);
-	uint8_t *wr = expected(er), *wa = expected(ea);
-	char *kr = cache_key(er), *ka = cache_key(ea);
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_chunk(c, ea, ka, wa, 0); /* nothing written yet */
+	struct fx f;
+	fx_init(&f);
+	struct cache *c = open_disk(f.dir, true);
+	read_one(c, &f.a, 0); /* nothing written yet */
 	struct cache_stats s = stats(c);
 	assert_int_equal(s.judged_raw, 1);
 	assert_true(s.copy_mbps > 0);
 	cache_flush(c); /* a's chunk compresses: a frame */
 	for (uint64_t k = 1; k < 4; k++)
-		read_chunk(c, ea, ka, wa, k);
+		read_one(c, &f.a, k);
 	cache_flush(c);
 	s = stats(c);
 	assert_int_equal(s.judged_raw, 1);
-	read_chunk(c, er, kr, wr, 0);
+	read_one(c, &f.r, 0);
 	cache_flush(c); /* r's does not: raw */
-	read_chunk(c, er, kr, wr, 1);
-	read_chunk(c, er, kr, wr, 2);
+	read_one(c, &f.r, 1);
+	read_one(c, &f.r, 2);
 	s = stats(c);
 	assert_int_equal(s.judged_raw, 3);
 	assert_int_equal(s.computed_chunks, 7);
 	cache_close(c);
-	free(kr);
-	free(ka);
-	free(wr);
-	free(wa);
-	expr_unref(er);
-	expr_unref(ea);
-	rm_rf(dir);
-	free(dir);
+	fx_free(&f);
 }
 
 /* The writer's trials at the configured level: a stream of chunks that do
@@ -1143,19 +1146,15 @@ static void test_policy_raw_readback(void **state)
 static void test_writer_trials(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e[2] = { expr_source(&tr), expr_source(&tr2) };
-	uint8_t *w[2];
-	char *k[2];
-	for (int t = 0; t < 2; t++) {
-		assert_non_null(e[t]);
-		w[t] = expected(e[t]);
-		k[t] = cache_key(e[t]);
-	}
+	struct fx f;
+	fx_init(&f);
+	struct subj r2;
+	subj_init(&r2, expr_source(&tr2));
+	const struct subj *rs[2] = { &f.r, &r2 };
 	const size_t ch = 1024;
-	struct cache *c = open_cache(ch, 64u << 20, dir, 1u << 30, true);
+	struct cache *c = open_cache(ch, 64u << 20, f.dir, 1u << 30, true);
 	for (int t = 0; t < 2; t++)
-		read_all_check(c, e[t], k[t], w[t], ch);
+		read_all(c, rs[t], ch);
 	cache_flush(c);
 	struct cache_stats s = stats(c);
 	assert_int_equal(s.disk_written, 128);
@@ -1165,27 +1164,22 @@ static void test_writer_trials(void **state)
 		for (uint64_t i = 0; i < 65536 / ch; i += 21) {
 			char path[4200];
 			size_t n;
-			entry_file(dir, k[t], i, path, sizeof(path));
+			entry_file(f.dir, rs[t]->key, i, path, sizeof(path));
 			uint8_t *b = slurp(path, &n);
 			assert_non_null(b);
 			assert_memory_equal(b, "CKPTFSR1", 8);
-			assert_memory_equal(b + n - ch, w[t] + i * ch, ch);
+			assert_memory_equal(b + n - ch, rs[t]->want + i * ch, ch);
 			free(b);
 		}
 	}
-	c = open_cache(ch, 64u << 20, dir, 1u << 30, false);
+	c = open_cache(ch, 64u << 20, f.dir, 1u << 30, false);
 	for (int t = 0; t < 2; t++)
-		read_all_check(c, e[t], k[t], w[t], 3000);
+		read_all(c, rs[t], 3000);
 	s = stats(c);
 	assert_int_equal(s.computed_chunks, 0);
 	cache_close(c);
-	for (int t = 0; t < 2; t++) {
-		free(k[t]);
-		free(w[t]);
-		expr_unref(e[t]);
-	}
-	rm_rf(dir);
-	free(dir);
+	subj_free(&r2);
+	fx_free(&f);
 }
 
 /* A raw entry's hit is a range of its file (cache_span): the bytes there
@@ -1198,129 +1192,109 @@ static void test_writer_trials(void **state)
 static void test_disk_span(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *er = expr_source(&tr), *ea = big_expr(&ta);
-	assert_non_null(er);
-	uint8_t *wr = expected(er), *wa = expected(ea);
-	char *kr = cache_key(er), *ka = cache_key(ea);
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, er, kr, wr, 5000);
-	read_all_check(c, ea, ka, wa, 5000);
+	struct fx f;
+	fx_init(&f);
+	const struct subj *r = &f.r;
+	struct cache *c = open_disk(f.dir, true);
+	read_all(c, r, 5000);
+	read_all(c, &f.a, 5000);
 	int fd;
 	uint64_t fo;
 	/* in memory here: copied from there */
-	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(cache_span(c, r->e, r->key, 0, CH, &fd, &fo), -ENOENT);
 	assert_int_equal(fd, -1);
 	cache_flush(c);
 	cache_close(c);
 
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
+	c = open_disk(f.dir, false);
 	uint8_t got[CH];
 	uint64_t spliced = 0;
-	for (uint64_t off = 100; off < er->nbytes; off += CH) {
+	for (uint64_t off = 100; off < r->e->nbytes; off += CH) {
 		uint64_t want_n = CH - off % CH < 3 * CH ? CH - off % CH : 3 * CH;
-		int64_t n = cache_span(c, er, kr, off, 3 * CH, &fd, &fo);
+		int64_t n = cache_span(c, r->e, r->key, off, 3 * CH, &fd, &fo);
 		assert_int_equal(n, want_n); /* up to the chunk's end */
 		assert_true(fd >= 0);
 		assert_int_equal(fo % CH, off % CH); /* the bytes start page-aligned in the entry */
 		char path[4200];
-		entry_file(dir, kr, off / CH, path, sizeof(path));
+		entry_file(f.dir, r->key, off / CH, path, sizeof(path));
 		assert_int_equal(unlink(path), 0); /* evicted meanwhile: the open file still reads */
 		assert_int_equal(pread(fd, got, (size_t)n, (off_t)fo), n);
-		assert_memory_equal(got, wr + off, (size_t)n);
+		assert_memory_equal(got, r->want + off, (size_t)n);
 		close(fd);
 		spliced += (uint64_t)n;
 	}
 	/* the cache keeps the entries it opened lately: the next span of a
 	 * chunk is served from there, evicted or not, with the same bytes */
-	assert_int_equal(cache_span(c, er, kr, 5, CH, &fd, &fo), CH - 5);
+	assert_int_equal(cache_span(c, r->e, r->key, 5, CH, &fd, &fo), CH - 5);
 	assert_int_equal(pread(fd, got, CH - 5, (off_t)fo), CH - 5);
-	assert_memory_equal(got, wr + 5, CH - 5);
+	assert_memory_equal(got, r->want + 5, CH - 5);
 	close(fd);
 	spliced += CH - 5;
 	/* compressed entries are not spans; cache_read decodes them */
-	assert_int_equal(cache_span(c, ea, ka, 0, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(cache_span(c, f.a.e, f.a.key, 0, CH, &fd, &fo), -ENOENT);
 	struct cache_stats s = stats(c);
-	assert_int_equal(s.disk_range_hits, er->nbytes / CH + 1);
+	assert_int_equal(s.disk_range_hits, r->e->nbytes / CH + 1);
 	assert_int_equal(s.disk_range_bytes, spliced);
-	assert_int_equal(s.disk.hits, er->nbytes / CH + 1);
+	assert_int_equal(s.disk.hits, r->e->nbytes / CH + 1);
 	assert_int_equal(s.disk_bad_entries, 0);
 	assert_int_equal(s.computed_chunks, 0);
 	cache_close(c);
 	/* a new cache finds them evicted: no span, and cache_read computes */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
-	assert_int_equal(cache_span(c, er, kr, 0, CH, &fd, &fo), -ENOENT);
+	c = open_disk(f.dir, false);
+	assert_int_equal(cache_span(c, r->e, r->key, 0, CH, &fd, &fo), -ENOENT);
 	assert_int_equal(fd, -1);
 	cache_close(c);
 
 	/* a raw entry cut short: deleted, then computed by cache_read */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, er, kr, wr, CH);
-	cache_flush(c);
-	cache_close(c);
+	pass(f.dir, true, CH, r, NULL);
 	char path[4200];
-	entry_file(dir, kr, 1, path, sizeof(path));
+	entry_file(f.dir, r->key, 1, path, sizeof(path));
 	struct stat st;
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(truncate(path, st.st_size - 1), 0);
 	/* and chunk 3's entry copied over chunk 2's: same size, another index */
 	char p2[4200], p3[4200];
-	entry_file(dir, kr, 2, p2, sizeof(p2));
-	entry_file(dir, kr, 3, p3, sizeof(p3));
-	size_t n3;
-	uint8_t *b3 = slurp(p3, &n3);
-	assert_non_null(b3);
-	FILE *f2 = fopen(p2, "wb");
-	assert_non_null(f2);
-	assert_int_equal(fwrite(b3, 1, n3, f2), n3);
-	fclose(f2);
-	free(b3);
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
-	assert_int_equal(cache_span(c, er, kr, CH, CH, &fd, &fo), -ENOENT);
+	entry_file(f.dir, r->key, 2, p2, sizeof(p2));
+	entry_file(f.dir, r->key, 3, p3, sizeof(p3));
+	copy_file(p3, p2);
+	c = open_disk(f.dir, false);
+	assert_int_equal(cache_span(c, r->e, r->key, CH, CH, &fd, &fo), -ENOENT);
 	assert_int_equal(fd, -1);
 	assert_int_equal(access(path, F_OK), -1);
-	assert_int_equal(cache_span(c, er, kr, 2 * CH + 1, CH, &fd, &fo), -ENOENT);
+	assert_int_equal(cache_span(c, r->e, r->key, 2 * CH + 1, CH, &fd, &fo), -ENOENT);
 	assert_int_equal(access(p2, F_OK), -1);
 	s = stats(c);
 	assert_int_equal(s.disk_bad_entries, 2);
-	read_all_check(c, er, kr, wr, CH);
+	read_all(c, r, CH);
 	assert_int_equal(stats(c).computed_chunks, 2);
 	cache_close(c);
-	free(kr);
-	free(ka);
-	free(wr);
-	free(wa);
-	expr_unref(er);
-	expr_unref(ea);
-	rm_rf(dir);
-	free(dir);
+	fx_free(&f);
 }
 
 /* Damaged entries are detected, deleted and recomputed; the reader always gets the right bytes. */
 static void test_disk_corrupt(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir(), *other = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
-	fill_dir(dir, e, key, want);
+	struct fx f;
+	fx_init(&f);
+	char *other = make_tmpdir();
+	const char *key = f.a.key;
+	const uint8_t *want = f.a.want;
+	fill_dir(f.dir, f.a.e, key, want);
 	/* entries of the same bytes under other keys: same key length (mtime ns), another length (ino) */
 	static struct src_file fm = SRC_FILE("m.safetensors", 2049, 777, SRC_BYTES, 1700000000, 123456780);
 	static struct src_file fi = SRC_FILE("m.safetensors", 2049, 7770, SRC_BYTES, 1700000000, 123456789);
-	struct cat_tensor tm = ta, ti = ta;
-	tm.file = &fm;
-	ti.file = &fi;
-	struct expr *em = big_expr(&tm), *ei = big_expr(&ti);
-	char *km = cache_key(em), *ki = cache_key(ei);
-	assert_int_equal(strlen(km), strlen(key));
-	assert_int_not_equal(strlen(ki), strlen(key));
-	fill_dir(other, em, km, want);
-	fill_dir(other, ei, ki, want);
+	struct subj om, oi;
+	subj_in_file(&om, &fm);
+	subj_in_file(&oi, &fi);
+	assert_int_equal(strlen(om.key), strlen(key));
+	assert_int_not_equal(strlen(oi.key), strlen(key));
+	fill_dir(other, om.e, om.key, want);
+	fill_dir(other, oi.e, oi.key, want);
 
 	char p[BIG_CHUNKS][4200], q[4200];
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
-		entry_file(dir, key, k, p[k], sizeof(p[k]));
+		entry_file(f.dir, key, k, p[k], sizeof(p[k]));
 	size_t klen = strlen(key), n;
 	/* 1: a byte flipped in the middle of the zstd frame (checked: it no longer decodes) */
 	uint8_t *b = slurp(p[1], &n);
@@ -1340,9 +1314,9 @@ static void test_disk_corrupt(void **state)
 	/* 4: replaced by chunk 5's entry (same key, another chunk index) */
 	copy_file(p[5], p[4]);
 	/* 6: an entry of another key of the same length for the same chunk; 7: of another length */
-	entry_file(other, km, 6, q, sizeof(q));
+	entry_file(other, om.key, 6, q, sizeof(q));
 	copy_file(q, p[6]);
-	entry_file(other, ki, 7, q, sizeof(q));
+	entry_file(other, oi.key, 7, q, sizeof(q));
 	copy_file(q, p[7]);
 	/* 8: the raw size in the header changed; 10: the key length; 11: the magic;
 	 * 12: a byte of the key; 13: a byte of the frame's checksum (its last byte) */
@@ -1360,10 +1334,7 @@ static void test_disk_corrupt(void **state)
 
 	/* policy auto: small cheap chunks are not worth a disk entry, so nothing is rewritten
 	 * and the bad entries must simply be gone */
-	struct cache *c = open_cache(CH, 64u << 20, dir, 1u << 30, false);
-	read_all_check(c, e, key, want, 3000);
-	cache_flush(c);
-	struct cache_stats s = stats(c);
+	struct cache_stats s = pass(f.dir, false, 3000, &f.a, NULL);
 	assert_int_equal(s.disk_bad_entries, nbad);
 	assert_int_equal(s.disk.hits, BIG_CHUNKS - nbad);
 	assert_int_equal(s.computed_chunks, nbad);
@@ -1374,39 +1345,25 @@ static void test_disk_corrupt(void **state)
 		if (exists(p[bad[i]]))
 			check_entry(p[bad[i]], key, bad[i], want + bad[i] * CH, chunk_len(bad[i]));
 	}
-	cache_close(c);
 
 	/* disk_always: the recomputed chunks are written again, correctly */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, CH);
-	cache_flush(c);
-	s = stats(c);
+	s = pass(f.dir, true, CH, &f.a, NULL);
 	assert_int_equal(s.disk_bad_entries, 0);
 	assert_int_equal(s.disk.hits + s.computed_chunks, BIG_CHUNKS);
 	assert_int_equal(s.disk_written, s.computed_chunks);
-	cache_close(c);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
 		check_entry(p[k], key, k, want + k * CH, chunk_len(k));
 
 	/* a hit leaves good entries alone */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, CH);
-	s = stats(c);
+	s = pass(f.dir, true, CH, &f.a, NULL);
 	assert_int_equal(s.disk.hits, BIG_CHUNKS);
 	assert_int_equal(s.disk_bad_entries, 0);
-	cache_close(c);
 
-	rm_rf(dir);
 	rm_rf(other);
-	free(dir);
 	free(other);
-	free(km);
-	free(ki);
-	free(key);
-	free(want);
-	expr_unref(em);
-	expr_unref(ei);
-	expr_unref(e);
+	subj_free(&om);
+	subj_free(&oi);
+	fx_free(&f);
 }
 
 static void set_age(const char *path, time_t ago)
@@ -1430,18 +1387,17 @@ static time_t mtime_of(const char *path)
 static void test_disk_bound(void **state)
 {
 	(void)state;
-	char *dir = make_tmpdir();
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
+	struct fx f;
+	fx_init(&f);
+	const char *dir = f.dir;
 	char p[BIG_CHUNKS][4200];
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
-		entry_file(dir, key, k, p[k], sizeof(p[k]));
+		entry_file(dir, f.a.key, k, p[k], sizeof(p[k]));
 
 	const uint64_t bound = 10000;
 	struct cache *c = open_cache(CH, 64u << 20, dir, bound, true);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++) {
-		read_chunk(c, e, key, want, k);
+		read_one(c, &f.a, k);
 		cache_flush(c); /* one at a time, so mtimes order the entries */
 		size_t nz;
 		assert_true(dir_total(dir, NULL, &nz, NULL) <= bound);
@@ -1460,17 +1416,15 @@ static void test_disk_bound(void **state)
 	cache_close(c);
 
 	/* refill without bound; then age everything, chunk 0 the oldest of all */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_all_check(c, e, key, want, CH);
-	cache_close(c);
+	pass(dir, true, CH, &f.a, NULL);
 	total = dir_total(dir, NULL, &nzst, NULL);
 	assert_int_equal(nzst, BIG_CHUNKS);
 	for (uint64_t k = 0; k < BIG_CHUNKS; k++)
 		set_age(p[k], 1000 + (time_t)(BIG_CHUNKS - k));
 	set_age(p[0], 5000);
 	/* a disk hit on chunk 0 makes it the youngest */
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_chunk(c, e, key, want, 0);
+	c = open_disk(dir, true);
+	read_one(c, &f.a, 0);
 	s = stats(c);
 	assert_int_equal(s.disk.hits, 1);
 	cache_close(c);
@@ -1480,8 +1434,8 @@ static void test_disk_bound(void **state)
 	const uint64_t last = BIG_CHUNKS - 1;
 	set_age(p[last], 20);
 	time_t before = mtime_of(p[last]);
-	c = open_cache(CH, 64u << 20, dir, 1u << 30, true);
-	read_chunk(c, e, key, want, last);
+	c = open_disk(dir, true);
+	read_one(c, &f.a, last);
 	s = stats(c);
 	assert_int_equal(s.disk.hits, 1);
 	cache_close(c);
@@ -1489,11 +1443,10 @@ static void test_disk_bound(void **state)
 	set_age(p[last], 1001);
 	/* another cache bounded at half the directory writes one entry: eviction by age spares
 	 * chunk 0 and removes chunk 1, the oldest now */
-	struct expr *e3 = expr_transpose(expr_cast(expr_source(&ts), CKPT_F32));
-	uint8_t *want3 = expected(e3);
-	char *k3 = cache_key(e3);
+	struct subj s3;
+	subj_init(&s3, expr_transpose(expr_cast(expr_source(&ts), CKPT_F32)));
 	c = open_cache(CH, 64u << 20, dir, total / 2, true);
-	read_all_check(c, e3, k3, want3, 64);
+	read_all(c, &s3, 64);
 	cache_flush(c);
 	s = stats(c);
 	assert_int_equal(s.disk_written, 1);
@@ -1504,19 +1457,13 @@ static void test_disk_bound(void **state)
 
 	/* still correct from what is left */
 	c = open_cache(CH, 64u << 20, dir, total / 2, false);
-	read_all_check(c, e, key, want, 777);
+	read_all(c, &f.a, 777);
 	s = stats(c);
 	assert_true(s.disk.hits >= 1);
 	cache_close(c);
 
-	free(k3);
-	free(want3);
-	expr_unref(e3);
-	rm_rf(dir);
-	free(dir);
-	free(key);
-	free(want);
-	expr_unref(e);
+	subj_free(&s3);
+	fx_free(&f);
 }
 
 /* A directory below a regular file cannot be made: the disk tier is off, with one warning,
@@ -1524,15 +1471,16 @@ static void test_disk_bound(void **state)
 static void test_dir_unusable(void **state)
 {
 	(void)state;
-	char *tmp = make_tmpdir();
+	struct fx f;
+	fx_init(&f);
+	const char *tmp = f.dir;
+	const struct expr *e = f.a.e;
+	const char *key = f.a.key;
 	char file[4200], dir[4300], errf[4200];
 	snprintf(file, sizeof(file), "%s/a-file", tmp);
 	snprintf(dir, sizeof(dir), "%s/cache", file);
 	snprintf(errf, sizeof(errf), "%s/stderr", tmp);
 	spit(file, "x", 1);
-	struct expr *e = big_expr(&ta);
-	uint8_t *want = expected(e);
-	char *key = cache_key(e);
 
 	capture_stderr(errf);
 	struct cache_opts o = { .chunk = CH, .mem_bytes = 4 * CH, .dir = dir, .disk_bytes = 1u << 30, .level = 1,
@@ -1552,7 +1500,7 @@ static void test_dir_unusable(void **state)
 	assert_non_null(c);
 	assert_int_equal(r1, 0);
 	assert_int_equal(r2, 0);
-	assert_memory_equal(got, want, BIG_BYTES);
+	assert_memory_equal(got, f.a.want, BIG_BYTES);
 	struct cache_stats s = stats(c);
 	assert_false(s.disk_enabled);
 	assert_int_equal(s.disk_written, 0);
@@ -1586,7 +1534,7 @@ static void test_dir_unusable(void **state)
 	assert_true(on_before);
 	assert_int_equal(r1, 0);
 	assert_int_equal(r2, 0);
-	assert_memory_equal(got, want, BIG_BYTES);
+	assert_memory_equal(got, f.a.want, BIG_BYTES);
 	s = stats(c);
 	assert_false(s.disk_enabled);
 	assert_int_equal(s.disk_written, 0);
@@ -1608,11 +1556,7 @@ static void test_dir_unusable(void **state)
 	assert_int_equal(lines, 0);
 
 	free(got);
-	rm_rf(tmp);
-	free(tmp);
-	free(key);
-	free(want);
-	expr_unref(e);
+	fx_free(&f);
 }
 
 /* ---- a source truncated while a chunk is computed ---- */
