@@ -73,6 +73,7 @@ struct cache_tier_stats {
 
 struct cache_stats {
 	struct cache_tier_stats mem, disk;
+	uint64_t chunk; /* bytes per chunk (-o cache_chunk) */
 	uint64_t computed_chunks, computed_bytes;
 	/* Every chunk computed while the disk tier is on ends in exactly one of
 	 * these once the writer is idle: written; skipped by the policy; a
