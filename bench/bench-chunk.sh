@@ -4,6 +4,7 @@
 #
 # Usage: bench/bench-chunk.sh [--model-dir DIR] [--ckptfs PATH] [--cache-dir DIR]
 #                             [--runs N] [--sizes "1MiB 2MiB 4MiB"] [--faults N]
+#                             [--part all|faults|whole]
 #
 # Run as root from the top of a plain (non-sanitizer) build. Uses the
 # llama-1b model of bench-lora.sh with its rank-16 adapter (run bench-lora.sh
@@ -20,16 +21,24 @@
 #     gguf@q8_0/model.gguf (no adapter), touched one byte each, as
 #     llama.cpp's faults on its mapping: computed bytes per byte touched and
 #     per byte the kernel asked for (its read-around), and ms per fault.
+#  3. whole reads, the daemon's CPU time (user + system, from mount to the
+#     end of the unmount, which waits for the disk writer to name its
+#     entries: steadier than wall time on a loaded machine) beside the wall
+#     GB/s: merged hf@bf16/model.safetensors with cache_dir=none, with a
+#     fresh cache_dir (the writer stores every merged chunk), a second mount
+#     on it; gguf@q8_0/model.gguf with a fresh cache_dir, a second mount.
+#     --part faults (whole) runs 1 and 2 (3) alone; default all.
 set -u
 
 BENCH_NAME=bench-chunk
-USAGE_LINES=2,22
+USAGE_LINES=2,29
 . "$(dirname "$0")/lib.sh"
 
 RUNS=2
 SIZES="1MiB 2MiB 4MiB"
 FAULTS=256
-BENCH_OPTS="$BENCH_OPTS --runs=RUNS --sizes=SIZES --faults=FAULTS"
+PART=all
+BENCH_OPTS="$BENCH_OPTS --runs=RUNS --sizes=SIZES --faults=FAULTS --part=PART"
 bench_args "$@"
 positive_int "$RUNS" --runs
 positive_int "$FAULTS" --faults
@@ -40,7 +49,10 @@ ADAPTER=$CACHE_DIR/$PRESET-lora-r16
 GGUF_SRC=$CACHE_DIR/$PRESET-gguf
 [ -e "$ADAPTER/adapter_model.safetensors" ] || die "$ADAPTER: no adapter (run bench/bench-lora.sh once)"
 [ -e "$GGUF_SRC/tokenizer.json" ] || die "$GGUF_SRC: not prepared (run bench/bench-gguf.sh once)"
+case $PART in all|faults|whole) ;; *) die "--part wants all, faults or whole" ;; esac
+[ -x /usr/bin/time ] || die "/usr/bin/time missing (apt-get install time)"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-chunk.XXXXXX")
+build_reader
 
 # probe MNT FILE MODE: the Python side; prints one line per figure.
 probe() {
@@ -90,12 +102,42 @@ else:
 PY
 }
 
+# cpu_read WHAT SRC VIEWFILE OPTS: mount SRC under /usr/bin/time, read
+# VIEWFILE whole, unmount; prints WHAT, the wall GB/s and the daemon's CPU s.
+cpu_read() {
+	local what=$1 src=$2 file=$3 opts=$4 cpu
+	mount_fs w /usr/bin/time -o "$WORK/cpu" -f '%U %S' "$CKPTFS" -f -o "$opts" "$src" "$WORK/w"
+	read_gbs "$MNT" "$file"
+	umount_fs
+	cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$WORK/cpu")
+	printf '  %-34s %s, daemon CPU %s s (%.2f s/GB)\n' "$what" "$(fmt "$GBS")" "$cpu" \
+		"$(awk -v c="$cpu" -v b="$LAST_BYTES" 'BEGIN { print c / (b / 1e9) }')"
+}
+
+# whole SIZE: section 3 at one chunk size.
+whole() {
+	local s=$1 c=$WORK/cache
+	rm -rf "$c"
+	cpu_read "merged hf@bf16, cache_dir=none" "$MODEL_DIR" hf@bf16/model.safetensors \
+		"lora=$ADAPTER,cache_dir=none,cache_chunk=$s"
+	cpu_read "merged hf@bf16, fresh cache_dir" "$MODEL_DIR" hf@bf16/model.safetensors \
+		"lora=$ADAPTER,cache_dir=$c,cache_chunk=$s"
+	echo "    entries: $(find "$c" -name '*.zst' | wc -l), $(du -sh "$c" | cut -f1)"
+	cpu_read "merged hf@bf16, second mount" "$MODEL_DIR" hf@bf16/model.safetensors \
+		"lora=$ADAPTER,cache_dir=$c,cache_chunk=$s"
+	rm -rf "$c"
+	cpu_read "gguf@q8_0, fresh cache_dir" "$GGUF_SRC" gguf@q8_0/model.gguf "cache_dir=$c,cache_chunk=$s"
+	cpu_read "gguf@q8_0, second mount" "$GGUF_SRC" gguf@q8_0/model.gguf "cache_dir=$c,cache_chunk=$s"
+	rm -rf "$c"
+}
+
 echo "bench-chunk: $MODEL_DIR + $ADAPTER, $GGUF_SRC; sizes $SIZES; $RUNS rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$RUNS"); do
 	order=$SIZES
 	[ $((r % 2)) = 0 ] && order=$(echo "$SIZES" | tr ' ' '\n' | tac | tr '\n' ' ')
 	for s in $order; do
 		echo "-- round $r, cache_chunk=$s"
+		[ "$PART" != whole ] || { whole "$s"; continue; }
 		for t in self_attn.k_proj self_attn.q_proj mlp.down_proj; do
 			mount_fs m "$CKPTFS" -f -o "lora=$ADAPTER,cache_dir=none,cache_chunk=$s" "$MODEL_DIR" "$WORK/m"
 			probe "$MNT" hf@bf16/model.safetensors tensors "$FAULTS" "model.layers.7.$t.weight" |
@@ -108,6 +150,7 @@ for r in $(seq "$RUNS"); do
 		mount_fs m "$CKPTFS" -f -o "cache_dir=none,cache_chunk=$s" "$GGUF_SRC" "$WORK/m"
 		probe "$MNT" gguf@q8_0/model.gguf faults "$FAULTS" | sed 's/^/  gguf@q8_0 /'
 		umount_fs
+		[ "$PART" != all ] || whole "$s"
 	done
 done
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
