@@ -44,8 +44,11 @@
  * reader yields to a writer that is merely behind; a writer stuck on a
  * dead disk costs each reader this much at most. */
 #define QUEUE_WAIT_NS 200000000LL
-/* Chunk buffers kept for reuse. */
+/* Chunk buffers kept for reuse: this many, and no more bytes than this
+ * (they are populated, so resident beyond the memory tier's bound: a pool
+ * of 32 chunks of 16 MiB would be 512 MiB). */
 #define CACHE_POOL 32
+#define CACHE_POOL_BYTES (32u << 20)
 /* Entry read buffers and decoding contexts kept for reuse (one per reader
  * thread in practice). */
 #define IO_POOL 16
@@ -1120,7 +1123,7 @@ static void chunk_free(struct cache *c, uint8_t *p, size_t len)
 		return;
 	if (len == c->o.chunk) {
 		pthread_mutex_lock(&c->pool_mu);
-		bool kept = c->npool < CACHE_POOL;
+		bool kept = c->npool < CACHE_POOL && (c->npool + 1) * c->o.chunk <= CACHE_POOL_BYTES;
 		if (kept)
 			c->pool[c->npool++] = p;
 		pthread_mutex_unlock(&c->pool_mu);
