@@ -9,8 +9,11 @@
 # Run as root from the top of a plain (non-sanitizer) build. Uses the
 # llama-1b model of bench-lora.sh with its rank-16 adapter (run bench-lora.sh
 # once first) and the llama-1b-gguf directory of bench-gguf.sh. Every mount
-# is fresh, with -o cache_dir=none (the memory tier only), so every byte a
-# read needs is computed once. Sizes run interleaved, N rounds (default 2).
+# is fresh. Sections 1 and 2 mount with -o cache_dir=none (the memory tier
+# only) and cache_policy=always, so that every computed byte goes through
+# the cache in whole chunks (the default policy lets a tensor whose first
+# chunk computed faster than it would read back bypass the cache, and such
+# a tensor computes only the bytes asked for, whatever the chunk size). Sizes run interleaved, N rounds (default 2).
 #  1. tensor reads: one tensor of the merged hf@bf16/model.safetensors
 #     (layer 7's k_proj, 2 MiB; q_proj, 8 MiB; down_proj, 32 MiB; each
 #     through a mount of its own), read by its byte range in 1 MiB preads,
@@ -31,7 +34,7 @@
 set -u
 
 BENCH_NAME=bench-chunk
-USAGE_LINES=2,29
+USAGE_LINES=2,33
 . "$(dirname "$0")/lib.sh"
 
 RUNS=2
@@ -139,15 +142,15 @@ for r in $(seq "$RUNS"); do
 		echo "-- round $r, cache_chunk=$s"
 		[ "$PART" != whole ] || { whole "$s"; continue; }
 		for t in self_attn.k_proj self_attn.q_proj mlp.down_proj; do
-			mount_fs m "$CKPTFS" -f -o "lora=$ADAPTER,cache_dir=none,cache_chunk=$s" "$MODEL_DIR" "$WORK/m"
+			mount_fs m "$CKPTFS" -f -o "lora=$ADAPTER,cache_dir=none,cache_policy=always,cache_chunk=$s" "$MODEL_DIR" "$WORK/m"
 			probe "$MNT" hf@bf16/model.safetensors tensors "$FAULTS" "model.layers.7.$t.weight" |
 				sed 's/^/  merged hf@bf16 /'
 			umount_fs
 		done
-		mount_fs m "$CKPTFS" -f -o "lora=$ADAPTER,cache_dir=none,cache_chunk=$s" "$MODEL_DIR" "$WORK/m"
+		mount_fs m "$CKPTFS" -f -o "lora=$ADAPTER,cache_dir=none,cache_policy=always,cache_chunk=$s" "$MODEL_DIR" "$WORK/m"
 		probe "$MNT" hf@bf16/model.safetensors faults "$FAULTS" | sed 's/^/  merged hf@bf16 /'
 		umount_fs
-		mount_fs m "$CKPTFS" -f -o "cache_dir=none,cache_chunk=$s" "$GGUF_SRC" "$WORK/m"
+		mount_fs m "$CKPTFS" -f -o "cache_dir=none,cache_policy=always,cache_chunk=$s" "$GGUF_SRC" "$WORK/m"
 		probe "$MNT" gguf@q8_0/model.gguf faults "$FAULTS" | sed 's/^/  gguf@q8_0 /'
 		umount_fs
 		[ "$PART" != all ] || whole "$s"
