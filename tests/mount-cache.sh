@@ -75,6 +75,13 @@
 #       starts "CKPTFSM1", the key file .ckptfs-key-UID is 0600 and 32
 #       bytes, and a second cache_shared mount computes nothing (disk hits
 #       == entries).
+#   (k) -o cache_chunk=64KiB: the bytes are right and stats say
+#       cache.chunk 65536.  A 1 MiB mount (the default) of the same
+#       directory then hits none of those entries and deletes none
+#       (computed_chunks > 0, disk.hits == 0, bad_entries_deleted == 0): the
+#       entries lie side by side; a 64 KiB mount after it hits exactly its
+#       own (disk.hits == its entries, nothing computed).  cache_chunk=3MiB,
+#       32KiB and 32MiB are refused with the exact message.
 #   (j) .ckptfs/stats held open (twice, one of them read) while the daemon
 #       is told to stop (SIGTERM): no RELEASE ever comes for them, yet the
 #       daemon exits 0 with no LeakSanitizer report (the session's end frees
@@ -737,10 +744,46 @@ case_j() {
     note "  stopped with two stats snapshots open: exit 0, no leak report"
 }
 
-for c in ${CKPTFS_CASES:-a b c d e f g h i j}; do
+# ---- (k) -o cache_chunk: mounts at two chunk sizes share a directory ----
+case_k() {
+    local c=$TESTDIR/c-chunk n1 n2 bad
+    note "=== (k) -o cache_chunk"
+    SRCNAME=tl
+    mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS,cache_chunk=64KiB"
+    read_check "$TESTDIR/m1" $TL_FILES
+    expect_eq "cache.chunk at cache_chunk=64KiB" "$(stat_of "$TESTDIR/m1" cache/chunk)" 65536
+    load_stats "$TESTDIR/m1"
+    n1=$S_computed
+    expect_cmp "computed_chunks at 64 KiB" -gt "$n1" 0
+    umount_ckptfs
+    expect_eq "entries after the 64 KiB mount" "$(count_entries "$c")" "$n1"
+    mount_ckptfs "$TL" "$TESTDIR/m2" -o "cache_dir=$c,$ALWAYS"
+    read_check "$TESTDIR/m2" $TL_FILES
+    expect_eq "cache.chunk by default" "$(stat_of "$TESTDIR/m2" cache/chunk)" 1048576
+    load_stats "$TESTDIR/m2"
+    n2=$S_computed
+    expect_cmp "computed_chunks at 1 MiB over 64 KiB entries" -gt "$n2" 0
+    expect_eq "disk.hits at 1 MiB over 64 KiB entries" "$S_disk_hits" 0
+    expect_eq "bad_entries_deleted at 1 MiB over 64 KiB entries" "$S_bad" 0
+    umount_ckptfs
+    expect_eq "entries of both sizes" "$(count_entries "$c")" $((n1 + n2))
+    mount_ckptfs "$TL" "$TESTDIR/m1" -o "cache_dir=$c,$ALWAYS,cache_chunk=64KiB"
+    read_check "$TESTDIR/m1" $TL_FILES
+    load_stats "$TESTDIR/m1"
+    expect_eq "computed_chunks of the second 64 KiB mount" "$S_computed" 0
+    expect_eq "disk.hits of the second 64 KiB mount" "$S_disk_hits" "$n1"
+    expect_eq "bad_entries_deleted of the second 64 KiB mount" "$S_bad" 0
+    umount_ckptfs
+    for bad in 3MiB 32KiB 32MiB 1M; do
+        expect_mount_refused "ckptfs: -o cache_chunk=$bad: not a power of two from 64KiB to 16MiB" "$TL" \
+            -o "cache_dir=$c,cache_chunk=$bad"
+    done
+}
+
+for c in ${CKPTFS_CASES:-a b c d e f g h i j k}; do
     case $c in
-    a | b | c | d | e | f | g | h | i | j) "case_$c" ;;
-    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g h i j)" ;;
+    a | b | c | d | e | f | g | h | i | j | k) "case_$c" ;;
+    *) hard_error "unknown case '$c' in CKPTFS_CASES (a b c d e f g h i j k)" ;;
     esac
 done
 note "PASS"

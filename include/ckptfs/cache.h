@@ -6,8 +6,10 @@
  * Memory tier: decompressed chunks, LRU, bounded by bytes; concurrent
  * readers of one missing chunk compute it once (the others wait).
  * Disk tier (optional): one file per chunk named by a 128-bit hash of the
- * key and index, holding
- *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes,
+ * key, the chunk size and the index, holding
+ *   "CKPTFSC1", u32 key length, u64 offset of the chunk in the output (its
+ *   index times the chunk size: with the raw size, the header names its
+ *   bytes whatever chunk size wrote it), u64 raw size, key bytes,
  *   one zstd frame with its content checksum (at the configured level,
  *   or with raw literals when that level would save less than a quarter
  *   of the chunk: such a frame decodes several times slower than one
@@ -30,7 +32,7 @@
  * others (else one warning, disk tier off), unless opts.shared: then each
  * user keeps a 32-byte secret in DIR/.ckptfs-key-UID (0600, made O_EXCL),
  * entries start "CKPTFSM1" and end with the HMAC-SHA256 of everything
- * before under that secret, and are named by the HMAC of key and index, so
+ * before under that secret, and are named by the HMAC of key, index and chunk size, so
  * nobody without the secret can make an entry the mount accepts. Either way
  * an entry is read only if it is a regular file of the user (opened
  * O_NOFOLLOW|O_NONBLOCK); anything else at its name is a bad entry.
@@ -51,6 +53,9 @@
 #include "ckptfs/expr.h"
 
 #define CACHE_CHUNK_DEFAULT (1u << 20)
+/* -o cache_chunk: a power of two in this range */
+#define CACHE_CHUNK_MIN (64u << 10)
+#define CACHE_CHUNK_MAX (16u << 20)
 
 struct cache_opts {
 	size_t chunk;          /* bytes per chunk */
@@ -68,6 +73,7 @@ struct cache_tier_stats {
 
 struct cache_stats {
 	struct cache_tier_stats mem, disk;
+	uint64_t chunk; /* bytes per chunk (-o cache_chunk) */
 	uint64_t computed_chunks, computed_bytes;
 	/* Every chunk computed while the disk tier is on ends in exactly one of
 	 * these once the writer is idle: written; skipped by the policy; a
@@ -143,7 +149,8 @@ void cache_get_stats(struct cache *c, struct cache_stats *out);
  * device, inode, size and mtime. Caller frees. */
 char *cache_key(const struct expr *e);
 
-/* 128-bit hash of key and chunk index as 32 hex digits (the file name). */
-void cache_entry_name(const char *key, uint64_t chunk, char out[33]);
+/* 128-bit hash of key, chunk size and chunk index as 32 hex digits (the
+ * file name in a directory of the user alone). */
+void cache_entry_name(const char *key, uint64_t chunk_size, uint64_t chunk, char out[33]);
 
 #endif

@@ -12,7 +12,7 @@
 /* The view options as the user spelled them; NULL means the default. */
 struct option_strings {
 	char *layout, *dtype, *shard_size, *per_layer, *tp, *revision, *config, *head_dim;
-	char *cache, *cache_dir, *cache_size, *mem_cache, *cache_level, *cache_policy;
+	char *cache, *cache_dir, *cache_size, *mem_cache, *cache_level, *cache_policy, *cache_chunk;
 	int cache_shared; /* -o cache_shared: a flag, not a string */
 	char *lora, *lora_scale; /* lora: directories, '\n'-separated (-o lora= given again stacks) */
 };

@@ -44,8 +44,11 @@
  * reader yields to a writer that is merely behind; a writer stuck on a
  * dead disk costs each reader this much at most. */
 #define QUEUE_WAIT_NS 200000000LL
-/* Chunk buffers kept for reuse. */
+/* Chunk buffers kept for reuse: this many, and no more bytes than this
+ * (they are populated, so resident beyond the memory tier's bound: a pool
+ * of 32 chunks of 16 MiB would be 512 MiB). */
 #define CACHE_POOL 32
+#define CACHE_POOL_BYTES (32u << 20)
 /* Entry read buffers and decoding contexts kept for reuse (one per reader
  * thread in practice). */
 #define IO_POOL 16
@@ -166,10 +169,13 @@ static uint64_t key_hash(const char *key, uint64_t chunk, uint64_t seed)
 	return h;
 }
 
-void cache_entry_name(const char *key, uint64_t chunk, char out[33])
+void cache_entry_name(const char *key, uint64_t chunk_size, uint64_t chunk, char out[33])
 {
-	snprintf(out, 33, "%016" PRIx64 "%016" PRIx64, key_hash(key, chunk, 0xcbf29ce484222325ULL),
-		 key_hash(key, chunk, 0x84222325cbf29ce4ULL));
+	/* The chunk size is part of the name: mounts at other sizes sharing a
+	 * directory keep entries of their own instead of refusing each other's. */
+	uint64_t a = key_hash(key, chunk, fnv(&chunk_size, sizeof(chunk_size), 0xcbf29ce484222325ULL)),
+		 b = key_hash(key, chunk, fnv(&chunk_size, sizeof(chunk_size), 0x84222325cbf29ce4ULL));
+	snprintf(out, 33, "%016" PRIx64 "%016" PRIx64, a, b);
 }
 
 /* The calling thread's CPU time. The policy compares the CPU cost of
@@ -276,11 +282,13 @@ static void entry_file_name(const struct cache *c, const char *key, uint64_t chu
 		mac_hmac_update(&m, "name", 5);
 		mac_hmac_update(&m, key, strlen(key) + 1);
 		mac_hmac_update(&m, &chunk, sizeof(chunk));
+		uint64_t size = c->o.chunk;
+		mac_hmac_update(&m, &size, sizeof(size));
 		mac_hmac_final(&m, tag);
 		for (int i = 0; i < 16; i++)
 			snprintf(name + 2 * i, 3, "%02x", tag[i]);
 	} else {
-		cache_entry_name(key, chunk, name);
+		cache_entry_name(key, c->o.chunk, chunk, name);
 	}
 	snprintf(out, 40, "%s.zst", name);
 }
@@ -395,7 +403,7 @@ static int64_t raw_entry_check(const struct cache *c, int fd, off_t st_size, con
 		memcpy(&hk, h + 8, 4);
 		memcpy(&hc, h + 12, 8);
 		memcpy(&hl, h + 20, 8);
-		if (hk == klen && hc == chunk && hl == len && memcmp(h + ENTRY_HDR, key, klen) == 0 &&
+		if (hk == klen && hc == chunk * c->o.chunk && hl == len && memcmp(h + ENTRY_HDR, key, klen) == 0 &&
 		    (uint64_t)st_size == (uint64_t)doff + len)
 			r = (int64_t)doff;
 	}
@@ -534,7 +542,7 @@ static int disk_load(struct cache *c, const char *key, uint64_t chunk, uint8_t *
 	memcpy(&hk, buf + 8, 4);
 	memcpy(&hc, buf + 12, 8);
 	memcpy(&hl, buf + 20, 8);
-	if (memcmp(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8) != 0 || hk != klen || hc != chunk || hl != len ||
+	if (memcmp(buf, c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8) != 0 || hk != klen || hc != chunk * c->o.chunk || hl != len ||
 	    body < ENTRY_HDR + klen || memcmp(buf + ENTRY_HDR, key, klen) != 0)
 		goto bad;
 	size_t zoff = ENTRY_HDR + klen;
@@ -781,7 +789,8 @@ static bool disk_store(struct cache *c, struct writer *w, const struct job *j)
 	uint64_t hl = j->len;
 	memcpy(buf, raw ? ENTRY_MAGIC_RAW : c->keyed ? ENTRY_MAGIC_MAC : ENTRY_MAGIC, 8);
 	memcpy(buf + 8, &hk, 4);
-	memcpy(buf + 12, &j->chunk, 8);
+	uint64_t hc = j->chunk * c->o.chunk; /* the offset: with the size, the bytes are named whatever the chunk size */
+	memcpy(buf + 12, &hc, 8);
 	memcpy(buf + 20, &hl, 8);
 	memcpy(buf + ENTRY_HDR, j->key, klen);
 	size_t total = ENTRY_HDR + klen + zl, head = total;
@@ -1114,7 +1123,7 @@ static void chunk_free(struct cache *c, uint8_t *p, size_t len)
 		return;
 	if (len == c->o.chunk) {
 		pthread_mutex_lock(&c->pool_mu);
-		bool kept = c->npool < CACHE_POOL;
+		bool kept = c->npool < CACHE_POOL && (c->npool + 1) * c->o.chunk <= CACHE_POOL_BYTES;
 		if (kept)
 			c->pool[c->npool++] = p;
 		pthread_mutex_unlock(&c->pool_mu);
@@ -1658,4 +1667,5 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
 	pthread_mutex_lock(&c->mu);
 	*out = c->st;
 	pthread_mutex_unlock(&c->mu);
+	out->chunk = c->o.chunk;
 }

@@ -86,6 +86,7 @@ static int cli_parse(struct cli *c, int argc, char **argv, int want)
 					{ "mem_cache=", offsetof(struct option_strings, mem_cache) },
 					{ "cache_level=", offsetof(struct option_strings, cache_level) },
 					{ "cache_policy=", offsetof(struct option_strings, cache_policy) },
+					{ "cache_chunk=", offsetof(struct option_strings, cache_chunk) },
 					{ "lora_scale=", offsetof(struct option_strings, lora_scale) },
 				};
 				if (strncmp(o, "lora=", 5) == 0) { /* repeated: stacks */

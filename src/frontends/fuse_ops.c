@@ -212,7 +212,9 @@ static const struct stat_field disk_fields[] = {
 
 /* after the tiers */
 static const struct stat_field cache_fields[] = {
+	STAT_FIELD("chunk", struct cache_stats, chunk),
 	STAT_FIELD("computed_chunks", struct cache_stats, computed_chunks),
+	STAT_FIELD("computed_bytes", struct cache_stats, computed_bytes),
 	STAT_FIELD("compute_mbps", struct cache_stats, compute_mbps),
 	STAT_FIELD("decompress_mbps", struct cache_stats, decompress_mbps),
 	STAT_FIELD("copy_mbps", struct cache_stats, copy_mbps),

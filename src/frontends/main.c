@@ -61,6 +61,7 @@ static const struct fuse_opt ckptfs_opt_spec[] = {
 	CKPTFS_OPT("mem_cache=%s", views.mem_cache, 0),
 	CKPTFS_OPT("cache_level=%s", views.cache_level, 0),
 	CKPTFS_OPT("cache_policy=%s", views.cache_policy, 0),
+	CKPTFS_OPT("cache_chunk=%s", views.cache_chunk, 0),
 	CKPTFS_OPT("cache_shared", views.cache_shared, 1),
 	CKPTFS_OPT("lora_scale=%s", views.lora_scale, 0),
 	FUSE_OPT_KEY("lora=", KEY_LORA),
@@ -138,6 +139,8 @@ static void usage(const char *prog)
 	       "    -o cache_level=N       zstd level of disk entries (default 1)\n"
 	       "    -o cache_policy=auto|always  store a chunk on disk only when recomputing\n"
 	       "                           it is slower than reading it back (auto), or always\n"
+	       "    -o cache_chunk=SIZE    bytes computed and cached as one piece: a power of\n"
+	       "                           two from 64KiB to 16MiB (default 1MiB)\n"
 	       "    -o cache_shared        use a cache_dir others may write: trust only entries\n"
 	       "                           signed with your key (default: refuse such a dir)\n"
 	       "    -o lora=DIR            merge the PEFT LoRA adapter in DIR (adapter_config.json,\n"

@@ -57,6 +57,7 @@ void option_strings_free(struct option_strings *os)
 	free(os->mem_cache);
 	free(os->cache_level);
 	free(os->cache_policy);
+	free(os->cache_chunk);
 	free(os->lora);
 	free(os->lora_scale);
 	memset(os, 0, sizeof(*os));
@@ -188,6 +189,14 @@ int options_open_cache(const struct option_strings *os, struct cache **cache, st
 	}
 	if (os->cache_policy && strcmp(os->cache_policy, "auto") != 0 && strcmp(os->cache_policy, "always") != 0)
 		return ckpt_err_set(err, EINVAL, "-o cache_policy=%s: not auto or always", os->cache_policy);
+	if (os->cache_chunk) {
+		uint64_t n = 0;
+		if (options_parse_size(os->cache_chunk, &n) < 0 || n < CACHE_CHUNK_MIN || n > CACHE_CHUNK_MAX ||
+		    (n & (n - 1)))
+			return ckpt_err_set(err, EINVAL, "-o cache_chunk=%s: not a power of two from 64KiB to 16MiB",
+					    os->cache_chunk);
+		co.chunk = (size_t)n;
+	}
 	co.disk_always = os->cache_policy && strcmp(os->cache_policy, "always") == 0;
 	co.shared = os->cache_shared != 0;
 	char dir[4096] = "";

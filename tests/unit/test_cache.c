@@ -7,7 +7,7 @@
  * cache returns is compared with expr_read of the same expression, which does not go through
  * the cache. Chunks are made small (a few KiB) so a small expression has many of them.
  * The on-disk entry is parsed here from its documented layout (include/ckptfs/cache.h):
- *   "CKPTFSC1", u32 key length, u64 chunk index, u64 raw size, key bytes, one zstd frame
+ *   "CKPTFSC1", u32 key length, u64 chunk offset (index times chunk size), u64 raw size, key bytes, one zstd frame
  *   with a content checksum; or "CKPTFSR1", the same, zeros to a 4 KiB boundary, the bytes
  * (integers little-endian, the byte order of every machine ckptfs is built for).
  */
@@ -188,11 +188,18 @@ static void rm_rf(const char *dir)
 	rmdir(dir);
 }
 
-static void entry_file(const char *dir, const char *key, uint64_t chunk, char *path, size_t cap)
+/* The path of entry `chunk` of key in dir, written at chunk size `size`. */
+static void entry_file_at(const char *dir, const char *key, size_t size, uint64_t chunk, char *path, size_t cap)
 {
 	char name[33];
-	cache_entry_name(key, chunk, name);
+	cache_entry_name(key, size, chunk, name);
 	snprintf(path, cap, "%s/%s.zst", dir, name);
+}
+
+/* ... at the chunk size most tests use */
+static void entry_file(const char *dir, const char *key, uint64_t chunk, char *path, size_t cap)
+{
+	entry_file_at(dir, key, CH, chunk, path, cap);
 }
 
 static uint8_t *slurp(const char *path, size_t *n)
@@ -281,7 +288,7 @@ static void check_entry(const char *path, const char *key, uint64_t chunk, const
 	if (!is_raw)
 		assert_memory_equal(b, "CKPTFSC1", 8);
 	assert_int_equal(le32(b + 8), klen);
-	assert_int_equal(le64(b + 12), chunk);
+	assert_int_equal(le64(b + 12), chunk * CH); /* the chunk's offset */
 	assert_int_equal(le64(b + 20), raw);
 	assert_memory_equal(b + HDR, key, klen);
 	if (is_raw) {
@@ -557,7 +564,7 @@ static void test_key(void **state)
 	assert_non_null(names);
 	for (size_t i = 0; i < nkeys; i++)
 		for (uint64_t k = 0; k < 4; k++)
-			cache_entry_name(keys[i], k, names[i * 4 + k]);
+			cache_entry_name(keys[i], CH, k, names[i * 4 + k]);
 	for (size_t i = 0; i < nn; i++)
 		for (size_t j = i + 1; j < nn; j++)
 			if (strcmp(names[i], names[j]) == 0)
@@ -577,8 +584,8 @@ static void test_entry_name(void **state)
 	for (uint64_t k = 0; k < 100; k++) {
 		memset(a, 'x', sizeof(a));
 		memset(b, 'y', sizeof(b));
-		cache_entry_name(key, k, a);
-		cache_entry_name(key, k, b);
+		cache_entry_name(key, CH, k, a);
+		cache_entry_name(key, CH, k, b);
 		assert_int_equal(a[32], '\0');
 		assert_int_equal(strlen(a), 32);
 		for (int i = 0; i < 32; i++)
@@ -587,16 +594,24 @@ static void test_entry_name(void **state)
 	}
 	/* a copy of the key gives the same name: only the text matters */
 	char *copy = strdup(key);
-	cache_entry_name(copy, 7, a);
-	cache_entry_name(key, 7, b);
+	cache_entry_name(copy, CH, 7, a);
+	cache_entry_name(key, CH, 7, b);
 	assert_string_equal(a, b);
 	/* chunk index is part of the name, including high bits */
-	cache_entry_name(key, 0, a);
-	cache_entry_name(key, 1ULL << 40, b);
+	cache_entry_name(key, CH, 0, a);
+	cache_entry_name(key, CH, 1ULL << 40, b);
 	assert_string_not_equal(a, b);
+	/* so is the chunk size: an entry made at one size is never looked up at another */
+	cache_entry_name(key, CH, 0, a);
+	cache_entry_name(key, 2 * CH, 0, b);
+	assert_string_not_equal(a, b);
+	cache_entry_name(key, CH, 1, a);
+	cache_entry_name(key, 2 * CH, 1, b);
+	assert_string_not_equal(a, b);
+	cache_entry_name(key, CH, 0, a);
 	/* one character of the key changes the name */
 	copy[strlen(copy) - 2] ^= 1;
-	cache_entry_name(copy, 0, b);
+	cache_entry_name(copy, CH, 0, b);
 	assert_string_not_equal(a, b);
 	free(copy);
 	free(key);
@@ -1164,7 +1179,7 @@ static void test_writer_trials(void **state)
 		for (uint64_t i = 0; i < 65536 / ch; i += 21) {
 			char path[4200];
 			size_t n;
-			entry_file(f.dir, rs[t]->key, i, path, sizeof(path));
+			entry_file_at(f.dir, rs[t]->key, ch, i, path, sizeof(path));
 			uint8_t *b = slurp(path, &n);
 			assert_non_null(b);
 			assert_memory_equal(b, "CKPTFSR1", 8);
@@ -1180,6 +1195,84 @@ static void test_writer_trials(void **state)
 	cache_close(c);
 	subj_free(&r2);
 	fx_free(&f);
+}
+
+/* A directory filled at one chunk size and read at another: each size has
+ * entries of its own (neither hits nor refuses the other's), and an entry
+ * of one size put at the name of the other's is refused even where the
+ * two agree on key, index and length. r[0, 3*CH) at 2*CH has a chunk 1 of
+ * CH bytes, [2CH, 3CH), as long as chunk 1 at CH, [CH, 2CH): a header of
+ * key, index and length alone would serve the wrong bytes. */
+static void test_chunk_size_change(void **state)
+{
+	(void)state;
+	char *dir = make_tmpdir();
+	struct expr *e = expr_slice(expr_source(&tr), 0, 0, 3 * CH);
+	assert_non_null(e);
+	assert_int_equal(e->nbytes, 3 * CH);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	assert_non_null(key);
+	const size_t sizes[2] = { CH, 2 * CH }, nchunks[2] = { 3, 2 };
+	/* fill at each size in turn: the second finds nothing of the first's */
+	for (int i = 0; i < 2; i++) {
+		struct cache *c = open_cache(sizes[i], 64u << 20, dir, 1u << 30, true);
+		assert_int_equal(cache_chunk_size(c), sizes[i]);
+		read_all_check(c, e, key, want, 1000);
+		cache_flush(c);
+		struct cache_stats s = stats(c);
+		assert_int_equal(s.computed_chunks, nchunks[i]);
+		assert_int_equal(s.disk.hits, 0);
+		assert_int_equal(s.disk_bad_entries, 0);
+		assert_int_equal(s.disk_written, nchunks[i]);
+		cache_close(c);
+	}
+	size_t nfiles, nzst, ntmp;
+	dir_total(dir, &nfiles, &nzst, &ntmp);
+	assert_int_equal(nzst, 5); /* side by side */
+	/* each size reads back its own entries, none of the other's */
+	for (int i = 0; i < 2; i++) {
+		struct cache *c = open_cache(sizes[i], 64u << 20, dir, 1u << 30, false);
+		read_all_check(c, e, key, want, 1000);
+		struct cache_stats s = stats(c);
+		assert_int_equal(s.computed_chunks, 0);
+		assert_int_equal(s.disk.hits, nchunks[i]);
+		assert_int_equal(s.disk_bad_entries, 0);
+		cache_close(c);
+	}
+	/* chunk 1 at CH copied over chunk 1 at 2*CH: same key, index and length */
+	char small[4200], large[4200];
+	entry_file_at(dir, key, CH, 1, small, sizeof(small));
+	entry_file_at(dir, key, 2 * CH, 1, large, sizeof(large));
+	size_t n;
+	uint8_t *b = slurp(small, &n);
+	assert_non_null(b);
+	assert_int_equal(le64(b + 20), CH);
+	spit(large, b, n);
+	/* as a range for the kernel (cache_span): refused and deleted */
+	struct cache *c = open_cache(2 * CH, 64u << 20, dir, 1u << 30, false);
+	int fd = -1;
+	uint64_t fd_off = 0;
+	assert_int_equal(cache_span(c, e, key, 2 * CH, CH, &fd, &fd_off), -ENOENT);
+	assert_int_equal(fd, -1);
+	assert_false(exists(large));
+	assert_int_equal(stats(c).disk_bad_entries, 1);
+	cache_close(c);
+	/* read into memory (cache_read): refused, and the bytes are right */
+	spit(large, b, n);
+	c = open_cache(2 * CH, 64u << 20, dir, 1u << 30, false);
+	read_all_check(c, e, key, want, 1000);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.disk_bad_entries, 1);
+	assert_int_equal(s.computed_chunks, 1);
+	assert_int_equal(s.disk.hits, 1);
+	cache_close(c);
+	free(b);
+	free(key);
+	free(want);
+	expr_unref(e);
+	rm_rf(dir);
+	free(dir);
 }
 
 /* A raw entry's hit is a range of its file (cache_span): the bytes there
@@ -2008,6 +2101,7 @@ int main(void)
 		cmocka_unit_test_setup(test_disk_accounting, setup),
 		cmocka_unit_test_setup(test_disk_raw_literals, setup),
 		cmocka_unit_test_setup(test_disk_span, setup),
+		cmocka_unit_test_setup(test_chunk_size_change, setup),
 		cmocka_unit_test_setup(test_policy_raw_readback, setup),
 		cmocka_unit_test_setup(test_writer_trials, setup),
 	};
