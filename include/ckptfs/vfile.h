@@ -57,10 +57,21 @@ struct vpiece {
 };
 
 struct cache;
+struct cache_pin;
+
+/* Chunks a plan pins at most: a reply (at most 1 MiB) of one expression
+ * touches two or three; past this, computed bytes are copied to scratch. */
+#define VPLAN_PINS_MAX 4
 
 struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
 	bool cache_ranges;   /* the caller splices: cache hits may be entry file ranges */
+	/* The caller replies from the plan's pieces: computed bytes the cache
+	 * has are pieces of its memory-tier chunks (not copied to scratch),
+	 * pinned until the plan is made again or destroyed. */
+	bool cache_pins;
+	size_t npins;
+	struct cache_pin *pins[VPLAN_PINS_MAX];
 	size_t cache_spliced; /* computed bytes planned as such ranges */
 	size_t n, cap;
 	struct vpiece *p;
@@ -92,7 +103,9 @@ const char *vfile_extent_key(const struct extent *x);
 
 /* Plan a read of [off, off+len), clamped to the file size. Computed bytes are
  * written into scratch (at least len bytes) at their position in the
- * request. Returns the number of bytes planned or a negative errno. */
+ * request, unless the plan may pin them (cache_pins). Returns the number
+ * of bytes planned or a negative errno; a failed plan may still hold pins
+ * and entry descriptors, which vplan_destroy (or the next plan) releases. */
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
 
 /* vfile_plan that answers -EIO instead of dying when a source mapping
