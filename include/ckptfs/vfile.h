@@ -59,9 +59,13 @@ struct vpiece {
 struct cache;
 struct cache_pin;
 
-/* Chunks a plan pins at most: a reply (at most 1 MiB) of one expression
- * touches two or three; past this, computed bytes are copied to scratch. */
-#define VPLAN_PINS_MAX 4
+/* Chunks a plan pins at most; past this, computed bytes are copied to
+ * scratch. A 1 MiB reply touches two or three chunks of 1 MiB, 17 of the
+ * smallest (-o cache_chunk=64K). The pinned bytes need no bound of their
+ * own: a chunk is never longer than its expression, and every extent but
+ * the first and last of a reply lies whole inside it, so a plan pins at
+ * most its own length plus the two partial chunks at its ends. */
+#define VPLAN_PINS_MAX 32
 
 struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
