@@ -119,6 +119,21 @@ enum cache_verdict { CACHE_UNKNOWN, CACHE_CHEAP, CACHE_DEAR };
 int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, void *dst,
 	       enum cache_verdict *verdict);
 
+/* A pinned chunk of the memory tier (opaque): eviction leaves it alone. */
+struct cache_pin;
+
+/* cache_read without the copy, for a caller that replies from memory:
+ * bytes [off, off+len) of e, as far as the one chunk holding byte off
+ * has them, are at *data, inside that chunk of the memory tier, which is
+ * loaded or computed as cache_read would (a chunk another thread is
+ * making is waited for) and stays put until cache_unpin(c, *pin), which
+ * every caller owes, also when its reply fails. The memory tier exceeds
+ * its bound by the pinned chunks meanwhile. Returns the bytes available
+ * there (up to len, not past the chunk's end) or a negative errno. */
+int64_t cache_pin_range(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len,
+			const uint8_t **data, struct cache_pin **pin, enum cache_verdict *verdict);
+void cache_unpin(struct cache *c, struct cache_pin *pin);
+
 /* A hit on a raw disk entry, for a caller that can hand file ranges to the
  * kernel (splice) rather than copy bytes: when the chunk holding byte off
  * of e is not in the memory tier and its disk entry holds it raw, *fd is a

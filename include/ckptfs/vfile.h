@@ -57,10 +57,25 @@ struct vpiece {
 };
 
 struct cache;
+struct cache_pin;
+
+/* Chunks a plan pins at most; past this, computed bytes are copied to
+ * scratch. A 1 MiB reply touches two or three chunks of 1 MiB, 17 of the
+ * smallest (-o cache_chunk=64K). The pinned bytes need no bound of their
+ * own: a chunk is never longer than its expression, and every extent but
+ * the first and last of a reply lies whole inside it, so a plan pins at
+ * most its own length plus the two partial chunks at its ends. */
+#define VPLAN_PINS_MAX 32
 
 struct vplan {
 	struct cache *cache; /* computed bytes go through it when set */
 	bool cache_ranges;   /* the caller splices: cache hits may be entry file ranges */
+	/* The caller replies from the plan's pieces: computed bytes the cache
+	 * has are pieces of its memory-tier chunks (not copied to scratch),
+	 * pinned until the plan is made again or destroyed. */
+	bool cache_pins;
+	size_t npins;
+	struct cache_pin *pins[VPLAN_PINS_MAX];
 	size_t cache_spliced; /* computed bytes planned as such ranges */
 	size_t n, cap;
 	struct vpiece *p;
@@ -92,7 +107,9 @@ const char *vfile_extent_key(const struct extent *x);
 
 /* Plan a read of [off, off+len), clamped to the file size. Computed bytes are
  * written into scratch (at least len bytes) at their position in the
- * request. Returns the number of bytes planned or a negative errno. */
+ * request, unless the plan may pin them (cache_pins). Returns the number
+ * of bytes planned or a negative errno; a failed plan may still hold pins
+ * and entry descriptors, which vplan_destroy (or the next plan) releases. */
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan);
 
 /* vfile_plan that answers -EIO instead of dying when a source mapping

@@ -1323,6 +1323,30 @@ int cache_read(struct cache *c, const struct expr *e, const char *key, uint64_t 
 	return 0;
 }
 
+int64_t cache_pin_range(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len,
+			const uint8_t **data, struct cache_pin **pin, enum cache_verdict *verdict)
+{
+	*data = NULL;
+	*pin = NULL;
+	if (off >= e->nbytes || len == 0 || len > e->nbytes - off)
+		return -EIO;
+	uint64_t k = off / c->o.chunk, in = off % c->o.chunk;
+	struct centry *x;
+	int r = chunk_get(c, e, key, k, &x, verdict);
+	if (r < 0)
+		return r;
+	/* the reader's pin from chunk_get is handed to the caller */
+	*data = x->data + in;
+	*pin = (struct cache_pin *)x;
+	return (int64_t)(x->len - in < len ? x->len - in : len);
+}
+
+void cache_unpin(struct cache *c, struct cache_pin *pin)
+{
+	if (pin)
+		chunk_put(c, (struct centry *)pin);
+}
+
 int64_t cache_span(struct cache *c, const struct expr *e, const char *key, uint64_t off, uint64_t len, int *fd,
 		   uint64_t *fd_off)
 {

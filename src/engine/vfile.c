@@ -157,19 +157,22 @@ void vplan_init(struct vplan *p)
 	memset(p, 0, sizeof(*p));
 }
 
-/* Close the cache entries a plan holds open. */
-static void vplan_close_fds(struct vplan *p)
+/* Close the cache entries a plan holds open and unpin its chunks. */
+static void vplan_release(struct vplan *p)
 {
 	for (size_t i = 0; i < p->n; i++)
 		if (p->p[i].cache_fd1 > 0) {
 			close(p->p[i].cache_fd1 - 1);
 			p->p[i].cache_fd1 = 0;
 		}
+	for (size_t i = 0; i < p->npins; i++)
+		cache_unpin(p->cache, p->pins[i]);
+	p->npins = 0;
 }
 
 void vplan_destroy(struct vplan *p)
 {
-	vplan_close_fds(p);
+	vplan_release(p);
 	free(p->p);
 	memset(p, 0, sizeof(*p));
 }
@@ -247,12 +250,30 @@ static int extent_compute(const struct extent *x, struct cache *cache, uint64_t 
 	return r;
 }
 
-/* Computed bytes [in, in+len) of extent x into dst, or, where the cache
- * holds them raw on disk and the caller splices, as ranges of its entries. */
+/* Chunk bytes [o, o+n) of extent x (n not past the chunk's end) as a
+ * piece of its pinned memory-tier chunk: no copy. */
+static int extent_plan_pinned(const struct extent *x, struct vplan *plan, const char *key, uint64_t o, uint64_t n)
+{
+	const uint8_t *mem;
+	struct cache_pin *pin;
+	enum cache_verdict verdict = CACHE_UNKNOWN;
+	int64_t k = cache_pin_range(plan->cache, x->expr, key, o, n, &mem, &pin, &verdict);
+	if (verdict != CACHE_UNKNOWN)
+		__atomic_store_n(&((struct extent *)x)->cost, (int)verdict, __ATOMIC_RELAXED);
+	if (k < 0)
+		return (int)k;
+	plan->pins[plan->npins++] = pin; /* released with the plan, also on failure */
+	return (uint64_t)k == n ? vplan_push(plan, mem, NULL, 0, (size_t)n) : -EIO;
+}
+
+/* Computed bytes [in, in+len) of extent x into dst; or, where the cache
+ * holds them raw on disk and the caller splices, as ranges of its entries;
+ * or, where the caller replies from memory, as pieces of pinned chunks. */
 static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint64_t in, uint64_t len, uint8_t *dst)
 {
 	struct cache *c = plan->cache;
-	const char *key = c && plan->cache_ranges && __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP
+	const char *key = c && (plan->cache_ranges || plan->cache_pins) &&
+					  __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP
 				  ? vfile_extent_key(x)
 				  : NULL;
 	if (!key) {
@@ -267,12 +288,15 @@ static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint
 			n = len - got;
 		int fd;
 		uint64_t fd_off;
-		int64_t k = cache_span(c, x->expr, key, o, n, &fd, &fd_off);
+		int64_t k = plan->cache_ranges ? cache_span(c, x->expr, key, o, n, &fd, &fd_off) : -ENOENT;
 		int r;
 		if (k > 0) {
 			n = (uint64_t)k;
 			r = vplan_push_fd(plan, fd, fd_off, (size_t)n);
 			plan->cache_spliced += (size_t)n;
+		} else if (plan->cache_pins && plan->npins < VPLAN_PINS_MAX &&
+			   __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP) {
+			r = extent_plan_pinned(x, plan, key, o, n);
 		} else {
 			r = extent_compute(x, c, o, n, dst + got);
 			if (r == 0)
@@ -287,7 +311,7 @@ static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint
 
 int64_t vfile_plan(const struct vfile *vf, uint64_t off, size_t len, uint8_t *scratch, struct vplan *plan)
 {
-	vplan_close_fds(plan);
+	vplan_release(plan);
 	plan->n = 0;
 	plan->cache_spliced = 0;
 	plan->computed = 0;

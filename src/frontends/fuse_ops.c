@@ -594,6 +594,11 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	 * and a source truncated meanwhile would kill the daemon with SIGBUS. */
 	bool splice = splice_fits(fs, size, 1);
 	plan.cache_ranges = splice;
+	/* Then the reply goes from the plan's pieces (writev or libfuse's
+	 * pipe), so computed bytes of the memory tier are sent from their
+	 * chunks, not copied to scratch first: pinned until vplan_destroy
+	 * below, which every path, failed ones too, reaches after the reply. */
+	plan.cache_pins = splice;
 	/* Scratch is needed only when something is computed or copied; a plain
 	 * passthrough file that is spliced never allocates it. */
 	if (!splice || n->file.n != 1 || n->file.ext[0].kind != EXTENT_FILE) {

@@ -694,6 +694,68 @@ static void test_random_ranges(void **state)
 	subj_free(&ab[1]);
 }
 
+/* A pinned chunk outlives a memory tier smaller than one chunk: the reads
+ * of other chunks evict and reuse their buffers around it, never it; its
+ * bytes stay right; a second pin of it is a hit on the same memory; the
+ * last unpin lets it go. The stats count it as cache_read would. */
+static void test_pin(void **state)
+{
+	(void)state;
+	struct expr *e = big_expr(&ta);
+	uint8_t *want = expected(e);
+	char *key = cache_key(e);
+	struct cache *c = open_cache(CH, CH / 2, NULL, 0, false);
+	const uint8_t *data = NULL, *again = NULL;
+	struct cache_pin *pin = NULL, *pin2 = NULL;
+	uint64_t end;
+	/* bounded by the chunk holding the first byte */
+	assert_int_equal(cache_pin_range(c, e, key, 100, 10000, &data, &pin, NULL), CH - 100);
+	assert_non_null(pin);
+	assert_memory_equal(data, want + 100, CH - 100);
+	struct cache_stats s = stats(c);
+	assert_int_equal(s.computed_chunks, 1);
+	assert_int_equal(s.computed_bytes, CH);
+	assert_int_equal(s.mem.misses, 1);
+	assert_int_equal(s.mem.bytes_stored, CH); /* over the bound while pinned */
+	assert_true(cache_holds(c, key, 0, &end));
+	for (uint64_t k = 1; k <= 5; k++)
+		read_chunk(c, e, key, want, k);
+	s = stats(c);
+	assert_int_equal(s.mem.evictions, 5);
+	assert_int_equal(s.mem.bytes_stored, CH);
+	assert_true(cache_holds(c, key, 0, &end));
+	assert_false(cache_holds(c, key, 5 * CH, &end));
+	assert_memory_equal(data, want + 100, CH - 100); /* its buffer was not reused */
+	/* pinned twice: a hit, the same bytes; each unpin drops one pin */
+	assert_int_equal(cache_pin_range(c, e, key, 50, 10, &again, &pin2, NULL), 10);
+	assert_ptr_equal(again, data - 50);
+	assert_ptr_equal(pin2, pin);
+	s = stats(c);
+	assert_int_equal(s.mem.hits, 1);
+	assert_int_equal(s.computed_chunks, 6);
+	cache_unpin(c, pin2);
+	assert_true(cache_holds(c, key, 0, &end));
+	cache_unpin(c, pin);
+	assert_false(cache_holds(c, key, 0, &end));
+	s = stats(c);
+	assert_int_equal(s.mem.evictions, 6);
+	assert_int_equal(s.mem.bytes_stored, 0);
+	/* the last chunk is short; ranges outside e pin nothing */
+	assert_int_equal(cache_pin_range(c, e, key, BIG_BYTES - 10, 100, &data, &pin, NULL), -EIO);
+	assert_null(pin);
+	assert_int_equal(cache_pin_range(c, e, key, BIG_BYTES - 10, 10, &data, &pin, NULL), 10);
+	assert_memory_equal(data, want + BIG_BYTES - 10, 10);
+	cache_unpin(c, pin);
+	assert_int_equal(cache_pin_range(c, e, key, BIG_BYTES, 1, &data, &pin, NULL), -EIO);
+	assert_int_equal(cache_pin_range(c, e, key, 0, 0, &data, &pin, NULL), -EIO);
+	cache_unpin(c, NULL); /* nothing to drop */
+	assert_int_equal(stats(c).mem.bytes_stored, 0);
+	cache_close(c);
+	free(key);
+	free(want);
+	expr_unref(e);
+}
+
 /* mem_bytes = 3 chunks: never more is kept; misses, hits, evictions counted; LRU order. */
 static void test_mem_bound(void **state)
 {
@@ -2085,6 +2147,7 @@ int main(void)
 		cmocka_unit_test_setup(test_every_range, setup),
 		cmocka_unit_test_setup(test_random_ranges, setup),
 		cmocka_unit_test_setup(test_mem_bound, setup),
+		cmocka_unit_test_setup(test_pin, setup),
 		cmocka_unit_test_setup(test_threads_compute_once, setup),
 		cmocka_unit_test_setup(test_disk_format_and_second_cache, setup),
 		cmocka_unit_test_setup(test_close_publishes, setup),
