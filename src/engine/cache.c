@@ -614,7 +614,7 @@ static void disk_enforce(struct cache *c, bool evict)
 				break;
 			v = nv;
 		}
-		snprintf(v[n].name, sizeof(v[n].name), "%s", de->d_name);
+		memcpy(v[n].name, de->d_name, 37); /* l == 36: the name and its NUL */
 		v[n].mtime = st.st_mtim;
 		v[n].size = st.st_size;
 		total += (uint64_t)st.st_size;
