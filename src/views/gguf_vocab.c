@@ -257,15 +257,25 @@ static const char *one_of(const struct json_token *k, const char *const *names)
 	return NULL;
 }
 
+/* The next member of the object being read: 1 with its key in k and the
+ * first token of its value in t, 0 at the object's end, -EINVAL. */
+static int next_member(struct json_scanner *js, struct json_token *k, struct json_token *t)
+{
+	enum json_tok kind = json_scan_next(js, k);
+	if (kind == JSON_TOK_OBJECT_END)
+		return 0;
+	if (kind != JSON_TOK_KEY || json_scan_next(js, t) == JSON_TOK_ERROR)
+		return -EINVAL;
+	return 1;
+}
+
 static int read_vocab(struct json_scanner *js, struct tok_doc *d)
 {
 	struct json_token k, t;
 	for (;;) {
-		enum json_tok kind = json_scan_next(js, &k);
-		if (kind == JSON_TOK_OBJECT_END)
-			return 0;
-		if (kind != JSON_TOK_KEY || json_scan_next(js, &t) == JSON_TOK_ERROR)
-			return -EINVAL;
+		int m = next_member(js, &k, &t);
+		if (m <= 0)
+			return m;
 		if (grow((void **)&d->vocab, &d->capvocab, d->nvocab, sizeof(*d->vocab)) < 0)
 			return -ENOMEM;
 		struct vocab_entry *e = &d->vocab[d->nvocab++];
@@ -353,11 +363,9 @@ static int read_model(struct json_scanner *js, struct tok_doc *d, cJSON *model)
 	const char *name;
 	struct json_token k, t;
 	for (;;) {
-		enum json_tok kind = json_scan_next(js, &k);
-		if (kind == JSON_TOK_OBJECT_END)
-			return 0;
-		if (kind != JSON_TOK_KEY || json_scan_next(js, &t) == JSON_TOK_ERROR)
-			return -EINVAL;
+		int m = next_member(js, &k, &t);
+		if (m <= 0)
+			return m;
 		int r;
 		if (!vocab && json_string_equals(&k, "vocab")) {
 			vocab = true;
@@ -395,11 +403,11 @@ static int tok_doc_read(const char *buf, size_t len, const struct json_limits *l
 	bool model = false;
 	const char *name;
 	while (kind == JSON_TOK_OBJECT) {
-		enum json_tok member = json_scan_next(&js, &k);
-		if (member == JSON_TOK_OBJECT_END)
+		int member = next_member(&js, &k, &t);
+		if (member < 0)
+			return member;
+		if (member == 0)
 			break;
-		if (member != JSON_TOK_KEY || json_scan_next(&js, &t) == JSON_TOK_ERROR)
-			return -EINVAL;
 		int r;
 		if (!model && json_string_equals(&k, "model")) {
 			model = true;
