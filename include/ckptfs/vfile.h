@@ -102,8 +102,10 @@ int vfile_check_sources(const struct vfile *vf);
 size_t vfile_find(const struct vfile *vf, uint64_t off);
 
 /* An EXTENT_EXPR's cache identity (cache_key of its expression), made on
- * first use and kept with the extent; NULL when out of memory. */
-const char *vfile_extent_key(const struct extent *x);
+ * first use and kept with the extent, when its bytes go through cache c;
+ * NULL when they do not: no cache, an extent judged cheap (it computes
+ * faster than any cache gives it back), or out of memory. */
+const char *vfile_extent_key(const struct extent *x, const struct cache *c);
 
 /* Plan a read of [off, off+len), clamped to the file size. Computed bytes are
  * written into scratch (at least len bytes) at their position in the

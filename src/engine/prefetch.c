@@ -161,8 +161,8 @@ static int merger_add(void *ctx, const struct src_file *f, uint64_t off, uint64_
 static int expr_extent_ranges(struct merger *m, const struct extent *x, uint64_t in, uint64_t len, uint64_t *cached)
 {
 	struct cache *c = m->conf->cache;
-	/* a cheap extent bypasses the cache: its reads compute from the source */
-	const char *key = c && __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP ? vfile_extent_key(x) : NULL;
+	/* NULL for an extent that bypasses the cache: its reads compute from the source */
+	const char *key = vfile_extent_key(x, c);
 	if (!key)
 		return expr_source_ranges(x->expr, in, len, merger_add, m);
 	uint64_t held_end = 0; /* the answer for the chunk last asked about holds below this */

@@ -218,8 +218,10 @@ static int vplan_push_fd(struct vplan *p, int fd, uint64_t fd_off, size_t len)
 }
 
 /* Made once; racing threads agree on one copy. */
-const char *vfile_extent_key(const struct extent *x)
+const char *vfile_extent_key(const struct extent *x, const struct cache *c)
 {
+	if (!c || __atomic_load_n(&x->cost, __ATOMIC_RELAXED) == CACHE_CHEAP)
+		return NULL;
 	char *k = __atomic_load_n(&x->key, __ATOMIC_ACQUIRE);
 	if (k)
 		return k;
@@ -233,20 +235,24 @@ const char *vfile_extent_key(const struct extent *x)
 	return expected;
 }
 
+/* The cache's verdict on x's chunks, kept for its next reads: cheap
+ * expressions (widening casts, ...) compute faster than any cache could
+ * give them back, so once a computed chunk proved it they skip it. */
+static void extent_note_verdict(const struct extent *x, enum cache_verdict verdict)
+{
+	if (verdict != CACHE_UNKNOWN)
+		__atomic_store_n(&((struct extent *)x)->cost, (int)verdict, __ATOMIC_RELAXED);
+}
+
 /* Computed bytes of an extent, through the cache when there is one. */
 static int extent_compute(const struct extent *x, struct cache *cache, uint64_t off, uint64_t len, uint8_t *dst)
 {
-	/* Cheap expressions (widening casts, ...) compute faster than any
-	 * cache could give them back: once a computed chunk proved it, skip it. */
-	if (!cache || __atomic_load_n(&x->cost, __ATOMIC_RELAXED) == CACHE_CHEAP)
-		return expr_read(x->expr, off, len, dst);
-	const char *key = vfile_extent_key(x);
+	const char *key = vfile_extent_key(x, cache);
 	if (!key)
 		return expr_read(x->expr, off, len, dst);
 	enum cache_verdict verdict = CACHE_UNKNOWN;
 	int r = cache_read(cache, x->expr, key, off, len, dst, &verdict);
-	if (verdict != CACHE_UNKNOWN)
-		__atomic_store_n(&((struct extent *)x)->cost, (int)verdict, __ATOMIC_RELAXED);
+	extent_note_verdict(x, verdict);
 	return r;
 }
 
@@ -258,8 +264,7 @@ static int extent_plan_pinned(const struct extent *x, struct vplan *plan, const 
 	struct cache_pin *pin;
 	enum cache_verdict verdict = CACHE_UNKNOWN;
 	int64_t k = cache_pin_range(plan->cache, x->expr, key, o, n, &mem, &pin, &verdict);
-	if (verdict != CACHE_UNKNOWN)
-		__atomic_store_n(&((struct extent *)x)->cost, (int)verdict, __ATOMIC_RELAXED);
+	extent_note_verdict(x, verdict);
 	if (k < 0)
 		return (int)k;
 	plan->pins[plan->npins++] = pin; /* released with the plan, also on failure */
@@ -272,10 +277,7 @@ static int extent_plan_pinned(const struct extent *x, struct vplan *plan, const 
 static int extent_plan_computed(const struct extent *x, struct vplan *plan, uint64_t in, uint64_t len, uint8_t *dst)
 {
 	struct cache *c = plan->cache;
-	const char *key = c && (plan->cache_ranges || plan->cache_pins) &&
-					  __atomic_load_n(&x->cost, __ATOMIC_RELAXED) != CACHE_CHEAP
-				  ? vfile_extent_key(x)
-				  : NULL;
+	const char *key = plan->cache_ranges || plan->cache_pins ? vfile_extent_key(x, c) : NULL;
 	if (!key) {
 		int r = extent_compute(x, c, in, len, dst);
 		return r < 0 ? r : vplan_push(plan, dst, NULL, 0, (size_t)len);

@@ -475,11 +475,11 @@ static void test_plan_pins_failed(void **state)
 	assert_int_equal(vfile_add_expr(&vf, expr_cast(expr_source(&bf), CKPT_F32)), 0); /* 64 bytes */
 	assert_int_equal(vfile_add_bytes(&vf, "SEP", 3), 0);
 	assert_int_equal(vfile_add_expr(&vf, expr_cast(expr_source(&tc), CKPT_F32)), 0);
-	const char *key = vfile_extent_key(&vf.ext[0]);
+	struct cache *c = pin_cache(32);
+	const char *key = vfile_extent_key(&vf.ext[0], c);
 	assert_non_null(key);
 	assert_int_equal(ftruncate(fd, 0), 0);
 
-	struct cache *c = pin_cache(32);
 	struct vplan plan;
 	vplan_init(&plan);
 	plan.cache = c;
