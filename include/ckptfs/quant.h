@@ -11,8 +11,14 @@
 
 /* Quantise n values (a multiple of 32) into n/32*34 bytes: per block the
  * f16 scale (little-endian) then 32 int8. Vector code where the CPU has
- * AVX2 and F16C, the same bytes as the scalar code (tests/unit/test_gguf.c). */
+ * AVX-512, or AVX2 and F16C, the same bytes as the scalar code
+ * (tests/unit/test_gguf.c). */
 void q8_0_quantize(const float *x, uint8_t *out, size_t n);
+
+/* The same with the vector code capped, so tests run every path the CPU has. */
+enum q8_0_isa { Q8_0_ISA_BEST, Q8_0_ISA_AVX2, Q8_0_ISA_SCALAR };
+void q8_0_quantize_isa(const float *x, uint8_t *out, size_t n, enum q8_0_isa isa);
+void q8_0_quantize_bf16_isa(const uint8_t *x, uint8_t *out, size_t n, enum q8_0_isa isa);
 
 /* The scalar code alone, for tests. */
 void q8_0_quantize_scalar(const float *x, uint8_t *out, size_t n);

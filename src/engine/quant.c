@@ -1,4 +1,4 @@
-/* quant.c -- Q8_0 quantisation, scalar and AVX2 (+F16C), of f32 or straight from bf16, bit for bit ggml's quantize_row_q8_0_ref.
+/* quant.c -- Q8_0 quantisation, scalar, AVX2 (+F16C) and AVX-512, of f32 or straight from bf16, bit for bit ggml's quantize_row_q8_0_ref.
  * The vector path takes blocks of finite values and a finite 1/d; any other block goes the scalar way. */
 #include "ckptfs/quant.h"
 
@@ -226,36 +226,159 @@ __attribute__((target("avx2,f16c"))) static void quantize_bf16_avx2(const uint8_
 			q8_0_quantize_bf16_scalar(x + b * Q8_0_BLOCK * 2, out + b * Q8_0_BLOCK_BYTES, Q8_0_BLOCK);
 }
 
+/* AVX-512: a block is two vectors of 16, and sixteen blocks share one
+ * transpose-and-reduce, one division and one conversion of their scales
+ * (the same IEEE operations as group_avx2, so the same bits). */
+__attribute__((target("avx512f"), always_inline)) static inline void load_block16(const uint8_t *x, bool bf16,
+										   __m512 *v)
+{
+	for (int k = 0; k < 2; k++) {
+		if (bf16) {
+			__m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * k)));
+			v[k] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+		} else {
+			v[k] = _mm512_loadu_ps((const float *)(const void *)x + 16 * k);
+		}
+	}
+}
+
+/* Sixteen blocks; returns the mask of those left undone (see group_avx2). */
+__attribute__((target("avx512f"), always_inline)) static inline unsigned group_avx512(const uint8_t *x, size_t isz,
+											  bool bf16, uint8_t *out)
+{
+	const __m512 inf = _mm512_set1_ps(INFINITY);
+	__m512 a[16];
+	unsigned skip = 0;
+	for (int b = 0; b < 16; b++) {
+		__m512 v[2];
+		load_block16(x + (size_t)b * Q8_0_BLOCK * isz, bf16, v);
+		__m512 a0 = _mm512_abs_ps(v[0]), a1 = _mm512_abs_ps(v[1]);
+		__mmask16 bad = _mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ);
+		a[b] = _mm512_max_ps(a0, a1);
+		skip |= (unsigned)(bad != 0) << b;
+	}
+	/* Within each 128-bit lane, as group_avx2 does: v[j] holds, lane by
+	 * lane, the maxima of blocks 4j..4j+3 over that lane's elements. */
+	__m512 u[8], w[4];
+	for (int i = 0; i < 8; i++)
+		u[i] = _mm512_max_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+	for (int j = 0; j < 4; j++)
+		w[j] = _mm512_max_ps(_mm512_shuffle_ps(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+				     _mm512_shuffle_ps(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+	/* Then across the four lanes: lane k of amax holds blocks 4k..4k+3. */
+	__m512 m01 = _mm512_max_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+				   _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+	__m512 m23 = _mm512_max_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+				   _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+	__m512 amax = _mm512_max_ps(_mm512_shuffle_f32x4(m01, m23, _MM_SHUFFLE(2, 0, 2, 0)),
+				    _mm512_shuffle_f32x4(m01, m23, _MM_SHUFFLE(3, 1, 3, 1)));
+	__m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+	__m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_OQ), _mm512_set1_ps(1.0f), d);
+	skip |= _mm512_cmp_ps_mask(id, inf, _CMP_NLT_UQ); /* d subnormal */
+	uint16_t h[16];
+	float idv[16];
+	_mm256_storeu_si256((__m256i *)(void *)h, _mm512_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+	_mm512_storeu_ps(idv, id);
+	/* bit patterns: AVX-512F has no float and/or (that is AVX-512DQ) */
+	const __m512i sign = _mm512_castps_si512(_mm512_set1_ps(-0.0f)),
+		      half = _mm512_castps_si512(_mm512_set1_ps(0x1.fffffep-2f));
+	for (int b = 0; b < 16; b++) {
+		if (skip >> b & 1)
+			continue;
+		uint8_t *o = out + (size_t)b * Q8_0_BLOCK_BYTES;
+		__m512 v[2], vid = _mm512_set1_ps(idv[b]);
+		load_block16(x + (size_t)b * Q8_0_BLOCK * isz, bf16, v);
+		o[0] = (uint8_t)h[b], o[1] = (uint8_t)(h[b] >> 8);
+		for (int k = 0; k < 2; k++) {
+			/* put_quants' rounding; the int32 are in -127..127, so the
+			 * saturating narrowing is plain truncation */
+			__m512 s = _mm512_mul_ps(v[k], vid);
+			s = _mm512_add_ps(s, _mm512_castsi512_ps(
+						     _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(s), sign), half)));
+			_mm_storeu_si128((__m128i *)(void *)(o + 2 + 16 * k), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(s)));
+		}
+	}
+	return skip;
+}
+
+/* The whole groups of sixteen blocks of x (n values): the count of values done. */
+__attribute__((target("avx512f"))) static size_t quantize_avx512(const uint8_t *x, bool bf16, uint8_t *out, size_t n)
+{
+	size_t isz = bf16 ? 2 : 4, nb = n / Q8_0_BLOCK, b = 0;
+	for (; b + 16 <= nb; b += 16) {
+		unsigned skip = group_avx512(x + b * Q8_0_BLOCK * isz, isz, bf16, out + b * Q8_0_BLOCK_BYTES);
+		for (unsigned k = 0; skip; k++, skip >>= 1) {
+			if (!(skip & 1))
+				continue;
+			if (bf16)
+				q8_0_quantize_bf16_scalar(x + (b + k) * Q8_0_BLOCK * 2, out + (b + k) * Q8_0_BLOCK_BYTES,
+							  Q8_0_BLOCK);
+			else
+				block_scalar((const float *)(const void *)x + (b + k) * Q8_0_BLOCK,
+					     out + (b + k) * Q8_0_BLOCK_BYTES);
+		}
+	}
+	return b * Q8_0_BLOCK;
+}
+
 static int have_avx2(void)
 {
 	return cast_cpu_avx2_f16c();
 }
 
-void q8_0_quantize(const float *x, uint8_t *out, size_t n)
+static bool have_avx512(void)
 {
-	if (!have_avx2()) {
-		q8_0_quantize_scalar(x, out, n);
-		return;
+	static int known = -1; /* set once, the same by every racing thread */
+	int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+	if (v < 0) {
+		__builtin_cpu_init();
+		v = __builtin_cpu_supports("avx512f") && have_avx2();
+		__atomic_store_n(&known, v, __ATOMIC_RELAXED);
 	}
-	quantize_avx2(x, out, n);
+	return v;
 }
 
-void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n)
+void q8_0_quantize_isa(const float *x, uint8_t *out, size_t n, enum q8_0_isa isa)
 {
-	if (!have_avx2()) {
+	size_t done = 0;
+	if (isa == Q8_0_ISA_BEST && have_avx512())
+		done = quantize_avx512((const uint8_t *)(const void *)x, false, out, n);
+	if (isa != Q8_0_ISA_SCALAR && have_avx2())
+		quantize_avx2(x + done, out + done / Q8_0_BLOCK * Q8_0_BLOCK_BYTES, n - done);
+	else
+		q8_0_quantize_scalar(x + done, out + done / Q8_0_BLOCK * Q8_0_BLOCK_BYTES, n - done);
+}
+
+void q8_0_quantize_bf16_isa(const uint8_t *x, uint8_t *out, size_t n, enum q8_0_isa isa)
+{
+	size_t done = 0;
+	if (isa == Q8_0_ISA_BEST && have_avx512())
+		done = quantize_avx512(x, true, out, n);
+	if (isa != Q8_0_ISA_SCALAR && have_avx2())
+		quantize_bf16_avx2(x + done * 2, out + done / Q8_0_BLOCK * Q8_0_BLOCK_BYTES, n - done);
+	else
 		q8_0_quantize_bf16_scalar(x, out, n);
-		return;
-	}
-	quantize_bf16_avx2(x, out, n);
 }
 #else
-void q8_0_quantize(const float *x, uint8_t *out, size_t n)
+void q8_0_quantize_isa(const float *x, uint8_t *out, size_t n, enum q8_0_isa isa)
 {
+	(void)isa;
 	q8_0_quantize_scalar(x, out, n);
 }
 
-void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n)
+void q8_0_quantize_bf16_isa(const uint8_t *x, uint8_t *out, size_t n, enum q8_0_isa isa)
 {
+	(void)isa;
 	q8_0_quantize_bf16_scalar(x, out, n);
 }
 #endif
+
+void q8_0_quantize(const float *x, uint8_t *out, size_t n)
+{
+	q8_0_quantize_isa(x, out, n, Q8_0_ISA_BEST);
+}
+
+void q8_0_quantize_bf16(const uint8_t *x, uint8_t *out, size_t n)
+{
+	q8_0_quantize_bf16_isa(x, out, n, Q8_0_ISA_BEST);
+}

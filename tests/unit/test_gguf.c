@@ -121,12 +121,13 @@ static uint32_t rand32(uint64_t *st)
 	return (uint32_t)(*st >> 32);
 }
 
-/* The AVX2 path (when the CPU has it) against the scalar one: random blocks
- * of every magnitude, signs, zeros, subnormals, ties, NaNs and infinities. */
+/* The AVX-512 and AVX2 paths (those the CPU has) against the scalar one:
+ * random blocks of every magnitude, signs, zeros, subnormals, ties, NaNs
+ * and infinities, and a bad block in every position of a group. */
 static void test_q8_0_vector_scalar(void **state)
 {
 	(void)state;
-	enum { NB = 20003 }; /* not a multiple of the vector code's 8-block groups */
+	enum { NB = 20003 }; /* not a multiple of the vector code's 8- and 16-block groups */
 	float *x = alloc_or_fail(NB * 32 * sizeof(float));
 	uint8_t *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34);
 	uint64_t st = 0x12345678;
@@ -146,11 +147,14 @@ static void test_q8_0_vector_scalar(void **state)
 		}
 		x[i] = v;
 	}
-	q8_0_quantize(x, a, NB * 32);
 	q8_0_quantize_scalar(x, b, NB * 32);
-	for (size_t i = 0; i < NB * 34; i++)
-		if (a[i] != b[i])
-			fail_msg("block %zu byte %zu: %#x, scalar %#x", i / 34, i % 34, a[i], b[i]);
+	for (int isa = Q8_0_ISA_BEST; isa < Q8_0_ISA_SCALAR; isa++) {
+		memset(a, 0xa5, NB * 34);
+		q8_0_quantize_isa(x, a, NB * 32, (enum q8_0_isa)isa);
+		for (size_t i = 0; i < NB * 34; i++)
+			if (a[i] != b[i])
+				fail_msg("isa %d, block %zu byte %zu: %#x, scalar %#x", isa, i / 34, i % 34, a[i], b[i]);
+	}
 	free(x);
 	free(a);
 	free(b);
@@ -161,7 +165,7 @@ static void test_q8_0_vector_scalar(void **state)
 static void test_q8_0_bf16(void **state)
 {
 	(void)state;
-	enum { NB = 20003 }; /* not a multiple of the vector code's 8-block groups */
+	enum { NB = 20003 }; /* not a multiple of the vector code's 8- and 16-block groups */
 	uint8_t *x = alloc_or_fail(NB * 32 * 2 + 1), *a = alloc_or_fail(NB * 34), *b = alloc_or_fail(NB * 34),
 		*c = alloc_or_fail(NB * 34);
 	float *w = alloc_or_fail(NB * 32 * sizeof(float));
@@ -181,12 +185,15 @@ static void test_q8_0_bf16(void **state)
 		w[i] = cast_bf16_to_f32(h);
 	}
 	q8_0_quantize_scalar(w, a, NB * 32);
-	q8_0_quantize_bf16(x + 1, b, NB * 32);
 	q8_0_quantize_bf16_scalar(x + 1, c, NB * 32);
-	for (size_t i = 0; i < NB * 34; i++)
-		if (a[i] != b[i] || a[i] != c[i])
-			fail_msg("block %zu byte %zu: %#x from f32, %#x from bf16, %#x from bf16 (scalar)", i / 34, i % 34,
-				 a[i], b[i], c[i]);
+	for (int isa = Q8_0_ISA_BEST; isa < Q8_0_ISA_SCALAR; isa++) {
+		memset(b, 0xa5, NB * 34);
+		q8_0_quantize_bf16_isa(x + 1, b, NB * 32, (enum q8_0_isa)isa);
+		for (size_t i = 0; i < NB * 34; i++)
+			if (a[i] != b[i] || a[i] != c[i])
+				fail_msg("isa %d, block %zu byte %zu: %#x from f32, %#x from bf16, %#x from bf16 (scalar)",
+					 isa, i / 34, i % 34, a[i], b[i], c[i]);
+	}
 	free(x);
 	free(w);
 	free(a);
