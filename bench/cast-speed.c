@@ -1,5 +1,6 @@
-/* cast-speed.c -- the engine's element conversions against memcpy, in process (BENCH.md's memcpy-bound baseline).
- * Each F32/F16/BF16 pair converts 16 Mi elements of bf16-like values; memcpy of the same output bytes is measured in the same run. */
+/* cast-speed.c -- the engine's element conversions and Q8_0 quantiser against memcpy, in process (BENCH.md's memcpy-bound baseline).
+ * Each F32/F16/BF16 pair converts 16 Mi elements of bf16-like values, BF16->Q8_0 quantises them by each vector path the CPU has;
+ * memcpy of the same output bytes is measured in the same run. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <time.h>
 
 #include "ckptfs/cast.h"
+#include "ckptfs/quant.h"
 
 #define N (16u << 20)
 #define REPEAT 5
@@ -59,6 +61,29 @@ int main(void)
 			printf("%-12s %10.2f %10.2f %8.2f\n", name, (double)obytes / best / 1e9,
 			       (double)obytes / best_copy / 1e9, best_copy / best);
 		}
+	}
+	/* BF16 -> Q8_0 by each path (gguf@q8_0/ of a bf16 model); the GB/s are
+	 * of bf16 read, as a view's first read consumes its source. */
+	static const char *const isa_names[] = { "best", "avx2", "scalar" };
+	if (cast_run(CKPT_BF16, in, CKPT_F16, h, N) < 0)
+		return 1;
+	for (int isa = Q8_0_ISA_BEST; isa <= Q8_0_ISA_SCALAR; isa++) {
+		size_t ibytes = (size_t)N * 2, obytes = (size_t)N / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
+		double best = 1e9, best_copy = 1e9;
+		for (int r = 0; r < REPEAT; r++) {
+			double t = now();
+			q8_0_quantize_bf16_isa(in, out, N, (enum q8_0_isa)isa);
+			t = now() - t;
+			best = t < best ? t : best;
+			t = now();
+			memcpy(out, copy, obytes);
+			t = now() - t;
+			best_copy = t < best_copy ? t : best_copy;
+		}
+		char name[32];
+		snprintf(name, sizeof(name), "BF16->Q8_0 %s", isa_names[isa]);
+		printf("%-18s %10.2f GB/s of bf16 in (memcpy of the output %.2f GB/s)\n", name, (double)ibytes / best / 1e9,
+		       (double)obytes / best_copy / 1e9);
 	}
 	free(in);
 	free(out);
