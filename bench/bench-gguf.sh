@@ -28,12 +28,13 @@
 #  2. read speed of gguf@q8_0/model.gguf (quantising) through a fresh mount,
 #     cold (empty cache dir) and warm (a new mount on the same cache dir),
 #     against hf/model.safetensors through a fresh mount, 1 MiB reads.
-#     Targets: >= 0.3x cold, >= 0.9x warm.
+#     Targets: >= 0.3x cold, >= 0.9x warm. Also the cold read with no disk
+#     tier (-o cache_dir=none), which shows the cost of writing the entries.
 # Figures are the best of N runs (default 2); peer runs alternate with ours.
 # --part ttft (read) runs part 1 (2) alone; default all.
 
 BENCH_NAME=bench-gguf
-USAGE_LINES=2,35
+USAGE_LINES=2,36
 . "$(dirname "$0")/lib.sh" || exit 1
 
 NLC_DIR=${CKPTFS_NLC_DIR:-$HOME/.cache/ckptfs-test/node-llama-cpp}
@@ -159,7 +160,7 @@ for v in f16 q8_0; do
 done
 
 [ "$PART" != ttft ] || exit 0
-hf= qc= qw=
+hf= qc= qw= qn=
 for r in $(seq "$RUNS"); do
 	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/hf" model.safetensors
@@ -169,6 +170,10 @@ for r in $(seq "$RUNS"); do
 	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/gguf@q8_0" model.gguf
 	qc=$(best "${qc:-0}" "$GBS")
+	umount_fs
+	mount_fs rd "$CKPTFS" -f -o cache_dir=none "$SRC" "$WORK/rd"
+	read_gbs "$MNT/gguf@q8_0" model.gguf
+	qn=$(best "${qn:-0}" "$GBS")
 	umount_fs
 	mount_fs rd "$CKPTFS" -f -o cache_dir="$WORK/rcache" "$SRC" "$WORK/rd"
 	read_gbs "$MNT/gguf@q8_0" model.gguf
@@ -180,6 +185,7 @@ for r in $(seq "$RUNS"); do
 done
 echo "first read, hf/model.safetensors:   $(fmt "$hf") (baseline)"
 echo "first read, gguf@q8_0 cold:         $(fmt "$qc") = $(ratio "$qc" "$hf")x hf/ (target >= 0.3x: $(verdict "$(ratio "$qc" "$hf")" 0.3))"
+echo "  the same without the disk tier (-o cache_dir=none: no entry written): $(fmt "$qn") = $(ratio "$qn" "$hf")x hf/; the writer's share of the cold read is what separates the two"
 echo "first read, gguf@q8_0 from cache:   $(fmt "$qw") = $(ratio "$qw" "$hf")x hf/ (target >= 0.9x: $(verdict "$(ratio "$qw" "$hf")" 0.9))"
 read -r spl rng hits comp rareq rasrc racached <<<"$spliced"
 echo "  (last warm read: $(gb "$spl") spliced, $(gb "$rng") as cache entry ranges, $hits disk hits, $comp chunks computed;" \
