@@ -34,7 +34,7 @@
 # --part ttft (read) runs part 1 (2) alone; default all.
 
 BENCH_NAME=bench-gguf
-USAGE_LINES=2,36
+USAGE_LINES=2,34
 . "$(dirname "$0")/lib.sh" || exit 1
 
 NLC_DIR=${CKPTFS_NLC_DIR:-$HOME/.cache/ckptfs-test/node-llama-cpp}
