@@ -84,6 +84,7 @@ struct cache_stats {
 	uint64_t disk_written, disk_skipped_by_policy, disk_deduplicated, disk_dropped, disk_failed;
 	uint64_t disk_bad_entries;
 	uint64_t disk_pending; /* chunks queued, being written, or written and not yet named */
+	double writer_cpu_s;   /* CPU time the disk writer has spent (compressing, writing, naming) */
 	uint64_t disk_raw_bytes, disk_compressed_bytes;
 	uint64_t disk_trials; /* chunks the writer compressed at the configured level to see whether they compress */
 	/* disk hits handed out as ranges of raw entry files (cache_span), a part of disk.hits */

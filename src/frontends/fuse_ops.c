@@ -201,6 +201,8 @@ static const struct stat_field disk_fields[] = {
 	STAT_FIELD("dropped", struct cache_stats, disk_dropped),
 	STAT_FIELD("failed", struct cache_stats, disk_failed),
 	STAT_FIELD("pending", struct cache_stats, disk_pending),
+	/* what storing the entries cost in CPU time, beside the reads */
+	STAT_FIELD("writer_cpu_seconds", struct cache_stats, writer_cpu_s),
 	STAT_FIELD("bad_entries_deleted", struct cache_stats, disk_bad_entries),
 	/* hits handed out as ranges of raw entry files: spliced to the
 	 * kernel (counted in bytes_spliced) unless the reply is copied */

@@ -971,6 +971,8 @@ static void test_disk_format_and_second_cache(void **state)
 	assert_int_equal(s.disk_raw_bytes, BIG_BYTES);
 	assert_int_equal(s.disk_skipped_by_policy, 0);
 	assert_int_equal(s.disk_bad_entries, 0);
+	/* writing them took the writer CPU time (the stats say so) */
+	assert_true(s.writer_cpu_s > 0.0);
 	/* flushed: every entry is there, under its final name, in the documented format */
 	size_t nfiles, nzst, ntmp;
 	uint64_t total = dir_total(f.dir, &nfiles, &nzst, &ntmp);
