@@ -42,6 +42,9 @@ Presets:
   qwen2-oddvocab Qwen2 as "qwen2" (q/k/v biases, 4 heads / 2 KV heads, tied
                  embeddings, fp16) with vocab 101, so the vocab-parallel
                  split pads with zero rows
+  qwen3          Qwen3, bf16, no biases, per-head self_attn.q_norm/k_norm,
+                 head_dim 32 with hidden 64 and 4 heads / 2 KV heads (heads
+                 * head_dim != hidden), tied embeddings, one file
 """
 
 import argparse
@@ -536,7 +539,7 @@ F16_SPECIALS = np.array([
 ], dtype=np.uint16)
 
 
-def _llama_family_layers(w, c, i, qkv_bias=False, fused=False, experts=0):
+def _llama_family_layers(w, c, i, qkv_bias=False, fused=False, experts=0, qk_norm=False):
     d = c["hidden_size"]
     heads = c["num_attention_heads"]
     kv = c["num_key_value_heads"]
@@ -551,6 +554,9 @@ def _llama_family_layers(w, c, i, qkv_bias=False, fused=False, experts=0):
         ts += [w(p + "self_attn.q_proj.weight", [heads * hd, d]),
                w(p + "self_attn.k_proj.weight", [kv * hd, d]),
                w(p + "self_attn.v_proj.weight", [kv * hd, d])]
+        if qk_norm:  # Qwen3: an RMSNorm weight over each head of q and of k
+            ts += [w(p + "self_attn.q_norm.weight", [hd], norm=True),
+                   w(p + "self_attn.k_norm.weight", [hd], norm=True)]
         if qkv_bias:
             ts += [w(p + "self_attn.q_proj.bias", [heads * hd], std=0.1),
                    w(p + "self_attn.k_proj.bias", [kv * hd], std=0.1),
@@ -623,6 +629,16 @@ def qwen2_config(vocab_size):
 def gen_qwen2(outdir, rng):
     _llama_family(outdir, rng, qwen2_config(103), "F16", F16_SPECIALS,
                   qkv_bias=True)
+
+
+def gen_qwen3(outdir, rng):
+    # keys of Qwen/Qwen3-0.6B's config.json (its head_dim, 128, is not
+    # hidden / heads either)
+    c = dict(qwen2_config(103), architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=32,
+             attention_bias=False, torch_dtype="bfloat16", transformers_version="4.51.0")
+    for k in ("max_window_layers", "sliding_window", "use_sliding_window"):
+        del c[k]
+    _llama_family(outdir, rng, c, "BF16", BF16_SPECIALS, qk_norm=True)
 
 
 def gen_phi3(outdir, rng):
@@ -774,6 +790,7 @@ PRESETS = {
     "cast-edges": gen_cast_edges,
     "llama-gqa8": gen_llama_gqa8,
     "qwen2-oddvocab": gen_qwen2_oddvocab,
+    "qwen3": gen_qwen3,
 }
 
 

@@ -24,6 +24,9 @@ Presets:
           Llama 2's); weights large enough that a wrong Q/K row order changes
           the logits
   qwen2   Qwen2, fp16, q/k/v biases, GQA, tied embeddings, byte-level BPE
+  qwen3   Qwen3, bf16, no biases, per-head q_norm/k_norm, head_dim 32 with
+          hidden 64 / 4 heads (heads * head_dim != hidden), GQA, tied
+          embeddings, byte-level BPE split by Qwen's regex (pre "qwen2")
   gpt2    GPT-2, fp32, "transformer." prefix, a byte-level BPE (GPT-2 style)
 
 Variants: "" (source dtype), f32, f16, bf16, q8_0.
@@ -330,6 +333,51 @@ def gen_qwen2(outdir, rng):
     write_tok(outdir, tok, tcfg)
 
 
+# Qwen2's (and Qwen3's) split: one digit at a time, a letter run with one
+# leading non-letter; llama.cpp's "qwen2" pre-tokenizer.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def gen_qwen3(outdir, rng):
+    """Qwen3: bf16, no biases, q_norm/k_norm over each head, an explicit
+    head_dim that is not hidden / heads, GQA, tied embeddings (no lm_head);
+    no Q/K permutation in GGUF."""
+    tok, tcfg = gpt2_tokenizer()
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    vocab = len(tok["model"]["vocab"])
+    d, heads, kv, hd, inter = 64, 4, 2, 32, 128
+    c = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": d,
+         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+         "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": 128,
+         "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+         "torch_dtype": "bfloat16", "hidden_act": "silu", "attention_bias": False}
+    T = genmodel.Tensor
+
+    def w(name, shape, std, mean=0.0):
+        return T(name, "BF16", shape, genmodel.bf16_normal(rng, shape, std, mean))
+
+    ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
+    for i in range(2):
+        p = "model.layers.%d." % i
+        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "self_attn.q_proj.weight", [heads * hd, d], 0.3),
+               w(p + "self_attn.q_norm.weight", [hd], 0.2, 1.0),
+               w(p + "self_attn.k_proj.weight", [kv * hd, d], 0.3),
+               w(p + "self_attn.k_norm.weight", [hd], 0.2, 1.0),
+               w(p + "self_attn.v_proj.weight", [kv * hd, d], 0.2),
+               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
+               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
+               w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
+    ts.append(w("model.norm.weight", [d], 0.2, 1.0))
+    genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    genmodel.write_json(os.path.join(outdir, "config.json"), c)
+    write_tok(outdir, tok, tcfg)
+
+
 def gen_gpt2(outdir, rng):
     tok, tcfg = gpt2_tokenizer()
     vocab = len(tok["model"]["vocab"])
@@ -459,6 +507,10 @@ def _gguf_tensors(src):
                  (b + "ffn_gate.weight", st[h + "mlp.gate_proj.weight"]),
                  (b + "ffn_up.weight", st[h + "mlp.up_proj.weight"]),
                  (b + "ffn_down.weight", st[h + "mlp.down_proj.weight"])]
+        for x in "qk":  # Qwen3's per-head norms, F32 as every norm
+            n = h + "self_attn.%s_norm.weight" % x
+            if n in st:
+                layer.append((b + "attn_%s_norm.weight" % x, st[n]))
         for x in "qkv":
             n = h + "self_attn.%s_proj.bias" % x
             if n in st:
@@ -619,6 +671,7 @@ def expected_kv(src, variant, arch, ntokens, first_matrix_type):
                   "gpt2.attention.layer_norm_epsilon": (F32, cfg["layer_norm_epsilon"])})
     else:
         a = arch + "."
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         e.update({a + "context_length": (U32, cfg["max_position_embeddings"]),
                   a + "embedding_length": (U32, cfg["hidden_size"]),
                   a + "feed_forward_length": (U32, cfg["intermediate_size"]),
@@ -627,8 +680,10 @@ def expected_kv(src, variant, arch, ntokens, first_matrix_type):
                   a + "attention.head_count_kv": (U32, cfg["num_key_value_heads"]),
                   a + "rope.freq_base": (F32, cfg.get("rope_theta", 10000.0)),
                   a + "attention.layer_norm_rms_epsilon": (F32, cfg["rms_norm_eps"]),
-                  a + "rope.dimension_count": (U32, cfg["hidden_size"] // cfg["num_attention_heads"]),
+                  a + "rope.dimension_count": (U32, hd),
                   a + "vocab_size": (U32, ntokens)})
+        if hd != cfg["hidden_size"] // cfg["num_attention_heads"]:
+            e.update({a + "attention.key_length": (U32, hd), a + "attention.value_length": (U32, hd)})
     vocab = tok["model"]["vocab"]
     inv = {i: t for t, i in vocab.items()}
     added = {a["id"]: a for a in tok["added_tokens"]}
@@ -661,7 +716,10 @@ def expected_kv(src, variant, arch, ntokens, first_matrix_type):
         e["tokenizer.ggml.add_space_prefix"] = (BOOL, True)
     else:
         e["tokenizer.ggml.merges"] = (ARR, (STR, list(tok["model"]["merges"])))
-        e["tokenizer.ggml.pre"] = (STR, "gpt-2" if arch == "gpt2" else "default")
+        split = json.dumps(tok.get("pre_tokenizer"))
+        e["tokenizer.ggml.pre"] = (STR, "gpt-2" if arch == "gpt2" else
+                                   "llama-bpe" if r"\\p{N}{1,3}" in split else
+                                   "qwen2" if r"\\p{L}+|\\p{N}|" in split else "default")
     ids = {t: i for i, t in enumerate(tokens)}
     for key, ck in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", None), ("pad", "pad_token_id")):
         v = tcfg.get(key + "_token")
@@ -701,7 +759,7 @@ def check(src, path, variant, ggml_lib_path=None):
     if version != 3:
         fail("version %d" % version)
     cfg = load_json(src, "config.json")
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}[cfg["model_type"]]
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}[cfg["model_type"]]
     want = gguf_tensors(src)
     if [i[0] for i in infos] != [w[0] for w in want]:
         fail("tensor list %s, expected %s" % ([i[0] for i in infos], [w[0] for w in want]))
@@ -809,7 +867,7 @@ def llama_logits(src, ids, st):
     cfg = load_json(src, "config.json")
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     d = cfg["hidden_size"]
-    hd = d // H
+    hd = cfg.get("head_dim") or d // H
     eps = cfg["rms_norm_eps"]
     n = len(ids)
     inv = 1.0 / (cfg.get("rope_theta", 10000.0) ** (np.arange(0, hd, 2) / hd))
@@ -842,6 +900,9 @@ def llama_logits(src, ids, st):
         q = proj("q").reshape(n, H, hd).transpose(1, 0, 2)
         k = proj("k").reshape(n, KV, hd).transpose(1, 0, 2)
         v = proj("v").reshape(n, KV, hd).transpose(1, 0, 2)
+        if p + "self_attn.q_norm.weight" in st:  # Qwen3: RMSNorm of each head before the rotation
+            q = rms(q, st[p + "self_attn.q_norm.weight"], eps)
+            k = rms(k, st[p + "self_attn.k_norm.weight"], eps)
         q, k = rope(q), rope(k)
         k = np.repeat(k, H // KV, 0)
         v = np.repeat(v, H // KV, 0)
@@ -947,7 +1008,8 @@ def main(argv):
         if argv[1] == "gen":
             rng = np.random.default_rng(int(argv[4]) if len(argv) > 4 else 0)
             os.makedirs(argv[3], exist_ok=True)
-            {"llama": gen_llama, "llama3": gen_llama3, "qwen2": gen_qwen2, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
+            {"llama": gen_llama, "llama3": gen_llama3, "qwen2": gen_qwen2, "qwen3": gen_qwen3,
+             "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
         elif argv[1] == "check":
             nt, nkv = check(argv[2], argv[3], argv[4], os.environ.get("GGML_BASE_LIB"))
             print("%s: %d tensors, %d keys: every field and byte as expected" % (argv[3], nt, nkv))

@@ -9,7 +9,7 @@ safetensors files are parsed here by a small reader of our own and every
 expected tensor is computed with numpy from the table of the brief (not
 from ckptfs's layout files):
 
-  LLaMA family (llama, mistral, mixtral, qwen2, gemma): renames; kv =
+  LLaMA family (llama, mistral, mixtral, qwen2, qwen3, gemma): renames; kv =
     concat(dim 0: k, v) for weights and biases; gate_up = concat(gate, up);
     Mixtral routers and experts (gate_up = concat(w1, w3), down = w2);
   phi3: q = the first heads*head_dim rows of qkv_proj, kv = the rest;
@@ -65,7 +65,7 @@ from stlib import (CASTS, DTYPES, T, Mismatch, cast, compare,  # noqa: E402
 # npy dtype of tensors/ for an uncast integer tensor
 NPY_INT = {k: np.dtype(d.npy).str for k, d in DTYPES.items()
            if d.kind == "int"}
-LLAMA_FAMILY = {"llama", "mistral", "mixtral", "qwen2", "gemma"}
+LLAMA_FAMILY = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma"}
 ST_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 INDEX = "model.safetensors.index.json"
 
@@ -200,6 +200,8 @@ def native_llama(hf, cfg):
             put(q + "attn.q." + x, p + "self_attn.q_proj." + x)
             put_cat(q + "attn.kv." + x, p + "self_attn.k_proj." + x,
                     p + "self_attn.v_proj." + x)
+        for x in ("q_norm", "k_norm"):  # Qwen3's: no rule reads them, so they keep their HF names
+            put(p + "self_attn.%s.weight" % x, p + "self_attn.%s.weight" % x)
         put(q + "attn.o.weight", p + "self_attn.o_proj.weight")
         put(q + "mlp_norm.weight", p + "post_attention_layernorm.weight")
         put_cat(q + "mlp.gate_up.weight", p + "mlp.gate_proj.weight",

@@ -121,7 +121,8 @@ HF_EMBED = re.compile(r"^(model\.embed_tokens|(transformer\.)?wte|"
 HF_LAYER = re.compile(r"^(?:model\.layers|(?:transformer\.)?h)\.(\d+)\.")
 HF_HEAD = re.compile(r"^(model\.norm\.|(transformer\.)?ln_f\.|lm_head\.weight$)")
 NAT_EMBED = re.compile(r"^(embed|pos_embed)\.weight$")
-NAT_LAYER = re.compile(r"^layers\.(\d+)\.")
+# (or an HF name that no layout rule reads, passed through: Qwen3's q_norm)
+NAT_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 NAT_HEAD = re.compile(r"^(final_norm\.|lm_head\.weight$)")
 
 
@@ -160,6 +161,7 @@ NAT_ROLES = [
     (r"layers\.\d+\.moe\.experts\.\d+\.down\.weight", ROW),
     (r"layers\.\d+\.moe\.router\.weight", REPL),
     (r"layers\.\d+\.(attn|mlp)_norm\.(weight|bias)", REPL),
+    (r"model\.layers\.\d+\.self_attn\.[qk]_norm\.weight", REPL),  # passed through
     (r"final_norm\.(weight|bias)", REPL),
     (r"pos_embed\.weight", REPL),
     (r"(embed|lm_head)\.weight", VOCAB),
@@ -178,6 +180,9 @@ HF_ROLES = [
     (r"model\.layers\.\d+\.block_sparse_moe\.gate\.weight", REPL),
     (r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)"
      r"\.weight", REPL),
+    # Qwen3's RMSNorm over each head of q and k: one weight of head_dim that
+    # every head (so every rank) uses, as Megatron replicates it
+    (r"model\.layers\.\d+\.self_attn\.[qk]_norm\.weight", REPL),
     (r"model\.norm\.weight", REPL),
     (r"(model\.embed_tokens|lm_head)\.weight", VOCAB),
 ]

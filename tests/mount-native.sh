@@ -2,7 +2,7 @@
 # mount-native.sh - the native/ view, native sources and VIEW@DTYPE casts.
 #
 # For each of tiny-llama, tiny-llama with -o shard_size=100K (native/ in
-# shards), qwen2, phi3, mixtral, gpt2, gpt2-noprefix (override with
+# shards), qwen2, qwen3, phi3, mixtral, gpt2, gpt2-noprefix (override with
 # CKPTFS_NATIVE_PRESETS): generate it with examples/gen-model.py, mount it,
 #   - tests/check_native.py: native/ equal to the numpy computation of the
 #     layout, bit for bit, file order, index, metadata; hf@/native@/
@@ -124,7 +124,7 @@ bad_layout() {
     note "=== bad layout: $name: PASS"
 }
 
-for c in ${CKPTFS_NATIVE_PRESETS:-tiny-llama tiny-llama-sharded qwen2 phi3 mixtral gpt2 gpt2-noprefix}; do
+for c in ${CKPTFS_NATIVE_PRESETS:-tiny-llama tiny-llama-sharded qwen2 qwen3 phi3 mixtral gpt2 gpt2-noprefix}; do
     case $c in
     tiny-llama-sharded) native_case "$c" tiny-llama -o shard_size=100K ;;
     *) native_case "$c" "$c" ;;

@@ -4,7 +4,8 @@
 #
 # For llama-gqa8 (8 heads, 2 KV heads: tp-2, tp-4 and tp-8 valid, the KV
 # heads replicated for 4 and 8; tp-3 not), qwen2-oddvocab (biases, tied, vocab
-# 101: zero-padded vocab shards), gpt2 and mixtral (override with
+# 101: zero-padded vocab shards), qwen3 (per-head q/k norms, replicated;
+# heads * head_dim != hidden), gpt2 and mixtral (override with
 # CKPTFS_PARTITION_PRESETS): generate it with examples/gen-model.py, mount it
 # and run tests/check_partition.py, which computes every layer file, rank
 # shard and pipeline stage from the HF source with numpy and compares them
@@ -71,7 +72,7 @@ partition_case() {
     umount_ckptfs
 }
 
-for p in ${CKPTFS_PARTITION_PRESETS:-llama-gqa8 qwen2-oddvocab gpt2 mixtral}; do
+for p in ${CKPTFS_PARTITION_PRESETS:-llama-gqa8 qwen2-oddvocab qwen3 gpt2 mixtral}; do
     partition_case "$p" "$p"
 done
 partition_case llama-gqa8-hf llama-gqa8 --tp-hf --per-layer-native -- \

@@ -17,6 +17,7 @@ enum ckpt_arch {
 	ARCH_QWEN2,
 	ARCH_GEMMA,
 	ARCH_PHI3,
+	ARCH_QWEN3,
 };
 
 /* Dimensions that views need; 0 where config.json does not say. */

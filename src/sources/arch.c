@@ -18,6 +18,7 @@ static const struct {
 	{ "mistral", "Mistral", ARCH_MISTRAL, "mistral" },
 	{ "mixtral", "Mixtral", ARCH_MIXTRAL, "mixtral" },
 	{ "qwen2", "Qwen2", ARCH_QWEN2, "qwen2" },
+	{ "qwen3", "Qwen3", ARCH_QWEN3, "qwen3" },
 	{ "gemma", "Gemma", ARCH_GEMMA, "gemma" },
 	{ "phi3", "Phi3", ARCH_PHI3, "phi3" },
 };

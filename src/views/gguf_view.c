@@ -16,7 +16,7 @@
 #include "ckptfs/layout.h"
 
 /* The tables tried, in order; each says which model_types it serves. */
-static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-gpt2" };
+static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-qwen3", "gguf-gpt2" };
 
 struct gguf_view {
 	const struct catalog *cat;
@@ -126,7 +126,7 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 		}
 	}
 	if (!l) {
-		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, qwen2, gpt2 have one)",
+		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, qwen2, qwen3, gpt2 have one)",
 			 mt ? mt : "(none)");
 		return 0;
 	}

@@ -137,13 +137,20 @@ static bool prepends_space(const cJSON *root)
 	return false;
 }
 
-/* LLaMA 3's pre-tokenizer splits digits in groups of up to three. */
+/* llama.cpp's name for the pre-tokenizer's split, told by its regex as
+ * the converter tells it by the tokenizer's hash: LLaMA 3's splits digits
+ * in groups of up to three, Qwen2's (also Qwen3's) one digit at a time
+ * after the same letters rule. (The regex is seen JSON-escaped.) */
 static const char *pre_name(const cJSON *root, const char *arch)
 {
 	if (strcmp(arch, "gpt2") == 0)
 		return "gpt-2";
 	char *text = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"));
-	const char *name = text && strstr(text, "\\\\p{N}{1,3}") ? "llama-bpe" : "default";
+	const char *name = "default";
+	if (text && strstr(text, "\\\\p{N}{1,3}"))
+		name = "llama-bpe";
+	else if (text && strstr(text, "\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+"))
+		name = "qwen2";
 	cJSON_free(text);
 	return name;
 }

@@ -69,6 +69,7 @@ const char *views_default_layout(enum ckpt_arch arch)
 	case ARCH_MISTRAL:
 	case ARCH_MIXTRAL:
 	case ARCH_QWEN2:
+	case ARCH_QWEN3: /* q_norm and k_norm pass through as they are */
 	case ARCH_GEMMA:
 		return "llama";
 	default:
