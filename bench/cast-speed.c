@@ -20,6 +20,43 @@ static double now(void)
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+/* One kernel run over the bench's buffers. */
+struct job {
+	int (*run)(const struct job *j);
+	enum ckpt_dtype src, dst;
+	enum q8_0_isa isa;
+	void *out;
+	const void *in;
+};
+
+static int run_cast(const struct job *j)
+{
+	return cast_run(j->dst, j->out, j->src, j->in, N);
+}
+
+static int run_q8_0(const struct job *j)
+{
+	q8_0_quantize_bf16_isa(j->in, j->out, N, j->isa);
+	return 0;
+}
+
+/* The best of REPEAT runs of j, and of memcpy of obytes from copy into its
+ * output beside each (the baseline, measured in the same run). */
+static void best_times(const struct job *j, const void *copy, size_t obytes, double *best, double *best_copy)
+{
+	*best = *best_copy = 1e9;
+	for (int r = 0; r < REPEAT; r++) {
+		double t = now();
+		j->run(j);
+		t = now() - t;
+		*best = t < *best ? t : *best;
+		t = now();
+		memcpy(j->out, copy, obytes);
+		t = now() - t;
+		*best_copy = t < *best_copy ? t : *best_copy;
+	}
+}
+
 int main(void)
 {
 	static const enum ckpt_dtype types[] = { CKPT_BF16, CKPT_F16, CKPT_F32 };
@@ -45,17 +82,9 @@ int main(void)
 			if (s == d)
 				continue;
 			size_t obytes = (size_t)N * dtype_size(types[d]);
-			double best = 1e9, best_copy = 1e9;
-			for (int r = 0; r < REPEAT; r++) {
-				double t = now();
-				cast_run(types[d], out, types[s], in, N);
-				t = now() - t;
-				best = t < best ? t : best;
-				t = now();
-				memcpy(out, copy, obytes);
-				t = now() - t;
-				best_copy = t < best_copy ? t : best_copy;
-			}
+			struct job j = { .run = run_cast, .src = types[s], .dst = types[d], .out = out, .in = in };
+			double best, best_copy;
+			best_times(&j, copy, obytes, &best, &best_copy);
 			char name[32];
 			snprintf(name, sizeof(name), "%s->%s", dtype_name(types[s]), dtype_name(types[d]));
 			printf("%-12s %10.2f %10.2f %8.2f\n", name, (double)obytes / best / 1e9,
@@ -69,17 +98,9 @@ int main(void)
 		return 1;
 	for (int isa = Q8_0_ISA_BEST; isa <= Q8_0_ISA_SCALAR; isa++) {
 		size_t ibytes = (size_t)N * 2, obytes = (size_t)N / Q8_0_BLOCK * Q8_0_BLOCK_BYTES;
-		double best = 1e9, best_copy = 1e9;
-		for (int r = 0; r < REPEAT; r++) {
-			double t = now();
-			q8_0_quantize_bf16_isa(in, out, N, (enum q8_0_isa)isa);
-			t = now() - t;
-			best = t < best ? t : best;
-			t = now();
-			memcpy(out, copy, obytes);
-			t = now() - t;
-			best_copy = t < best_copy ? t : best_copy;
-		}
+		struct job j = { .run = run_q8_0, .isa = (enum q8_0_isa)isa, .out = out, .in = in };
+		double best, best_copy;
+		best_times(&j, copy, obytes, &best, &best_copy);
 		char name[32];
 		snprintf(name, sizeof(name), "BF16->Q8_0 %s", isa_names[isa]);
 		printf("%-18s %10.2f GB/s of bf16 in (memcpy of the output %.2f GB/s)\n", name, (double)ibytes / best / 1e9,

@@ -299,31 +299,30 @@ def llama3_factors(cfg):
     return np.array(out, dtype=np.float32)
 
 
-def gen_qwen2(outdir, rng):
-    """Qwen2: fp16, q/k/v biases, GQA, tied embeddings (no lm_head), a
-    byte-level BPE; no Q/K permutation in GGUF."""
-    tok, tcfg = gpt2_tokenizer()
-    vocab = len(tok["model"]["vocab"])
-    d, heads, kv, inter = 64, 4, 2, 128
-    hd = d // heads
-    c = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": d,
-         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv,
-         "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": 128,
-         "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-         "torch_dtype": "float16", "hidden_act": "silu"}
+def qwen_model(outdir, rng, c, tok, tcfg, dtype, bias=False, qk_norm=False):
+    """Write a Qwen2/Qwen3 of config c with tied embeddings (no lm_head):
+    q/k/v biases (Qwen2), or an RMSNorm weight over each head of q and k
+    (Qwen3), in dtype (F16 or BF16)."""
+    d, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd, inter, vocab = c.get("head_dim") or d // heads, c["intermediate_size"], c["vocab_size"]
     T = genmodel.Tensor
 
     def w(name, shape, std, mean=0.0):
-        return T(name, "F16", shape, genmodel.normal(rng, shape, std, mean).astype(np.float16))
+        if dtype == "BF16":
+            return T(name, dtype, shape, genmodel.bf16_normal(rng, shape, std, mean))
+        return T(name, dtype, shape, genmodel.normal(rng, shape, std, mean).astype(np.float16))
 
     ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
-    for i in range(2):
+    for i in range(c["num_hidden_layers"]):
         p = "model.layers.%d." % i
-        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
-               w(p + "self_attn.q_proj.weight", [heads * hd, d], 0.3), w(p + "self_attn.q_proj.bias", [heads * hd], 0.1),
-               w(p + "self_attn.k_proj.weight", [kv * hd, d], 0.3), w(p + "self_attn.k_proj.bias", [kv * hd], 0.1),
-               w(p + "self_attn.v_proj.weight", [kv * hd, d], 0.2), w(p + "self_attn.v_proj.bias", [kv * hd], 0.2),
-               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
+        ts.append(w(p + "input_layernorm.weight", [d], 0.2, 1.0))
+        for x, rows, std in (("q", heads * hd, 0.3), ("k", kv * hd, 0.3), ("v", kv * hd, 0.2)):
+            ts.append(w(p + "self_attn.%s_proj.weight" % x, [rows, d], std))
+            if bias:
+                ts.append(w(p + "self_attn.%s_proj.bias" % x, [rows], 0.1 if x != "v" else 0.2))
+            if qk_norm and x != "v":
+                ts.append(w(p + "self_attn.%s_norm.weight" % x, [hd], 0.2, 1.0))
+        ts += [w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
                w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
                w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
                w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
@@ -331,6 +330,18 @@ def gen_qwen2(outdir, rng):
     genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
     genmodel.write_json(os.path.join(outdir, "config.json"), c)
     write_tok(outdir, tok, tcfg)
+
+
+def gen_qwen2(outdir, rng):
+    """Qwen2: fp16, q/k/v biases, GQA, tied embeddings (no lm_head), a
+    byte-level BPE; no Q/K permutation in GGUF."""
+    tok, tcfg = gpt2_tokenizer()
+    c = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "intermediate_size": 128, "vocab_size": len(tok["model"]["vocab"]), "max_position_embeddings": 128,
+         "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+         "torch_dtype": "float16", "hidden_act": "silu"}
+    qwen_model(outdir, rng, c, tok, tcfg, "F16", bias=True)
 
 
 # Qwen2's (and Qwen3's) split: one digit at a time, a letter run with one
@@ -347,35 +358,12 @@ def gen_qwen3(outdir, rng):
     tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": QWEN_SPLIT}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
-    vocab = len(tok["model"]["vocab"])
-    d, heads, kv, hd, inter = 64, 4, 2, 32, 128
-    c = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": d,
-         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
-         "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": 128,
+    c = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+         "intermediate_size": 128, "vocab_size": len(tok["model"]["vocab"]), "max_position_embeddings": 128,
          "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
          "torch_dtype": "bfloat16", "hidden_act": "silu", "attention_bias": False}
-    T = genmodel.Tensor
-
-    def w(name, shape, std, mean=0.0):
-        return T(name, "BF16", shape, genmodel.bf16_normal(rng, shape, std, mean))
-
-    ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
-    for i in range(2):
-        p = "model.layers.%d." % i
-        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
-               w(p + "self_attn.q_proj.weight", [heads * hd, d], 0.3),
-               w(p + "self_attn.q_norm.weight", [hd], 0.2, 1.0),
-               w(p + "self_attn.k_proj.weight", [kv * hd, d], 0.3),
-               w(p + "self_attn.k_norm.weight", [hd], 0.2, 1.0),
-               w(p + "self_attn.v_proj.weight", [kv * hd, d], 0.2),
-               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
-               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
-               w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
-               w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
-    ts.append(w("model.norm.weight", [d], 0.2, 1.0))
-    genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
-    genmodel.write_json(os.path.join(outdir, "config.json"), c)
-    write_tok(outdir, tok, tcfg)
+    qwen_model(outdir, rng, c, tok, tcfg, "BF16", qk_norm=True)
 
 
 def gen_gpt2(outdir, rng):
