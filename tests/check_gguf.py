@@ -24,6 +24,8 @@ Presets:
           Llama 2's); weights large enough that a wrong Q/K row order changes
           the logits
   qwen2   Qwen2, fp16, q/k/v biases, GQA, tied embeddings, byte-level BPE
+  phi3    Phi-3, bf16, fused qkv_proj and gate_up_proj (kept fused in GGUF),
+          GQA, sliding_window, untied lm_head, sentencepiece-style BPE
   qwen3   Qwen3, bf16, no biases, per-head q_norm/k_norm, head_dim 32 with
           hidden 64 / 4 heads (heads * head_dim != hidden), GQA, tied
           embeddings, byte-level BPE split by Qwen's regex (pre "qwen2")
@@ -263,6 +265,45 @@ def gen_llama(outdir, rng):
     write_tok(outdir, tok, tcfg)
 
 
+def gen_phi3(outdir, rng):
+    """Phi-3 (Phi-3-mini-4k's keys): bf16, fused qkv_proj and gate_up_proj,
+    GQA, a sliding window, untied lm_head; no Q/K permutation in GGUF."""
+    tok, tcfg = spm_tokenizer()
+    vocab = len(tok["model"]["vocab"])
+    # Phi-3's chat tokens, added past the sentencepiece vocabulary as in its
+    # tokenizer.json (llama.cpp's phi3 vocabulary looks them up by text)
+    for t in ("<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"):
+        tok["added_tokens"].append({"id": vocab, "content": t, "single_word": False, "lstrip": False,
+                                    "rstrip": t != "<|endoftext|>", "normalized": False, "special": True})
+        vocab += 1
+    d, heads, kv, inter = 64, 4, 2, 128
+    hd = d // heads
+    c = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": d,
+         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv,
+         "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": 128,
+         "original_max_position_embeddings": 128, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+         "rope_scaling": None, "sliding_window": 127, "tie_word_embeddings": False,
+         "torch_dtype": "bfloat16", "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
+    T = genmodel.Tensor
+
+    def w(name, shape, std, mean=0.0):
+        return T(name, "BF16", shape, genmodel.bf16_normal(rng, shape, std, mean))
+
+    ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
+    for i in range(2):
+        p = "model.layers.%d." % i
+        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "self_attn.qkv_proj.weight", [(heads + 2 * kv) * hd, d], 0.3),
+               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
+               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "mlp.gate_up_proj.weight", [2 * inter, d], 0.2),
+               w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
+    ts += [w("model.norm.weight", [d], 0.2, 1.0), w("lm_head.weight", [vocab, d], 0.3)]
+    genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    genmodel.write_json(os.path.join(outdir, "config.json"), c)
+    write_tok(outdir, tok, tcfg)
+
+
 def gen_llama3(outdir, rng):
     """The llama preset with LLaMA 3 rope scaling, whose small
     original_max_position_embeddings puts the rotary wavelengths in all
@@ -472,6 +513,18 @@ def _gguf_tensors(src):
         if "lm_head.weight" in st:
             out.append(("output.weight", st["lm_head.weight"]))
         return out
+    if cfg["model_type"] == "phi3":  # fused as in HF
+        out.append(("token_embd.weight", st["model.embed_tokens.weight"]))
+        for i in range(cfg["num_hidden_layers"]):
+            h = "model.layers.%d." % i
+            b = "blk.%d." % i
+            out += sorted([(b + "attn_norm.weight", st[h + "input_layernorm.weight"]),
+                           (b + "attn_qkv.weight", st[h + "self_attn.qkv_proj.weight"]),
+                           (b + "attn_output.weight", st[h + "self_attn.o_proj.weight"]),
+                           (b + "ffn_norm.weight", st[h + "post_attention_layernorm.weight"]),
+                           (b + "ffn_up.weight", st[h + "mlp.gate_up_proj.weight"]),
+                           (b + "ffn_down.weight", st[h + "mlp.down_proj.weight"])])
+        return out + [("output_norm.weight", st["model.norm.weight"]), ("output.weight", st["lm_head.weight"])]
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", heads)
     rope = cfg["model_type"] in ("llama", "mistral")
@@ -672,6 +725,10 @@ def expected_kv(src, variant, arch, ntokens, first_matrix_type):
                   a + "vocab_size": (U32, ntokens)})
         if hd != cfg["hidden_size"] // cfg["num_attention_heads"]:
             e.update({a + "attention.key_length": (U32, hd), a + "attention.value_length": (U32, hd)})
+        if arch == "phi3":
+            e.update({a + "rope.scaling.original_context_length":
+                      (U32, cfg.get("original_max_position_embeddings", cfg["max_position_embeddings"])),
+                      a + "attention.sliding_window": (U32, cfg.get("sliding_window") or 0)})
     vocab = tok["model"]["vocab"]
     inv = {i: t for t, i in vocab.items()}
     added = {a["id"]: a for a in tok["added_tokens"]}
@@ -747,7 +804,8 @@ def check(src, path, variant, ggml_lib_path=None):
     if version != 3:
         fail("version %d" % version)
     cfg = load_json(src, "config.json")
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}[cfg["model_type"]]
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+            "gpt2": "gpt2"}[cfg["model_type"]]
     want = gguf_tensors(src)
     if [i[0] for i in infos] != [w[0] for w in want]:
         fail("tensor list %s, expected %s" % ([i[0] for i in infos], [w[0] for w in want]))
@@ -885,9 +943,14 @@ def llama_logits(src, ids, st):
         def proj(x):
             y = st.mm(h, p + "self_attn.%s_proj.weight" % x, True)
             return y + st[p + "self_attn.%s_proj.bias" % x] if p + "self_attn.%s_proj.bias" % x in st else y
-        q = proj("q").reshape(n, H, hd).transpose(1, 0, 2)
-        k = proj("k").reshape(n, KV, hd).transpose(1, 0, 2)
-        v = proj("v").reshape(n, KV, hd).transpose(1, 0, 2)
+        if p + "self_attn.qkv_proj.weight" in st:  # Phi-3: q, k, v are row blocks of one matrix
+            qkv = st.mm(h, p + "self_attn.qkv_proj.weight", True)
+            qp, kp, vp = np.split(qkv, [H * hd, (H + KV) * hd], -1)
+        else:
+            qp, kp, vp = proj("q"), proj("k"), proj("v")
+        q = qp.reshape(n, H, hd).transpose(1, 0, 2)
+        k = kp.reshape(n, KV, hd).transpose(1, 0, 2)
+        v = vp.reshape(n, KV, hd).transpose(1, 0, 2)
         if p + "self_attn.q_norm.weight" in st:  # Qwen3: RMSNorm of each head before the rotation
             q = rms(q, st[p + "self_attn.q_norm.weight"], eps)
             k = rms(k, st[p + "self_attn.k_norm.weight"], eps)
@@ -900,8 +963,11 @@ def llama_logits(src, ids, st):
         o = (a @ v).transpose(1, 0, 2).reshape(n, H * hd)
         x = x + st.mm(o, p + "self_attn.o_proj.weight", True)
         h = rms(x, st[p + "post_attention_layernorm.weight"], eps)
-        g = st.mm(h, p + "mlp.gate_proj.weight", True)
-        x = x + st.mm((g / (1 + np.exp(-g))) * st.mm(h, p + "mlp.up_proj.weight", True), p + "mlp.down_proj.weight", True)
+        if p + "mlp.gate_up_proj.weight" in st:  # Phi-3: gate then up, rows of one matrix
+            g, u = np.split(st.mm(h, p + "mlp.gate_up_proj.weight", True), 2, -1)
+        else:
+            g, u = st.mm(h, p + "mlp.gate_proj.weight", True), st.mm(h, p + "mlp.up_proj.weight", True)
+        x = x + st.mm((g / (1 + np.exp(-g))) * u, p + "mlp.down_proj.weight", True)
     x = rms(x, st["model.norm.weight"], eps)
     return st.mm(x, "lm_head.weight" if "lm_head.weight" in st else "model.embed_tokens.weight", True)
 
@@ -997,7 +1063,7 @@ def main(argv):
             rng = np.random.default_rng(int(argv[4]) if len(argv) > 4 else 0)
             os.makedirs(argv[3], exist_ok=True)
             {"llama": gen_llama, "llama3": gen_llama3, "qwen2": gen_qwen2, "qwen3": gen_qwen3,
-             "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
+             "phi3": gen_phi3, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
         elif argv[1] == "check":
             nt, nkv = check(argv[2], argv[3], argv[4], os.environ.get("GGML_BASE_LIB"))
             print("%s: %d tensors, %d keys: every field and byte as expected" % (argv[3], nt, nkv))

@@ -30,7 +30,7 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 
 void gguf_view_free(struct gguf_view *g);
 
-/* The GGUF architecture ("llama", "qwen2", "qwen3", "gpt2"). */
+/* The GGUF architecture ("llama", "qwen2", "qwen3", "phi3", "gpt2"). */
 const char *gguf_view_arch(const struct gguf_view *g);
 
 /* Whether `variant` ("" or NULL for the source dtype, "f32", "fp32", "f16",

@@ -16,7 +16,7 @@
 #include "ckptfs/layout.h"
 
 /* The tables tried, in order; each says which model_types it serves. */
-static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-qwen3", "gguf-gpt2" };
+static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-qwen3", "gguf-phi3", "gguf-gpt2" };
 
 struct gguf_view {
 	const struct catalog *cat;
@@ -106,6 +106,32 @@ static const char *missing_key(const struct catalog *cat, const char *arch)
 	return NULL;
 }
 
+/* Rotary settings whose GGUF keys or tensors are not written yet (their
+ * model would load and compute something else): the reason, or NULL. Only
+ * LLaMA 3's scaling is written (rope_freqs.weight); a partial rotation
+ * (Phi-4-mini's partial_rotary_factor) neither. */
+static const char *unsupported_rope(const struct catalog *cat, const char *arch, char *why, size_t cap)
+{
+	const cJSON *rs = cfg_item(cat, "rope_scaling");
+	if (rs && !cJSON_IsNull(rs)) {
+		const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+		if (!cJSON_IsString(type))
+			type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+		const char *t = cJSON_IsString(type) ? type->valuestring : "(no type)";
+		if (strcmp(arch, "llama") != 0 || strcmp(t, "llama3") != 0) {
+			snprintf(why, cap, "not offered: config.json rope_scaling of type '%.32s' is not written to GGUF yet", t);
+			return why;
+		}
+	}
+	double f;
+	if (cfg_number(cat, "partial_rotary_factor", &f) && f != 1.0) {
+		snprintf(why, cap, "not offered: config.json partial_rotary_factor %g (a partial rotation) is not written to GGUF yet",
+			 f);
+		return why;
+	}
+	return NULL;
+}
+
 int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char *layout_dir, struct gguf_view **out,
 		   char *note, size_t note_cap)
 {
@@ -126,7 +152,7 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 		}
 	}
 	if (!l) {
-		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, qwen2, qwen3, gpt2 have one)",
+		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, qwen2, qwen3, phi3, gpt2 have one)",
 			 mt ? mt : "(none)");
 		return 0;
 	}
@@ -145,6 +171,8 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 		snprintf(note, note_cap, "not offered: config.json has no positive integer \"%s\", which llama.cpp needs", key);
 		goto refuse;
 	}
+	if (unsupported_rope(cat, g->arch, note, note_cap))
+		goto refuse;
 	if ((r = layout_forward(l, hf, &cat->dims, &g->set, NULL, &err)) < 0) {
 		snprintf(note, note_cap, "not offered: %s", err.msg);
 		r = r == -ENOMEM ? r : 0;
@@ -356,6 +384,15 @@ static int add_metadata(const struct gguf_view *g, struct gguf_kv *kv, uint32_t 
 			d = 1e-6; /* transformers' LlamaConfig default */
 		gguf_kv_f32(kv, ARCH_KEY("attention.layer_norm_rms_epsilon"), (float)d);
 		gguf_kv_u32(kv, ARCH_KEY("rope.dimension_count"), (uint32_t)dm->head_dim);
+		if (strcmp(a, "phi3") == 0) {
+			/* as the converter writes them (a sliding window of 0: none) */
+			if (!cfg_u32(cat, "original_max_position_embeddings", &u))
+				cfg_u32(cat, "max_position_embeddings", &u);
+			gguf_kv_u32(kv, ARCH_KEY("rope.scaling.original_context_length"), u);
+			if (!cfg_u32(cat, "sliding_window", &u))
+				u = 0;
+			gguf_kv_u32(kv, ARCH_KEY("attention.sliding_window"), u);
+		}
 		if (dm->heads && dm->head_dim != dm->hidden / dm->heads) {
 			gguf_kv_u32(kv, ARCH_KEY("attention.key_length"), (uint32_t)dm->head_dim);
 			gguf_kv_u32(kv, ARCH_KEY("attention.value_length"), (uint32_t)dm->head_dim);
