@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "ckptfs/cast.h"
-#include "ckptfs/chunks.h"
+#include "ckptfs/tensorexpr.h"
 
 void tset_init(struct tset *s)
 {
@@ -91,7 +91,7 @@ int tset_from_catalog_hf(struct tset *s, const struct catalog *cat, bool drop_du
 	for (size_t i = 0; i < cat->ntensors; i++) {
 		if (drop_dups && cat->tensors[i].hf_dup)
 			continue;
-		int r = tset_add(s, cat->tensors[i].name, chunks_expr(&cat->tensors[i]));
+		int r = tset_add(s, cat->tensors[i].name, tensor_expr(&cat->tensors[i]));
 		if (r < 0)
 			return r;
 	}
