@@ -1,7 +1,6 @@
 /* catalog.c -- scanning a source directory into a catalog.
  * Opens the files, lets the first source format that recognises them load the tensors, checks names, parses config.json. */
 #include "ckptfs/catalog.h"
-#include "ckptfs/source.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
