@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 #include "ckptfs/shapecfg.h"
 #include "ckptfs/tied.h"
 

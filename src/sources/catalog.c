@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "ckptfs/jsonscan.h"
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 #include "ckptfs/naming.h"
 
 #define CONFIG_NAME "config.json"
