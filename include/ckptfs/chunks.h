@@ -1,4 +1,4 @@
-/* chunks.h -- a tensor stored in chunks (torch DCP): checking that they tile it, and the expression assembling it.
+/* chunks.h -- a tensor stored in chunks (torch DCP): checking that they tile it, and the plan of the cut assembling it.
  * A chunk is a box: offsets and sizes along every dimension of the whole tensor.
  *
  * The chunks of a tensor must tile it exactly: every box inside the tensor,
@@ -6,9 +6,9 @@
  * an FSDP rank with no rows) are allowed anywhere inside and ignored. The
  * tiling must also be a grid in the recursive sense: the tensor can be cut
  * along some dimension between chunks, and each side again, down to single
- * chunks (FSDP and TP shardings, and any mix of them, are). The expression is
- * then a concat along the cut dimension of each side's expression, so rows
- * split along dim 0 stay source spans.
+ * chunks (FSDP and TP shardings, and any mix of them, are). The plan of that
+ * cut is what assembles the tensor (tensorexpr.h): a concat along the cut
+ * dimension of each side, so rows split along dim 0 stay source spans.
  * Work is O(n^2 log n) in the chunk count at worst (n = CHUNKS_MAX).
  */
 #ifndef CKPTFS_CHUNKS_H
@@ -17,11 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ckptfs/catalog.h"
+#include <stdbool.h>
+
+#include "ckptfs/safetensors.h"
 
 #define CHUNKS_MAX 65536
-
-struct expr;
 
 struct chunk_box {
 	uint64_t off[ST_MAX_DIMS];
@@ -33,11 +33,20 @@ struct chunk_box {
  * "chunk 2 runs past dim 0 (8 + 4 > 10)", or "not a grid". */
 int chunks_check(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b, size_t n, char *why, size_t cap);
 
-/* The expression of a catalog tensor: expr_source of it, or for a tensor
- * stored in parts (t->nparts > 0, checked by chunks_check) concats of
- * expr_source of its parts; NULL without memory. Everything that turns
- * catalog tensors into expressions calls this, so the expression engine
- * never reaches up into the chunk geometry. */
-struct expr *chunks_expr(const struct cat_tensor *t);
+/* One step of a plan, in prefix order: a cut of the region along `dim` into
+ * n slabs (the next n subtrees, by offset), or a leaf, chunk number n. */
+struct chunk_step {
+	bool leaf;
+	uint32_t dim;
+	size_t n;
+};
+
+/* The cut that chunks_check finds, as *nsteps steps in *steps (the caller
+ * frees them; none for a tensor with a dimension of 0, which has nothing
+ * to assemble): what the engine follows to build the tensor from its
+ * chunks without knowing the geometry. -EINVAL when the boxes do not tile
+ * the tensor (chunks_check says why), -ENOMEM. */
+int chunks_plan(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b, size_t n, struct chunk_step **steps,
+		size_t *nsteps);
 
 #endif

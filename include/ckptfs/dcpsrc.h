@@ -1,5 +1,5 @@
 /* dcpsrc.h -- torch Distributed Checkpoint (DCP) directories as a source: .metadata + __R_K.distcp, pp0/ pp1/ stages.
- * The catalog reaches it as `source_dcp` (source.h); the metadata reader is exported for tests and the fuzzer.
+ * The catalog reaches it as `source_dcp` (catalog.h); the metadata reader is exported for tests and the fuzzer.
  *
  * Format (torch/distributed/checkpoint/metadata.py, filesystem.py):
  *   .metadata     pickle (protocol 4; 5 from Python 3.14) of Metadata, a

@@ -72,7 +72,7 @@ struct expr_span {
 /* Constructors return NULL on allocation failure or an invalid combination
  * (and then release their arguments, so calls can be nested). */
 /* A tensor stored in one piece; a tensor stored in chunks (t->nparts > 0)
- * gets NULL here and is assembled by chunks_expr, which sits above this
+ * gets NULL here and is assembled by tensor_expr, which sits above this
  * module. */
 struct expr *expr_source(const struct cat_tensor *t);
 

@@ -18,7 +18,10 @@
  * output.weight with tok_embeddings.weight) has the same dtype and shape:
  * compare their bytes (TIED_*); equal, the head becomes hf_dup; different, both
  * stay and a note saying so is appended to cat->contents (README, inspect).
- * 0, or a negative errno (out of memory, or a read failing) with a message. */
+ * 0, or a negative errno (out of memory, or a read failing) with a message.
+ * Called once the config is settled (options_open_views), not by the catalog:
+ * the bytes compared are those served, which only the engine's expressions
+ * assemble (chunks, rotary row order). */
 int tied_mark_head(struct catalog *cat, bool tied_config, struct ckpt_err *err);
 
 #endif

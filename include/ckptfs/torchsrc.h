@@ -1,5 +1,5 @@
 /* torchsrc.h -- torch.save files as a source: their state dict as tensors mapped from the file, never copied.
- * The catalog reaches it as `source_torch` (source.h); these entry points are for tests and the fuzzer.
+ * The catalog reaches it as `source_torch` (catalog.h); these entry points are for tests and the fuzzer.
  *
  * Formats (torch/serialization.py):
  *   zip     (torch >= 1.6) a stored zip: PREFIX/data.pkl, PREFIX/data/KEY per

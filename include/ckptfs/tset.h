@@ -8,21 +8,12 @@
 
 #include "ckptfs/catalog.h"
 #include "ckptfs/expr.h"
+#include "ckptfs/tset_meta.h"
 
 struct tset_entry {
 	char *name;
 	struct expr *expr; /* one reference owned */
 };
-
-/* String metadata carried with a set into a safetensors __metadata__. */
-struct tset_meta {
-	size_t n;
-	char *key[16], *value[16];
-};
-
-int tset_meta_set(struct tset_meta *m, const char *key, const char *value);
-const char *tset_meta_get(const struct tset_meta *m, const char *key);
-void tset_meta_clear(struct tset_meta *m);
 
 struct tset {
 	size_t n, cap;

@@ -78,7 +78,7 @@ static struct expr *source_stored(const struct cat_tensor *t);
 struct expr *expr_source(const struct cat_tensor *t)
 {
 	if (t->nparts > 0)
-		return NULL; /* its parts' expressions are assembled by chunks_expr */
+		return NULL; /* its parts' expressions are assembled by tensor_expr */
 	struct expr *e = source_stored(t);
 	return e && t->rope_heads ? expr_rope_to_hf(e, t->rope_heads) : e;
 }

@@ -14,9 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ckptfs/chunks.h"
 #include "ckptfs/expr.h"
 #include "ckptfs/jsonscan.h"
+#include "ckptfs/tensorexpr.h"
 
 #define CONFIG_NAME "adapter_config.json"
 #define WEIGHTS_NAME "adapter_model.safetensors"
@@ -624,7 +624,7 @@ static int merge_pair(struct tset *set, const struct lora_adapter *a, enum ckpt_
 		return ckpt_err_set(err, EINVAL, "%s: module '%.200s': %s %s and %s %s make a [%llu, %llu] delta%s but the base weight '%.200s' is %s",
 				    path, module, bn, sb, an, sa, (unsigned long long)rows, (unsigned long long)cols,
 				    transposed ? " (fan_in_fan_out)" : "", w->name, sw);
-	struct expr *p = chunks_expr(B), *q = chunks_expr(A);
+	struct expr *p = tensor_expr(B), *q = tensor_expr(A);
 	if (transposed) {
 		struct expr *t = expr_transpose(q);
 		q = expr_transpose(p);
@@ -654,7 +654,7 @@ static int replace_whole(struct tset *set, const struct lora_adapter *a, const s
 	if (p->t->ndim != w->expr->ndim || memcmp(p->t->shape, w->expr->shape, p->t->ndim * sizeof(uint64_t)) != 0)
 		return ckpt_err_set(err, EINVAL, "%s: modules_to_save tensor '%.200s' is %s but the base's is %s",
 				    a->weights_path, p->module, sa, sw);
-	struct expr *e = chunks_expr(p->t);
+	struct expr *e = tensor_expr(p->t);
 	if (e && e->dtype != w->expr->dtype)
 		e = expr_cast(e, w->expr->dtype);
 	if (!e)

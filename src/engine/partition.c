@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 
 enum role {
 	ROLE_REPLICATE,

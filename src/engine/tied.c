@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckptfs/chunks.h"
 #include "ckptfs/expr.h"
+#include "ckptfs/tensorexpr.h"
 
 /* The head HF drops, and the embedding it is tied to, in the names sources use. */
 static const char *const pairs[][2] = {
@@ -55,7 +55,7 @@ static int equal_range(const struct expr *a, const struct expr *b, uint64_t off,
  * at every mount would not be lazy. */
 static int equal_bytes(const struct cat_tensor *a, const struct cat_tensor *b)
 {
-	struct expr *ea = chunks_expr(a), *eb = chunks_expr(b);
+	struct expr *ea = tensor_expr(a), *eb = tensor_expr(b);
 	uint8_t *x = malloc(TIED_WINDOW), *y = malloc(TIED_WINDOW);
 	int r = -ENOMEM;
 	if (ea && eb && x && y) {

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "ckptfs/cast.h"
-#include "ckptfs/chunks.h"
+#include "ckptfs/tensorexpr.h"
 
 void tset_init(struct tset *s)
 {
@@ -91,7 +91,7 @@ int tset_from_catalog_hf(struct tset *s, const struct catalog *cat, bool drop_du
 	for (size_t i = 0; i < cat->ntensors; i++) {
 		if (drop_dups && cat->tensors[i].hf_dup)
 			continue;
-		int r = tset_add(s, cat->tensors[i].name, chunks_expr(&cat->tensors[i]));
+		int r = tset_add(s, cat->tensors[i].name, tensor_expr(&cat->tensors[i]));
 		if (r < 0)
 			return r;
 	}
@@ -110,46 +110,4 @@ int tset_cast(struct tset *out, const struct tset *in, enum ckpt_dtype to)
 			return r;
 	}
 	return tset_sort(out, NULL);
-}
-
-int tset_meta_set(struct tset_meta *m, const char *key, const char *value)
-{
-	for (size_t i = 0; i < m->n; i++) {
-		if (strcmp(m->key[i], key) == 0) {
-			char *v = strdup(value);
-			if (!v)
-				return -ENOMEM;
-			free(m->value[i]);
-			m->value[i] = v;
-			return 0;
-		}
-	}
-	if (m->n == sizeof(m->key) / sizeof(m->key[0]))
-		return -ENOSPC;
-	char *k = strdup(key), *v = strdup(value);
-	if (!k || !v) {
-		free(k);
-		free(v);
-		return -ENOMEM;
-	}
-	m->key[m->n] = k;
-	m->value[m->n++] = v;
-	return 0;
-}
-
-const char *tset_meta_get(const struct tset_meta *m, const char *key)
-{
-	for (size_t i = 0; m && i < m->n; i++)
-		if (strcmp(m->key[i], key) == 0)
-			return m->value[i];
-	return NULL;
-}
-
-void tset_meta_clear(struct tset_meta *m)
-{
-	for (size_t i = 0; i < m->n; i++) {
-		free(m->key[i]);
-		free(m->value[i]);
-	}
-	memset(m, 0, sizeof(*m));
 }

@@ -10,8 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 #include "ckptfs/shapecfg.h"
+#include "ckptfs/tied.h"
 
 int options_parse_size(const char *s, uint64_t *out)
 {
@@ -144,6 +145,11 @@ int options_open_views(const char *source, const struct view_opts *vo, struct ca
 		r = catalog_use_config(*cat, vo->config, err);
 	else if (!(*cat)->config)
 		r = shapecfg_derive(*cat, vo->head_dim, err);
+	/* Whether the head repeats the embedding is read off the bytes as served,
+	 * which takes the engine's expressions, and hangs on the config settled
+	 * just above: the catalog, below the engine, leaves it to here. */
+	if (r == 0)
+		r = tied_mark_head(*cat, (*cat)->dims.tied_embeddings, err);
 	if (r < 0) {
 		catalog_close(*cat);
 		*cat = NULL;

@@ -1,7 +1,6 @@
 /* catalog.c -- scanning a source directory into a catalog.
  * Opens the files, lets the first source format that recognises them load the tensors, checks names, parses config.json. */
 #include "ckptfs/catalog.h"
-#include "ckptfs/source.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -16,9 +15,8 @@
 #include <unistd.h>
 
 #include "ckptfs/jsonscan.h"
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 #include "ckptfs/naming.h"
-#include "ckptfs/tied.h"
 
 #define CONFIG_NAME "config.json"
 /* JSON side files are small; a bound keeps a hostile one from eating memory. */
@@ -584,7 +582,7 @@ int catalog_open_revision(const char *dir, const char *revision, struct catalog 
 	}
 	cat->arch = arch_detect(cat->config);
 	arch_dims(cat->config, cat->arch, &cat->dims);
-	if ((r = naming_resolve_rope(cat, err)) < 0 || (r = tied_mark_head(cat, cat->dims.tied_embeddings, err)) < 0)
+	if ((r = naming_resolve_rope(cat, err)) < 0)
 		goto out_close;
 	*out = cat;
 	return 0;
@@ -619,8 +617,7 @@ int catalog_use_config(struct catalog *cat, const char *path, struct ckpt_err *e
 	cat->arch = arch_detect(cat->config);
 	memset(&cat->dims, 0, sizeof(cat->dims));
 	arch_dims(cat->config, cat->arch, &cat->dims);
-	int rr = naming_resolve_rope(cat, err);
-	return rr < 0 ? rr : tied_mark_head(cat, cat->dims.tied_embeddings, err);
+	return naming_resolve_rope(cat, err);
 }
 
 void catalog_close(struct catalog *cat)

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckptfs/catalog.h"
 #include "ckptfs/pickle.h"
-#include "ckptfs/source.h"
 #include "ckptfs/zipread.h"
 
 #define METADATA_NAME ".metadata"

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 
 #define MP_MAX 99 /* two digits: consolidated.00.pth .. consolidated.98.pth */
 #define SPLIT_EMBED 2

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckptfs/layout.h"
+#include "ckptfs/layoutfile.h"
 
 /* Namings told by their names alone; those a record tells (nanogpt) are not tried. */
 static const char *const detected[] = { "kempnerforge", "torchtitan" };

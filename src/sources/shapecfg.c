@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "ckptfs/naming.h"
-#include "ckptfs/tied.h"
 
 #define MAX_LAYERS 100000
 
@@ -155,6 +154,5 @@ int shapecfg_derive(struct catalog *cat, uint64_t head_dim, struct ckpt_err *err
 	cat->arch = arch_detect(c);
 	memset(&cat->dims, 0, sizeof(cat->dims));
 	arch_dims(c, cat->arch, &cat->dims);
-	rc = naming_resolve_rope(cat, err);
-	return rc < 0 ? rc : tied_mark_head(cat, cat->dims.tied_embeddings, err);
+	return naming_resolve_rope(cat, err);
 }

@@ -1,6 +1,6 @@
 /* source_st.c -- safetensors as a source format: model.safetensors, or shards named by model.safetensors.index.json.
  * Maps and validates every shard header, and cross-checks the index against what the shards hold. */
-#include "ckptfs/source.h"
+#include "ckptfs/catalog.h"
 #include "ckptfs/guard.h"
 
 #include <cjson/cJSON.h>

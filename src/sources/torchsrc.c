@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptfs/catalog.h"
 #include "ckptfs/guard.h"
 #include "ckptfs/mpshards.h"
 #include "ckptfs/pickle.h"
-#include "ckptfs/source.h"
 #include "ckptfs/trainer.h"
 #include "ckptfs/zipread.h"
 

@@ -1,4 +1,4 @@
-/* chunks.c -- tensors stored in chunks (torch DCP): the tiling check and the concat expression over the chunks.
+/* chunks.c -- tensors stored in chunks (torch DCP): the tiling check and the plan of the cut that assembles them.
  * Both walk the same recursive cut of the tensor into slabs that no chunk crosses. */
 #include "ckptfs/chunks.h"
 
@@ -9,12 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckptfs/expr.h"
-
 struct cut {
 	uint32_t ndim;
 	const struct chunk_box *b;
-	const struct cat_part *parts; /* when building */
+	struct chunk_step *steps;     /* when planning: room for 2n - 1 */
+	size_t nsteps;
 	char *why;
 	size_t cap;
 	size_t *tmp;                  /* scratch of n entries */
@@ -53,7 +52,7 @@ static int hole(struct cut *c, const uint64_t *lo)
 }
 
 /* Region [lo, hi) holds the boxes idx[0..n), each inside it and non-empty. */
-static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *idx, size_t n, struct expr **out)
+static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *idx, size_t n)
 {
 	if (n == 0)
 		return hole(c, lo);
@@ -68,8 +67,8 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 				return hole(c, at);
 			}
 		}
-		if (out && !(*out = expr_source(&c->parts[idx[0]].t)))
-			return -ENOMEM;
+		if (c->steps)
+			c->steps[c->nsteps++] = (struct chunk_step){ .leaf = true, .n = idx[0] };
 		return 0;
 	}
 	for (uint32_t d = 0; d < c->ndim; d++) {
@@ -103,10 +102,10 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 		}
 		if (groups == 1)
 			continue;
-		struct expr **parts = NULL;
-		if (out && !(parts = calloc(groups, sizeof(*parts))))
-			return -ENOMEM;
-		size_t g = 0, start = 0;
+		/* Prefix order: the cut before its slabs, which the walk below plans in order. */
+		if (c->steps)
+			c->steps[c->nsteps++] = (struct chunk_step){ .dim = d, .n = groups };
+		size_t start = 0;
 		int r = 0;
 		end = c->b[idx[0]].off[d] + c->b[idx[0]].size[d];
 		for (size_t i = 1; i <= n && r == 0; i++) {
@@ -121,22 +120,11 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 			slo[d] = c->b[idx[start]].off[d];
 			shi[d] = end;
 			/* The sort of the next level reorders only this slab's entries. */
-			r = split(c, slo, shi, idx + start, i - start, parts ? &parts[g] : NULL);
-			g++;
+			r = split(c, slo, shi, idx + start, i - start);
 			start = i;
 			if (i < n)
 				end = c->b[idx[i]].off[d] + c->b[idx[i]].size[d];
 		}
-		if (r == 0 && out) {
-			*out = expr_concat(d, parts, groups);
-			if (!*out)
-				r = -ENOMEM;
-		} else if (out) {
-			for (size_t k = 0; k < groups; k++)
-				if (parts[k])
-					expr_unref(parts[k]);
-		}
-		free(parts);
 		return r;
 	}
 	/* No dimension cuts the region: overlapping chunks (said by the caller), or a pinwheel. */
@@ -159,7 +147,7 @@ static bool find_overlap(struct cut *c, const size_t *idx, size_t n)
 	return false;
 }
 
-static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out)
+static int run(struct cut *c, const uint64_t *shape, size_t n)
 {
 	char dummy[8];
 	if (!c->why) {
@@ -193,19 +181,16 @@ static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out
 		if (!empty)
 			idx[m++] = i;
 	}
-	int r;
-	if (empty_tensor) {
-		r = 0;
-		if (out && !(*out = expr_zeros(c->parts ? c->parts[0].t.dtype : CKPT_U8, c->ndim, shape)))
-			r = -ENOMEM;
-	} else {
+	int r = 0;
+	/* An empty tensor has nothing to assemble: no step. */
+	if (!empty_tensor) {
 		uint64_t lo[ST_MAX_DIMS] = { 0 }, hi[ST_MAX_DIMS] = { 0 };
 		if (c->ndim)
 			memcpy(hi, shape, sizeof(hi[0]) * c->ndim);
-		size_t *copy = out ? NULL : malloc((m ? m : 1) * sizeof(*copy));
+		size_t *copy = c->steps ? NULL : malloc((m ? m : 1) * sizeof(*copy));
 		if (copy)
 			memcpy(copy, idx, m * sizeof(*copy));
-		r = split(c, lo, hi, idx, m, out);
+		r = split(c, lo, hi, idx, m);
 		/* A failed split reorders idx; the search for a pair needs only the set. */
 		if (r == -EINVAL && copy)
 			find_overlap(c, copy, m);
@@ -218,26 +203,24 @@ static int run(struct cut *c, const uint64_t *shape, size_t n, struct expr **out
 int chunks_check(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b, size_t n, char *why, size_t cap)
 {
 	struct cut c = { .ndim = ndim, .b = b, .why = why, .cap = cap };
-	return run(&c, shape, n, NULL);
+	return run(&c, shape, n);
 }
 
-struct expr *chunks_expr(const struct cat_tensor *t)
+int chunks_plan(uint32_t ndim, const uint64_t *shape, const struct chunk_box *b, size_t n, struct chunk_step **steps,
+		size_t *nsteps)
 {
-	if (t->nparts == 0)
-		return expr_source(t);
-	struct chunk_box *b = calloc(t->nparts, sizeof(*b));
-	if (!b)
-		return NULL;
-	for (size_t i = 0; i < t->nparts; i++) {
-		memcpy(b[i].off, t->parts[i].at, sizeof(b[i].off));
-		memcpy(b[i].size, t->parts[i].t.shape, sizeof(b[i].size));
+	*steps = NULL;
+	*nsteps = 0;
+	/* Every cut has two slabs or more, so n leaves take at most n - 1 cuts. */
+	struct cut c = { .ndim = ndim, .b = b, .steps = calloc(n > CHUNKS_MAX ? 1 : 2 * n + 1, sizeof(*c.steps)) };
+	if (!c.steps)
+		return -ENOMEM;
+	int r = run(&c, shape, n);
+	if (r < 0) {
+		free(c.steps);
+		return r;
 	}
-	struct cut c = { .ndim = t->ndim, .b = b, .parts = t->parts };
-	struct expr *e = NULL;
-	int r = run(&c, t->shape, t->nparts, &e);
-	free(b);
-	if (r < 0)
-		return NULL;
-	/* Meta's model-parallel shards: the rotary row order is the whole tensor's. */
-	return t->rope_heads ? expr_rope_to_hf(e, t->rope_heads) : e;
+	*steps = c.steps;
+	*nsteps = c.nsteps;
+	return 0;
 }
