@@ -257,7 +257,7 @@ __attribute__((target("avx512f"), always_inline)) static inline unsigned group_a
 		a[b] = _mm512_max_ps(a0, a1);
 		skip |= (unsigned)(bad != 0) << b;
 	}
-	/* Within each 128-bit lane, as group_avx2 does: v[j] holds, lane by
+	/* Within each 128-bit lane, as group_avx2 does: w[j] holds, lane by
 	 * lane, the maxima of blocks 4j..4j+3 over that lane's elements. */
 	__m512 u[8], w[4];
 	for (int i = 0; i < 8; i++)

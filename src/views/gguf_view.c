@@ -107,9 +107,9 @@ static const char *missing_key(const struct catalog *cat, const char *arch)
 }
 
 /* Rotary settings whose GGUF keys or tensors are not written yet (their
- * model would load and compute something else): the reason, or NULL. Only
- * LLaMA 3's scaling is written (rope_freqs.weight); a partial rotation
- * (Phi-4-mini's partial_rotary_factor) neither. */
+ * model would load and compute something else): the reason, or NULL. Of
+ * the scalings only LLaMA 3's is written (rope_freqs.weight); a partial
+ * rotation (Phi-4-mini's partial_rotary_factor) is not either. */
 static const char *unsupported_rope(const struct catalog *cat, const char *arch, char *why, size_t cap)
 {
 	const cJSON *rs = cfg_item(cat, "rope_scaling");
@@ -118,7 +118,8 @@ static const char *unsupported_rope(const struct catalog *cat, const char *arch,
 		if (!cJSON_IsString(type))
 			type = cJSON_GetObjectItemCaseSensitive(rs, "type");
 		const char *t = cJSON_IsString(type) ? type->valuestring : "(no type)";
-		if (strcmp(arch, "llama") != 0 || strcmp(t, "llama3") != 0) {
+		/* "default" is transformers' name for no scaling */
+		if (strcmp(t, "default") != 0 && (strcmp(arch, "llama") != 0 || strcmp(t, "llama3") != 0)) {
 			snprintf(why, cap, "not offered: config.json rope_scaling of type '%.32s' is not written to GGUF yet", t);
 			return why;
 		}
