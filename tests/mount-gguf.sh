@@ -23,6 +23,10 @@
 #     serves it from the disk cache (disk hits, no chunk computed), hits on
 #     its raw entries handed out as file ranges for splice (range_hits;
 #     none with -o no_splice), the bytes equal to the computed ones;
+#   - the LLaMA with a LoRA adapter (-o lora=): every gguf variant equals
+#     the numpy GGUF of the merged hf/ (hf@fp32/ for f16 and f32, whose
+#     merge is rounded once), and llama.cpp runs it as numpy runs the
+#     merged weights;
 #   - llama.cpp (node-llama-cpp's prebuilt CPU binaries, never built) loads
 #     gguf/, gguf@q8_0/ (and the LLaMA's gguf@f32/ and gguf@f16/) straight
 #     from the mount, tokenizes a prompt into the ids the tokenizer gives,
@@ -162,6 +166,33 @@ print(c["disk"]["hits"], c["computed_chunks"], c["disk"]["range_hits"], c["disk"
         umount_ckptfs
     done
 done
+
+# A fine-tune straight into llama.cpp: the LLaMA with a LoRA adapter
+# (-o lora=) has a gguf/ of the merged model. Its bytes are those the
+# converter would write from the merged checkpoint: the source dtype and
+# Q8_0 from hf/ (merged, rounded once to bf16), f16 and f32 from
+# hf@fp32/ (the merge unrounded: a cast of a merge rounds once). check_gguf
+# reads each view through a link named as the base model, whose name the
+# GGUF carries.
+note "=== llama + LoRA adapter"
+"$PYTHON" "$srcdir/tests/gen_lora.py" adapter "$TESTDIR/llama" "$TESTDIR/adapter" \
+    --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --r 4 --alpha 8 >/dev/null ||
+    hard_error "cannot generate the adapter"
+mnt=$TESTDIR/mnt-lora
+mkdir "$mnt" "$TESTDIR/merged" "$TESTDIR/merged32"
+mount_ckptfs "$TESTDIR/llama" "$mnt" -o cache_dir=none,lora="$TESTDIR/adapter"
+ln -s "$mnt/hf" "$TESTDIR/merged/llama"
+ln -s "$mnt/hf@fp32" "$TESTDIR/merged32/llama"
+for v in "" q8_0 f16 f32; do
+    case $v in f16 | f32) from=$TESTDIR/merged32/llama ;; *) from=$TESTDIR/merged/llama ;; esac
+    said=$("$PYTHON" "$CHECK" check "$from" "$mnt/gguf${v:+@$v}/model.gguf" "$v") ||
+        fail "gguf${v:+@$v}/ of the merged model differs from the numpy GGUF of $(basename "$(dirname "$from")")/"
+    note "merged: $said"
+done
+"$PYTHON" "$CHECK" check "$TESTDIR/llama" "$mnt/gguf/model.gguf" "" >/dev/null 2>&1 &&
+    fail "gguf/ of the merged model equals the base model's"
+[ $have_llama = yes ] && llama_case "$TESTDIR/merged/llama" "$mnt/gguf/model.gguf" "" 0.015
+umount_ckptfs
 
 note "=== bad inputs"
 bad=$TESTDIR/bad-noctx
