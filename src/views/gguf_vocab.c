@@ -137,20 +137,40 @@ static bool prepends_space(const cJSON *root)
 	return false;
 }
 
-/* llama.cpp's name for the pre-tokenizer's split, told by its regex as
- * the converter tells it by the tokenizer's hash: LLaMA 3's splits digits
- * in groups of up to three, Qwen2's (also Qwen3's) one digit at a time
- * after the same letters rule. (The regex is seen JSON-escaped.) */
+/* llama.cpp's name for the pre-tokenizer's split, told by the split
+ * itself as the converter tells it by the tokenizer's hash: the first row
+ * whose every piece the pre_tokenizer holds (JSON-escaped, as printed).
+ * llama.cpp's pre-tokenizer types are sets of such regexes. */
+#define PRE_CASE_SPLIT "[\\\\p{Lu}\\\\p{Lt}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]*[\\\\p{Ll}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]+"
+static const struct {
+	const char *name;
+	const char *all[2];
+} pre_rules[] = {
+	/* Mistral's Tekken (Nemo, Small 3): letters split by case, digits one by one */
+	{ "tekken", { PRE_CASE_SPLIT, "\\\\p{N}|" } },
+	/* LLaMA 3 (and cl100k): digits in groups of up to three */
+	{ "llama-bpe", { "\\\\p{N}{1,3}" } },
+	/* Qwen2 and Qwen3: a letter run after one non-letter, digits one by one */
+	{ "qwen2", { "\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+" } },
+	/* SmolLM: digits split off one by one, then GPT-2's byte-level regex */
+	{ "smollm", { "\"individual_digits\":true", "\"use_regex\":true" } },
+};
+
 static const char *pre_name(const cJSON *root, const char *arch)
 {
 	if (strcmp(arch, "gpt2") == 0)
 		return "gpt-2";
 	char *text = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"));
 	const char *name = "default";
-	if (text && strstr(text, "\\\\p{N}{1,3}"))
-		name = "llama-bpe";
-	else if (text && strstr(text, "\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+"))
-		name = "qwen2";
+	for (size_t i = 0; text && i < sizeof(pre_rules) / sizeof(*pre_rules); i++) {
+		bool all = true;
+		for (size_t k = 0; k < 2 && pre_rules[i].all[k]; k++)
+			all = all && strstr(text, pre_rules[i].all[k]);
+		if (all) {
+			name = pre_rules[i].name;
+			break;
+		}
+	}
 	cJSON_free(text);
 	return name;
 }

@@ -436,6 +436,64 @@ static void test_vocab_spm(void **state)
 	gguf_kv_free(&kv);
 }
 
+/* tokenizer.ggml.pre of a byte-level BPE: llama.cpp's name for its split,
+ * told by the pre_tokenizer's regexes (as the converter tells it by the
+ * tokenizer's hash), "default" for a split no row names. */
+static void test_vocab_pre(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *pre, *want;
+	} cases[] = {
+		/* GPT-2's own byte-level regex */
+		{ "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}", "default" },
+		/* LLaMA 3 */
+		{ "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+		  "\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}"
+		  "\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}},{\"type\":\"ByteLevel\","
+		  "\"use_regex\":false}]}",
+		  "llama-bpe" },
+		/* Qwen2 and Qwen3 */
+		{ "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+		  "\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}"
+		  "\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}},{\"type\":\"ByteLevel\","
+		  "\"use_regex\":false}]}",
+		  "qwen2" },
+		/* Mistral's Tekken */
+		{ "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+		  "\"[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?[\\\\p{Lu}\\\\p{Lt}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]*[\\\\p{Ll}\\\\p{Lm}"
+		  "\\\\p{Lo}\\\\p{M}]+|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?[\\\\p{Lu}\\\\p{Lt}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]+"
+		  "[\\\\p{Ll}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]*|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n/]*|\\\\s*"
+		  "[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}},{\"type\":\"ByteLevel\",\"use_regex\":false}]}",
+		  "tekken" },
+		/* SmolLM: digits one by one, then GPT-2's regex */
+		{ "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"
+		  "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true}]}",
+		  "smollm" },
+		/* digits one by one but no byte-level regex after them: no row */
+		{ "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"
+		  "{\"type\":\"ByteLevel\",\"use_regex\":false}]}",
+		  "default" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		char tok[2048];
+		snprintf(tok, sizeof(tok),
+			 "{\"added_tokens\":[],\"pre_tokenizer\":%s,\"model\":{\"type\":\"BPE\",\"byte_fallback\":false,"
+			 "\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}",
+			 cases[i].pre);
+		struct gguf_kv kv;
+		struct ckpt_err err;
+		assert_int_equal(vocab(tok, NULL, 2, &kv, &err), 0);
+		const uint8_t *p = find_key(&kv, "tokenizer.ggml.pre");
+		assert_non_null(p);
+		size_t n = strlen(cases[i].want);
+		if (le(p + 4, 8) != n || memcmp(p + 12, cases[i].want, n) != 0)
+			fail_msg("case %zu: tokenizer.ggml.pre is %.*s, expected %s", i, (int)le(p + 4, 8), p + 12,
+				 cases[i].want);
+		gguf_kv_free(&kv);
+	}
+}
+
 /* tokenizer.json is read as a stream: SPM_TOK written another way (members in another
  * order, escaped names and keys, ids as 4.0 and 5e0, members to skip holding nested
  * values, later duplicates of "type" and "model", which lookups by name never see)
@@ -593,7 +651,7 @@ int main(void)
 		cmocka_unit_test(test_q8_0_bf16),  cmocka_unit_test(test_q8_0_expr_ranges),
 		cmocka_unit_test(test_q8_0_expr_split),
 		cmocka_unit_test(test_header_layout),	  cmocka_unit_test(test_vocab_spm),
-		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_vocab_stream),
+		cmocka_unit_test(test_vocab_hostile),	  cmocka_unit_test(test_vocab_stream), cmocka_unit_test(test_vocab_pre),
 		cmocka_unit_test(test_rope_rows),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
