@@ -26,6 +26,8 @@ Presets:
   qwen2   Qwen2, fp16, q/k/v biases, GQA, tied embeddings, byte-level BPE
   phi3    Phi-3, bf16, fused qkv_proj and gate_up_proj (kept fused in GGUF),
           GQA, sliding_window, untied lm_head, sentencepiece-style BPE
+  mixtral Mixtral, bf16, 4 experts of which 2 are used, untied, sentencepiece
+  qwen3moe Qwen3-MoE, bf16, Qwen3's attention, 4 experts of which 2 are used
   qwen3   Qwen3, bf16, no biases, per-head q_norm/k_norm, head_dim 32 with
           hidden 64 / 4 heads (heads * head_dim != hidden), GQA, tied
           embeddings, byte-level BPE split by Qwen's regex (pre "qwen2")
@@ -265,6 +267,13 @@ def gen_llama(outdir, rng):
     write_tok(outdir, tok, tcfg)
 
 
+def bf16_weights(rng):
+    """A maker of random bf16 tensors: w(name, shape, std, mean=0)."""
+    def w(name, shape, std, mean=0.0):
+        return genmodel.Tensor(name, "BF16", shape, genmodel.bf16_normal(rng, shape, std, mean))
+    return w
+
+
 def gen_phi3(outdir, rng):
     """Phi-3 (Phi-3-mini-4k's keys): bf16, fused qkv_proj and gate_up_proj,
     GQA, a sliding window, untied lm_head; no Q/K permutation in GGUF."""
@@ -284,11 +293,7 @@ def gen_phi3(outdir, rng):
          "original_max_position_embeddings": 128, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
          "rope_scaling": None, "sliding_window": 127, "tie_word_embeddings": False,
          "torch_dtype": "bfloat16", "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
-    T = genmodel.Tensor
-
-    def w(name, shape, std, mean=0.0):
-        return T(name, "BF16", shape, genmodel.bf16_normal(rng, shape, std, mean))
-
+    w = bf16_weights(rng)
     ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
     for i in range(2):
         p = "model.layers.%d." % i
@@ -341,9 +346,10 @@ def llama3_factors(cfg):
 
 
 def qwen_model(outdir, rng, c, tok, tcfg, dtype, bias=False, qk_norm=False):
-    """Write a Qwen2/Qwen3 of config c with tied embeddings (no lm_head):
-    q/k/v biases (Qwen2), or an RMSNorm weight over each head of q and k
-    (Qwen3), in dtype (F16 or BF16)."""
+    """Write a Qwen2/Qwen3 of config c: q/k/v biases (Qwen2), or an RMSNorm
+    weight over each head of q and k (Qwen3), in dtype (F16 or BF16); with
+    c's num_experts, Qwen3-MoE's router and experts for the dense MLP; an
+    lm_head unless c ties it."""
     d, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, inter, vocab = c.get("head_dim") or d // heads, c["intermediate_size"], c["vocab_size"]
     T = genmodel.Tensor
@@ -364,10 +370,19 @@ def qwen_model(outdir, rng, c, tok, tcfg, dtype, bias=False, qk_norm=False):
             if qk_norm and x != "v":
                 ts.append(w(p + "self_attn.%s_norm.weight" % x, [hd], 0.2, 1.0))
         ts += [w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
-               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
-               w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
-               w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
+               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0)]
+        if c.get("num_experts"):
+            ts.append(w(p + "mlp.gate.weight", [c["num_experts"], d], 0.5))
+            for e in range(c["num_experts"]):
+                x, mi = p + "mlp.experts.%d." % e, c["moe_intermediate_size"]
+                ts += [w(x + "gate_proj.weight", [mi, d], 0.2), w(x + "up_proj.weight", [mi, d], 0.2),
+                       w(x + "down_proj.weight", [d, mi], 0.2)]
+        else:
+            ts += [w(p + "mlp.gate_proj.weight", [inter, d], 0.2), w(p + "mlp.up_proj.weight", [inter, d], 0.2),
+                   w(p + "mlp.down_proj.weight", [d, inter], 0.2)]
     ts.append(w("model.norm.weight", [d], 0.2, 1.0))
+    if not c["tie_word_embeddings"]:
+        ts.append(w("lm_head.weight", [vocab, d], 0.3))
     genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
     genmodel.write_json(os.path.join(outdir, "config.json"), c)
     write_tok(outdir, tok, tcfg)
@@ -391,20 +406,76 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def gen_qwen3(outdir, rng):
-    """Qwen3: bf16, no biases, q_norm/k_norm over each head, an explicit
-    head_dim that is not hidden / heads, GQA, tied embeddings (no lm_head);
-    no Q/K permutation in GGUF."""
+def qwen_tokenizer():
+    """gpt2_tokenizer's vocabulary split by Qwen's regex, as Qwen2's and Qwen3's are."""
     tok, tcfg = gpt2_tokenizer()
     tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": QWEN_SPLIT}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    return tok, tcfg
+
+
+def gen_qwen3(outdir, rng):
+    """Qwen3: bf16, no biases, q_norm/k_norm over each head, an explicit
+    head_dim that is not hidden / heads, GQA, tied embeddings (no lm_head);
+    no Q/K permutation in GGUF."""
+    tok, tcfg = qwen_tokenizer()
     c = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
          "intermediate_size": 128, "vocab_size": len(tok["model"]["vocab"]), "max_position_embeddings": 128,
          "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
          "torch_dtype": "bfloat16", "hidden_act": "silu", "attention_bias": False}
     qwen_model(outdir, rng, c, tok, tcfg, "BF16", qk_norm=True)
+
+
+def gen_qwen3moe(outdir, rng):
+    """Qwen3-MoE: Qwen3's attention, a router and 4 experts of which each
+    token uses 2 (weights normalised), untied lm_head; GGUF stacks each
+    layer's experts."""
+    tok, tcfg = qwen_tokenizer()
+    c = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+         "intermediate_size": 128, "moe_intermediate_size": 64, "num_experts": 4, "num_experts_per_tok": 2,
+         "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+         "vocab_size": len(tok["model"]["vocab"]), "max_position_embeddings": 128, "rms_norm_eps": 1e-06,
+         "rope_theta": 1000000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+         "attention_bias": False}
+    qwen_model(outdir, rng, c, tok, tcfg, "BF16", qk_norm=True)
+
+
+def gen_mixtral(outdir, rng):
+    """Mixtral: LLaMA's attention (Q/K permuted in GGUF), a router and 4
+    experts (w1 gate, w3 up, w2 down) of which each token uses 2, untied
+    lm_head, a sentencepiece-style BPE; GGUF stacks each layer's experts."""
+    tok, tcfg = spm_tokenizer()
+    vocab = len(tok["model"]["vocab"])
+    d, heads, kv, inter, ne = 64, 4, 2, 96, 4
+    hd = d // heads
+    c = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": d,
+         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv,
+         "intermediate_size": inter, "num_local_experts": ne, "num_experts_per_tok": 2, "vocab_size": vocab,
+         "max_position_embeddings": 128, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+         "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+    w = bf16_weights(rng)
+    ts = [w("model.embed_tokens.weight", [vocab, d], 1.0)]
+    for i in range(2):
+        p = "model.layers.%d." % i
+        m = p + "block_sparse_moe."
+        ts += [w(p + "input_layernorm.weight", [d], 0.2, 1.0),
+               w(p + "self_attn.q_proj.weight", [heads * hd, d], 0.5),
+               w(p + "self_attn.k_proj.weight", [kv * hd, d], 0.5),
+               w(p + "self_attn.v_proj.weight", [kv * hd, d], 0.2),
+               w(p + "self_attn.o_proj.weight", [d, heads * hd], 0.2),
+               w(p + "post_attention_layernorm.weight", [d], 0.2, 1.0),
+               w(m + "gate.weight", [ne, d], 0.5)]
+        for e in range(ne):
+            x = "%sexperts.%d." % (m, e)
+            ts += [w(x + "w1.weight", [inter, d], 0.2), w(x + "w2.weight", [d, inter], 0.2),
+                   w(x + "w3.weight", [inter, d], 0.2)]
+    ts += [w("model.norm.weight", [d], 0.2, 1.0), w("lm_head.weight", [vocab, d], 0.3)]
+    genmodel.write_safetensors(os.path.join(outdir, "model.safetensors"), ts)
+    genmodel.write_json(os.path.join(outdir, "config.json"), c)
+    write_tok(outdir, tok, tcfg)
 
 
 def gen_gpt2(outdir, rng):
@@ -481,6 +552,21 @@ def gguf_tensors(src):
     return sorted(_gguf_tensors(src), key=lambda x: file_order(x[0]))
 
 
+def moe_names(st, h):
+    """(router, [{gate, up, down}] by expert) of layer prefix h's experts,
+    in Mixtral's or Qwen3-MoE's naming, or None for a dense layer."""
+    for router, ex, kinds in (("block_sparse_moe.gate.weight", "block_sparse_moe.experts.%d.",
+                               {"gate": "w1", "up": "w3", "down": "w2"}),
+                              ("mlp.gate.weight", "mlp.experts.%d.",
+                               {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"})):
+        if h + router in st:
+            n = 0
+            while h + ex % n + kinds["gate"] + ".weight" in st:
+                n += 1
+            return h + router, [{k: h + ex % e + v + ".weight" for k, v in kinds.items()} for e in range(n)]
+    return None
+
+
 def _gguf_tensors(src):
     cfg = load_json(src, "config.json")
     st = load_source(src)
@@ -527,7 +613,7 @@ def _gguf_tensors(src):
         return out + [("output_norm.weight", st["model.norm.weight"]), ("output.weight", st["lm_head.weight"])]
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", heads)
-    rope = cfg["model_type"] in ("llama", "mistral")
+    rope = cfg["model_type"] in ("llama", "mistral", "mixtral")
 
     def perm(t, n):
         return stlib.T(t.dtype, t.shape, permute(t.arr, n)) if rope else t
@@ -544,10 +630,19 @@ def _gguf_tensors(src):
                  (b + "attn_k.weight", perm(st[h + "self_attn.k_proj.weight"], kv)),
                  (b + "attn_v.weight", st[h + "self_attn.v_proj.weight"]),
                  (b + "attn_output.weight", st[h + "self_attn.o_proj.weight"]),
-                 (b + "ffn_norm.weight", st[h + "post_attention_layernorm.weight"]),
-                 (b + "ffn_gate.weight", st[h + "mlp.gate_proj.weight"]),
-                 (b + "ffn_up.weight", st[h + "mlp.up_proj.weight"]),
-                 (b + "ffn_down.weight", st[h + "mlp.down_proj.weight"])]
+                 (b + "ffn_norm.weight", st[h + "post_attention_layernorm.weight"])]
+        moe = moe_names(st, h)
+        if moe:  # the router, and each projection's experts stacked: [experts, rows, columns]
+            router, experts = moe
+            layer.append((b + "ffn_gate_inp.weight", st[router]))
+            for kind in ("gate", "up", "down"):
+                ts = [st[x[kind]] for x in experts]
+                layer.append((b + "ffn_%s_exps.weight" % kind,
+                              stlib.T(ts[0].dtype, [len(ts)] + list(ts[0].shape), np.stack([t.arr for t in ts]))))
+        else:
+            layer += [(b + "ffn_gate.weight", st[h + "mlp.gate_proj.weight"]),
+                      (b + "ffn_up.weight", st[h + "mlp.up_proj.weight"]),
+                      (b + "ffn_down.weight", st[h + "mlp.down_proj.weight"])]
         for x in "qk":  # Qwen3's per-head norms, F32 as every norm
             n = h + "self_attn.%s_norm.weight" % x
             if n in st:
@@ -605,7 +700,7 @@ def q8_0_ggml(x, lib):
 def expected_type(name, t, variant):
     """The converter's type choice for one tensor."""
     if (len(t.shape) <= 1 or name.endswith("_norm.weight") or
-            not name.endswith(".weight") or name == "position_embd.weight"):
+            not name.endswith(".weight") or name == "position_embd.weight" or name.endswith("ffn_gate_inp.weight")):
         return "F32"
     if variant == "":
         return {"F32": "F32", "F16": "F16", "BF16": "BF16"}.get(t.dtype, "F32")
@@ -725,6 +820,11 @@ def expected_kv(src, variant, arch, ntokens, first_matrix_type):
                   a + "vocab_size": (U32, ntokens)})
         if hd != cfg["hidden_size"] // cfg["num_attention_heads"]:
             e.update({a + "attention.key_length": (U32, hd), a + "attention.value_length": (U32, hd)})
+        if "num_experts_per_tok" in cfg:
+            e.update({a + "expert_count": (U32, cfg.get("num_local_experts") or cfg["num_experts"]),
+                      a + "expert_used_count": (U32, cfg["num_experts_per_tok"])})
+            if "moe_intermediate_size" in cfg:
+                e[a + "expert_feed_forward_length"] = (U32, cfg["moe_intermediate_size"])
         if arch == "phi3":
             e.update({a + "rope.scaling.original_context_length":
                       (U32, cfg.get("original_max_position_embeddings", cfg["max_position_embeddings"])),
@@ -804,8 +904,8 @@ def check(src, path, variant, ggml_lib_path=None):
     if version != 3:
         fail("version %d" % version)
     cfg = load_json(src, "config.json")
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
-            "gpt2": "gpt2"}[cfg["model_type"]]
+    arch = {"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+            "qwen3_moe": "qwen3moe", "phi3": "phi3", "gpt2": "gpt2"}[cfg["model_type"]]
     want = gguf_tensors(src)
     if [i[0] for i in infos] != [w[0] for w in want]:
         fail("tensor list %s, expected %s" % ([i[0] for i in infos], [w[0] for w in want]))
@@ -868,7 +968,8 @@ def source_weights(src, variant):
         conv1d = gpt2 and k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
         g = v.T if conv1d else v
         typ = expected_type("x.weight", stlib.T(t.dtype, g.shape, t.arr.T if conv1d else t.arr), variant) \
-            if v.ndim >= 2 and not k.endswith("wpe.weight") else "F32"
+            if v.ndim >= 2 and not k.endswith(("wpe.weight", "block_sparse_moe.gate.weight", "mlp.gate.weight")) \
+            else "F32"
         if typ == "Q8_0":
             g = q8_0_dequant(g)
         elif typ == "F16":
@@ -963,6 +1064,24 @@ def llama_logits(src, ids, st):
         o = (a @ v).transpose(1, 0, 2).reshape(n, H * hd)
         x = x + st.mm(o, p + "self_attn.o_proj.weight", True)
         h = rms(x, st[p + "post_attention_layernorm.weight"], eps)
+        moe = moe_names(st, p)
+        if moe:  # softmax over the experts, the top k, their weights normalised to 1
+            router, experts = moe
+            r = st.mm(h, router, True)
+            pr = np.exp(r - r.max(-1, keepdims=True))
+            pr /= pr.sum(-1, keepdims=True)
+            k = cfg["num_experts_per_tok"]
+            out = np.zeros_like(x)
+            for t in range(n):
+                top = np.argsort(-pr[t])[:k]
+                w = pr[t, top] / pr[t, top].sum()
+                for e, we in zip(top, w):
+                    names = experts[e]
+                    g = st.mm(h[t:t + 1], names["gate"], True)
+                    u = st.mm(h[t:t + 1], names["up"], True)
+                    out[t] += we * st.mm((g / (1 + np.exp(-g))) * u, names["down"], True)[0]
+            x = x + out
+            continue
         if p + "mlp.gate_up_proj.weight" in st:  # Phi-3: gate then up, rows of one matrix
             g, u = np.split(st.mm(h, p + "mlp.gate_up_proj.weight", True), 2, -1)
         else:
@@ -1063,7 +1182,7 @@ def main(argv):
             rng = np.random.default_rng(int(argv[4]) if len(argv) > 4 else 0)
             os.makedirs(argv[3], exist_ok=True)
             {"llama": gen_llama, "llama3": gen_llama3, "qwen2": gen_qwen2, "qwen3": gen_qwen3,
-             "phi3": gen_phi3, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
+             "qwen3moe": gen_qwen3moe, "mixtral": gen_mixtral, "phi3": gen_phi3, "gpt2": gen_gpt2}[argv[2]](argv[3], rng)
         elif argv[1] == "check":
             nt, nkv = check(argv[2], argv[3], argv[4], os.environ.get("GGML_BASE_LIB"))
             print("%s: %d tensors, %d keys: every field and byte as expected" % (argv[3], nt, nkv))

@@ -93,6 +93,8 @@ void arch_dims(const cJSON *config, enum ckpt_arch a, struct model_dims *d)
 	d->intermediate = cfg_u64(config, "intermediate_size");
 	d->vocab = cfg_u64(config, "vocab_size");
 	d->experts = cfg_u64(config, "num_local_experts");
+	if (d->experts == 0) /* Qwen2-MoE's and Qwen3-MoE's name */
+		d->experts = cfg_u64(config, "num_experts");
 	d->head_dim = cfg_u64(config, "head_dim");
 	if (d->head_dim == 0 && d->heads)
 		d->head_dim = d->hidden / d->heads;

@@ -16,12 +16,21 @@
 #include "ckptfs/layout.h"
 
 /* The tables tried, in order; each says which model_types it serves. */
-static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-qwen3", "gguf-phi3", "gguf-gpt2" };
+static const char *const gguf_layouts[] = { "gguf-llama", "gguf-qwen2", "gguf-qwen3", "gguf-qwen3moe", "gguf-phi3",
+					     "gguf-gpt2" };
+
+/* A tensor of the set that stacks a layer's experts (see stack_experts). */
+struct gguf_stack {
+	char *name;
+	uint64_t experts;
+};
 
 struct gguf_view {
 	const struct catalog *cat;
 	char arch[32];
 	struct tset set; /* GGUF names -> expressions over the source, in file order */
+	struct gguf_stack *stacks;
+	size_t nstacks;
 };
 
 const char *gguf_view_arch(const struct gguf_view *g)
@@ -34,6 +43,9 @@ void gguf_view_free(struct gguf_view *g)
 	if (!g)
 		return;
 	tset_destroy(&g->set);
+	for (size_t i = 0; i < g->nstacks; i++)
+		free(g->stacks[i].name);
+	free(g->stacks);
 	free(g);
 }
 
@@ -103,7 +115,114 @@ static const char *missing_key(const struct catalog *cat, const char *arch)
 			return keys[i];
 	if (gpt2 && !cfg_u32(cat, "n_ctx", &v) && !cfg_u32(cat, "n_positions", &v))
 		return "n_ctx";
+	if (cat->dims.experts && !cfg_u32(cat, "num_experts_per_tok", &v)) /* the experts each token uses */
+		return "num_experts_per_tok";
 	return NULL;
+}
+
+/* An expert's projection as the tables name it, blk.L.ffn_KIND.X.weight:
+ * true with its layer, kind and expert number. */
+static bool expert_name(const char *name, unsigned long long *layer, char kind[8], unsigned long long *x)
+{
+	int end = 0;
+	return sscanf(name, "blk.%llu.ffn_%7[a-z].%llu.weight%n", layer, kind, x, &end) == 3 && end > 0 &&
+	       name[end] == '\0' && *layer < (1ULL << 40);
+}
+
+/* llama.cpp keeps a layer's experts as one 3-D tensor per projection
+ * (blk.L.ffn_gate_exps.weight: [experts, rows, columns]); the tables name
+ * them one by one (blk.L.ffn_gate.X.weight, X from 0). Each group becomes
+ * their concatenation along rows, whose bytes are the stack's; the expert
+ * count, kept in g->stacks, makes its leading GGUF dimension. A group
+ * that lacks an expert or whose experts disagree in shape is refused
+ * (note). Returns 0, 1 when refused, or -ENOMEM. */
+static int stack_experts(struct gguf_view *g, uint64_t experts, char *note, size_t cap)
+{
+	struct tset out;
+	tset_init(&out);
+	/* (a count from config.json: no more than the set's tensors is allocated) */
+	struct expr **parts = experts && experts <= g->set.n ? calloc(experts, sizeof(*parts)) : NULL;
+	int r = experts && experts <= g->set.n && !parts ? -ENOMEM : 0;
+	for (size_t i = 0; i < g->set.n && r == 0;) {
+		unsigned long long layer, x, l2, x2;
+		char kind[8], k2[8];
+		if (!expert_name(g->set.e[i].name, &layer, kind, &x)) {
+			r = tset_add(&out, g->set.e[i].name, expr_ref(g->set.e[i].expr));
+			i++;
+			continue;
+		}
+		/* The set is sorted by name: one layer's experts of a kind are adjacent. */
+		size_t j = i;
+		for (; j < g->set.n && expert_name(g->set.e[j].name, &l2, k2, &x2) && l2 == layer && !strcmp(k2, kind); j++) {
+			if (!parts || x2 >= experts || parts[x2]) {
+				if (experts > g->set.n)
+					snprintf(note, cap, "not offered: config.json names %" PRIu64
+						 " experts, more than the checkpoint has tensors", experts);
+				else
+					snprintf(note, cap, "not offered: expert tensor '%.96s' is not one of the %" PRIu64
+						 " experts config.json names", g->set.e[j].name, experts);
+				r = 1;
+				break;
+			}
+			parts[x2] = expr_ref(g->set.e[j].expr);
+		}
+		for (uint64_t e = 0; r == 0 && e < experts; e++)
+			if (!parts[e]) {
+				snprintf(note, cap, "not offered: layer %llu has no expert %" PRIu64 " of ffn_%s", layer, e, kind);
+				r = 1;
+			}
+		if (r) {
+			for (uint64_t e = 0; parts && e < experts; e++)
+				expr_unref(parts[e]);
+			break;
+		}
+		struct expr *st = expr_concat(0, parts, experts); /* takes the references, also on failure */
+		memset(parts, 0, experts * sizeof(*parts));
+		if (!st) {
+			snprintf(note, cap, "not offered: the experts of layer %llu's ffn_%s differ in shape or dtype", layer,
+				 kind);
+			r = 1;
+			break;
+		}
+		char name[64];
+		snprintf(name, sizeof(name), "blk.%llu.ffn_%s_exps.weight", layer, kind);
+		struct gguf_stack *ns = realloc(g->stacks, (g->nstacks + 1) * sizeof(*ns));
+		char *nm = strdup(name);
+		if (ns)
+			g->stacks = ns;
+		if (!ns || !nm) {
+			free(nm);
+			expr_unref(st);
+			r = -ENOMEM;
+			break;
+		}
+		ns[g->nstacks].name = nm;
+		ns[g->nstacks++].experts = experts;
+		r = tset_add(&out, name, st);
+		i = j;
+	}
+	free(parts);
+	const char *dup;
+	if (r == 0 && (r = tset_sort(&out, &dup)) < 0) {
+		snprintf(note, cap, "not offered: tensor '%.96s' named twice", dup);
+		r = 1;
+	}
+	if (r != 0) {
+		tset_destroy(&out);
+		return r;
+	}
+	tset_destroy(&g->set);
+	g->set = out;
+	return 0;
+}
+
+/* The stacked experts of a set's tensor, or 0 when it stacks none. */
+static uint64_t stacked_experts(const struct gguf_view *g, const char *name)
+{
+	for (size_t i = 0; i < g->nstacks; i++)
+		if (strcmp(g->stacks[i].name, name) == 0)
+			return g->stacks[i].experts;
+	return 0;
 }
 
 /* Rotary settings whose GGUF keys or tensors are not written yet (their
@@ -153,7 +272,7 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 		}
 	}
 	if (!l) {
-		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, qwen2, qwen3, phi3, gpt2 have one)",
+		snprintf(note, note_cap, "not offered: no GGUF table for model_type '%s' (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, phi3, gpt2 have one)",
 			 mt ? mt : "(none)");
 		return 0;
 	}
@@ -177,6 +296,15 @@ int gguf_view_open(const struct catalog *cat, const struct tset *hf, const char 
 	if ((r = layout_forward(l, hf, &cat->dims, &g->set, NULL, &err)) < 0) {
 		snprintf(note, note_cap, "not offered: %s", err.msg);
 		r = r == -ENOMEM ? r : 0;
+		goto refuse;
+	}
+	if ((r = stack_experts(g, cat->dims.experts, note, note_cap)) != 0) {
+		r = r < 0 ? r : 0;
+		goto refuse;
+	}
+	if (g->nstacks && cJSON_IsFalse(cfg_item(cat, "norm_topk_prob"))) {
+		snprintf(note, note_cap, "not offered: config.json norm_topk_prob is false, and llama.cpp normalises the "
+					 "chosen experts' weights");
 		goto refuse;
 	}
 	for (size_t i = 0; i < g->set.n; i++) {
@@ -239,8 +367,9 @@ static enum ggml_type ggml_of(enum ckpt_dtype d)
  * F32 (1-D, norms, biases, position embeddings), else the variant's type. */
 static struct expr *typed(const char *name, struct expr *e, enum variant v, enum ggml_type *type)
 {
+	/* (the converter keeps the experts' router F32 too) */
 	bool keep_f32 = e->ndim <= 1 || ends_with(name, "_norm.weight") || !ends_with(name, ".weight") ||
-			strcmp(name, "position_embd.weight") == 0;
+			strcmp(name, "position_embd.weight") == 0 || ends_with(name, ".ffn_gate_inp.weight");
 	enum ggml_type t = GGML_TYPE_F32;
 	if (!keep_f32) {
 		switch (v) {
@@ -394,6 +523,13 @@ static int add_metadata(const struct gguf_view *g, struct gguf_kv *kv, uint32_t 
 				u = 0;
 			gguf_kv_u32(kv, ARCH_KEY("attention.sliding_window"), u);
 		}
+		if (g->nstacks) { /* the experts, as the converter writes them */
+			gguf_kv_u32(kv, ARCH_KEY("expert_count"), (uint32_t)dm->experts);
+			if (cfg_u32(cat, "num_experts_per_tok", &u))
+				gguf_kv_u32(kv, ARCH_KEY("expert_used_count"), u);
+			if (cfg_u32(cat, "moe_intermediate_size", &u))
+				gguf_kv_u32(kv, ARCH_KEY("expert_feed_forward_length"), u);
+		}
 		if (dm->heads && dm->head_dim != dm->hidden / dm->heads) {
 			gguf_kv_u32(kv, ARCH_KEY("attention.key_length"), (uint32_t)dm->head_dim);
 			gguf_kv_u32(kv, ARCH_KEY("attention.value_length"), (uint32_t)dm->head_dim);
@@ -460,6 +596,13 @@ int gguf_view_fill(const struct gguf_view *g, struct vtree *t, struct vnode *dir
 		gt[k].type = type;
 		gt[k].ndim = e->expr->ndim;
 		memcpy(gt[k].shape, e->expr->shape, e->expr->ndim * sizeof(uint64_t));
+		uint64_t nx = stacked_experts(g, e->name);
+		if (nx && e->expr->ndim == 2) { /* [experts * rows, columns] read as [experts, rows, columns] */
+			gt[k].ndim = 3;
+			gt[k].shape[0] = nx;
+			gt[k].shape[1] = e->expr->shape[0] / nx;
+			gt[k].shape[2] = e->expr->shape[1];
+		}
 		gt[k].nbytes = ex[k]->nbytes;
 	}
 	const struct tset_entry *emb = &g->set.e[0]; /* file order puts token_embd first; open checked it is there */
