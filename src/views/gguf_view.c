@@ -203,7 +203,7 @@ static int stack_experts(struct gguf_view *g, uint64_t experts, char *note, size
 	}
 	free(parts);
 	const char *dup;
-	if (r == 0 && (r = tset_sort(&out, &dup)) < 0) {
+	if (r == 0 && (r = tset_sort(&out, &dup)) == -EEXIST) {
 		snprintf(note, cap, "not offered: tensor '%.96s' named twice", dup);
 		r = 1;
 	}
