@@ -48,7 +48,7 @@ struct prefetch_conf {
 	uint64_t gap;        /* source ranges of one file closer than this are one request */
 	uint64_t req;        /* largest advice given in one call, for a device not in devs */
 	bool block;          /* the first source file's device is a block device */
-	uint64_t direct_min; /* pieces at least this large, of files read with O_DIRECT too, are not advised */
+	uint64_t direct_min; /* pieces the gather reads with O_DIRECT (vgather_direct_size) are not advised */
 	struct prefetch_dev devs[PREFETCH_DEVS]; /* per device of the source files */
 	size_t ndevs;
 	/* The mount's cache, or NULL: computed bytes whose chunks it holds are
@@ -68,10 +68,6 @@ void prefetch_conf_for(struct prefetch_conf *c, int fd);
 bool prefetch_conf_add_file(struct prefetch_conf *c, const struct src_file *f);
 /* The policy for source file f: its device's, or c's own req and block. */
 void prefetch_policy_of(const struct prefetch_conf *c, const struct src_file *f, uint64_t *req, bool *block);
-/* Pieces of a file with an O_DIRECT descriptor (a network file system),
- * at least direct_min and at most VGATHER_DIRECT_MAX bytes, are not
- * advised: the gather reads their exact bytes (vfile_gather_plan), where
- * advice would pull their pages, shared with other ranks' pieces. */
 
 /* Reads closer than this to the end of the previous one count as in
  * sequence: the kernel's own read-ahead sends several reads at once, and

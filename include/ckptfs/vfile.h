@@ -143,6 +143,16 @@ struct vgather_stats {
  * (seen under load: a 753 KiB part over a FUSE source). */
 #define VGATHER_DIRECT_MAX (64u << 10)
 
+/* Whether a piece of len bytes of f is of the size the gather reads with
+ * O_DIRECT (when not in the page cache): f has an O_DIRECT descriptor and
+ * len is in [direct_min, VGATHER_DIRECT_MAX] (direct_min 0: none is). The
+ * read-ahead leaves such pieces out by the same test: advice would pull
+ * their pages, shared with other ranks' pieces. */
+static inline bool vgather_direct_size(const struct src_file *f, uint64_t len, uint64_t direct_min)
+{
+	return direct_min && f->direct_fd1 > 0 && len >= direct_min && len <= VGATHER_DIRECT_MAX;
+}
+
 /* Copy a plan of n bytes into buf like vfile_copy_plan_guarded, reading the
  * source pieces that are not all in the page cache with pread instead of
  * faulting a page at a time through the mapping: consecutive pieces of one

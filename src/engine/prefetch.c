@@ -228,7 +228,7 @@ static int advise(void *ctx, const struct src_file *f, uint64_t off, uint64_t le
 	struct prefetch_stats *st = a->st;
 	if (f->fd < 0 || off > INT64_MAX || len > INT64_MAX)
 		return 0;
-	if (a->c->direct_min && f->direct_fd1 > 0 && len >= a->c->direct_min && len <= VGATHER_DIRECT_MAX)
+	if (vgather_direct_size(f, len, a->c->direct_min))
 		return 0; /* the gather reads it, its own bytes */
 	/* Advice: a failure costs speed, never bytes. */
 	(void)posix_fadvise(f->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);

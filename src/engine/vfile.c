@@ -628,8 +628,7 @@ static int64_t gather_pieces(const struct vplan *plan, void *buf, int64_t n, uin
 			continue;
 		}
 		const struct src_file *f = p->file;
-		if (direct_min && p->len >= direct_min && p->len <= VGATHER_DIRECT_MAX && f->direct_fd1 > 0 &&
-		    p->file_off <= f->size && p->len <= f->size - p->file_off &&
+		if (vgather_direct_size(f, p->len, direct_min) && p->file_off <= f->size && p->len <= f->size - p->file_off &&
 		    !span_resident(f, p->file_off, p->len) && direct_queue(b, f, out, p->file_off, p->len)) {
 			out += p->len;
 			__atomic_add_fetch(&st->direct_requests, 1, __ATOMIC_RELAXED);
