@@ -225,23 +225,31 @@ static uint64_t stacked_experts(const struct gguf_view *g, const char *name)
 	return 0;
 }
 
+/* config.json's rope_scaling type (transformers' "rope_type", older
+ * configs' "type"): NULL without rope_scaling, "(no type)" when it names
+ * none. */
+static const char *rope_scaling_type(const struct catalog *cat)
+{
+	const cJSON *rs = cfg_item(cat, "rope_scaling");
+	if (!rs || cJSON_IsNull(rs))
+		return NULL;
+	const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+	if (!cJSON_IsString(type))
+		type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+	return cJSON_IsString(type) ? type->valuestring : "(no type)";
+}
+
 /* Rotary settings whose GGUF keys or tensors are not written yet (their
  * model would load and compute something else): the reason, or NULL. Of
  * the scalings only LLaMA 3's is written (rope_freqs.weight); a partial
  * rotation (Phi-4-mini's partial_rotary_factor) is not either. */
 static const char *unsupported_rope(const struct catalog *cat, const char *arch, char *why, size_t cap)
 {
-	const cJSON *rs = cfg_item(cat, "rope_scaling");
-	if (rs && !cJSON_IsNull(rs)) {
-		const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-		if (!cJSON_IsString(type))
-			type = cJSON_GetObjectItemCaseSensitive(rs, "type");
-		const char *t = cJSON_IsString(type) ? type->valuestring : "(no type)";
-		/* "default" is transformers' name for no scaling */
-		if (strcmp(t, "default") != 0 && (strcmp(arch, "llama") != 0 || strcmp(t, "llama3") != 0)) {
-			snprintf(why, cap, "not offered: config.json rope_scaling of type '%.32s' is not written to GGUF yet", t);
-			return why;
-		}
+	const char *t = rope_scaling_type(cat);
+	/* "default" is transformers' name for no scaling */
+	if (t && strcmp(t, "default") != 0 && (strcmp(arch, "llama") != 0 || strcmp(t, "llama3") != 0)) {
+		snprintf(why, cap, "not offered: config.json rope_scaling of type '%.32s' is not written to GGUF yet", t);
+		return why;
 	}
 	double f;
 	if (cfg_number(cat, "partial_rotary_factor", &f) && f != 1.0) {
@@ -434,12 +442,10 @@ static int read_small(const struct catalog *cat, const char *name, size_t max, c
  * asks for no such scaling, or -EINVAL. */
 static int llama3_rope_factors(const struct catalog *cat, uint64_t head_dim, float *out, size_t cap)
 {
-	const cJSON *rs = cfg_item(cat, "rope_scaling");
-	const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-	if (!cJSON_IsString(type))
-		type = cJSON_GetObjectItemCaseSensitive(rs, "type");
-	if (!cJSON_IsString(type) || strcmp(type->valuestring, "llama3") != 0)
+	const char *t = rope_scaling_type(cat);
+	if (!t || strcmp(t, "llama3") != 0)
 		return 0;
+	const cJSON *rs = cfg_item(cat, "rope_scaling");
 	if (head_dim < 2 || head_dim % 2 || head_dim / 2 > cap)
 		return -EINVAL;
 	double base = 10000.0, factor = 8.0, lo = 1.0, hi = 4.0, old_ctx = 8192.0;
