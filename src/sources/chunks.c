@@ -51,6 +51,15 @@ static int hole(struct cut *c, const uint64_t *lo)
 	return -EINVAL;
 }
 
+/* The hole at lo with its coordinate along d moved to v. */
+static int hole_at(struct cut *c, const uint64_t *lo, uint32_t d, uint64_t v)
+{
+	uint64_t at[ST_MAX_DIMS];
+	memcpy(at, lo, sizeof(at));
+	at[d] = v;
+	return hole(c, at);
+}
+
 /* Region [lo, hi) holds the boxes idx[0..n), each inside it and non-empty. */
 static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *idx, size_t n)
 {
@@ -59,13 +68,8 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 	if (n == 1) {
 		const struct chunk_box *b = &c->b[idx[0]];
 		for (uint32_t d = 0; d < c->ndim; d++) {
-			if (b->off[d] != lo[d] || b->off[d] + b->size[d] != hi[d]) {
-				uint64_t at[ST_MAX_DIMS];
-				memcpy(at, lo, sizeof(at));
-				if (b->off[d] == lo[d])
-					at[d] = b->off[d] + b->size[d];
-				return hole(c, at);
-			}
+			if (b->off[d] != lo[d] || b->off[d] + b->size[d] != hi[d])
+				return b->off[d] == lo[d] ? hole_at(c, lo, d, b->off[d] + b->size[d]) : hole(c, lo);
 		}
 		if (c->steps)
 			c->steps[c->nsteps++] = (struct chunk_step){ .leaf = true, .n = idx[0] };
@@ -83,23 +87,15 @@ static int split(struct cut *c, const uint64_t *lo, const uint64_t *hi, size_t *
 		for (size_t i = 1; i < n; i++) {
 			const struct chunk_box *b = &c->b[idx[i]];
 			if (b->off[d] >= end) {
-				if (b->off[d] > end) {
-					uint64_t at[ST_MAX_DIMS];
-					memcpy(at, lo, sizeof(at));
-					at[d] = end;
-					return hole(c, at);
-				}
+				if (b->off[d] > end)
+					return hole_at(c, lo, d, end);
 				groups++;
 			}
 			if (b->off[d] + b->size[d] > end)
 				end = b->off[d] + b->size[d];
 		}
-		if (end != hi[d]) {
-			uint64_t at[ST_MAX_DIMS];
-			memcpy(at, lo, sizeof(at));
-			at[d] = end;
-			return hole(c, at);
-		}
+		if (end != hi[d])
+			return hole_at(c, lo, d, end);
 		if (groups == 1)
 			continue;
 		/* Prefix order: the cut before its slabs, which the walk below plans in order. */
