@@ -18,8 +18,14 @@ bool cast_supported(enum ckpt_dtype src, enum ckpt_dtype dst);
 int cast_run(enum ckpt_dtype dst, void *out, enum ckpt_dtype src, const void *in, size_t n);
 
 /* Scalar conversions, exposed for tests and for callers with one value. */
-/* Whether this CPU (and OS) runs AVX2 and F16C code: read with CPUID once,
- * since compilers disagree on what __builtin_cpu_supports knows. */
+/* The vector extensions this CPU has and the OS saves the registers of
+ * (CAST_CPU_* bits; 0 off x86-64): read with CPUID and XCR0 once, since
+ * compilers disagree on what __builtin_cpu_supports knows. The engine's
+ * vector paths (cast, quant, lowrank) all choose by it. */
+enum { CAST_CPU_F16C = 1, CAST_CPU_AVX2 = 2, CAST_CPU_AVX512F = 4 };
+unsigned cast_cpu_features(void);
+
+/* Whether this CPU (and OS) runs AVX2 and F16C code. */
 bool cast_cpu_avx2_f16c(void);
 
 float cast_bf16_to_f32(uint16_t h);

@@ -256,14 +256,11 @@ static inline uint16_t bf16_from_f16_bits(uint16_t h)
 #include "ckptfs/simd_bf16.h"
 #define CAST_X86 1
 
-enum { X86_F16C = 1, X86_AVX2 = 2 };
-
 /* AVX with F16C, and AVX2, each usable only if the OS saves the YMM
- * registers (OSXSAVE and XCR0). Asked once: CPUID can cost microseconds in
- * a VM, and the answer is a fact of the machine, the same for the whole
- * process (compilers disagree on which features __builtin_cpu_supports
- * knows, so CPUID is read directly). */
-static int x86_features(void)
+ * registers (OSXSAVE and XCR0), AVX-512F only if it saves the ZMM ones too.
+ * Asked once: CPUID can cost microseconds in a VM, and the answer is a fact
+ * of the machine, the same for the whole process. */
+unsigned cast_cpu_features(void)
 {
 	static int known = -1;
 	int f = __atomic_load_n(&known, __ATOMIC_RELAXED);
@@ -276,9 +273,12 @@ static int x86_features(void)
 		__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
 		if ((lo & 6) == 6) { /* XMM and YMM state */
 			if (c & bit_F16C)
-				f |= X86_F16C;
-			if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_AVX2))
-				f |= X86_AVX2;
+				f |= CAST_CPU_F16C;
+			unsigned b7 = __get_cpuid_count(7, 0, &a, &b, &c, &d) ? b : 0;
+			if (b7 & bit_AVX2)
+				f |= CAST_CPU_AVX2;
+			if ((lo & 0xe6) == 0xe6 && (b7 & bit_AVX512F)) /* opmask and ZMM state too */
+				f |= CAST_CPU_AVX512F;
 		}
 	}
 	__atomic_store_n(&known, f, __ATOMIC_RELAXED);
@@ -287,12 +287,12 @@ static int x86_features(void)
 
 static bool cpu_has_f16c(void)
 {
-	return x86_features() & X86_F16C;
+	return cast_cpu_features() & CAST_CPU_F16C;
 }
 
 bool cast_cpu_avx2_f16c(void)
 {
-	return (x86_features() & (X86_F16C | X86_AVX2)) == (X86_F16C | X86_AVX2);
+	return (cast_cpu_features() & (CAST_CPU_F16C | CAST_CPU_AVX2)) == (CAST_CPU_F16C | CAST_CPU_AVX2);
 }
 
 #define F16C_ROUND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
@@ -358,6 +358,11 @@ __attribute__((target("avx,f16c"))) static size_t f16c_from_f16(uint8_t *out, co
 	return i;
 }
 #else
+unsigned cast_cpu_features(void)
+{
+	return 0;
+}
+
 bool cast_cpu_avx2_f16c(void)
 {
 	return false;

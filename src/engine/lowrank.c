@@ -203,18 +203,12 @@ __attribute__((target("avx2"))) static size_t epilogue_avx2(enum ckpt_dtype odt,
 	return i;
 }
 
-enum { ISA_UNKNOWN, ISA_NONE, ISA_AVX2, ISA_AVX512 };
+enum { ISA_NONE, ISA_AVX2, ISA_AVX512 };
 
 static int isa(void)
 {
-	static int known = ISA_UNKNOWN; /* set once, the same by every racing thread */
-	int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
-	if (v == ISA_UNKNOWN) {
-		__builtin_cpu_init();
-		v = __builtin_cpu_supports("avx512f") ? ISA_AVX512 : __builtin_cpu_supports("avx2") ? ISA_AVX2 : ISA_NONE;
-		__atomic_store_n(&known, v, __ATOMIC_RELAXED);
-	}
-	return v;
+	unsigned f = cast_cpu_features();
+	return f & CAST_CPU_AVX512F ? ISA_AVX512 : f & CAST_CPU_AVX2 ? ISA_AVX2 : ISA_NONE;
 }
 #endif
 

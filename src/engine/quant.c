@@ -321,21 +321,14 @@ __attribute__((target("avx512f"))) static size_t quantize_avx512(const uint8_t *
 	return b * Q8_0_BLOCK;
 }
 
-static int have_avx2(void)
+static bool have_avx2(void)
 {
 	return cast_cpu_avx2_f16c();
 }
 
 static bool have_avx512(void)
 {
-	static int known = -1; /* set once, the same by every racing thread */
-	int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
-	if (v < 0) {
-		__builtin_cpu_init();
-		v = __builtin_cpu_supports("avx512f") && have_avx2();
-		__atomic_store_n(&known, v, __ATOMIC_RELAXED);
-	}
-	return v;
+	return (cast_cpu_features() & CAST_CPU_AVX512F) && have_avx2();
 }
 
 void q8_0_quantize_isa(const float *x, uint8_t *out, size_t n, enum q8_0_isa isa)
